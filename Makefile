@@ -1,0 +1,73 @@
+# The platform's entry points. `make run` and `make test` install whatever is missing first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+STATE      ?= .state
+UV_VERSION := 0.13.8
+UV_HOME    := $(STATE)/uv
+UV         := $(shell command -v uv 2>/dev/null || echo $(UV_HOME)/bin/uv)
+VENV       := .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+# portable llama.cpp build (the wheel is cached by uv and reused by later installs)
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
+.PHONY: help install run test test-unit lint fmt schemas helm-check bench bench-soak bench-peer clean
+
+help:
+	@echo "make run        install what is missing, start the whole platform (Ctrl-C stops it)"
+	@echo "make test       install what is missing, run the test suite against real NATS/PostgreSQL"
+	@echo "make lint       ruff + mypy"
+	@echo "make schemas    regenerate JSON Schemas and the AsyncAPI document"
+	@echo "make helm-check lint, render and validate the Helm chart offline"
+	@echo "make bench      voice-to-voice / barge-in / bus benchmarks against a running platform"
+
+$(UV_HOME)/bin/uv:
+	@bash tools/prereqs.sh
+	@echo "==> installing uv $(UV_VERSION) into $(UV_HOME)"
+	@python3.11 -m venv $(UV_HOME) && $(UV_HOME)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml uv.lock schemas/pyproject.toml libs/runtime/pyproject.toml services/*/pyproject.toml | $(UV)
+	@bash tools/prereqs.sh
+	@echo "==> installing the platform (first time: ~5 min, llama.cpp is compiled once and cached)"
+	$(UV) sync --frozen --python python3.11
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	@$(PY) -m voice_runtime.devstack run
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+schemas: $(STAMP)
+	$(PY) -m voice_schemas.generate
+
+helm-check: $(STAMP)
+	$(PY) deploy/helm/check.py
+
+bench: $(STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-soak: $(STAMP)
+	$(PY) -m bench.run --soak $(BENCH_ARGS)
+
+bench-peer: $(STAMP)
+	$(PY) -m bench.run --peer $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) $(STATE)

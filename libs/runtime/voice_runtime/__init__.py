@@ -1,0 +1,1 @@
+"""Shared runtime of every voice-platform service: settings, logging, bus, telemetry, HTTP health."""

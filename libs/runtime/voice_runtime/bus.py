@@ -1,0 +1,340 @@
+"""NATS / JetStream runtime: connection, provisioning, publishing and durable consumers.
+
+Ack policy (explicit on every consumer, never a library default):
+- handler returns            -> ack
+- handler raises Transient   -> nak with the consumer's backoff delay (redelivered, bounded by MaxDeliver)
+- any other exception, or a message that does not parse (Poison) -> copied to ``dlq.<stream>.<consumer>``
+  with the error in headers, then ``term`` (never redelivered)
+- last allowed delivery fails transiently -> dead-lettered too, so nothing is silently lost
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js import api as jsapi
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+from opentelemetry import trace
+from pydantic import ValidationError
+from voice_schemas import Envelope, UnknownEventType, parse, subjects
+from voice_schemas.streams import CONSUMERS, KV_BUCKETS, STREAMS, ConsumerDef, KvDef, StreamDef
+
+from . import metrics, telemetry
+from .logging import get_logger
+
+log = get_logger(__name__)
+_tracer = trace.get_tracer("voice.bus")
+
+H_MSG_ID = "Nats-Msg-Id"
+
+
+class Transient(Exception):
+    """A failure worth retrying (dependency down, timeout). The message is nak'ed with backoff."""
+
+
+class Poison(Exception):
+    """A message that can never succeed. Dead-lettered and terminated at once."""
+
+
+Handler = Callable[[Envelope[Any], Msg], Awaitable[None]]
+
+
+def _stream_config(d: StreamDef) -> jsapi.StreamConfig:
+    return jsapi.StreamConfig(
+        name=d.name,
+        description=d.description,
+        subjects=list(d.subjects),
+        storage=jsapi.StorageType.FILE if d.storage == "file" else jsapi.StorageType.MEMORY,
+        retention=jsapi.RetentionPolicy(d.retention),
+        duplicate_window=d.duplicate_window_s,
+        max_age=d.max_age_s,
+        max_bytes=d.max_bytes,
+        max_msg_size=d.max_msg_size,
+        discard=jsapi.DiscardPolicy(d.discard),
+        num_replicas=d.replicas,
+    )
+
+
+def _consumer_config(d: ConsumerDef) -> jsapi.ConsumerConfig:
+    return jsapi.ConsumerConfig(
+        durable_name=d.durable,
+        description=d.description,
+        ack_policy=jsapi.AckPolicy.EXPLICIT,
+        ack_wait=d.ack_wait_s,
+        max_deliver=d.max_deliver,
+        max_ack_pending=d.max_ack_pending,
+        deliver_policy=jsapi.DeliverPolicy.ALL if d.deliver_policy == "all" else jsapi.DeliverPolicy.NEW,
+        filter_subjects=list(d.filter_subjects),
+    )
+
+
+@dataclass
+class Bus:
+    """One NATS connection per process, with JetStream and KV handles."""
+
+    nc: NATS
+    js: JetStreamContext
+    service: str
+
+    @classmethod
+    async def connect(
+        cls, url: str, service: str, *, connect_timeout: float = 5.0, initial_wait_s: float = 60.0
+    ) -> Bus:
+        async def on_error(e: Exception) -> None:
+            log.warning("nats_error", error=str(e))
+
+        async def on_disconnect() -> None:
+            log.warning("nats_disconnected")
+
+        async def on_reconnect() -> None:
+            log.info("nats_reconnected")
+
+        deadline = time.monotonic() + initial_wait_s
+        while True:  # the server may start after us (k8s, make run): retry the first connect
+            try:
+                nc = await cls._connect(url, service, connect_timeout, on_error, on_disconnect, on_reconnect)
+                break
+            except Exception as e:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("nats_waiting", error=str(e)[:200])
+                await asyncio.sleep(0.5)
+        return cls(nc=nc, js=nc.jetstream(timeout=5.0), service=service)
+
+    @staticmethod
+    async def _connect(url: str, service: str, connect_timeout: float, on_error: Any, on_disconnect: Any,
+                       on_reconnect: Any) -> NATS:
+        return await nats.connect(
+            servers=[u.strip() for u in url.split(",")],
+            name=service,
+            connect_timeout=connect_timeout,
+            reconnect_time_wait=0.5,
+            max_reconnect_attempts=-1,
+            allow_reconnect=True,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+        )
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    # ------------------------------------------------------------ provisioning (idempotent)
+    async def ensure_stream(self, d: StreamDef) -> None:
+        cfg = _stream_config(d)
+        try:
+            await self.js.stream_info(d.name)
+            await self.js.update_stream(cfg)
+        except NotFoundError:
+            try:
+                await self.js.add_stream(cfg)
+            except BadRequestError:  # raced with another replica
+                await self.js.update_stream(cfg)
+
+    async def ensure_kv(self, d: KvDef) -> KeyValue:
+        try:
+            return await self.js.key_value(d.bucket)
+        except Exception:
+            cfg = jsapi.KeyValueConfig(
+                bucket=d.bucket,
+                description=d.description,
+                history=d.history,
+                ttl=d.ttl_s or None,
+                storage=jsapi.StorageType.FILE if d.storage == "file" else jsapi.StorageType.MEMORY,
+                max_value_size=d.max_value_size,
+            )
+            try:
+                return await self.js.create_key_value(cfg)
+            except BadRequestError:
+                return await self.js.key_value(d.bucket)
+
+    async def ensure_consumer(self, d: ConsumerDef) -> None:
+        cfg = _consumer_config(d)
+        try:
+            await self.js.consumer_info(d.stream, d.durable)
+            await self.js.add_consumer(d.stream, cfg)  # same name: updates what may change
+        except NotFoundError:
+            await self.js.add_consumer(d.stream, cfg)
+
+    async def provision(
+        self,
+        streams: tuple[StreamDef, ...] = STREAMS,
+        buckets: tuple[KvDef, ...] = KV_BUCKETS,
+        consumers: tuple[ConsumerDef, ...] = (),
+    ) -> dict[str, KeyValue]:
+        for s in streams:
+            await self.ensure_stream(s)
+        kvs = {b.bucket: await self.ensure_kv(b) for b in buckets}
+        for c in consumers:
+            await self.ensure_consumer(c)
+        return kvs
+
+    # ------------------------------------------------------------ publishing
+    async def publish(self, env: Envelope[Any], *, timeout: float = 5.0) -> jsapi.PubAck:
+        """Publish a durable event: JetStream, Nats-Msg-Id = event id, traceparent from the current span."""
+        headers = telemetry.inject({H_MSG_ID: env.id})
+        subject = env.subject
+        ack = await self.js.publish(subject, env.to_bytes(), headers=headers, timeout=timeout)
+        metrics.EVENTS_PUBLISHED.labels(self.service, subjects.pattern_of(subject)).inc()
+        return ack
+
+    async def publish_nowait(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        """Fire-and-forget (real-time class). A stream subject is still captured by JetStream."""
+        await self.nc.publish(subject, data, headers=headers)
+
+    # ------------------------------------------------------------ consuming
+    async def consume(self, d: ConsumerDef, handler: Handler) -> DurableConsumer:
+        await self.ensure_consumer(d)
+        c = DurableConsumer(self, d, handler)
+        c.start()
+        return c
+
+    async def drain(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+
+
+class DurableConsumer:
+    """Pull loop over one durable consumer with bounded concurrency and the ack policy above."""
+
+    def __init__(self, bus: Bus, d: ConsumerDef, handler: Handler) -> None:
+        self.bus, self.d, self.handler = bus, d, handler
+        self._sem = asyncio.Semaphore(d.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._lag_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name=f"consume:{self.d.durable}")
+        self._lag_task = asyncio.create_task(self._watch_lag(), name=f"lag:{self.d.durable}")
+
+    async def _run(self) -> None:
+        sub = await self.bus.js.pull_subscribe_bind(durable=self.d.durable, stream=self.d.stream)
+        try:
+            while not self._stopping.is_set():
+                await self._sem.acquire()
+                slots = 1
+                while slots < self.d.concurrency and not self._sem.locked():
+                    await self._sem.acquire()
+                    slots += 1
+                try:
+                    msgs = await sub.fetch(batch=slots, timeout=1.0)
+                except (TimeoutError, NatsTimeoutError):
+                    msgs = []
+                except Exception as e:
+                    msgs = []
+                    if not self._stopping.is_set():
+                        log.warning("fetch_failed", consumer=self.d.durable, error=str(e))
+                        await asyncio.sleep(0.5)
+                for _ in range(slots - len(msgs)):
+                    self._sem.release()
+                for m in msgs:  # each task holds one slot until _handle releases it
+                    t = asyncio.create_task(self._handle(m))
+                    self._tasks.add(t)
+                    t.add_done_callback(self._tasks.discard)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _watch_lag(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                info = await self.bus.js.consumer_info(self.d.stream, self.d.durable)
+                metrics.CONSUMER_PENDING.labels(self.bus.service, self.d.durable).set(info.num_pending or 0)
+                metrics.CONSUMER_ACK_PENDING.labels(self.bus.service, self.d.durable).set(
+                    info.num_ack_pending or 0
+                )
+            except Exception:
+                pass
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 5.0)
+
+    async def _handle(self, msg: Msg) -> None:
+        svc, name = self.bus.service, self.d.durable
+        started = time.perf_counter()
+        delivered = msg.metadata.num_delivered if msg.metadata else 1
+        if delivered > 1:
+            metrics.REDELIVERIES.labels(svc, name).inc()
+        try:
+            try:
+                env = parse(msg.data)
+            except (ValidationError, UnknownEventType, ValueError) as e:
+                raise Poison(f"unparseable: {e}") from e
+            ctx = telemetry.extract(msg.headers)
+            with _tracer.start_as_current_span(
+                f"{subjects.pattern_of(msg.subject)} process", context=ctx, kind=trace.SpanKind.CONSUMER,
+                attributes={"messaging.system": "nats", "messaging.consumer.group.name": name,
+                            "call_id": env.call_id, "tenant_id": env.tenant_id, "turn_id": env.turn_id or ""},
+            ):
+                await self.handler(env, msg)
+            await msg.ack()
+            metrics.EVENTS_HANDLED.labels(svc, name, "ack").inc()
+        except Transient as e:
+            if delivered >= self.d.max_deliver:
+                await self._dead_letter(msg, f"exhausted {delivered} deliveries: {e}")
+            else:
+                delay = self.d.backoff_s[min(delivered - 1, len(self.d.backoff_s) - 1)]
+                log.warning("handler_transient", consumer=name, delivery=delivered, delay_s=delay, error=str(e))
+                await msg.nak(delay=delay)
+                metrics.EVENTS_HANDLED.labels(svc, name, "nak").inc()
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        except Exception as e:
+            log.error("handler_poison", consumer=name, error=repr(e)[:300])
+            await self._dead_letter(msg, repr(e)[:500])
+        finally:
+            metrics.HANDLER_SECONDS.labels(svc, name).observe(time.perf_counter() - started)
+            self._sem.release()
+
+    async def _dead_letter(self, msg: Msg, error: str) -> None:
+        headers = dict(msg.headers or {})
+        headers.pop(H_MSG_ID, None)
+        headers.update(
+            {"Voice-Dlq-Subject": msg.subject, "Voice-Dlq-Consumer": self.d.durable,
+             "Voice-Dlq-Error": error.replace("\n", " ")[:500],
+             "Voice-Dlq-Deliveries": str(msg.metadata.num_delivered if msg.metadata else 0)}
+        )
+        try:
+            await self.bus.js.publish(subjects.dead_letter(self.d.stream, self.d.durable), msg.data, headers=headers)
+            await msg.term()
+            metrics.DEAD_LETTERS.labels(self.bus.service, self.d.durable).inc()
+            metrics.EVENTS_HANDLED.labels(self.bus.service, self.d.durable, "dead_letter").inc()
+        except Exception as e:
+            log.error("dead_letter_failed", consumer=self.d.durable, error=str(e))
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+
+    async def stop(self, grace_s: float = 20.0) -> None:
+        """Stop fetching, let in-flight handlers finish (up to grace), then cancel the rest."""
+        self._stopping.set()
+        if self._loop_task:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._loop_task, 2.0)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            for t in pending:
+                t.cancel()
+        if self._lag_task:
+            self._lag_task.cancel()
+
+
+__all__ = ["CONSUMERS", "Bus", "DurableConsumer", "Poison", "Transient"]

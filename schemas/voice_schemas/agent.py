@@ -1,0 +1,70 @@
+"""Agent configuration as the data plane reads it from JetStream KV (written by control-api)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LlmSettings(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; platform default when unset")
+    model: str | None = Field(None, description="Model name; platform default when unset")
+    temperature: float = Field(0.6, ge=0.0, le=2.0)
+    max_tokens: int = Field(160, ge=1, le=4096)
+
+
+class SttSettings(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    language: str | None = "en"
+
+
+class TurnSettings(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    end_of_turn_ms: int = Field(600, ge=100, le=5000, description="Silence hangover that ends a turn")
+    interruptible: bool = True
+    min_barge_in_ms: int = Field(
+        400, ge=60, le=3000, description="Caller speech needed to commit a barge-in"
+    )
+    min_turn_silence_ms: int = Field(
+        200, ge=60, le=2000, description="Shortest silence after which the turn model may end the turn"
+    )
+
+
+class AgentConfig(BaseModel):
+    """One immutable agent version."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    tenant_id: str
+    version: int = 1
+    name: str = "agent"
+    system_prompt: str = "You are a helpful phone assistant. Answer in one or two short sentences."
+    first_message: str | None = "Hello! How can I help you today?"
+    language: str = "en"
+    llm: LlmSettings = Field(default_factory=LlmSettings)
+    voice: str | None = None
+    stt: SttSettings = Field(default_factory=SttSettings)
+    turn: TurnSettings = Field(default_factory=TurnSettings)
+    tools: list[str] = Field(default_factory=list)
+    is_active: bool = True
+
+
+class NumberRoute(BaseModel):
+    """A phone number routed to an agent (KV ``numbers``)."""
+
+    number: str
+    tenant_id: str
+    agent_id: str
+
+
+class CallRecord(BaseModel):
+    """The routing facts of a live call (KV ``calls``), readable by any replica of any stage."""
+
+    model_config = ConfigDict(extra="ignore")
+    call_id: str
+    tenant_id: str
+    agent_id: str
+    agent_version: int
+    channel: str = "twilio"
+    started_at_ms: float = 0.0

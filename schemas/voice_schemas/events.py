@@ -1,0 +1,324 @@
+"""Payloads of every durable event the platform carries.
+
+Events are past-tense facts (``TranscriptFinalized``); commands are imperative (``HangUp``).
+Each class declares its type string, its subject tokens under ``call.<call_id>`` and its transport.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .envelope import Payload, register
+
+
+class Channel(StrEnum):
+    twilio = "twilio"
+    sip = "sip"
+    webrtc = "webrtc"
+    test = "test"
+
+
+class EndReason(StrEnum):
+    caller_hangup = "caller_hangup"
+    agent_hangup = "agent_hangup"
+    transferred = "transferred"
+    status_callback = "status_callback"
+    no_agent = "no_agent"
+    protocol_error = "protocol_error"
+    connection_lost = "connection_lost"
+    timeout = "timeout"
+    error = "error"
+    shutdown = "shutdown"
+
+
+# ---------------------------------------------------------------- lifecycle
+@register
+class CallStarted(Payload):
+    TYPE = "call.started"
+    SUBJECT = ("lifecycle", "started")
+    DESCRIPTION = "A call was created and routed to an agent."
+    agent_id: str
+    agent_version: int
+    channel: Channel
+    from_number: str | None = Field(default=None, description="Caller number (personal data)")
+    to_number: str | None = Field(default=None, description="Called number (personal data)")
+    provider_call_id: str | None = None
+
+
+@register
+class CallAnswered(Payload):
+    TYPE = "call.answered"
+    SUBJECT = ("lifecycle", "answered")
+    DESCRIPTION = "The caller's media connection is up; audio flows."
+    stream_id: str | None = None
+    media_format: str = "audio/x-mulaw;rate=8000"
+
+
+@register
+class CallEnded(Payload):
+    TYPE = "call.ended"
+    SUBJECT = ("lifecycle", "ended")
+    DESCRIPTION = "The call ended; every service frees its state for it."
+    reason: EndReason
+    detail: str | None = None
+    duration_s: float | None = None
+
+
+# ---------------------------------------------------------------- media / VAD
+@register
+class SpeechStarted(Payload):
+    TYPE = "vad.speech_started"
+    SUBJECT = ("vad", "started")
+    DESCRIPTION = "Caller speech onset (Silero VAD)."
+    at_ms: int
+    agent_speaking: bool = False
+
+
+@register
+class SpeechStopped(Payload):
+    TYPE = "vad.speech_stopped"
+    SUBJECT = ("vad", "stopped")
+    DESCRIPTION = "Caller speech offset."
+    at_ms: int
+    speech_ms: int
+
+
+@register
+class UtteranceCaptured(Payload):
+    TYPE = "utterance.captured"
+    SUBJECT = ("utterance",)
+    DESCRIPTION = "A caller utterance segmented at end of turn, audio attached for transcription."
+    utterance_id: str
+    start_ms: int
+    end_ms: int
+    sample_rate: int = 16_000
+    audio_b64: str = Field(description="PCM16 mono little-endian audio, base64")
+    end_of_turn: Literal["silence", "model", "max_duration", "call_end"] = "silence"
+    end_of_turn_ms: float = Field(0.0, description="Speech offset to end-of-turn decision, ms")
+    speech_end_wall_ms: float = Field(0.0, description="Wall clock (epoch ms) of the speech offset")
+
+
+# ---------------------------------------------------------------- transcripts
+@register
+class TranscriptPartial(Payload):
+    TYPE = "transcript.partial"
+    SUBJECT = ("transcript", "partial")
+    DESCRIPTION = "An unstable transcript of caller speech in progress."
+    utterance_id: str
+    text: str = Field(description="Caller speech (personal data)")
+
+
+@register
+class TranscriptFinalized(Payload):
+    TYPE = "transcript.final"
+    SUBJECT = ("transcript", "final")
+    DESCRIPTION = "The final transcript of one caller utterance."
+    utterance_id: str
+    text: str = Field(description="Caller speech (personal data)")
+    language: str | None = None
+    start_ms: int = 0
+    end_ms: int = 0
+    stt_ms: float = 0.0
+    end_of_turn_ms: float = 0.0
+    speech_end_wall_ms: float = 0.0
+
+
+# ---------------------------------------------------------------- replies
+@register
+class ReplyChunk(Payload):
+    TYPE = "reply.chunk"
+    SUBJECT = ("reply", "text")
+    DESCRIPTION = "One sentence of the agent's reply, ready for synthesis."
+    index: int
+    text: str
+    final: bool = Field(False, description="Last chunk of this turn's reply")
+    voice: str | None = None
+    hangup_after: bool = Field(False, description="Hang up once this chunk has played")
+    speech_end_wall_ms: float = 0.0
+
+
+class LatencyBreakdown(Payload):
+    """Per-stage milliseconds of one turn (not an event on its own)."""
+
+    end_of_turn_ms: float | None = None
+    stt_ms: float | None = None
+    llm_first_token_ms: float | None = None
+    llm_first_sentence_ms: float | None = None
+    tts_first_audio_ms: float | None = None
+    bus_and_playout_ms: float | None = None
+    voice_to_voice_ms: float | None = None
+
+
+@register
+class TurnCompleted(Payload):
+    TYPE = "turn.completed"
+    SUBJECT = ("turn", "completed")
+    DESCRIPTION = "A caller utterance and the agent's reply, with what the caller actually heard."
+    caller_text: str | None = None
+    caller_started_at: str | None = None
+    caller_ended_at: str | None = None
+    agent_text: str = ""
+    agent_started_at: str | None = None
+    agent_ended_at: str | None = None
+    interrupted: bool = False
+    latency: LatencyBreakdown = Field(default_factory=LatencyBreakdown)
+
+
+# ---------------------------------------------------------------- playout (ingress -> platform)
+@register
+class PlayoutStarted(Payload):
+    TYPE = "playout.started"
+    SUBJECT = ("playout", "started")
+    DESCRIPTION = "The first agent audio frame of a turn was sent to the caller."
+    first_audio_wall_ms: float = 0.0
+
+
+@register
+class PlayoutMarked(Payload):
+    TYPE = "playout.mark"
+    SUBJECT = ("playout", "mark")
+    DESCRIPTION = "The caller has heard the reply chunk up to this mark."
+    chunk: int
+
+
+@register
+class PlayoutFinished(Payload):
+    TYPE = "playout.finished"
+    SUBJECT = ("playout", "finished")
+    DESCRIPTION = "All agent audio of a turn has played (or was cleared)."
+    cleared: bool = False
+    heard_chunks: list[int] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- control commands
+@register
+class PausePlayout(Payload):
+    TYPE = "control.pause"
+    SUBJECT = ("control", "pause")
+    DESCRIPTION = "Stop sending agent audio at once (caller may be barging in); keep it buffered."
+
+
+@register
+class ResumePlayout(Payload):
+    TYPE = "control.resume"
+    SUBJECT = ("control", "resume")
+    DESCRIPTION = "The suspected barge-in was noise: resume playout where it paused."
+
+
+@register
+class BargeIn(Payload):
+    TYPE = "control.barge_in"
+    SUBJECT = ("control", "barge_in")
+    DESCRIPTION = "Committed barge-in: clear playout, cancel the turn; envelope epoch is the new epoch."
+    at_ms: int
+    speech_ms: int = 0
+
+
+@register
+class HangUp(Payload):
+    TYPE = "control.hangup"
+    SUBJECT = ("control", "hangup")
+    DESCRIPTION = "End the call (after pending audio has played when after_playout)."
+    reason: EndReason = EndReason.agent_hangup
+    after_playout: bool = True
+
+
+@register
+class Transfer(Payload):
+    TYPE = "control.transfer"
+    SUBJECT = ("control", "transfer")
+    DESCRIPTION = "Transfer the caller to another number or SIP URI."
+    target: str = Field(description="Destination (personal data)")
+
+
+@register
+class DtmfReceived(Payload):
+    TYPE = "dtmf.received"
+    SUBJECT = ("dtmf",)
+    DESCRIPTION = "The caller pressed a key."
+    digit: str = Field(pattern=r"^[0-9*#A-D]$")
+
+
+# ---------------------------------------------------------------- tools
+@register
+class ToolCallRequested(Payload):
+    TYPE = "tool.call"
+    SUBJECT = ("tool", "call")
+    DESCRIPTION = "The agent called a tool."
+    tool_call_id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+@register
+class ToolResultReturned(Payload):
+    TYPE = "tool.result"
+    SUBJECT = ("tool", "result")
+    DESCRIPTION = "A tool returned (or failed)."
+    tool_call_id: str
+    name: str
+    ok: bool = True
+    result: Any = None
+    error: str | None = None
+    duration_ms: float = 0.0
+
+
+@register
+class ToolApprovalRequested(Payload):
+    TYPE = "tool.approval_requested"
+    SUBJECT = ("tool", "approval_requested")
+    DESCRIPTION = "A sensitive tool call waits for a supervisor's decision."
+    tool_call_id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float = 60.0
+
+
+@register
+class ToolApprovalDecided(Payload):
+    TYPE = "tool.approval_decided"
+    SUBJECT = ("tool", "approval_decided")
+    DESCRIPTION = "A supervisor approved or rejected a tool call."
+    tool_call_id: str
+    approved: bool
+    decided_by: str
+    comment: str | None = None
+
+
+# ---------------------------------------------------------------- supervisor / analytics
+@register
+class SupervisorWhispered(Payload):
+    TYPE = "supervisor.whisper"
+    SUBJECT = ("supervisor", "whisper")
+    DESCRIPTION = "An instruction to the agent from a supervisor; the caller does not hear it."
+    text: str
+    from_user: str
+
+
+@register
+class SentimentScored(Payload):
+    TYPE = "analytics.sentiment"
+    SUBJECT = ("analytics", "sentiment")
+    DESCRIPTION = "Live sentiment of one utterance."
+    speaker: Literal["caller", "agent"]
+    utterance_id: str | None = None
+    compound: float = Field(ge=-1.0, le=1.0)
+    label: Literal["positive", "neutral", "negative"]
+
+
+@register
+class CallSummarized(Payload):
+    TYPE = "analytics.summary"
+    SUBJECT = ("analytics", "summary")
+    DESCRIPTION = "Post-call summary, tags and KPIs."
+    summary: str
+    tags: list[str] = Field(default_factory=list)
+    kpis: dict[str, float] = Field(default_factory=dict)
+
+
+ALL_EVENTS: tuple[type[Payload], ...] = tuple(
+    c for c in list(globals().values()) if isinstance(c, type) and issubclass(c, Payload) and hasattr(c, "TYPE")
+)

@@ -1,0 +1,109 @@
+"""The only place NATS subject strings and KV keys are built.
+
+Every subject is ``call.<call_id>.<kind>[.<sub>]``. Ids are validated so a provider id with dots,
+wildcards or whitespace can never change the meaning of a subject.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOKEN = re.compile(r"^[a-z0-9_]{1,32}$")
+_DIGITS = re.compile(r"^\+?[0-9]{3,20}$")
+
+ROOT = "call"
+
+
+class InvalidSubjectToken(ValueError):
+    """An id or token would break (or widen) a subject."""
+
+
+def new_call_id() -> str:
+    """A URL- and subject-safe call id."""
+    return "CA" + uuid.uuid4().hex
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_id(value: str, what: str = "id") -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise InvalidSubjectToken(f"{what} {value!r} is not a subject-safe id ([A-Za-z0-9_-], 1-64 chars)")
+    return value
+
+
+def _token(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise InvalidSubjectToken(f"subject token {value!r} is not allowed")
+    return value
+
+
+def call_subject(call_id: str, kind: str, *sub: str) -> str:
+    """``call.<call_id>.<kind>[.<sub>...]`` for one call."""
+    parts = [ROOT, check_id(call_id, "call_id"), _token(kind), *(_token(s) for s in sub)]
+    return ".".join(parts)
+
+
+def any_call(kind: str, *sub: str) -> str:
+    """Subscription pattern for ``kind`` across all calls: ``call.*.<kind>[.<sub>]``."""
+    parts = [ROOT, "*", _token(kind)]
+    for s in sub:
+        parts.append(s if s in ("*", ">") else _token(s))
+    return ".".join(parts)
+
+
+def call_wildcard(call_id: str) -> str:
+    """Everything about one call: ``call.<call_id>.>``."""
+    return f"{ROOT}.{check_id(call_id, 'call_id')}.>"
+
+
+def call_id_of(subject: str) -> str:
+    """The call id inside a ``call.<id>.…`` subject."""
+    parts = subject.split(".")
+    if len(parts) < 3 or parts[0] != ROOT:
+        raise InvalidSubjectToken(f"{subject!r} is not a call subject")
+    return check_id(parts[1], "call_id")
+
+
+def pattern_of(subject: str) -> str:
+    """The subject with its call id replaced by ``*`` (for span names and metric labels)."""
+    parts = subject.split(".")
+    if len(parts) >= 2 and parts[0] == ROOT:
+        parts[1] = "*"
+    return ".".join(parts)
+
+
+# Audio (real-time class): raw PCM16 frames, metadata in headers.
+def audio_in(call_id: str) -> str:
+    return call_subject(call_id, "audio", "in")
+
+
+def audio_out(call_id: str) -> str:
+    return call_subject(call_id, "audio", "out")
+
+
+def dead_letter(stream: str, consumer: str) -> str:
+    return f"dlq.{_token(stream.lower())}.{_token(consumer.lower().replace('-', '_'))}"
+
+
+# KV keys: [-/_=.a-zA-Z0-9]+ only.
+def number_key(e164: str) -> str:
+    """KV key for a phone number ('+15551234567' -> 'n15551234567')."""
+    if not _DIGITS.fullmatch(e164):
+        raise InvalidSubjectToken("phone number is not in E.164 form")
+    return "n" + e164.lstrip("+")
+
+
+def agent_key(agent_id: str) -> str:
+    return "a." + check_id(agent_id, "agent_id")
+
+
+def agent_version_key(agent_id: str, version: int) -> str:
+    return f"a.{check_id(agent_id, 'agent_id')}.v{int(version)}"
+
+
+def call_key(call_id: str) -> str:
+    return check_id(call_id, "call_id")

@@ -1,0 +1,12 @@
+"""Settings of the analytics service."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+
+from voice_runtime.settings import CommonSettings
+
+
+class AnalyticsSettings(CommonSettings):
+    service_name: str = "analytics"
+    http_port: int = Field(8085, validation_alias=AliasChoices("ANALYTICS_HTTP_PORT", "HTTP_PORT"))

@@ -1,0 +1,43 @@
+"""Settings of the control-api service."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+
+from voice_runtime.settings import CommonSettings
+
+
+class ControlApiSettings(CommonSettings):
+    service_name: str = "control-api"
+    http_port: int = Field(8000, validation_alias=AliasChoices("CONTROL_API_HTTP_PORT", "HTTP_PORT"))
+
+    # identity
+    jwt_secret: SecretStr | None = Field(
+        None,
+        description="HS256 signing secret for console access tokens. Unset: a random secret is generated "
+        "once and kept in PostgreSQL, so every replica shares it.",
+    )
+    access_token_ttl_s: int = Field(900, ge=30, le=86400, description="Lifetime of a console access token")
+    refresh_token_ttl_s: int = Field(
+        7 * 86400, ge=300, le=90 * 86400, description="Lifetime of a refresh token (rotated on each use)"
+    )
+    bootstrap_tenant_name: str = Field("Default", description="Name of the tenant BOOTSTRAP_ADMIN_KEY creates")
+
+    # API behaviour
+    cors_origins: str = Field(
+        "", description="Comma-separated origins allowed by CORS ('*' for any); empty disables CORS"
+    )
+    rate_limit_per_s: float = Field(
+        20.0, ge=0.0, description="Sustained requests per second per credential, per replica; 0 disables"
+    )
+    rate_limit_burst: int = Field(100, ge=1, description="Requests a credential may burst above the rate")
+    db_pool_max: int = Field(10, ge=1, le=200, description="PostgreSQL pool size")
+
+    # config to the data plane
+    kv_reconcile_interval_s: float = Field(
+        300.0, ge=0.0, description="Periodic full KV resync (anti-entropy); 0 = only at start"
+    )
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

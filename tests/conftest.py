@@ -1,0 +1,90 @@
+"""Shared fixtures: real NATS and PostgreSQL, started embedded when none is reachable."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from voice_runtime import devstack
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    url = os.environ.get("NATS_URL")
+    if url:
+        yield url
+        return
+    if devstack.port_open("127.0.0.1", 4222) and asyncio.run(devstack._jetstream_ok("nats://127.0.0.1:4222")):
+        yield "nats://127.0.0.1:4222"
+        return
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="voice-nats-") as store:
+        proc = subprocess.Popen(devstack.nats_command(port, Path(store)), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            assert devstack.wait_port("127.0.0.1", port, 10), "embedded nats-server did not start"
+            yield f"nats://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """DSN prefix (without database) of a reachable PostgreSQL."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url.rsplit("/", 1)[0]
+        return
+    if devstack.port_open("127.0.0.1", 5432):
+        yield "postgresql://postgres@127.0.0.1:5432"
+        return
+    pg = devstack.EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="voice-pg-")), port=free_port())
+    pg.start()
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{pg.port}"
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server: str) -> str:
+    """A fresh database for this test session (dropped and re-created)."""
+    import asyncpg
+
+    name = f"voice_test_{os.getpid()}"
+
+    async def recreate() -> None:
+        conn = await asyncpg.connect(f"{postgres_server}/postgres")
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(recreate())
+    return f"{postgres_server}/{name}"
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[object]:
+    from voice_runtime.bus import Bus
+
+    b = await Bus.connect(nats_url, "test")
+    await b.provision()
+    yield b
+    await b.close()
