@@ -108,8 +108,10 @@ STT_UTTERANCES = ConsumerDef(
 )
 BRAIN_TURNS = ConsumerDef(
     "CALLS", "brain-turns",
-    (_p(ev.TranscriptFinalized), _p(ev.CallStarted), _p(ev.CallEnded), _p(ev.SupervisorWhispered),
-     _p(ev.DtmfReceived), _p(ev.ToolApprovalDecided)),
+    (_p(ev.TranscriptFinalized), _p(ev.CallStarted), _p(ev.CallAnswered), _p(ev.CallEnded),
+     _p(ev.SupervisorWhispered),
+     _p(ev.DtmfReceived), _p(ev.ToolApprovalDecided), _p(ev.PlayoutStarted), _p(ev.PlayoutMarked),
+     _p(ev.PlayoutFinished)),
     ack_wait_s=60, max_deliver=4, description="brain: greet, take turns", concurrency=16,
 )
 TTS_REPLIES = ConsumerDef(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field
-
 from voice_runtime.settings import CommonSettings
 
 

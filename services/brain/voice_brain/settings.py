@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field
-
 from voice_runtime.settings import CommonSettings
 
 
 class BrainSettings(CommonSettings):
     service_name: str = "brain"
     http_port: int = Field(8083, validation_alias=AliasChoices("BRAIN_HTTP_PORT", "HTTP_PORT"))
+    llm_first_token_timeout_s: float = Field(8.0, description="No token by then: apologize")
+    llm_total_timeout_s: float = Field(30.0, description="Upper bound of one completion")
+    max_history_messages: int = Field(40, description="Older messages are dropped from the prompt")
+    apology: str = "Sorry, I'm having trouble answering right now. Could you say that again?"

