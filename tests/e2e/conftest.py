@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from voice_runtime import devstack
 from voice_runtime.bus import Bus
 from voice_schemas import AgentConfig, NumberRoute, subjects

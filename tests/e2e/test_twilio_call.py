@@ -8,9 +8,9 @@ import time
 import asyncpg
 import httpx
 import pytest
+from voice_runtime.bus import Bus
 
 from bench.twilio_caller import TwilioCaller
-from voice_runtime.bus import Bus
 
 from .conftest import PUBLIC, TWILIO_TOKEN, Platform, configure_agent, poll, speech, transcribe, words
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from voice_brain.chunking import SentenceChunker
 from voice_ingress.codec import AgentAudioEncoder, CallerAudioDecoder
 from voice_ingress.playout import PlayoutBuffer

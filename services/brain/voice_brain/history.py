@@ -50,8 +50,10 @@ class CallHistory(BaseModel):
 
     def heard_text(self, turn: TurnState) -> str:
         if turn.interrupted:
-            return " ".join(turn.chunks[i] for i in sorted(set(turn.heard_chunks)) if i < len(turn.chunks))
-        return " ".join(turn.chunks)
+            heard = [turn.chunks[i] for i in sorted(set(turn.heard_chunks)) if i < len(turn.chunks)]
+        else:
+            heard = turn.chunks
+        return " ".join(c for c in heard if c)
 
 
 class ConflictRetriesExhausted(Exception):

@@ -217,7 +217,6 @@ class BrainService(Service):
             "call_id": env.call_id, "tenant_id": env.tenant_id, "turn_id": turn_id, "agent_id": agent.id,
             "agent_version": agent.version, "llm.model": model,
         }) as span:
-            pending: str | None = None  # hold one sentence back so the last one carries final=True
             try:
                 async with asyncio.timeout(self.settings.llm_total_timeout_s):
                     stream = self.model.stream(base_url=base_url, model=model, messages=messages,
@@ -239,20 +238,14 @@ class BrainService(Service):
                             if name == "end_call":
                                 hangup = True
                         for sentence in chunker.push(delta.text):
-                            if pending is not None:
-                                await emit(pending, final=False)
-                            else:
+                            if index == 0:
                                 span.add_event("first_sentence")
-                            pending = sentence
+                            await emit(sentence, final=False)  # as soon as it is complete
                 rest = chunker.flush()
-                if pending is not None and rest:
-                    await emit(pending, final=False)
-                    pending = rest
-                elif rest:
-                    pending = rest
-                if pending is None:
-                    pending = "Goodbye." if hangup else "Sorry, could you say that again?"
-                await emit(pending, final=True)
+                if not rest and index == 0:
+                    rest = "Goodbye." if hangup else "Sorry, could you say that again?"
+                # the final chunk may be empty: tts then sends one silent frame that closes the turn
+                await emit(rest, final=True)
             except asyncio.CancelledError:
                 span.add_event("cancelled")
                 raise

@@ -1,0 +1,88 @@
+"""An OpenAI-compatible chat-completions server for tests: real HTTP + SSE streaming protocol.
+
+Behaviour is scripted per request through ``FakeOpenAI.script`` (text to stream, a tool call, an
+HTTP error, or a stall).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+
+@dataclass
+class Script:
+    text: str = "Sure. We open at eight in the morning. See you then!"
+    tool: str | None = None
+    status: int = 200
+    stall_s: float = 0.0
+    token_delay_s: float = 0.01
+
+
+@dataclass
+class FakeOpenAI:
+    script: Script = field(default_factory=Script)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    port: int = 0
+    _server: uvicorn.Server | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> Any:
+            body = await request.json()
+            self.requests.append(body)
+            s = self.script
+            if s.status != 200:
+                return JSONResponse({"error": {"message": "scripted failure"}}, status_code=s.status)
+
+            async def sse():  # type: ignore[no-untyped-def]
+                if s.stall_s:
+                    await asyncio.sleep(s.stall_s)
+                base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": int(time.time()),
+                        "model": body.get("model", "fake")}
+                for word in s.text.split(" "):
+                    chunk = dict(base, choices=[{"index": 0, "delta": {"content": word + " "},
+                                                 "finish_reason": None}])
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                    await asyncio.sleep(s.token_delay_s)
+                if s.tool:
+                    tc = {"index": 0, "id": "call_1", "type": "function",
+                          "function": {"name": s.tool, "arguments": "{}"}}
+                    chunk = dict(base, choices=[{"index": 0, "delta": {"tool_calls": [tc]}, "finish_reason": None}])
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                done = dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])
+                yield f"data: {json.dumps(done)}\n\n"
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(sse(), media_type="text/event-stream")
+
+        return app
+
+    def start(self) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self._server = uvicorn.Server(uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, log_level="error"))
+        threading.Thread(target=self._server.run, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while not self._server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.should_exit = True
