@@ -59,6 +59,8 @@ class CallTimings:
     speech_started: list[float] = field(default_factory=list)
     first_audio_after: list[float | None] = field(default_factory=list)  # per utterance
     clears: list[float] = field(default_factory=list)
+    speech_ended_wall: list[float] = field(default_factory=list)  # the same instants, epoch seconds
+    send_lag_max_s: float = 0.0  # worst lateness of our own 20 ms frame clock (caller overloaded?)
 
 
 class TwilioCaller:
@@ -83,6 +85,8 @@ class TwilioCaller:
         self._speaking = False
         self._closed = asyncio.Event()
         self.close_code: int | None = None
+        self._last_speech_sent = (0.0, 0.0)  # (monotonic, wall) of the latest speech frame sent
+        self._utterance_done = asyncio.Condition()
 
     # ------------------------------------------------------------ webhook
     def sign(self, url: str, params: dict[str, str]) -> dict[str, str]:
@@ -144,30 +148,65 @@ class TwilioCaller:
         t0 = time.monotonic()
         try:
             while not self._closed.is_set():
+                speech = False
                 try:
                     payload = self._speech.get_nowait()
                     if payload == b"":
                         self._speaking = False
-                        self.timings.speech_ended.append(time.monotonic())
+                        # the utterance ended with the last speech frame sent, one tick ago
+                        mono, wall = self._last_speech_sent
+                        self.timings.speech_ended.append(mono)
+                        self.timings.speech_ended_wall.append(wall)
                         self.timings.first_audio_after.append(None)
+                        await self._notify_utterance_done()
                         payload = SILENCE
-                    elif not self._speaking:
-                        self._speaking = True
-                        self.timings.speech_started.append(time.monotonic())
+                    else:
+                        speech = True
+                        if not self._speaking:
+                            self._speaking = True
+                            self.timings.speech_started.append(time.monotonic())
                 except asyncio.QueueEmpty:
                     payload = SILENCE
+                self.timings.send_lag_max_s = max(self.timings.send_lag_max_s,
+                                                  time.monotonic() - (t0 + chunk_no * FRAME_S))
                 seq += 1
                 chunk_no += 1
                 await self._send({"event": "media", "sequenceNumber": str(seq), "streamSid": self.stream_sid,
                                   "media": {"track": "inbound", "chunk": str(chunk_no),
                                             "timestamp": str(chunk_no * 20),
                                             "payload": base64.b64encode(payload).decode()}})
+                if speech:
+                    self._last_speech_sent = (time.monotonic(), time.time())
                 self._echo_due_marks()
                 delay = t0 + chunk_no * FRAME_S - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
         except (websockets.ConnectionClosed, asyncio.CancelledError):
             pass
+
+    async def _notify_utterance_done(self) -> None:
+        async with self._utterance_done:
+            self._utterance_done.notify_all()
+
+    async def speak(self, ulaw8k: bytes, timeout: float = 60.0) -> tuple[float, float]:
+        """Say an utterance and wait until its last frame went out: (first, last) speech frame times."""
+        n = len(self.timings.speech_ended)
+        self.say(ulaw8k)
+        async with self._utterance_done:
+            await asyncio.wait_for(self._utterance_done.wait_for(lambda: len(self.timings.speech_ended) > n
+                                                                 or self._closed.is_set()), timeout)
+        if len(self.timings.speech_ended) <= n:
+            raise ConnectionError("the media stream closed while speaking")
+        return self.timings.speech_started[n], self.timings.speech_ended[n]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def agent_audible(self, at: float | None = None, slack_s: float = 0.1) -> bool:
+        """Is agent audio playing at ``at`` (default now) on the caller's virtual playout clock?"""
+        now = time.monotonic() if at is None else at
+        return self._play_until + slack_s >= now and bool(self.received)
 
     def _echo_due_marks(self) -> None:
         now = time.monotonic()
@@ -211,6 +250,7 @@ class TwilioCaller:
         finally:
             self.close_code = self.close_code or (self._ws.close_code if self._ws else None)
             self._closed.set()
+            await self._notify_utterance_done()
 
     async def wait_closed(self, timeout: float) -> bool:
         try:
@@ -229,6 +269,7 @@ class TwilioCaller:
         self._closed.set()
         for t in self._tasks:
             t.cancel()
+        await self._notify_utterance_done()
         with contextlib.suppress(Exception):
             await self._ws.close()
 

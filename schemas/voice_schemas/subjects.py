@@ -55,6 +55,14 @@ def any_call(kind: str, *sub: str) -> str:
     return ".".join(parts)
 
 
+def call_filter(call_id: str, kind: str, *sub: str) -> str:
+    """Subscription pattern under one call; ``*`` / ``>`` allowed after the kind."""
+    parts = [ROOT, check_id(call_id, "call_id"), _token(kind)]
+    for s in sub:
+        parts.append(s if s in ("*", ">") else _token(s))
+    return ".".join(parts)
+
+
 def call_wildcard(call_id: str) -> str:
     """Everything about one call: ``call.<call_id>.>``."""
     return f"{ROOT}.{check_id(call_id, 'call_id')}.>"

@@ -95,9 +95,8 @@ def platform(database_url: str) -> Iterator[Platform]:
             assert ok, f"{name} not ready:\n{p.log(name)[-3000:]}"
         yield p
     finally:
-        for proc in reversed(procs):
+        for proc in reversed(procs):  # services first, NATS last
             proc.terminate()
-        for proc in procs:
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
@@ -126,8 +125,8 @@ async def configure_agent(bus: Bus, number: str, **overrides: object) -> AgentCo
     raw = agent.model_dump_json().encode()
     await agents.put(subjects.agent_version_key(agent.id, agent.version), raw)
     await agents.put(subjects.agent_key(agent.id), raw)
-    await numbers.put(subjects.number_key(number),
-                      NumberRoute(number=number, tenant_id=agent.tenant_id, agent_id=agent.id).model_dump_json().encode())
+    route = NumberRoute(number=number, tenant_id=agent.tenant_id, agent_id=agent.id)
+    await numbers.put(subjects.number_key(number), route.model_dump_json().encode())
     return agent
 
 

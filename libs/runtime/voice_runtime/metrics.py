@@ -46,3 +46,7 @@ STAGE_SECONDS = Histogram(
 INFERENCE_SECONDS = Histogram(
     "voice_model_inference_seconds", "Model inference time", ["service", "model"], buckets=LATENCY_BUCKETS
 )
+LLM_TOKENS = Counter("voice_llm_tokens_total", "Completion tokens (streamed deltas) received", ["service"])
+LLM_TTFT = Histogram(
+    "voice_llm_time_to_first_token_seconds", "LLM request to first token", ["service"], buckets=LATENCY_BUCKETS
+)

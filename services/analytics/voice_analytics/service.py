@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import voice_runtime.db as db
 from nats.aio.msg import Msg
-from voice_runtime import db
 from voice_runtime.service import Service
 from voice_schemas import Envelope
 from voice_schemas.streams import ANALYTICS_RECORDER

@@ -229,11 +229,14 @@ class BrainService(Service):
                             delta = await asyncio.wait_for(it.__anext__(), timeout)
                         except StopAsyncIteration:
                             break
+                        if delta.text:
+                            metrics.LLM_TOKENS.labels(self.name).inc()
                         if delta.text and first_token is None:
                             first_token = time.time() * 1000
                             span.add_event("first_token")
                             metrics.STAGE_SECONDS.labels(self.name, "llm_first_token").observe(
                                 (first_token - started) / 1000)
+                            metrics.LLM_TTFT.labels(self.name).observe((first_token - started) / 1000)
                         for name, _args in delta.tool_calls:
                             if name == "end_call":
                                 hangup = True

@@ -1,10 +1,30 @@
-"""The control-api service."""
+"""The control-api service: PostgreSQL pool and migrations, bootstrap, the HTTP API, and the config it
+pushes to JetStream KV (full resync at start, periodically, and soon after any failed write)."""
 
 from __future__ import annotations
 
-from voice_runtime.service import Service
+import asyncio
+import contextlib
 
+import asyncpg
+from argon2 import PasswordHasher
+from fastapi import FastAPI
+from voice_runtime import db
+from voice_runtime.logging import get_logger
+from voice_runtime.service import Service
+from voice_schemas.streams import KV_AGENTS, KV_NUMBERS
+
+from .app import create_app
+from .bootstrap import bootstrap, signing_secret
+from .context import AppContext
+from .kvsync import ConfigPublisher, ResyncReport, Snapshot
+from .ratelimit import RateLimiter
+from .security import AccessTokens, Passwords
 from .settings import ControlApiSettings
+from .store import agents, numbers
+
+log = get_logger(__name__)
+RESYNC_RETRY_S = 5.0
 
 
 class ControlApiService(Service):
@@ -13,3 +33,99 @@ class ControlApiService(Service):
     def __init__(self, settings: ControlApiSettings) -> None:
         super().__init__(settings)
         self.settings: ControlApiSettings = settings
+        self.pool: asyncpg.Pool | None = None
+        self.ctx: AppContext | None = None
+        self.publisher: ConfigPublisher | None = None
+        self._resync_wanted: asyncio.Event | None = None
+
+    def app(self) -> FastAPI:
+        return create_app(self)
+
+    async def on_start(self) -> None:
+        s = self.settings
+        self.pool = await db.connect(s.database_url, max_size=s.db_pool_max)
+        try:
+            await self._prepare(self.pool)
+        except BaseException:
+            await self.pool.close()
+            self.pool = None
+            raise
+        self.spawn(self._reconcile_loop(), name="kv-reconcile")
+
+    async def _prepare(self, pool: asyncpg.Pool) -> None:
+        s = self.settings
+        await bootstrap(pool, s)
+        self.publisher = ConfigPublisher(self.kv[KV_AGENTS.bucket], self.kv[KV_NUMBERS.bucket])
+        self._resync_wanted = asyncio.Event()
+        self.ctx = AppContext(
+            settings=s,
+            pool=pool,
+            publisher=self.publisher,
+            tokens=AccessTokens(await signing_secret(pool, s), s.access_token_ttl_s),
+            passwords=Passwords(
+                PasswordHasher(time_cost=s.password_hash_time_cost, memory_cost=s.password_hash_memory_kib)
+            ),
+            limiter=RateLimiter(s.rate_limit_per_s, s.rate_limit_burst),
+            request_resync=self._resync_wanted.set,
+        )
+        report = await self.resync()
+        log.info(
+            "kv_resynced",
+            agents=report.agents_written,
+            numbers=report.numbers_written,
+            deleted=len(report.keys_deleted),
+        )
+
+    async def resync(self) -> ResyncReport:
+        """Make the KV buckets match PostgreSQL."""
+        assert self.publisher is not None and self.pool is not None
+        pool = self.pool
+
+        async def load() -> Snapshot:
+            async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                return Snapshot(
+                    agents=await agents.live_configs(conn),
+                    versions=await agents.all_versions(conn),
+                    numbers=await numbers.all_routes(conn),
+                )
+
+        return await self.publisher.resync(load)
+
+    async def _reconcile_loop(self) -> None:
+        assert self._resync_wanted is not None
+        interval = self.settings.kv_reconcile_interval_s or None
+        while not self.stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resync_wanted.wait(), timeout=interval)
+            self._resync_wanted.clear()
+            try:
+                report = await self.resync()
+                if report.agents_written or report.numbers_written or report.keys_deleted:
+                    log.info(
+                        "kv_repaired",
+                        agents=report.agents_written,
+                        numbers=report.numbers_written,
+                        deleted=len(report.keys_deleted),
+                    )
+            except Exception as e:
+                log.warning("kv_resync_failed", error=repr(e)[:300])
+                await asyncio.sleep(RESYNC_RETRY_S)
+                self._resync_wanted.set()
+
+    async def check_ready(self) -> bool:
+        if self.pool is None:
+            return False
+        try:
+            async with asyncio.timeout(2.0):
+                await self.pool.fetchval("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.pool.close(), timeout=5.0)
+            self.pool = None
+        self.ctx = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field, SecretStr
-
 from voice_runtime.settings import CommonSettings
 
 
@@ -21,6 +20,8 @@ class ControlApiSettings(CommonSettings):
     refresh_token_ttl_s: int = Field(
         7 * 86400, ge=300, le=90 * 86400, description="Lifetime of a refresh token (rotated on each use)"
     )
+    password_hash_time_cost: int = Field(3, ge=1, le=20, description="argon2id passes")
+    password_hash_memory_kib: int = Field(65536, ge=8192, le=1048576, description="argon2id memory per hash")
     bootstrap_tenant_name: str = Field("Default", description="Name of the tenant BOOTSTRAP_ADMIN_KEY creates")
 
     # API behaviour

@@ -58,7 +58,7 @@ class CallSession:
         nc = self.bus.nc
         self._subs = [
             await nc.subscribe(subjects.audio_out(self.call_id), cb=self._on_audio),
-            await nc.subscribe(subjects.call_subject(self.call_id, "control", ">"), cb=self._on_control),
+            await nc.subscribe(subjects.call_filter(self.call_id, "control", ">"), cb=self._on_control),
             await nc.subscribe(events.CallEnded.subject_for(self.call_id), cb=self._on_ended),
         ]
         self._sender = asyncio.create_task(self._playout_loop(), name=f"playout:{self.call_id}")

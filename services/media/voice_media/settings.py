@@ -1,12 +1,67 @@
-"""Settings of the media service."""
+"""Settings of the media service.
+
+Per-agent turn timing (hangover, barge-in minimum, interruptible) comes from the agent's
+``TurnSettings``; what is here is per deployment: VAD tuning, utterance padding, model workers.
+"""
 
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field
-
 from voice_runtime.settings import CommonSettings
+
+from .turns import DetectorParams
 
 
 class MediaSettings(CommonSettings):
     service_name: str = "media"
     http_port: int = Field(8081, validation_alias=AliasChoices("MEDIA_HTTP_PORT", "HTTP_PORT"))
+
+    vad_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Speech probability that starts speech")
+    vad_stop_threshold: float = Field(0.35, gt=0.0, lt=1.0, description="Probability below which is silence")
+    barge_in_threshold: float = Field(
+        0.6, gt=0.0, lt=1.0, description="Onset threshold while the agent speaks (echo, line noise)"
+    )
+    onset_windows: int = Field(2, ge=1, le=10, description="Consecutive 32 ms windows that make an onset")
+    barge_in_onset_windows: int = Field(
+        2, ge=1, le=10, description="Consecutive windows that pause the agent (each 32 ms adds latency)"
+    )
+    speech_stop_ms: int = Field(160, ge=32, le=2000, description="Silence that ends a speech segment")
+    vad_offset_lag_ms: int = Field(
+        64, ge=0, le=300, description="How long Silero keeps scoring speech after it ended (offset dated back)"
+    )
+    barge_in_max_pause_ms: int = Field(
+        1500, ge=200, le=10_000, description="Longest pause of the agent on a barge-in that never commits"
+    )
+    max_utterance_ms: int = Field(
+        15_000, ge=1000, le=20_000, description="Longest utterance sent to stt (base64 must fit 1 MB)"
+    )
+    min_turn_speech_ms: int = Field(96, ge=0, le=2000, description="Turns with less voiced speech are dropped")
+    pre_roll_ms: int = Field(200, ge=0, le=1000, description="Audio kept before the speech onset")
+    trailing_silence_ms: int = Field(100, ge=0, le=1000, description="Silence kept after the speech offset")
+
+    turn_model_enabled: bool = Field(True, description="Shorten the hangover with smart-turn v3")
+    turn_model_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Probability that means 'complete'")
+    turn_model_workers: int = Field(1, ge=1, le=16, description="Threads running the turn model")
+    turn_model_threads: int = Field(1, ge=1, le=16, description="ONNX intra-op threads per prediction")
+    turn_model_max_queue: int = Field(
+        8, ge=1, description="Predictions waiting beyond this are skipped (the hangover still ends the turn)"
+    )
+
+    stall_ms: int = Field(250, ge=50, description="No caller audio this long: silence timers run on wall time")
+    call_idle_timeout_s: float = Field(60.0, gt=0, description="No caller audio this long: the call is freed")
+    capture_on_call_end: bool = Field(True, description="Publish a turn in progress when the call ends")
+
+    def detector_params(self) -> DetectorParams:
+        return DetectorParams(
+            threshold=self.vad_threshold,
+            stop_threshold=self.vad_stop_threshold,
+            barge_in_threshold=self.barge_in_threshold,
+            onset_windows=self.onset_windows,
+            barge_in_onset_windows=self.barge_in_onset_windows,
+            speech_stop_ms=self.speech_stop_ms,
+            offset_lag_ms=self.vad_offset_lag_ms,
+            barge_in_max_pause_ms=self.barge_in_max_pause_ms,
+            max_utterance_ms=self.max_utterance_ms,
+            min_turn_speech_ms=self.min_turn_speech_ms,
+            use_turn_model=self.turn_model_enabled,
+        )

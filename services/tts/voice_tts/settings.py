@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field
-
 from voice_runtime.settings import CommonSettings
 
 
 class TtsSettings(CommonSettings):
     service_name: str = "tts"
     http_port: int = Field(8084, validation_alias=AliasChoices("TTS_HTTP_PORT", "HTTP_PORT"))
+    tts_voice: str = Field("joe", description="Voice for agents that name none (or an unknown one)")
+    tts_concurrency: int = Field(
+        1, ge=1, le=32,
+        description="Sentences synthesized at once by this replica; calls take turns sentence by sentence",
+    )
+    tts_threads: int = Field(0, ge=0, le=64, description="Compute threads per synthesis; 0 = all cores")
+    tts_call_idle_s: float = Field(
+        3600.0, gt=0, description="Forget a call's state after this long without activity (missed CallEnded)"
+    )

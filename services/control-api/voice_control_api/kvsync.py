@@ -1,0 +1,216 @@
+"""Agent and number configuration pushed to JetStream KV, where the data plane reads it.
+
+Layout (bucket ``agents``): ``a.<id>`` holds the current version's AgentConfig JSON, ``a.<id>.v<n>``
+every version ever published (calls pinned to a version keep reading it). Bucket ``numbers``:
+``n<digits>`` holds the NumberRoute JSON.
+
+PostgreSQL is the record; KV is derived from it. Writes happen after the database commit; a write
+that fails is repaired by the next resync (at start, periodically, and soon after any failure).
+The current-version key is only ever moved forward (compare-and-set on the KV revision), so two
+replicas writing concurrently, or a resync holding an older snapshot, cannot roll an agent back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from voice_runtime.logging import get_logger
+from voice_schemas import subjects
+from voice_schemas.agent import AgentConfig, NumberRoute
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Snapshot:
+    """What PostgreSQL says KV should hold."""
+
+    agents: list[AgentConfig]  # current version of every live agent
+    versions: set[tuple[str, int]]  # every (agent_id, version) that exists, live agent or not
+    numbers: list[NumberRoute]
+
+
+@dataclass
+class ResyncReport:
+    agents_written: int = 0
+    numbers_written: int = 0
+    keys_deleted: list[str] = field(default_factory=list)
+
+
+def _version_of(value: bytes | None) -> int | None:
+    if not value:
+        return None
+    try:
+        v = json.loads(value).get("version")
+    except (ValueError, AttributeError):
+        return None
+    return v if isinstance(v, int) else None
+
+
+def _parse_agent_key(key: str) -> tuple[str, int | None] | None:
+    """'a.<id>' -> (id, None); 'a.<id>.v<n>' -> (id, n); anything else -> None."""
+    parts = key.split(".")
+    if len(parts) == 2 and parts[0] == "a":
+        return parts[1], None
+    if len(parts) == 3 and parts[0] == "a" and parts[2].startswith("v") and parts[2][1:].isdigit():
+        return parts[1], int(parts[2][1:])
+    return None
+
+
+class ConfigPublisher:
+    def __init__(self, agents: KeyValue, numbers: KeyValue) -> None:
+        self.agents = agents
+        self.numbers = numbers
+
+    # ------------------------------------------------------------------ agents
+    async def publish_agent(self, cfg: AgentConfig) -> bool:
+        """Write the version key and move the current key forward. False when KV already had a newer one."""
+        data = cfg.model_dump_json().encode()
+        await self.agents.put(subjects.agent_version_key(cfg.id, cfg.version), data)
+        return await self._put_if_newer(subjects.agent_key(cfg.id), data, cfg.version)
+
+    async def _put_if_newer(self, key: str, data: bytes, version: int, attempts: int = 8) -> bool:
+        for _ in range(attempts):
+            try:
+                entry = await self.agents.get(key)
+            except KeyNotFoundError:
+                entry = None
+            if entry is not None:
+                current = _version_of(entry.value)
+                if current is not None and current >= version:
+                    return False
+            try:
+                if entry is None:
+                    await self.agents.create(key, data)
+                else:
+                    await self.agents.update(key, data, last=entry.revision)
+                return True
+            except KeyWrongLastSequenceError:
+                continue  # someone else wrote in between: re-read and decide again
+        raise RuntimeError(f"could not update {key}: too much contention")
+
+    async def retract_agent(self, agent_id: str) -> None:
+        """The agent is deleted: remove its current key (its version keys stay for running calls)."""
+        await self.agents.delete(subjects.agent_key(agent_id))
+
+    async def read_agent(self, agent_id: str) -> tuple[dict[str, object], int] | None:
+        try:
+            entry = await self.agents.get(subjects.agent_key(agent_id))
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        return json.loads(entry.value), int(entry.revision or 0)
+
+    # ------------------------------------------------------------------ numbers
+    async def publish_number(self, route: NumberRoute) -> None:
+        await self.numbers.put(subjects.number_key(route.number), route.model_dump_json().encode())
+
+    async def retract_number(self, number: str) -> None:
+        await self.numbers.delete(subjects.number_key(number))
+
+    async def read_number(self, number: str) -> dict[str, object] | None:
+        try:
+            entry = await self.numbers.get(subjects.number_key(number))
+        except KeyNotFoundError:
+            return None
+        return json.loads(entry.value) if entry.value else None
+
+    # ------------------------------------------------------------------ full resync
+    async def resync(self, load: Callable[[], Awaitable[Snapshot]]) -> ResyncReport:
+        """Make KV match PostgreSQL.
+
+        KV entries are read *before* the database, and every write is conditional on the revision seen
+        then. A concurrent API change commits before it writes KV, so either the snapshot already holds
+        it, or its KV write moved the revision and our conditional write or delete is skipped: a resync
+        never overwrites or deletes something newer than its snapshot.
+        """
+        agent_entries = await _entries(self.agents)
+        number_entries = await _entries(self.numbers)
+        snap = await load()
+        report = ResyncReport()
+        # A database without a single agent version next to a KV full of routes is far more likely a wrong
+        # DATABASE_URL than a platform whose every agent was deleted (deletes retract their keys anyway):
+        # write what there is, delete nothing.
+        may_delete = bool(snap.versions) or not (agent_entries or number_entries)
+        if not may_delete:
+            log.error(
+                "kv_resync_deletes_skipped",
+                reason="database has no agents but KV has keys",
+                agent_keys=len(agent_entries),
+                number_keys=len(number_entries),
+            )
+
+        live = {a.id for a in snap.agents}
+        for cfg in snap.agents:
+            data = cfg.model_dump_json().encode()
+            vkey = subjects.agent_version_key(cfg.id, cfg.version)
+            if vkey not in agent_entries:
+                await self.agents.put(vkey, data)
+            if await self._put_if_newer(subjects.agent_key(cfg.id), data, cfg.version):
+                report.agents_written += 1
+        for key, entry in sorted(agent_entries.items()):
+            parsed = _parse_agent_key(key)
+            if parsed is None:
+                continue  # not a key this service writes
+            agent_id, version = parsed
+            stale = agent_id not in live if version is None else (agent_id, version) not in snap.versions
+            if stale and may_delete and await _delete_if_unchanged(self.agents, key, entry.revision):
+                report.keys_deleted.append(key)
+
+        wanted = {subjects.number_key(r.number): r for r in snap.numbers}
+        for key, route in wanted.items():
+            data = route.model_dump_json().encode()
+            seen = number_entries.get(key)
+            if seen is not None and seen.value and _same_json(seen.value, data):
+                continue
+            try:
+                if seen is None:
+                    await self.numbers.create(key, data)
+                else:
+                    await self.numbers.update(key, data, last=seen.revision)
+                report.numbers_written += 1
+            except KeyWrongLastSequenceError:
+                pass  # changed since we looked: that change is at least as new as our snapshot
+        for key in sorted(number_entries.keys() - wanted.keys()):
+            if (
+                key.startswith("n")
+                and key[1:].isdigit()
+                and await _delete_if_unchanged(self.numbers, key, number_entries[key].revision)
+            ):
+                report.keys_deleted.append(key)
+        return report
+
+
+def _same_json(a: bytes, b: bytes) -> bool:
+    try:
+        return bool(json.loads(a) == json.loads(b))
+    except ValueError:
+        return False
+
+
+async def _entries(kv: KeyValue) -> dict[str, KeyValue.Entry]:
+    """Every live key with its value and revision, in one pass over the bucket."""
+    watcher = await kv.watchall(ignore_deletes=True)
+    out: dict[str, KeyValue.Entry] = {}
+    try:
+        while True:
+            entry = await watcher.updates(timeout=10.0)
+            if entry is None:
+                break
+            out[entry.key] = entry
+    finally:
+        await watcher.stop()
+    return out
+
+
+async def _delete_if_unchanged(kv: KeyValue, key: str, revision: int | None) -> bool:
+    try:
+        await kv.delete(key, last=revision)
+        return True
+    except APIError:  # wrong last sequence: it changed since we looked, keep it
+        return False

@@ -1,0 +1,107 @@
+"""Request ids and one access-log line per request (pure ASGI, so nothing runs in a separate task)."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Histogram
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from voice_runtime.logging import get_logger
+
+from .context import request_id_var
+from .problems import problem_response
+
+log = get_logger("voice_control_api.access")
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_QUIET = ("/healthz", "/readyz", "/metrics")
+MAX_BODY_BYTES = 1024 * 1024  # an agent with the longest prompt is ~100 KiB
+
+# labelled by route template (never by ids) and status
+REQUESTS = Counter(
+    "voice_control_api_requests_total", "HTTP requests by route and status", ["method", "route", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "voice_control_api_request_seconds",
+    "HTTP request duration by route",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+
+class RequestContextMiddleware:
+    """Takes X-Request-Id from the caller (when sane) or makes one, returns it, binds it to every log line
+    of the request, refuses bodies over MAX_BODY_BYTES (413), and answers an unhandled error with a
+    problem+json 500 carrying the id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status: dict[str, Any] = {"code": 500, "sent": False}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["sent"] = True
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                if _too_large(headers):
+                    response = problem_response(Request(scope), 413, f"request body over {MAX_BODY_BYTES} bytes")
+                    await response(scope, receive, send_with_id)
+                    return
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                log.error("unhandled_error", path=scope.get("path"), error=repr(exc)[:500], exc_info=exc)
+                if status["sent"]:
+                    raise
+                response = problem_response(
+                    Request(scope), 500, "internal error; quote the request id when reporting it"
+                )
+                await response(scope, receive, send_with_id)
+            finally:
+                request_id_var.reset(token)
+                elapsed = time.perf_counter() - started
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                REQUESTS.labels(scope.get("method", ""), route, str(status["code"])).inc()
+                REQUEST_SECONDS.labels(scope.get("method", ""), route).observe(elapsed)
+                path = scope.get("path", "")
+                if path not in _QUIET:
+                    principal = scope.get("state", {}).get("principal")
+                    log.info(
+                        "request",
+                        method=scope.get("method"),
+                        path=path,
+                        status=status["code"],
+                        duration_ms=round(elapsed * 1000, 1),
+                        tenant_id=getattr(principal, "tenant_id", None),
+                        actor=getattr(principal, "actor", None),
+                    )
+
+
+def _too_large(headers: dict[bytes, bytes]) -> bool:
+    length = headers.get(b"content-length")
+    if length is None:
+        return False
+    try:
+        return int(length) > MAX_BODY_BYTES
+    except ValueError:
+        return False

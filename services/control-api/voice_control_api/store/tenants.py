@@ -1,0 +1,55 @@
+"""Tenants."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+COLUMNS = "id, name, created_at, updated_at, version"
+
+
+async def create(conn: asyncpg.Connection, tenant_id: str, name: str) -> dict[str, Any]:
+    row = await conn.fetchrow(f"INSERT INTO tenants (id, name) VALUES ($1, $2) RETURNING {COLUMNS}", tenant_id, name)
+    return dict(row)
+
+
+async def ensure(conn: asyncpg.Connection, tenant_id: str, name: str) -> bool:
+    """Create the tenant when missing; True when it was created now."""
+    status = await conn.execute(
+        "INSERT INTO tenants (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING", tenant_id, name
+    )
+    return status.endswith(" 1")
+
+
+async def get(conn: asyncpg.Connection, tenant_id: str, *, for_update: bool = False) -> dict[str, Any] | None:
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(f"SELECT {COLUMNS} FROM tenants WHERE id = $1{lock}", tenant_id)
+    return dict(row) if row else None
+
+
+async def list_(
+    conn: asyncpg.Connection, *, only_id: str | None, name: str | None, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"""
+        SELECT {COLUMNS} FROM tenants
+        WHERE ($1::text IS NULL OR id = $1)
+          AND ($2::text IS NULL OR strpos(lower(name), lower($2)) > 0)
+        ORDER BY created_at, id LIMIT $3 OFFSET $4
+        """,
+        only_id,
+        name,
+        limit,
+        offset,
+    )
+    return [dict(r) for r in rows]
+
+
+async def rename(conn: asyncpg.Connection, tenant_id: str, name: str) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        f"UPDATE tenants SET name = $2, updated_at = now(), version = version + 1 WHERE id = $1 RETURNING {COLUMNS}",
+        tenant_id,
+        name,
+    )
+    return dict(row)

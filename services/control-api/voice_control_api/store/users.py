@@ -1,0 +1,161 @@
+"""Users of a tenant (console logins) and their refresh tokens."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+COLUMNS = "id, tenant_id, email, name, role, is_active, created_at, updated_at, version"
+
+
+async def create(
+    conn: asyncpg.Connection,
+    *,
+    user_id: str,
+    tenant_id: str,
+    email: str,
+    name: str | None,
+    role: str,
+    password_hash: str,
+) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO users (id, tenant_id, email, name, role, password_hash)
+        VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}
+        """,
+        user_id,
+        tenant_id,
+        email,
+        name,
+        role,
+        password_hash,
+    )
+    return dict(row)
+
+
+async def get(
+    conn: asyncpg.Connection, tenant_id: str, user_id: str, *, for_update: bool = False
+) -> dict[str, Any] | None:
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(f"SELECT {COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2{lock}", tenant_id, user_id)
+    return dict(row) if row else None
+
+
+async def credentials_by_email(conn: asyncpg.Connection, email: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT id, tenant_id, role, is_active, password_hash FROM users WHERE lower(email) = lower($1)", email
+    )
+
+
+async def password_hash(conn: asyncpg.Connection, user_id: str) -> str | None:
+    value = await conn.fetchval("SELECT password_hash FROM users WHERE id = $1", user_id)
+    return str(value) if value is not None else None
+
+
+async def set_password_hash(conn: asyncpg.Connection, user_id: str, password_hash: str) -> None:
+    await conn.execute(
+        "UPDATE users SET password_hash = $2, updated_at = now(), version = version + 1 WHERE id = $1",
+        user_id,
+        password_hash,
+    )
+
+
+async def list_(
+    conn: asyncpg.Connection,
+    tenant_id: str,
+    *,
+    role: str | None,
+    is_active: bool | None,
+    email: str | None,
+    limit: int,
+    offset: int,
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"""
+        SELECT {COLUMNS} FROM users
+        WHERE tenant_id = $1 AND ($2::text IS NULL OR role = $2) AND ($3::bool IS NULL OR is_active = $3)
+          AND ($4::text IS NULL OR lower(email) = lower($4))
+        ORDER BY created_at, id LIMIT $5 OFFSET $6
+        """,
+        tenant_id,
+        role,
+        is_active,
+        email,
+        limit,
+        offset,
+    )
+    return [dict(r) for r in rows]
+
+
+async def update(conn: asyncpg.Connection, tenant_id: str, user_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    allowed = {"name", "role", "is_active", "password_hash"}
+    cols = [c for c in changes if c in allowed]
+    sets = ", ".join(f"{c} = ${i + 3}" for i, c in enumerate(cols))
+    sets = (sets + ", " if sets else "") + "updated_at = now(), version = version + 1"
+    row = await conn.fetchrow(
+        f"UPDATE users SET {sets} WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}",
+        tenant_id,
+        user_id,
+        *(changes[c] for c in cols),
+    )
+    return dict(row)
+
+
+async def delete(conn: asyncpg.Connection, tenant_id: str, user_id: str) -> None:
+    await conn.execute("UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", user_id)
+    await conn.execute("DELETE FROM users WHERE tenant_id = $1 AND id = $2", tenant_id, user_id)
+
+
+# ------------------------------------------------------------------ refresh tokens
+async def add_refresh_token(
+    conn: asyncpg.Connection,
+    *,
+    token_id: str,
+    user_id: str,
+    tenant_id: str,
+    token_hash: str,
+    expires_at: datetime,
+) -> None:
+    await conn.execute(
+        "INSERT INTO refresh_tokens (id, user_id, tenant_id, token_hash, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        token_id,
+        user_id,
+        tenant_id,
+        token_hash,
+        expires_at,
+    )
+
+
+async def refresh_token(conn: asyncpg.Connection, token_hash: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """
+        SELECT t.id, t.user_id, t.tenant_id, t.revoked_at, t.expires_at <= now() AS expired,
+               u.role, u.is_active
+        FROM refresh_tokens t JOIN users u ON u.id = t.user_id
+        WHERE t.token_hash = $1 FOR UPDATE OF t
+        """,
+        token_hash,
+    )
+
+
+async def revoke_refresh_token(conn: asyncpg.Connection, token_id: str) -> None:
+    await conn.execute("UPDATE refresh_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", token_id)
+
+
+async def revoke_user_refresh_tokens(conn: asyncpg.Connection, user_id: str) -> None:
+    await conn.execute(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", user_id
+    )
+
+
+async def prune_refresh_tokens(conn: asyncpg.Connection, user_id: str) -> None:
+    """Expired tokens go; revoked ones are kept a day so a replayed one is still recognised as reuse."""
+    await conn.execute(
+        """
+        DELETE FROM refresh_tokens
+        WHERE user_id = $1 AND (expires_at < now() OR revoked_at < now() - interval '1 day')
+        """,
+        user_id,
+    )

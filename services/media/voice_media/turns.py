@@ -1,0 +1,430 @@
+"""Turn taking for one call: speech segments, end of turn and barge-in, as a pure state machine.
+
+``TurnDetector`` is fed one voice-activity probability per VAD window (with the window's end time in
+call media milliseconds), the agent's playout state and the turn model's answers. It returns
+decisions (dataclasses below); it does no I/O, keeps no wall clock and imports no broker, so every
+rule is unit-testable with synthetic probabilities and a fake clock.
+
+Rules:
+
+- Speech onset: ``onset_windows`` consecutive windows at or above ``threshold`` (``barge_in_threshold``
+  while interruptible agent audio is playing, so a single noisy or echoed window never pauses it).
+  A segment ends once the probability stays below ``stop_threshold`` for ``speech_stop_ms``; its
+  offset is the end of its last speech window less the VAD's known tail (``offset_lag_ms``).
+- End of turn, counted from the speech offset: the turn model is asked once silence reaches
+  ``min_turn_silence_ms``; "complete" ends the turn at once, otherwise the ``end_of_turn_ms``
+  hangover does. A turn is cut at ``max_utterance_ms`` even mid-speech; a turn with less than
+  ``min_turn_speech_ms`` of voiced speech (a click) is dropped.
+- Barge-in (agent audio playing and the agent interruptible): onset -> ``PausePlayout`` at once;
+  ``min_barge_in_ms`` of voiced speech -> ``BargeIn`` with a new epoch, and the speech carries on as
+  a normal turn; a segment that stops short of that -> ``ResumePlayout`` and, when it began a turn
+  while the agent was still speaking, the segment is discarded (a backchannel never becomes a turn).
+  Every ``PausePlayout`` is followed by exactly one ``ResumePlayout`` or ``BargeIn``, at the latest
+  after ``barge_in_max_pause_ms`` (sound that stays between the thresholds never holds the agent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+from uuid import uuid4
+
+EndOfTurn = Literal["silence", "model", "max_duration", "call_end"]
+
+
+# ---------------------------------------------------------------- parameters
+@dataclass(frozen=True, slots=True)
+class TurnThresholds:
+    """Per-agent timing (mirrors ``voice_schemas.agent.TurnSettings``)."""
+
+    end_of_turn_ms: int = 600
+    interruptible: bool = True
+    min_barge_in_ms: int = 400
+    min_turn_silence_ms: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorParams:
+    """Per-deployment VAD tuning (media settings)."""
+
+    window_ms: int = 32
+    threshold: float = 0.5
+    stop_threshold: float = 0.35
+    barge_in_threshold: float = 0.6
+    onset_windows: int = 2
+    barge_in_onset_windows: int = 2
+    speech_stop_ms: int = 160
+    # Silero keeps scoring speech ~2 windows after it ends (measured on piper speech, wideband and
+    # phone-band: last window >= stop_threshold ends 60-90 ms after the true offset). The offset is
+    # dated that much earlier, so hangovers count real silence and latency figures are not flattered.
+    offset_lag_ms: int = 64
+    max_utterance_ms: int = 15_000
+    # The longest the agent stays paused on a suspected barge-in whose speech never gets voiced
+    # enough to commit (echo or noise hovering between the two thresholds).
+    barge_in_max_pause_ms: int = 1500
+    # silence that ends a suspected barge-in (-> resume) when it has not reached min_barge_in_ms
+    barge_in_gap_ms: int = 350
+    min_turn_speech_ms: int = 96  # a turn with less voiced speech (a click, a bump) is dropped
+    use_turn_model: bool = True
+
+
+# ---------------------------------------------------------------- decisions
+@dataclass(frozen=True, slots=True)
+class SpeechBegan:
+    turn_id: str
+    at_ms: int
+    agent_speaking: bool
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEnded:
+    turn_id: str
+    at_ms: int
+    speech_ms: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class PausePlayout:
+    """Command: stop sending agent audio now, keep it buffered."""
+
+    at_ms: int
+    agent_turn_id: str | None
+    epoch: int
+    onset_ms: int | None = None  # the speech onset that caused it
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePlayout:
+    """Command: the suspected barge-in was not one; play on from where it paused."""
+
+    at_ms: int
+    speech_ms: int
+    agent_turn_id: str | None
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class BargeIn:
+    """Committed barge-in; ``epoch`` is the new epoch."""
+
+    at_ms: int
+    speech_ms: int
+    agent_turn_id: str | None
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunTurnModel:
+    """Ask the end-of-turn model about the turn's audio from ``start_ms`` to ``end_ms``."""
+
+    request_id: int
+    turn_id: str
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnded:
+    """The caller's turn is over: capture ``start_ms``..``speech_end_ms`` (plus padding) as an utterance."""
+
+    turn_id: str
+    start_ms: int
+    speech_end_ms: int
+    decided_ms: int
+    reason: EndOfTurn
+    epoch: int
+
+    @property
+    def end_of_turn_ms(self) -> int:
+        return self.decided_ms - self.speech_end_ms
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentDiscarded:
+    """A short segment over the agent's speech (backchannel, cough) was dropped, not a turn."""
+
+    turn_id: str
+    at_ms: int
+    speech_ms: int
+
+
+Decision = (
+    SpeechBegan | SpeechEnded | PausePlayout | ResumePlayout | BargeIn | RunTurnModel | TurnEnded
+    | SegmentDiscarded
+)
+
+
+# ---------------------------------------------------------------- state
+@dataclass(slots=True)
+class _Turn:
+    turn_id: str
+    start_ms: int
+    speech_end_ms: int | None = None  # offset of the last segment; None while the caller speaks
+    model_request: int | None = None  # request asked about the current pause
+    voiced_ms: int = 0  # voiced speech of the turn's finished segments
+
+
+@dataclass(slots=True)
+class _Barge:
+    onset_ms: int
+    new_turn: bool  # the segment began the turn: discard the turn if it stops short
+    agent_turn_id: str | None
+
+
+def _new_id() -> str:
+    return uuid4().hex
+
+
+class TurnDetector:
+    """The turn-taking state machine of one call (see module docstring)."""
+
+    def __init__(
+        self,
+        turn: TurnThresholds | None = None,
+        params: DetectorParams | None = None,
+        *,
+        new_id: Callable[[], str] = _new_id,
+        epoch: int = 0,
+    ) -> None:
+        self.turn_cfg = turn or TurnThresholds()
+        self.params = params or DetectorParams()
+        self.epoch = epoch
+        self._new_id = new_id
+        self._t = 0  # latest media time seen
+        # voice activity
+        self._speaking = False
+        self._above = 0  # consecutive windows over the onset threshold
+        self._seg_onset_ms = 0
+        self._seg_voiced_ms = 0  # windows at/over `threshold` since the segment's onset
+        self._last_speech_ms = 0  # end of the last window at/over `stop_threshold`
+        # turn and barge-in
+        self._turn: _Turn | None = None
+        self._barge: _Barge | None = None
+        self._agent_turns: dict[str, None] = {}  # playout in progress, insertion-ordered
+        self._model_requests = 0
+
+    # ------------------------------------------------------------ read-only views
+    @property
+    def speaking(self) -> bool:
+        return self._speaking
+
+    @property
+    def agent_speaking(self) -> bool:
+        return bool(self._agent_turns)
+
+    @property
+    def in_turn(self) -> bool:
+        return self._turn is not None
+
+    @property
+    def barge_in_pending(self) -> bool:
+        return self._barge is not None
+
+    @property
+    def turn_start_ms(self) -> int | None:
+        return self._turn.start_ms if self._turn else None
+
+    @property
+    def now_ms(self) -> int:
+        return self._t
+
+    def update_thresholds(self, turn: TurnThresholds) -> None:
+        self.turn_cfg = turn
+
+    # ------------------------------------------------------------ inputs
+    def on_window(self, probability: float, end_ms: int) -> list[Decision]:
+        """One VAD window ending at ``end_ms`` (media time) with speech probability ``probability``."""
+        t = end_ms if end_ms > self._t else self._t
+        self._t = t
+        out: list[Decision] = []
+        p = self.params
+        if self._speaking:
+            if probability >= p.stop_threshold:
+                self._last_speech_ms = t
+                if probability >= p.threshold:
+                    self._seg_voiced_ms += p.window_ms
+                if self._barge is not None and self._seg_voiced_ms >= self.turn_cfg.min_barge_in_ms:
+                    self._commit_barge_in(t, out)
+            turn = self._turn
+            barge = self._barge
+            if turn is not None and t - turn.start_ms >= p.max_utterance_ms:
+                self._cut_max_duration(t, out)
+            elif t - self._last_speech_ms >= self._stop_ms() or (
+                barge is not None and t - barge.onset_ms >= p.barge_in_max_pause_ms
+            ):
+                self._offset(out)
+                self._check_silence(t, out)
+        else:
+            barge_mode = self.agent_speaking and self.turn_cfg.interruptible
+            threshold = p.barge_in_threshold if barge_mode else p.threshold
+            needed = p.barge_in_onset_windows if barge_mode else p.onset_windows
+            self._above = self._above + 1 if probability >= threshold else 0
+            if self._above >= needed:
+                self._onset(t - self._above * p.window_ms, t, out)
+            else:
+                self._check_silence(t, out)
+        return out
+
+    def tick(self, now_ms: int) -> list[Decision]:
+        """Time passed with no audio (stalled stream): evaluate the timers as silence."""
+        if now_ms <= self._t:
+            return []
+        return self.on_window(0.0, now_ms)
+
+    def playout_started(self, agent_turn_id: str | None, epoch: int) -> list[Decision]:
+        """Agent audio of ``agent_turn_id`` started reaching the caller."""
+        out: list[Decision] = []
+        if epoch < self.epoch:  # a turn cancelled by a barge-in, still in flight
+            return out
+        was_speaking = self.agent_speaking
+        self._agent_turns[agent_turn_id or ""] = None
+        if (
+            not was_speaking
+            and self.turn_cfg.interruptible
+            and self._speaking
+            and self._barge is None
+            and self._turn is not None
+        ):
+            # The caller is mid-sentence as the agent starts: treat it as a barge-in from now on,
+            # but the caller's turn began first, so it is never discarded.
+            self._barge = _Barge(self._seg_onset_ms, new_turn=False, agent_turn_id=agent_turn_id)
+            out.append(PausePlayout(self._t, agent_turn_id, self.epoch))
+            if self._seg_voiced_ms >= self.turn_cfg.min_barge_in_ms:
+                self._commit_barge_in(self._t, out)
+        return out
+
+    def playout_finished(self, agent_turn_id: str | None) -> list[Decision]:
+        """All agent audio of ``agent_turn_id`` has played or was cleared."""
+        self._agent_turns.pop(agent_turn_id or "", None)
+        return []
+
+    def on_turn_model(self, request_id: int, complete: bool) -> list[Decision]:
+        """The turn model's answer to ``RunTurnModel(request_id)``; stale answers are ignored."""
+        out: list[Decision] = []
+        turn = self._turn
+        if (
+            complete
+            and turn is not None
+            and not self._speaking
+            and turn.model_request == request_id
+            and turn.speech_end_ms is not None
+        ):
+            self._end_turn(self._t, "model", out)
+        return out
+
+    def end_of_call(self) -> list[Decision]:
+        """The call ended: capture a committed turn in progress (``call_end``), drop anything else."""
+        out: list[Decision] = []
+        turn = self._turn
+        if turn is not None and self._barge is None:
+            if self._speaking:
+                self._offset(out)
+            if self._turn is not None:
+                self._end_turn(self._t, "call_end", out)
+        self._turn = None
+        self._barge = None
+        self._speaking = False
+        self._agent_turns.clear()
+        return out
+
+    # ------------------------------------------------------------ transitions
+    def _stop_ms(self) -> int:
+        if self._barge is not None:
+            # words of one interruption ("Wait, sorry, can you…") are separated by short pauses:
+            # keep counting voiced speech across them instead of resuming between words
+            return max(self.params.speech_stop_ms, self.params.barge_in_gap_ms)
+        return min(self.params.speech_stop_ms, self.turn_cfg.min_turn_silence_ms)
+
+    def _onset(self, at_ms: int, t: int, out: list[Decision]) -> None:
+        at_ms = max(at_ms, 0)
+        self._speaking = True
+        self._above = 0
+        self._seg_onset_ms = at_ms
+        self._seg_voiced_ms = t - at_ms
+        self._last_speech_ms = t
+        turn = self._turn
+        new_turn = turn is None
+        if turn is None:
+            turn = self._turn = _Turn(self._new_id(), at_ms)
+        else:  # speech resumed within the turn: the pending pause no longer counts
+            turn.speech_end_ms = None
+            turn.model_request = None
+        agent = self.agent_speaking
+        if agent and self.turn_cfg.interruptible and self._barge is None:
+            agent_turn = next(reversed(self._agent_turns)) or None
+            self._barge = _Barge(at_ms, new_turn=new_turn, agent_turn_id=agent_turn)
+            out.append(PausePlayout(t, agent_turn, self.epoch, onset_ms=at_ms))  # first: it is urgent
+        out.append(SpeechBegan(turn.turn_id, at_ms, agent, self.epoch))
+
+    def _offset(self, out: list[Decision]) -> None:
+        self._speaking = False
+        self._above = 0
+        offset = max(self._seg_onset_ms, self._last_speech_ms - self.params.offset_lag_ms)
+        speech_ms = offset - self._seg_onset_ms
+        turn = self._turn
+        assert turn is not None
+        out.append(SpeechEnded(turn.turn_id, offset, speech_ms, self.epoch))
+        barge = self._barge
+        if barge is not None:  # stopped short of a barge-in
+            self._barge = None
+            out.append(ResumePlayout(self._t, speech_ms, barge.agent_turn_id, self.epoch))
+            if barge.new_turn and self.agent_speaking:
+                out.append(SegmentDiscarded(turn.turn_id, self._seg_onset_ms, speech_ms))
+                self._turn = None
+                return
+        turn.speech_end_ms = offset
+        turn.model_request = None
+        turn.voiced_ms += self._seg_voiced_ms
+
+    def _commit_barge_in(self, t: int, out: list[Decision]) -> None:
+        barge = self._barge
+        assert barge is not None
+        self._barge = None
+        speech_ms = t - barge.onset_ms
+        if self.agent_speaking:
+            self.epoch += 1
+            self._agent_turns.clear()  # ingress clears playout on BargeIn
+            out.append(BargeIn(barge.onset_ms, speech_ms, barge.agent_turn_id, self.epoch))
+        else:  # the agent finished meanwhile: nothing to cut, just lift the pause
+            out.append(ResumePlayout(t, speech_ms, barge.agent_turn_id, self.epoch))
+
+    def _check_silence(self, t: int, out: list[Decision]) -> None:
+        turn = self._turn
+        if turn is None or turn.speech_end_ms is None:
+            return
+        silence = t - turn.speech_end_ms
+        if silence >= self.turn_cfg.end_of_turn_ms:
+            self._end_turn(t, "silence", out)
+        elif t - turn.start_ms >= self.params.max_utterance_ms:
+            self._end_turn(t, "max_duration", out)
+        elif (
+            self.params.use_turn_model
+            and turn.model_request is None
+            and silence >= self.turn_cfg.min_turn_silence_ms
+        ):
+            self._model_requests += 1
+            turn.model_request = self._model_requests
+            out.append(RunTurnModel(self._model_requests, turn.turn_id, turn.start_ms, t))
+
+    def _cut_max_duration(self, t: int, out: list[Decision]) -> None:
+        """The caller has spoken for ``max_utterance_ms``: ship what we have, keep listening."""
+        turn = self._turn
+        assert turn is not None
+        out.append(TurnEnded(turn.turn_id, turn.start_ms, t, t, "max_duration", self.epoch))
+        # the speech goes on as a fresh turn (no new onset event: the caller never paused)
+        self._turn = _Turn(self._new_id(), t)
+        self._seg_onset_ms = t
+        self._seg_voiced_ms = 0
+
+    def _end_turn(self, t: int, reason: EndOfTurn, out: list[Decision]) -> None:
+        turn = self._turn
+        assert turn is not None
+        speech_end = turn.speech_end_ms if turn.speech_end_ms is not None else t
+        self._turn = None
+        if turn.voiced_ms < self.params.min_turn_speech_ms:
+            out.append(SegmentDiscarded(turn.turn_id, turn.start_ms, speech_end - turn.start_ms))
+            return
+        out.append(TurnEnded(turn.turn_id, turn.start_ms, speech_end, t, reason, self.epoch))

@@ -1,0 +1,145 @@
+"""Speaking one reply chunk: synthesize off the loop, publish 20 ms frames from the loop as they come.
+
+No bus and no model here: the service passes the voice, a publish function and a way to run blocking
+work, so the logic (framing, flags, epoch cancellation, error fallback) is unit-testable with fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from voice_runtime.logging import get_logger
+from voice_schemas.audio import FRAME_BYTES, AudioFrame
+
+from .calls import CallAudio
+from .engine import TextToSpeech
+from .framing import FrameAssembler
+
+log = get_logger(__name__)
+
+RunBlocking = Callable[..., Awaitable[Any]]
+Publish = Callable[[AudioFrame], Awaitable[None]]
+
+# give other callbacks (a barge-in arriving) a turn after this many frames published back to back
+_YIELD_EVERY = 25
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkJob:
+    """One ``ReplyChunk`` to speak."""
+
+    turn_id: str | None
+    epoch: int
+    index: int
+    text: str
+    final: bool
+
+
+@dataclass(slots=True)
+class SpeakResult:
+    frames: int = 0
+    cancelled: bool = False
+    failed: bool = False
+    first_audio_s: float | None = None
+    synth_s: float = 0.0
+    audio_s: float = 0.0
+
+
+class _Synthesis:
+    """Runs in a worker thread, one piece (sentence) per ``step``: synthesize, resample, cut to frames."""
+
+    def __init__(self, tts: TextToSpeech, text: str) -> None:
+        self.tts, self.text = tts, text
+        self.assembler = FrameAssembler(tts.sample_rate)
+        self._it: Iterator[np.ndarray] | None = None
+
+    def step(self) -> tuple[list[bytes] | None, float]:
+        started = time.perf_counter()
+        if self._it is None:
+            self._it = iter(self.tts.synthesize(self.text)) if self.text.strip() else iter(())
+        audio = next(self._it, None)
+        frames = None if audio is None else self.assembler.push(audio)
+        return frames, time.perf_counter() - started
+
+
+async def speak_chunk(
+    job: ChunkJob,
+    tts: TextToSpeech,
+    call: CallAudio,
+    publish: Publish,
+    run_blocking: RunBlocking,
+    on_first_audio: Callable[[], None] | None = None,
+) -> SpeakResult:
+    """Speak ``job``: every frame tagged with turn, epoch, chunk index and a per-call seq; the chunk's last
+    frame flagged ``last_in_chunk`` (and ``final`` when the chunk ends the reply).
+
+    At least one frame is always sent for a chunk that was not cancelled (silence for empty text or when
+    synthesis fails), so whoever plays the audio knows the chunk, and the turn, are complete. Once the
+    call's epoch moves past ``job.epoch`` nothing more is sent and synthesis stops at the next piece.
+    """
+    started = time.perf_counter()
+    result = SpeakResult()
+    synth = _Synthesis(tts, job.text)
+    held: bytes | None = None  # one frame held back: only at the end do we know it is the last
+
+    async def send(pcm: bytes, last: bool) -> None:
+        frame = AudioFrame(
+            pcm=pcm, seq=call.next_seq(), epoch=job.epoch, ts_ms=int(time.time() * 1000), turn_id=job.turn_id,
+            chunk=job.index, last_in_chunk=last, final=last and job.final,
+        )
+        await publish(frame)
+        result.frames += 1
+        if result.first_audio_s is None:
+            result.first_audio_s = time.perf_counter() - started
+            if on_first_audio is not None:
+                on_first_audio()
+        if result.frames % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+
+    async def offer(frames: list[bytes]) -> bool:
+        nonlocal held
+        for f in frames:
+            if held is not None:
+                if call.is_stale(job.epoch):
+                    return False
+                await send(held, last=False)
+            held = f
+        return True
+
+    try:
+        while True:
+            if call.is_stale(job.epoch):
+                result.cancelled = True
+                break
+            frames, spent = await run_blocking(synth.step)
+            result.synth_s += spent
+            if frames is None:
+                break
+            if not await offer(frames):
+                result.cancelled = True
+                break
+    except Exception as e:  # end the chunk with what we have rather than leave it open
+        result.failed = True
+        log.error("tts_synthesis_failed", chunk=job.index, error=repr(e)[:300])
+
+    if result.cancelled or call.is_stale(job.epoch):
+        result.cancelled = True
+        return result
+    try:
+        tail = synth.assembler.finish()
+    except Exception as e:  # a broken tail must not leave the chunk without its closing frame
+        result.failed = True
+        log.error("tts_flush_failed", chunk=job.index, error=repr(e)[:300])
+        tail = [] if held is not None else [bytes(FRAME_BYTES)]
+    if not await offer(tail):
+        result.cancelled = True
+        return result
+    if held is not None:
+        await send(held, last=True)
+    result.audio_s = synth.assembler.frames_out * 0.02
+    return result

@@ -1,0 +1,166 @@
+"""Fixtures for the control-api tests: the app in process (lifespan run here), a client, a two-tenant world."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from voice_control_api.service import ControlApiService
+from voice_control_api.settings import ControlApiSettings
+
+from ..conftest import free_port
+from .helpers import BOOTSTRAP_KEY, TenantCreds, bearer, insert_call, ok, populate, unique_number
+
+
+def make_settings(database_url: str, nats_url: str, **overrides: Any) -> ControlApiSettings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "nats_url": nats_url,
+        "bootstrap_admin_key": SecretStr(BOOTSTRAP_KEY),
+        "rate_limit_per_s": 10_000.0,
+        "rate_limit_burst": 1_000_000,
+        "kv_reconcile_interval_s": 0.0,
+        "log_level": "WARNING",
+        "password_hash_time_cost": 1,
+        "password_hash_memory_kib": 8192,
+        **overrides,
+    }
+    return ControlApiSettings(**values)
+
+
+@pytest.fixture(scope="session")
+async def service(database_url: str, nats_url: str) -> AsyncIterator[ControlApiService]:
+    svc = ControlApiService(make_settings(database_url, nats_url))
+    app = svc.app()
+    async with app.router.lifespan_context(app):
+        svc.test_app = app  # type: ignore[attr-defined]
+        yield svc
+
+
+@pytest.fixture(scope="session")
+async def client(service: ControlApiService) -> AsyncIterator[httpx.AsyncClient]:
+    app = service.test_app  # type: ignore[attr-defined]
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://control-api.test") as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def platform_key() -> str:
+    return BOOTSTRAP_KEY
+
+
+@pytest.fixture(scope="session")
+async def world(client: httpx.AsyncClient, database_url: str) -> dict[str, TenantCreds]:
+    """Tenants A and B, each with users, keys, two agents (admin-owned and supervisor-owned), numbers,
+    a webhook and calls."""
+
+    out: dict[str, TenantCreds] = {}
+    for name in ("A", "B"):
+        t = await populate(client, f"tenant {name}")
+        admin = bearer(t.admin_key)
+        agent_admin = await ok(await client.post("/v1/agents", json={"name": "admin agent"}, headers=admin), 201)
+        agent_sup = await ok(
+            await client.post("/v1/agents", json={"name": "sup agent"}, headers=bearer(t.sup_jwt)), 201
+        )
+        num_sup = await ok(
+            await client.post(
+                "/v1/phone-numbers", json={"number": unique_number(), "agent_id": agent_sup["id"]}, headers=admin
+            ),
+            201,
+        )
+        num_admin = await ok(
+            await client.post(
+                "/v1/phone-numbers", json={"number": unique_number(), "agent_id": agent_admin["id"]}, headers=admin
+            ),
+            201,
+        )
+        hook = await ok(
+            await client.post(
+                "/v1/webhooks", json={"url": "https://hooks.example.com/x", "events": ["call.ended"]}, headers=admin
+            ),
+            201,
+        )
+        key = await ok(await client.post("/v1/api-keys", json={"name": "spare"}, headers=admin), 201)
+        t.resources.update(
+            tenant=t.id,
+            user=t.sup_user,
+            user2=t.sup2_user,
+            admin_user=t.admin_user,
+            spare_key=key["id"],
+            agent_admin=agent_admin["id"],
+            agent_sup=agent_sup["id"],
+            number_sup=num_sup["id"],
+            number_admin=num_admin["id"],
+            webhook=hook["id"],
+        )
+        t.resources["call_sup"] = await insert_call(
+            database_url, tenant_id=t.id, agent_id=agent_sup["id"], to_number=num_sup["number"]
+        )
+        t.resources["call_admin"] = await insert_call(
+            database_url, tenant_id=t.id, agent_id=agent_admin["id"], to_number=num_admin["number"]
+        )
+        out[name] = t
+    return out
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen[str]
+
+
+@pytest.fixture(scope="session")
+def live_server(database_url: str, nats_url: str) -> Iterator[LiveServer]:
+    """``python -m voice_control_api`` as a real process (uvicorn, env settings), shared by e2e and fuzz tests."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        NATS_URL=nats_url,
+        DATABASE_URL=database_url,
+        CONTROL_API_HTTP_PORT=str(port),
+        BOOTSTRAP_ADMIN_KEY=BOOTSTRAP_KEY,
+        RATE_LIMIT_PER_S="10000",
+        RATE_LIMIT_BURST="1000000",
+        PASSWORD_HASH_TIME_COST="1",
+        PASSWORD_HASH_MEMORY_KIB="8192",
+        KV_RECONCILE_INTERVAL_S="0",
+        LOG_LEVEL="WARNING",
+        LOG_FORMAT="json",
+        SHUTDOWN_GRACE_S="3",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voice_control_api"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"control-api did not start: {proc.stderr.read() if proc.stderr else ''}")
+        yield LiveServer(url=url, process=proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

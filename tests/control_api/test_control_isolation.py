@@ -1,0 +1,321 @@
+"""Every route x every role x another tenant's credentials.
+
+The routes come from the OpenAPI document; a route without an entry in ``CASES`` fails the test, so a
+new route cannot ship without an isolation check. For every route:
+
+- same tenant: each role (admin key, admin login, supervisor login, supervisor key) gets the expected
+  status; supervisors get a plain 404 for resources they do not own;
+- another tenant: each of its credentials (and a platform admin from a third tenant), pointed at this
+  tenant's resources, gets exactly the answer it gets for ids that do not exist (403 or 404 for items,
+  a 4xx for creates that reference them), and lists never contain this tenant's ids;
+- no credentials, or a bogus one: 401.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import pytest
+
+from .helpers import BOOTSTRAP_KEY, PASSWORD, TenantCreds, bearer, ok, unique_email, unique_number
+
+pytestmark = pytest.mark.integration
+
+ROLES = ("admin_key", "admin_jwt", "sup_jwt", "sup_key")
+SUP_ROLES = ("sup_jwt", "sup_key")
+Ids = dict[str, str]
+Fresh = Callable[[httpx.AsyncClient, TenantCreds, str], Awaitable[Ids]]
+
+
+@dataclass
+class Case:
+    kind: Literal["item", "list", "create", "self", "public"]
+    roles: dict[str, int] = field(default_factory=dict)  # same-tenant expected status per role
+    params: dict[str, str] = field(default_factory=dict)  # path param -> resource name (or a literal "=value")
+    body: Callable[[Ids], dict[str, Any]] | None = None
+    query: Callable[[Ids], dict[str, str]] | None = None
+    hidden: dict[str, str] | None = None  # for supervisors: path params of a resource they do not own -> 404
+    hidden_in_list: tuple[str, ...] = ()  # resources a supervisor must not see in this list
+    fresh: Fresh | None = None  # make a new target per same-tenant call (destructive routes)
+    platform: int | None = None  # the platform admin's legitimate status on another tenant's resource
+    reason: str = ""
+
+
+def all_ok(status: int) -> dict[str, int]:
+    return dict.fromkeys(ROLES, status)
+
+
+def admin_only(status: int) -> dict[str, int]:
+    return {"admin_key": status, "admin_jwt": status, "sup_jwt": 403, "sup_key": 403}
+
+
+# ------------------------------------------------------------------ fresh targets for destructive calls
+async def fresh_user(client: httpx.AsyncClient, t: TenantCreds, role: str) -> Ids:
+    body = await ok(
+        await client.post(
+            "/v1/users", json={"email": unique_email("gone"), "password": PASSWORD}, headers=bearer(t.admin_key)
+        ),
+        201,
+    )
+    return {"user_id": body["id"]}
+
+
+async def fresh_key(client: httpx.AsyncClient, t: TenantCreds, role: str) -> Ids:
+    body = await ok(await client.post("/v1/api-keys", json={"name": "gone"}, headers=bearer(t.admin_key)), 201)
+    return {"key_id": body["id"]}
+
+
+async def fresh_agent(client: httpx.AsyncClient, t: TenantCreds, role: str) -> Ids:
+    body = await ok(await client.post("/v1/agents", json={"name": "gone"}, headers=bearer(t.token(role))), 201)
+    return {"agent_id": body["id"]}
+
+
+async def fresh_number(client: httpx.AsyncClient, t: TenantCreds, role: str) -> Ids:
+    body = await ok(
+        await client.post(
+            "/v1/phone-numbers",
+            json={"number": unique_number(), "agent_id": t.resources["agent_sup"]},
+            headers=bearer(t.admin_key),
+        ),
+        201,
+    )
+    return {"number_id": body["id"]}
+
+
+async def fresh_webhook(client: httpx.AsyncClient, t: TenantCreds, role: str) -> Ids:
+    body = await ok(
+        await client.post(
+            "/v1/webhooks", json={"url": "https://h.example.com/x", "events": ["*"]}, headers=bearer(t.admin_key)
+        ),
+        201,
+    )
+    return {"webhook_id": body["id"]}
+
+
+AGENT = {"agent_id": "agent_sup"}
+HIDDEN_AGENT = {"agent_id": "agent_admin"}
+
+CASES: dict[tuple[str, str], Case] = {
+    # auth
+    ("POST", "/v1/auth/login"): Case("public", reason="authenticates by email and password, not by a credential"),
+    ("POST", "/v1/auth/refresh"): Case("public", reason="authenticates by the refresh token in the body"),
+    ("POST", "/v1/auth/logout"): Case("public", reason="acts only on the refresh token in the body"),
+    ("GET", "/v1/auth/me"): Case("self", all_ok(200)),
+    ("POST", "/v1/auth/password"): Case(
+        "self", all_ok(403), body=lambda ids: {"current_password": "wrong-password", "new_password": PASSWORD}
+    ),
+    # tenants
+    ("POST", "/v1/tenants"): Case("create", all_ok(403), body=lambda ids: {"name": "t"}, platform=201),
+    ("GET", "/v1/tenants"): Case("list", all_ok(200), platform=200),
+    ("GET", "/v1/tenants/{tenant_id}"): Case("item", all_ok(200), {"tenant_id": "tenant"}, platform=200),
+    ("PATCH", "/v1/tenants/{tenant_id}"): Case(
+        "item", admin_only(200), {"tenant_id": "tenant"}, body=lambda ids: {"name": "tenant A"}, platform=200
+    ),
+    # users
+    ("POST", "/v1/users"): Case(
+        "create", admin_only(201), body=lambda ids: {"email": unique_email(), "password": PASSWORD}
+    ),
+    ("GET", "/v1/users"): Case("list", admin_only(200)),
+    ("GET", "/v1/users/{user_id}"): Case("item", admin_only(200), {"user_id": "user"}),
+    ("PATCH", "/v1/users/{user_id}"): Case(
+        "item", admin_only(200), {"user_id": "user2"}, body=lambda ids: {"name": "renamed"}
+    ),
+    ("DELETE", "/v1/users/{user_id}"): Case("item", admin_only(204), {"user_id": "user2"}, fresh=fresh_user),
+    # api keys
+    ("POST", "/v1/api-keys"): Case(
+        "create", admin_only(201), body=lambda ids: {"name": "k", "role": "supervisor", "user_id": ids["user"]}
+    ),
+    ("GET", "/v1/api-keys"): Case("list", admin_only(200)),
+    ("GET", "/v1/api-keys/{key_id}"): Case("item", admin_only(200), {"key_id": "spare_key"}),
+    ("DELETE", "/v1/api-keys/{key_id}"): Case("item", admin_only(204), {"key_id": "spare_key"}, fresh=fresh_key),
+    # agents
+    ("POST", "/v1/agents"): Case("create", all_ok(201), body=lambda ids: {"name": "x", "owner_user_id": ids["user"]}),
+    ("GET", "/v1/agents"): Case(
+        "list", all_ok(200), hidden_in_list=("agent_admin",), query=lambda ids: {"owner_user_id": ids["user"]}
+    ),
+    ("GET", "/v1/agents/{agent_id}"): Case("item", all_ok(200), AGENT, hidden=HIDDEN_AGENT),
+    ("PUT", "/v1/agents/{agent_id}"): Case(
+        "item", all_ok(200), AGENT, body=lambda ids: {"name": "replaced"}, hidden=HIDDEN_AGENT
+    ),
+    ("PATCH", "/v1/agents/{agent_id}"): Case(
+        "item", all_ok(200), AGENT, body=lambda ids: {"name": "patched"}, hidden=HIDDEN_AGENT
+    ),
+    ("DELETE", "/v1/agents/{agent_id}"): Case("item", all_ok(204), AGENT, hidden=HIDDEN_AGENT, fresh=fresh_agent),
+    ("GET", "/v1/agents/{agent_id}/versions"): Case("item", all_ok(200), AGENT, hidden=HIDDEN_AGENT),
+    ("GET", "/v1/agents/{agent_id}/versions/{version}"): Case(
+        "item", all_ok(200), {**AGENT, "version": "=1"}, hidden={**HIDDEN_AGENT, "version": "=1"}
+    ),
+    ("POST", "/v1/agents/{agent_id}/versions/{version}/restore"): Case(
+        "item", all_ok(200), {**AGENT, "version": "=1"}, hidden={**HIDDEN_AGENT, "version": "=1"}
+    ),
+    ("GET", "/v1/agents/{agent_id}/deployment"): Case("item", all_ok(200), AGENT, hidden=HIDDEN_AGENT),
+    # phone numbers
+    ("POST", "/v1/phone-numbers"): Case(
+        "create", admin_only(201), body=lambda ids: {"number": unique_number(), "agent_id": ids["agent_sup"]}
+    ),
+    ("GET", "/v1/phone-numbers"): Case(
+        "list", all_ok(200), hidden_in_list=("number_admin",), query=lambda ids: {"agent_id": ids["agent_sup"]}
+    ),
+    ("GET", "/v1/phone-numbers/{number_id}"): Case(
+        "item", all_ok(200), {"number_id": "number_sup"}, hidden={"number_id": "number_admin"}
+    ),
+    ("PATCH", "/v1/phone-numbers/{number_id}"): Case(
+        "item", admin_only(200), {"number_id": "number_sup"}, body=lambda ids: {"agent_id": ids["agent_sup"]}
+    ),
+    ("DELETE", "/v1/phone-numbers/{number_id}"): Case(
+        "item", admin_only(204), {"number_id": "number_sup"}, fresh=fresh_number
+    ),
+    # calls
+    ("GET", "/v1/calls"): Case(
+        "list", all_ok(200), hidden_in_list=("call_admin",), query=lambda ids: {"agent_id": ids["agent_sup"]}
+    ),
+    ("GET", "/v1/calls/{call_id}"): Case(
+        "item", all_ok(200), {"call_id": "call_sup"}, hidden={"call_id": "call_admin"}
+    ),
+    # webhooks
+    ("POST", "/v1/webhooks"): Case(
+        "create", admin_only(201), body=lambda ids: {"url": "https://h.example.com/y", "events": ["call.ended"]}
+    ),
+    ("GET", "/v1/webhooks"): Case("list", admin_only(200)),
+    ("GET", "/v1/webhooks/{webhook_id}"): Case("item", admin_only(200), {"webhook_id": "webhook"}),
+    ("PATCH", "/v1/webhooks/{webhook_id}"): Case(
+        "item", admin_only(200), {"webhook_id": "webhook"}, body=lambda ids: {"description": "x"}
+    ),
+    ("DELETE", "/v1/webhooks/{webhook_id}"): Case(
+        "item", admin_only(204), {"webhook_id": "webhook"}, fresh=fresh_webhook
+    ),
+    ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"): Case("item", admin_only(200), {"webhook_id": "webhook"}),
+    # audit log
+    ("GET", "/v1/audit-log"): Case("list", admin_only(200), query=lambda ids: {"resource_id": ids["agent_sup"]}),
+}
+
+
+def _operations(app: Any) -> list[tuple[str, str]]:
+    doc = app.openapi()
+    return sorted(
+        (m.upper(), p)
+        for p, item in doc["paths"].items()
+        for m in item
+        if m in {"get", "post", "put", "patch", "delete"}
+    )
+
+
+def _path(template: str, params: dict[str, str], ids: Ids) -> str:
+    out = template
+    for name, ref in params.items():
+        out = out.replace("{" + name + "}", ref[1:] if ref.startswith("=") else ids[ref])
+    return out
+
+
+def _random_ids() -> Ids:
+    return defaultdict(lambda: uuid.uuid4().hex)
+
+
+async def _call(
+    client: httpx.AsyncClient, method: str, path: str, token: str | None, case: Case, ids: Ids
+) -> httpx.Response:
+    headers = bearer(token) if token else {}
+    kwargs: dict[str, Any] = {"headers": headers}
+    if case.body is not None:
+        kwargs["json"] = case.body(ids)
+    if case.query is not None:
+        kwargs["params"] = case.query(ids)
+    return await client.request(method, path, **kwargs)
+
+
+def _detail(r: httpx.Response) -> Any:
+    if r.headers.get("content-type", "").startswith("application/problem+json"):
+        return r.json().get("detail")
+    return None
+
+
+def test_every_route_has_an_isolation_check(service: Any) -> None:
+    ops = _operations(service.test_app)
+    missing = [op for op in ops if op not in CASES]
+    stale = [op for op in CASES if op not in ops]
+    assert not missing, f"routes without an isolation check: {missing}"
+    assert not stale, f"isolation checks for routes that no longer exist: {stale}"
+    for op, case in CASES.items():
+        if case.kind == "public":
+            assert case.reason, op
+        else:
+            assert set(case.roles) == set(ROLES), op
+
+
+@pytest.mark.parametrize("op", sorted(CASES), ids=lambda op: f"{op[0]} {op[1]}")
+async def test_route_isolation(op: tuple[str, str], client: httpx.AsyncClient, world: dict[str, TenantCreds]) -> None:
+    method, template = op
+    case = CASES[op]
+    a, b = world["A"], world["B"]
+    if case.kind == "public":
+        return
+
+    # -------- no or bogus credentials
+    for token in (None, "vk_abcdefgh_" + "x" * 43, "eyJhbGciOiJIUzI1NiJ9.e30.bogus", "garbage-token"):
+        r = await _call(client, method, _path(template, case.params, a.resources), token, case, a.resources)
+        assert r.status_code == 401, (op, token, r.status_code, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+
+    # -------- same tenant, every role
+    for role in ROLES:
+        params = await case.fresh(client, a, role) if case.fresh else {}
+        path = _path(template, {k: v for k, v in case.params.items() if k not in params}, a.resources)
+        path = _path(path, {k: "=" + v for k, v in params.items()}, a.resources)
+        r = await _call(client, method, path, a.token(role), case, a.resources)
+        assert r.status_code == case.roles[role], (op, role, r.status_code, r.text)
+        if r.status_code < 300 and r.content:
+            body = r.json()
+            if case.kind == "create" and "tenant_id" in body:
+                assert body["tenant_id"] == a.id
+            if case.kind == "self":
+                assert body["tenant_id"] == a.id
+            if role in SUP_ROLES:
+                for hidden in case.hidden_in_list:
+                    assert a.resources[hidden] not in r.text, (op, role, hidden)
+        if role in SUP_ROLES and case.hidden:
+            r = await _call(client, method, _path(template, case.hidden, a.resources), a.token(role), case, a.resources)
+            expected = 403 if case.roles[role] == 403 else 404
+            assert r.status_code == expected, (op, role, "not owned", r.status_code, r.text)
+
+    # -------- another tenant's credentials (and a platform admin of a third tenant) on A's resources
+    a_ids = {v for v in a.resources.values()} | {a.id, a.admin_user, a.sup_user, a.sup2_user}
+    others = {f"B {role}": b.token(role) for role in ROLES} | {"platform admin": BOOTSTRAP_KEY}
+    for who, token in others.items():
+        real = await _call(client, method, _path(template, case.params, a.resources), token, case, a.resources)
+        if who == "platform admin" and case.platform is not None:
+            assert real.status_code == case.platform, (op, who, real.status_code, real.text)
+            continue
+        if case.kind == "self":
+            assert real.status_code in (200, 403), (op, who, real.status_code)
+            if real.status_code == 200:
+                assert real.json()["tenant_id"] != a.id
+            continue
+        if case.kind == "list":
+            assert real.status_code in (200, 403), (op, who, real.status_code, real.text)
+            leaked = [i for i in a_ids if i in real.text]
+            assert not leaked, (op, who, "leaks", leaked)
+            continue
+        fake_ids = _random_ids()
+        fake = await _call(client, method, _path(template, case.params, fake_ids), token, case, fake_ids)
+        assert (real.status_code, _detail(real)) == (fake.status_code, _detail(fake)), (
+            op,
+            who,
+            "answers differ for another tenant's id and a random id",
+            real.text,
+            fake.text,
+        )
+        if case.kind == "item":
+            assert real.status_code in (403, 404), (op, who, real.status_code, real.text)
+        elif case.kind == "create":
+            if real.status_code < 300:
+                created = real.json()
+                assert created.get("tenant_id", "") != a.id, (op, who, created)
+                assert not any(i in json.dumps(created) for i in a_ids), (op, who, "references A", created)
+            else:
+                assert real.status_code in (403, 404, 422), (op, who, real.status_code, real.text)

@@ -1,0 +1,204 @@
+"""Pure logic of control-api: credentials, rate limit, validation, preconditions, KV key parsing, OpenAPI."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from pydantic import ValidationError
+from voice_control_api import kvsync, security
+from voice_control_api.fields import normalize_e164
+from voice_control_api.models import AgentCreate, AgentPatch, PhoneNumberCreate, WebhookCreate
+from voice_control_api.problems import ApiError
+from voice_control_api.ratelimit import RateLimiter
+from voice_control_api.rest import check_precondition, expected_version
+from voice_control_api.service import ControlApiService
+from voice_control_api.settings import ControlApiSettings
+from voice_control_api.store.calls import _latency
+
+pytestmark = pytest.mark.unit
+
+
+def test_api_keys_are_random_prefixed_and_checked_by_hash() -> None:
+    a, b = security.generate_api_key(), security.generate_api_key()
+    assert a.key != b.key and a.prefix != b.prefix
+    assert a.key.startswith(a.prefix + "_") and len(a.prefix) == len("vk_") + 8
+    assert security.key_prefix(a.key) == a.prefix
+    assert security.key_matches(a.key, a.key_hash) and not security.key_matches(b.key, a.key_hash)
+    assert a.key not in a.key_hash
+
+
+def test_foreign_keys_get_a_hash_prefix_that_cannot_collide_with_issued_ones() -> None:
+    p = security.key_prefix("operator-chosen-bootstrap-key")
+    assert p.startswith("ext_") and p == security.key_prefix("operator-chosen-bootstrap-key")
+    assert security.key_prefix("vk_short").startswith("ext_")
+
+
+def test_access_tokens_roundtrip_expire_and_reject_tampering() -> None:
+    tokens = security.AccessTokens("s" * 40, ttl_s=60)
+    t = tokens.issue("u1", "t1", "admin")
+    assert security.looks_like_jwt(t)
+    claims = tokens.verify(t)
+    assert (claims.user_id, claims.tenant_id, claims.role) == ("u1", "t1", "admin")
+    with pytest.raises(security.InvalidToken):
+        security.AccessTokens("x" * 40, ttl_s=60).verify(t)
+    with pytest.raises(security.InvalidToken):
+        tokens.verify(tokens.issue("u1", "t1", "admin", now=time.time() - 3600))
+    with pytest.raises(ValueError):
+        security.AccessTokens("short", ttl_s=60)
+
+
+def test_passwords_hash_and_verify() -> None:
+    from argon2 import PasswordHasher
+
+    pw = security.Passwords(PasswordHasher(time_cost=1, memory_cost=8192))
+    h = pw.hash("correct horse")
+    assert pw.verify(h, "correct horse") and not pw.verify(h, "wrong")
+    assert not pw.verify(None, "anything") and not pw.verify("not-a-hash", "x")
+
+
+def test_token_bucket_limits_bursts_and_refills() -> None:
+    now = [0.0]
+    rl = RateLimiter(rate=2.0, burst=3, clock=lambda: now[0])
+    assert [rl.acquire("k") for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = rl.acquire("k")
+    assert wait == pytest.approx(0.5)
+    assert RateLimiter.retry_after_header(wait) == "1"
+    assert rl.acquire("other") == 0.0  # per credential
+    now[0] += 0.5
+    assert rl.acquire("k") == 0.0
+    assert RateLimiter(rate=0, burst=1).acquire("k") == 0.0  # disabled
+
+
+def test_token_bucket_forgets_the_least_recent_keys() -> None:
+    rl = RateLimiter(rate=1.0, burst=1, max_keys=2, clock=lambda: 0.0)
+    rl.acquire("a")
+    rl.acquire("b")
+    rl.acquire("c")
+    assert rl.acquire("a") == 0.0  # "a" was evicted, so it starts with a full bucket
+
+
+@pytest.mark.parametrize(
+    "raw,e164",
+    [
+        ("+14155550100", "+14155550100"),
+        ("+1 (415) 555-0100", "+14155550100"),
+        (" +44 20 7946 0958", "+442079460958"),
+        ("+15551234567", "+15551234567"),
+    ],
+)
+def test_numbers_are_normalised_to_e164(raw: str, e164: str) -> None:
+    assert normalize_e164(raw) == e164
+
+
+@pytest.mark.parametrize(
+    "raw", ["4155550100", "+1", "+1415555010000000", "+abc", "", "+999 1234567", "+1\x004155550100"]
+)
+def test_invalid_numbers_are_refused(raw: str) -> None:
+    with pytest.raises(ValueError):
+        normalize_e164(raw)
+
+
+def test_request_models_refuse_ids_tenants_and_versions() -> None:
+    for field in ("id", "tenant_id", "version", "created_at"):
+        with pytest.raises(ValidationError) as e:
+            AgentCreate.model_validate({"name": "x", field: "1"})
+        assert e.value.errors()[0]["loc"] == (field,)
+    with pytest.raises(ValidationError):
+        PhoneNumberCreate.model_validate({"number": "+14155550100", "agent_id": "a", "tenant_id": "t"})
+    # in a PATCH, `version` is the precondition, not a value to set
+    assert AgentPatch.model_validate({"version": 3}).version == 3
+
+
+def test_text_fields_refuse_nul_and_bad_nested_values() -> None:
+    with pytest.raises(ValidationError):
+        AgentCreate.model_validate({"system_prompt": "a\x00b"})
+    with pytest.raises(ValidationError):
+        AgentCreate.model_validate({"llm": {"temperature": 3}})
+    with pytest.raises(ValidationError):
+        AgentCreate.model_validate({"llm": {"base_url": "ftp://x"}})
+    with pytest.raises(ValidationError):
+        WebhookCreate.model_validate({"url": "https://x.example", "events": ["no.such"]})
+    assert WebhookCreate.model_validate({"url": "https://x.example/h", "events": ["*", "call.ended"]}).events
+
+
+def test_preconditions() -> None:
+    assert expected_version('"3"', None) == (3, None)
+    assert expected_version('W/"3"', 2) == (3, 2)
+    assert expected_version("*", None) == (None, None)
+    assert expected_version("garbage", None) == (-1, None)
+    check_precondition(3, '"3"', 3)
+    check_precondition(3, None, None)
+    with pytest.raises(ApiError) as e:
+        check_precondition(3, '"2"', None)
+    assert e.value.status == 412
+    with pytest.raises(ApiError) as e:
+        check_precondition(3, None, 2)
+    assert e.value.status == 409
+
+
+def test_kv_key_parsing_and_versions() -> None:
+    assert kvsync._parse_agent_key("a.abc") == ("abc", None)
+    assert kvsync._parse_agent_key("a.abc.v12") == ("abc", 12)
+    assert kvsync._parse_agent_key("a.abc.vx") is None
+    assert kvsync._parse_agent_key("other") is None
+    assert kvsync._version_of(b'{"version": 4}') == 4
+    assert kvsync._version_of(b"nope") is None
+
+
+def test_turn_latency_headline_and_breakdown() -> None:
+    assert _latency(None) == (None, None)
+    assert _latency('{"stt_ms": 120, "voice_to_voice_ms": 800.5}') == (
+        800.5,
+        {"stt_ms": 120.0, "voice_to_voice_ms": 800.5},
+    )
+    assert _latency('{"stt_ms": 120}') == (None, {"stt_ms": 120.0})
+    assert _latency("650") == (650.0, None)
+
+
+def test_openapi_declares_auth_problems_and_examples_for_every_operation() -> None:
+    app = ControlApiService(ControlApiSettings()).app()
+    doc = app.openapi()
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    public = {("post", "/v1/auth/login"), ("post", "/v1/auth/refresh"), ("post", "/v1/auth/logout")}
+    for path, item in doc["paths"].items():
+        assert path.startswith("/v1/")
+        for method, op in item.items():
+            errors = {c: r for c, r in op["responses"].items() if int(c) >= 400}
+            assert "422" in errors or method == "get", (method, path)
+            for code, response in errors.items():
+                assert list(response["content"]) == ["application/problem+json"], (method, path, code)
+            if (method, path) not in public:
+                assert op.get("security") == [{"bearer": []}], (method, path)
+                assert {"401", "429"} <= errors.keys(), (method, path)
+    schemas = doc["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and "Problem" in schemas
+    for name in ("Agent", "AgentCreate", "AgentPatch", "CallDetail", "TenantCreated", "PhoneNumber", "Problem"):
+        assert schemas[name]["examples"], name
+
+
+async def test_cors_is_configurable() -> None:
+    svc = ControlApiService(ControlApiSettings(cors_origins="https://console.example.com"))
+    transport = httpx.ASGITransport(app=svc.app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://cors") as c:
+        r = await c.options(
+            "/v1/agents",
+            headers={
+                "Origin": "https://console.example.com",
+                "Access-Control-Request-Method": "PATCH",
+                "Access-Control-Request-Headers": "authorization,if-match",
+            },
+        )
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://console.example.com"
+        r = await c.options(
+            "/v1/agents", headers={"Origin": "https://evil.example.com", "Access-Control-Request-Method": "GET"}
+        )
+        assert "access-control-allow-origin" not in r.headers
+    svc = ControlApiService(ControlApiSettings())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=svc.app()), base_url="http://cors") as c:
+        r = await c.options(
+            "/v1/agents", headers={"Origin": "https://console.example.com", "Access-Control-Request-Method": "GET"}
+        )
+        assert "access-control-allow-origin" not in r.headers

@@ -1,0 +1,144 @@
+"""Stage latency bench for stt and tts on this machine (not a test).
+
+    .venv/bin/python -m tests.stt.bench_stages [--runs 10]
+
+- stt: inference time of a ~3 s utterance (piper speech) at beam 1 and beam 5, clean 16 kHz and through an
+  8 kHz mu-law phone line, with the service's decoding options and threads.
+- tts: time to the first 20 ms frame of a 10-word sentence, at the engine (synthesis + resampling +
+  framing) and through the running service (ReplyChunk published -> first frame on audio.out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nats.aio.msg import Msg
+from voice_runtime.bus import Bus
+from voice_schemas import make, subjects
+from voice_schemas.audio import AudioFrame
+from voice_schemas.events import ReplyChunk
+from voice_stt.models import resolve_model
+from voice_stt.whisper import DecodeOptions, WhisperSpeechToText
+from voice_tts.calls import CallAudio
+from voice_tts.service import TtsService
+from voice_tts.settings import TtsSettings
+from voice_tts.speaker import ChunkJob, speak_chunk
+
+from .natsd import private_nats
+from .speech import phone_line_pcm16, piper, speech_pcm16, word_error_rate
+
+UTTERANCE = "I would like to book a table for two people tomorrow evening."
+SENTENCE = "Sure, I can book a table for two people tonight."  # 10 words
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
+
+
+def fmt(xs: list[float]) -> str:
+    return f"p50 {statistics.median(xs) * 1000:6.0f} ms  p90 {pct(xs, 90) * 1000:6.0f} ms  (n={len(xs)})"
+
+
+def cpu_s() -> float:
+    """CPU seconds used by this process so far (all threads): the cost, whatever else runs on the box."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def bench_stt(runs: int, model: str) -> None:
+    threads = os.cpu_count() or 1
+    clean, phone = speech_pcm16(UTTERANCE), phone_line_pcm16(UTTERANCE)
+    print(f"stt {model}: utterance {len(clean) / 32000:.2f} s, {threads} threads")
+    stt = WhisperSpeechToText(resolve_model(model, Path(".state")), model, cpu_threads=threads)
+    stt.warm_up()
+    cases = [(beam, name, pcm, rate) for beam in (1, 5)
+             for name, pcm, rate in (("16 kHz", clean, 16_000), ("8 kHz mu-law", phone, 8_000))]
+    wall: dict[int, list[float]] = {i: [] for i in range(len(cases))}
+    cpu: dict[int, list[float]] = {i: [] for i in range(len(cases))}
+    texts: dict[int, str] = {}
+    for _ in range(runs):  # interleaved, so every case sees the same background load
+        for i, (beam, _name, pcm, rate) in enumerate(cases):
+            stt.decode = DecodeOptions(beam_size=beam)
+            c0, t0 = cpu_s(), time.perf_counter()
+            texts[i] = stt.transcribe(pcm, rate, "en").text
+            wall[i].append(time.perf_counter() - t0)
+            cpu[i].append(cpu_s() - c0)
+    for i, (beam, name, _pcm, _rate) in enumerate(cases):
+        print(f"  beam {beam} {name:13s} wall {fmt(wall[i])}  cpu p50 {statistics.median(cpu[i]) * 1000:5.0f} ms"
+              f"  WER {word_error_rate(UTTERANCE, texts[i]):.2f}  {texts[i]!r}")
+
+
+async def bench_tts(runs: int) -> None:
+    tts = piper()
+    for _ in tts.synthesize("Warm up."):
+        pass
+
+    async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    async def drop(frame: AudioFrame) -> None:
+        return None
+
+    engine, synth_cpu = [], []
+    for i in range(runs):
+        c0 = cpu_s()
+        r = await speak_chunk(ChunkJob("t", 0, i, SENTENCE, True), tts, CallAudio(), drop, in_thread)
+        assert r.first_audio_s is not None
+        engine.append(r.first_audio_s)
+        synth_cpu.append(cpu_s() - c0)
+    print(f"tts engine first frame ({SENTENCE!r}, {r.audio_s:.1f} s of audio): {fmt(engine)}"
+          f"  cpu per chunk p50 {statistics.median(synth_cpu) * 1000:.0f} ms")
+
+    with private_nats() as url:
+        svc = TtsService(TtsSettings(nats_url=url, shutdown_grace_s=2.0))
+        await svc.start()
+        bus = await Bus.connect(url, "bench")
+        try:
+            bus_times = []
+            for _ in range(runs):
+                call_id = subjects.new_call_id()
+                first: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+                async def on_frame(msg: Msg, first: asyncio.Future[float] = first) -> None:
+                    if not first.done():
+                        first.set_result(time.perf_counter())
+
+                sub = await bus.nc.subscribe(subjects.audio_out(call_id), cb=on_frame)
+                env = make(ReplyChunk(index=0, text=SENTENCE, final=True), tenant_id="bench", call_id=call_id)
+                t0 = time.perf_counter()
+                await bus.publish(env)
+                bus_times.append(await asyncio.wait_for(first, 30) - t0)
+                await sub.unsubscribe()
+                await asyncio.sleep(0.3)
+            print(f"tts service first frame (publish ReplyChunk -> frame on audio.out): {fmt(bus_times)}")
+        finally:
+            await bus.close()
+            await svc.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--model", default="tiny.en")
+    ap.add_argument("--skip-stt", action="store_true")
+    ap.add_argument("--skip-tts", action="store_true")
+    a = ap.parse_args()
+    print(f"load average before: {os.getloadavg()}")
+    if not a.skip_stt:
+        bench_stt(a.runs, a.model)
+    if not a.skip_tts:
+        asyncio.run(bench_tts(a.runs))
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
