@@ -43,6 +43,21 @@ def nats_url() -> Iterator[str]:
             proc.wait(10)
 
 
+@pytest.fixture
+def private_nats_url() -> Iterator[str]:
+    """A NATS server of this test's own, for tests whose durable consumers must see only their messages."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="voice-nats-") as store:
+        proc = subprocess.Popen(devstack.nats_command(port, Path(store)), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            assert devstack.wait_port("127.0.0.1", port, 10), "embedded nats-server did not start"
+            yield f"nats://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """DSN prefix (without database) of a reachable PostgreSQL."""

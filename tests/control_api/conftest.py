@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ import pytest
 from pydantic import SecretStr
 from voice_control_api.service import ControlApiService
 from voice_control_api.settings import ControlApiSettings
+from voice_runtime import devstack
 
 from ..conftest import free_port
 from .helpers import BOOTSTRAP_KEY, TenantCreds, bearer, insert_call, ok, populate, unique_number
@@ -164,3 +167,43 @@ def live_server(database_url: str, nats_url: str) -> Iterator[LiveServer]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    """A NATS server of our own. The KV resync makes the buckets match *this* test database, deleting keys
+    nothing in it backs, so these tests must never share a server (e.g. a running `make run`) with others."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="voice-ctl-nats-") as store:
+        proc = subprocess.Popen(
+            devstack.nats_command(port, Path(store)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            assert devstack.wait_port("127.0.0.1", port, 10), "embedded nats-server did not start"
+            yield f"nats://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server: str) -> Iterator[str]:
+    """A database of our own, for the same reason as ``nats_url``: what is in it is pushed to KV."""
+    import asyncio
+
+    import asyncpg
+
+    name = f"voice_test_ctl_{os.getpid()}"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(f"{postgres_server}/postgres")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    yield f"{postgres_server}/{name}"
+    with contextlib.suppress(Exception):
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

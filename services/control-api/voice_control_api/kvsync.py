@@ -178,7 +178,8 @@ class ConfigPublisher:
                 pass  # changed since we looked: that change is at least as new as our snapshot
         for key in sorted(number_entries.keys() - wanted.keys()):
             if (
-                key.startswith("n")
+                may_delete
+                and key.startswith("n")
                 and key[1:].isdigit()
                 and await _delete_if_unchanged(self.numbers, key, number_entries[key].revision)
             ):

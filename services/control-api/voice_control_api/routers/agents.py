@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -98,7 +99,7 @@ async def _new_version(
     agent_id: str,
     if_match: str | None,
     body_version: int | None,
-    make_fields: Any,
+    make_fields: Callable[[asyncpg.Connection, dict[str, Any]], Awaitable[dict[str, Any]]],
     requested_owner: str | None,
     action: str,
     **details: Any,
