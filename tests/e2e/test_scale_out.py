@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import time
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from voice_runtime.bus import Bus
 from voice_schemas import subjects
 
@@ -24,12 +24,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 def handled(port: int, consumer: str) -> float:
+    """Messages a replica acked on a durable consumer, read from its /metrics."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    total = 0.0
-    for m in re.finditer(rf'voice_bus_events_handled_total{{[^}}]*consumer="{consumer}"[^}}]*outcome="ack"[^}}]*}} (\S+)',
-                         text):
-        total += float(m.group(1))
-    return total
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text) if family.name == "voice_bus_events_handled"
+        for sample in family.samples
+        if sample.labels.get("consumer") == consumer and sample.labels.get("outcome") == "ack"
+        and sample.name.endswith("_total")
+    )
 
 
 async def test_two_calls_two_replicas_no_mixing(platform: Platform, platform_bus: Bus) -> None:
