@@ -12,7 +12,8 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from voice_runtime import metrics
+from opentelemetry import trace
+from voice_runtime import metrics, telemetry
 from voice_runtime.bus import Bus
 from voice_runtime.logging import get_logger
 from voice_schemas import CallRecord, events, make, parse, subjects
@@ -22,6 +23,7 @@ from .codec import AgentAudioEncoder, CallerAudioDecoder
 from .playout import Outgoing, PlayoutBuffer
 
 log = get_logger(__name__)
+_tracer = trace.get_tracer("voice.ingress")
 SVC = "ingress"
 FRAME_S = 0.020
 
@@ -52,6 +54,7 @@ class CallSession:
         self._heard: dict[str, list[int]] = {}  # turn -> chunk indices whose marks came back
         self._final_marks: set[str] = set()
         self._send_lock = asyncio.Lock()
+        self._trace: dict[str, Any] = {}  # turn -> trace context carried by its first audio frame
 
     # ------------------------------------------------------------ setup / teardown
     async def open(self) -> None:
@@ -117,6 +120,8 @@ class CallSession:
     async def _on_audio(self, msg: Msg) -> None:
         frame = AudioFrame.from_message(msg.data, msg.headers)
         if self.buffer.add(frame):
+            if frame.turn_id and msg.headers and "traceparent" in msg.headers:
+                self._trace.setdefault(frame.turn_id, telemetry.extract(msg.headers))
             self._wake.set()
         else:
             metrics.AUDIO_FRAMES.labels(SVC, "out", "stale").inc()
@@ -191,8 +196,14 @@ class CallSession:
                                    "media": {"payload": base64.b64encode(p).decode()}})
             metrics.AUDIO_FRAMES.labels(SVC, "out", "ok").inc()
         if out.first_of_turn and f.turn_id is not None:
-            await self._publish(events.PlayoutStarted(first_audio_wall_ms=time.time() * 1000),
-                                turn_id=f.turn_id, epoch=f.epoch)
+            # the turn's last hop: first agent audio sent to the caller, in the turn's trace
+            ctx = self._trace.pop(f.turn_id, None)
+            with _tracer.start_as_current_span("ingress first_audio", context=ctx, attributes={
+                "call_id": self.call_id, "tenant_id": self.tenant_id, "turn_id": f.turn_id,
+                "agent_id": self.record.agent_id, "agent_version": self.record.agent_version,
+            }):
+                await self._publish(events.PlayoutStarted(first_audio_wall_ms=time.time() * 1000),
+                                    turn_id=f.turn_id, epoch=f.epoch)
         if out.end_of_chunk:
             name = f"{f.turn_id}:{f.epoch}:{f.chunk}" + (":f" if out.end_of_turn else "")
             await self._send_json({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
