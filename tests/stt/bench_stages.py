@@ -88,15 +88,18 @@ async def bench_tts(runs: int) -> None:
     async def drop(frame: AudioFrame) -> None:
         return None
 
-    engine, synth_cpu = [], []
-    for i in range(runs):
-        c0 = cpu_s()
-        r = await speak_chunk(ChunkJob("t", 0, i, SENTENCE, True), tts, CallAudio(), drop, in_thread)
-        assert r.first_audio_s is not None
-        engine.append(r.first_audio_s)
-        synth_cpu.append(cpu_s() - c0)
-    print(f"tts engine first frame ({SENTENCE!r}, {r.audio_s:.1f} s of audio): {fmt(engine)}"
-          f"  cpu per chunk p50 {statistics.median(synth_cpu) * 1000:.0f} ms")
+    for split in (False, True):
+        engine, synth_cpu = [], []
+        for _ in range(runs):
+            c0 = cpu_s()
+            job = ChunkJob("t", 0, 0, SENTENCE, True, split_first_clause=split)
+            r = await speak_chunk(job, tts, CallAudio(), drop, in_thread)
+            assert r.first_audio_s is not None
+            engine.append(r.first_audio_s)
+            synth_cpu.append(cpu_s() - c0)
+        how = "first clause split" if split else "whole sentence"
+        print(f"tts engine first frame, {how:18s} ({r.audio_s:.1f} s of audio): {fmt(engine)}"
+              f"  cpu per chunk p50 {statistics.median(synth_cpu) * 1000:.0f} ms")
 
     with private_nats() as url:
         svc = TtsService(TtsSettings(nats_url=url, shutdown_grace_s=2.0))
@@ -119,7 +122,7 @@ async def bench_tts(runs: int) -> None:
                 bus_times.append(await asyncio.wait_for(first, 30) - t0)
                 await sub.unsubscribe()
                 await asyncio.sleep(0.3)
-            print(f"tts service first frame (publish ReplyChunk -> frame on audio.out): {fmt(bus_times)}")
+            print(f"tts service first frame (ReplyChunk 0 published -> first frame received): {fmt(bus_times)}")
         finally:
             await bus.close()
             await svc.stop()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from voice_schemas.audio import FRAME_BYTES, AudioFrame
 from voice_tts.calls import CallAudio, CallAudioRegistry
-from voice_tts.speaker import ChunkJob, speak_chunk
+from voice_tts.speaker import ChunkJob, speak_chunk, split_first_clause
 from voice_tts.voices import UnknownVoice, Voices, VoiceSpec
 
 from .fakes import FakeTTS, Recorder, run_inline, tone
@@ -165,3 +167,37 @@ def test_voices_resolve_aliases_and_fall_back_to_default() -> None:
     assert loads == ["joe", "amy"]
     with pytest.raises(UnknownVoice):
         Voices((VoiceSpec("joe", "d", loader("joe")),), default="amy")
+
+
+@pytest.mark.parametrize(
+    "text,pieces",
+    [
+        ("Sure, I can book a table for two.", ["Sure,", "I can book a table for two."]),
+        ("Hello, how can I help you today?", ["Hello,", "how can I help you today?"]),
+        ("Well; that is fine: really.", ["Well;", "that is fine: really."]),
+        ("It costs 1,000 dollars in total.", ["It costs 1,000 dollars in total."]),
+        ("Yes, sure.", ["Yes, sure."]),  # too little left to be worth a second piece
+        ("No commas here.", ["No commas here."]),
+        ("1, 2, 3 and four", ["1, 2, 3 and four"]),
+    ],
+)
+def test_split_first_clause(text: str, pieces: list[str]) -> None:
+    assert split_first_clause(text) == pieces
+
+
+async def test_first_clause_is_synthesized_on_its_own() -> None:
+    class Texts(FakeTTS):
+        def __init__(self) -> None:
+            super().__init__([tone(0.04, 16_000)])
+            self.texts: list[str] = []
+
+        def synthesize(self, text: str) -> Iterator[np.ndarray]:
+            self.texts.append(text)
+            yield from super().synthesize(text)
+
+    tts, rec = Texts(), Recorder()
+    j = ChunkJob(turn_id="t", epoch=0, index=0, text="Sure, I can help with that.", final=True,
+                 split_first_clause=True)
+    await speak_chunk(j, tts, CallAudio(), rec, run_inline)
+    assert tts.texts == ["Sure,", "I can help with that."]
+    assert len(rec.frames) == 4 and rec.frames[-1].final

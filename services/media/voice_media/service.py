@@ -193,6 +193,8 @@ class MediaCall:
         # the turn's trace starts here: a span from the speech offset to the decision
         span = _tracer.start_span(
             "media end_of_turn",
+            # a new root: callbacks inherit the context the call was claimed in, which is not this turn's
+            context=otel_context.Context(),
             start_time=int(speech_end_wall * 1e6),
             attributes={"call_id": self.call_id, "tenant_id": self.tenant_id, "turn_id": d.turn_id,
                         "voice.end_of_turn": d.reason, "voice.utterance_ms": utt.end_ms - utt.start_ms},

@@ -20,7 +20,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry import trace
-from voice_runtime import metrics
+from voice_runtime import metrics, telemetry
 from voice_runtime.bus import Poison
 from voice_runtime.logging import bind_call, get_logger
 from voice_runtime.service import Service
@@ -143,11 +143,19 @@ class TtsService(Service):
         tts = self.voices.loaded.get(voice_name) or await self._run_blocking(self.voices.get, voice_name)
         frames_out = metrics.AUDIO_FRAMES.labels(self.name, "out", "published")
 
+        sent = 0
+
         async def publish(frame: AudioFrame) -> None:
-            await bus.publish_nowait(subject, frame.pcm, frame.headers())
+            nonlocal sent
+            headers = frame.headers()
+            if sent == 0:  # the chunk's first frame carries the turn's trace on to ingress
+                telemetry.inject(headers)
+            sent += 1
+            await bus.publish_nowait(subject, frame.pcm, headers)
             frames_out.inc()
 
-        job = ChunkJob(turn_id=env.turn_id, epoch=env.epoch, index=chunk.index, text=chunk.text, final=chunk.final)
+        job = ChunkJob(turn_id=env.turn_id, epoch=env.epoch, index=chunk.index, text=chunk.text, final=chunk.final,
+                       split_first_clause=chunk.index == 0 and self.settings.tts_split_first_clause)
         with _tracer.start_as_current_span(
             "tts synthesize",
             attributes={"call_id": env.call_id, "tenant_id": env.tenant_id, "turn_id": env.turn_id or "",

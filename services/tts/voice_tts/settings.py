@@ -15,6 +15,9 @@ class TtsSettings(CommonSettings):
         description="Sentences synthesized at once by this replica; calls take turns sentence by sentence",
     )
     tts_threads: int = Field(0, ge=0, le=64, description="Compute threads per synthesis; 0 = all cores")
+    tts_split_first_clause: bool = Field(
+        True, description="Synthesize the first clause of a reply on its own so its audio starts sooner"
+    )
     tts_call_idle_s: float = Field(
         3600.0, gt=0, description="Forget a call's state after this long without activity (missed CallEnded)"
     )
