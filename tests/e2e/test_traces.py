@@ -16,8 +16,6 @@ import uvicorn
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
-
-from bench.twilio_caller import TwilioCaller
 from voice_brain.service import BrainService
 from voice_brain.settings import BrainSettings
 from voice_ingress.service import IngressService
@@ -29,6 +27,8 @@ from voice_stt.service import SttService
 from voice_stt.settings import SttSettings
 from voice_tts.service import TtsService
 from voice_tts.settings import TtsSettings
+
+from bench.twilio_caller import TwilioCaller
 
 from ..brain.fake_openai import FakeOpenAI, Script
 from ..conftest import free_port
