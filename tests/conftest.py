@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,10 +14,7 @@ from voice_runtime import devstack
 REPO = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = devstack.free_port
 
 
 @pytest.fixture(scope="session")
@@ -31,31 +26,16 @@ def nats_url() -> Iterator[str]:
     if devstack.port_open("127.0.0.1", 4222) and asyncio.run(devstack._jetstream_ok("nats://127.0.0.1:4222")):
         yield "nats://127.0.0.1:4222"
         return
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="voice-nats-") as store:
-        proc = subprocess.Popen(devstack.nats_command(port, Path(store)), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            assert devstack.wait_port("127.0.0.1", port, 10), "embedded nats-server did not start"
-            yield f"nats://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with devstack.embedded_nats() as embedded:
+        yield embedded
 
 
 @pytest.fixture
 def private_nats_url() -> Iterator[str]:
-    """A NATS server of this test's own, for tests whose durable consumers must see only their messages."""
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="voice-nats-") as store:
-        proc = subprocess.Popen(devstack.nats_command(port, Path(store)), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            assert devstack.wait_port("127.0.0.1", port, 10), "embedded nats-server did not start"
-            yield f"nats://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    """A NATS server of this test's own, for tests whose durable consumers must see only their messages
+    (a running platform on the shared server would compete for them)."""
+    with devstack.embedded_nats() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

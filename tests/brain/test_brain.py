@@ -26,10 +26,21 @@ def llm() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture
-async def brain(nats_url: str, llm: FakeOpenAI) -> AsyncIterator[BrainService]:
+async def bus(private_nats_url: str) -> AsyncIterator[Bus]:
+    """A NATS of this test's own: a running platform on the shared server would compete for brain's
+    durable consumer."""
+    b = await Bus.connect(private_nats_url, "test")
+    await b.provision()
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+async def brain(private_nats_url: str, bus: Bus, llm: FakeOpenAI) -> AsyncIterator[BrainService]:
     llm.script = Script()
     llm.requests.clear()
-    svc = BrainService(BrainSettings(nats_url=nats_url, llm_base_url=llm.base_url, llm_first_token_timeout_s=1.0))
+    svc = BrainService(BrainSettings(nats_url=private_nats_url, llm_base_url=llm.base_url,
+                                     llm_first_token_timeout_s=1.0))
     await svc.start()
     yield svc
     await svc.stop()

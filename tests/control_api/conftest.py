@@ -7,11 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -173,17 +171,8 @@ def live_server(database_url: str, nats_url: str) -> Iterator[LiveServer]:
 def nats_url() -> Iterator[str]:
     """A NATS server of our own. The KV resync makes the buckets match *this* test database, deleting keys
     nothing in it backs, so these tests must never share a server (e.g. a running `make run`) with others."""
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="voice-ctl-nats-") as store:
-        proc = subprocess.Popen(
-            devstack.nats_command(port, Path(store)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            assert devstack.wait_port("127.0.0.1", port, 10), "embedded nats-server did not start"
-            yield f"nats://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with devstack.embedded_nats() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -87,10 +87,11 @@ async def test_two_calls_two_replicas_no_mixing(platform: Platform, platform_bus
             rows = await poll(both_stored, 30)
             assert rows is not None and len(rows) == 4, f"expected 4 caller turns once each, got {rows}"
             text = {cid: " ".join(r["text"].lower() for r in rows if r["call_id"] == cid) for cid in (call_a, call_b)}
-            assert ("croissant" in text[call_a] or "sourdough" in text[call_a]), text
-            assert not any(w in text[call_a] for w in ("brake", "oil", "car")), text
-            assert ("brake" in text[call_b] or "oil" in text[call_b]), text
-            assert not any(w in text[call_b] for w in ("croissant", "sourdough")), text
+            # words tiny.en hears reliably on phone audio ("croissant" it does not)
+            assert "chocolate" in text[call_a] or "fresh" in text[call_a], text
+            assert not any(w in text[call_a] for w in ("brake", "oil", " car")), text
+            assert "oil" in text[call_b] or " car" in text[call_b], text
+            assert not any(w in text[call_b] for w in ("chocolate", "fresh")), text
             greetings = await conn.fetch("SELECT call_id, text FROM call_turns WHERE speaker = 'agent' "
                                          "AND turn_id = 'greeting' AND call_id = ANY($1::text[])", [call_a, call_b])
             assert {g["call_id"]: g["text"] for g in greetings} == {
@@ -100,7 +101,7 @@ async def test_two_calls_two_replicas_no_mixing(platform: Platform, platform_bus
 
         # each conversation history holds only its own caller's words
         kv = await platform_bus.js.key_value("history")
-        for cid, other in ((call_a, "brake"), (call_b, "croissant")):
+        for cid, other in ((call_a, "oil"), (call_b, "chocolate")):
             entry = await kv.get(subjects.call_key(cid))
             assert other not in (entry.value or b"").decode().lower()
 

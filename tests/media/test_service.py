@@ -9,11 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +23,6 @@ from voice_schemas import Envelope, events, make, parse, subjects
 from voice_schemas.audio import H_SEQ, H_TS
 from voice_schemas.streams import MEDIA_CALLS
 
-from ..conftest import free_port
 from .conftest import RATE, Speech, phone_band, with_silence
 
 pytestmark = pytest.mark.integration
@@ -38,16 +34,8 @@ WATCHED = (events.SpeechStarted, events.SpeechStopped, events.UtteranceCaptured,
 
 @pytest.fixture(scope="module")
 def private_nats() -> Iterator[str]:
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="voice-media-nats-") as store:
-        proc = subprocess.Popen(devstack.nats_command(port, Path(store)), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            assert devstack.wait_port("127.0.0.1", port, 10), "nats-server did not start"
-            yield f"nats://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with devstack.embedded_nats() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

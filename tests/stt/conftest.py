@@ -1,15 +1,15 @@
-"""stt tests run against a JetStream server of their own (see ``natsd``)."""
+"""These tests run against a JetStream server of their own: stage services share durable consumers
+with any other replica connected to the same server."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-
-from .natsd import private_nats
+from voice_runtime.devstack import embedded_nats
 
 
 @pytest.fixture(scope="session")
 def nats_url() -> Iterator[str]:
-    with private_nats() as url:
+    with embedded_nats() as url:
         yield url

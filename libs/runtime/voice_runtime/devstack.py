@@ -20,8 +20,10 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +95,28 @@ def nats_binary() -> str:
 def nats_command(port: int, store: Path) -> list[str]:
     store.mkdir(parents=True, exist_ok=True)
     return [nats_binary(), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def embedded_nats(port: int | None = None) -> Iterator[str]:
+    """A throwaway JetStream server (own port, own store) for as long as the block runs."""
+    port = port or free_port()
+    with tempfile.TemporaryDirectory(prefix="voice-nats-") as store:
+        proc = subprocess.Popen(nats_command(port, Path(store)), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            if not wait_port("127.0.0.1", port, 10):
+                raise RuntimeError("embedded nats-server did not start")
+            yield f"nats://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 @dataclass
