@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, ClassVar
 
 import uvicorn
 from fastapi import FastAPI, Response
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from voice_schemas.streams import ConsumerDef
@@ -42,6 +44,7 @@ class Service:
         self.ready = False
         self.stopping = False
         self._consumers: list[DurableConsumer] = []
+        self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------ hooks
@@ -63,6 +66,13 @@ class Service:
         c = await self.bus.consume(d, handler)
         self._consumers.append(c)
         return c
+
+    async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
+        """A core NATS subscription (broadcast to every replica), removed when the service stops."""
+        assert self.bus is not None
+        sub = await self.bus.nc.subscribe(subject, cb=cb)
+        self._subs.append(sub)
+        return sub
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """A tracked background task, cancelled on shutdown."""
@@ -89,6 +99,10 @@ class Service:
     async def stop(self) -> None:
         self.ready = False
         self.stopping = True
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
         with contextlib.suppress(Exception):
             await self.on_stop()
         await asyncio.gather(

@@ -54,7 +54,7 @@ class BrainService(Service):
         self.history = HistoryStore(self.kv[KV_HISTORY.bucket])
         self.directory = AgentDirectory(self.kv["agents"], self.kv["numbers"], self.settings)
         # every replica hears barge-ins: whichever runs the call's completion cancels it
-        await self.bus.nc.subscribe(events.BargeIn.subject_pattern(), cb=self._on_barge_in)
+        await self.subscribe(events.BargeIn.subject_pattern(), self._on_barge_in)
         await self.consume(BRAIN_TURNS, self.handle)
 
     async def on_stop(self) -> None:

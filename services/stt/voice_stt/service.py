@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import dataclasses
 import os
 import time
@@ -22,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from opentelemetry import trace
 from voice_runtime import metrics
 from voice_runtime.agents import AgentDirectory
@@ -92,7 +90,6 @@ class SttService(Service):
         self.ended = EndedCalls()
         self.languages = CallLanguages(self._agent_language, default=settings.stt_language or None)
         self._pool = ThreadPoolExecutor(max_workers=settings.stt_concurrency, thread_name_prefix="stt")
-        self._subs: list[Subscription] = []
         self._agents: AgentDirectory | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -103,16 +100,10 @@ class SttService(Service):
             self.stt = await loop.run_in_executor(self._pool, load_whisper, self.settings)
         if KV_AGENTS.bucket in self.kv and KV_NUMBERS.bucket in self.kv:
             self._agents = AgentDirectory(self.kv[KV_AGENTS.bucket], self.kv[KV_NUMBERS.bucket], self.settings)
-        self._subs.append(await self.bus.nc.subscribe(CallEnded.subject_pattern(), cb=self._on_call_ended))
+        await self.subscribe(CallEnded.subject_pattern(), self._on_call_ended)
         # fetch no more utterances than this replica transcribes at once, so others can take the rest
         consumer = dataclasses.replace(STT_UTTERANCES, concurrency=self.settings.stt_concurrency)
         await self.consume(consumer, self.on_utterance)
-
-    async def on_stop(self) -> None:
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        self._subs.clear()
 
     async def stop(self) -> None:
         await super().stop()

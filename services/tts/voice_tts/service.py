@@ -12,13 +12,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from opentelemetry import trace
 from voice_runtime import metrics, telemetry
 from voice_runtime.bus import Poison
@@ -50,24 +48,16 @@ class TtsService(Service):
         self.voices = voices or Voices(default=settings.tts_voice, options=LoadOptions(threads=settings.tts_threads))
         self.calls = CallAudioRegistry()
         self._pool = ThreadPoolExecutor(max_workers=settings.tts_concurrency, thread_name_prefix="tts")
-        self._subs: list[Subscription] = []
         self._voice_ready = False
 
     # ------------------------------------------------------------ lifecycle
     async def on_start(self) -> None:
         assert self.bus is not None
         await self._run_blocking(self._load_default_voice)  # readiness waits for the voice
-        nc = self.bus.nc
-        self._subs.append(await nc.subscribe(BargeIn.subject_pattern(), cb=self._on_control))
-        self._subs.append(await nc.subscribe(CallEnded.subject_pattern(), cb=self._on_control))
+        await self.subscribe(BargeIn.subject_pattern(), self._on_control)
+        await self.subscribe(CallEnded.subject_pattern(), self._on_control)
         await self.consume(TTS_REPLIES, self.on_reply_chunk)
         self.spawn(self._sweep_idle_calls(), name="tts:sweep")
-
-    async def on_stop(self) -> None:
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        self._subs.clear()
 
     async def stop(self) -> None:
         await super().stop()
