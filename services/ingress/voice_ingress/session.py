@@ -26,6 +26,7 @@ log = get_logger(__name__)
 _tracer = trace.get_tracer("voice.ingress")
 SVC = "ingress"
 FRAME_S = 0.020
+HANGUP_PLAYOUT_LIMIT_S = 20.0  # an agent hang-up waits at most this long for its goodbye to play
 
 SendJson = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -54,7 +55,10 @@ class CallSession:
         self._heard: dict[str, list[int]] = {}  # turn -> chunk indices whose marks came back
         self._final_marks: set[str] = set()
         self._send_lock = asyncio.Lock()
-        self._trace: dict[str, Any] = {}  # turn -> trace context carried by its first audio frame
+        self._trace: dict[str, Any] = {}
+        self._played: set[str] = set()  # turns whose final mark came back
+        self._hangup_turn: str | None = None
+        self._hangup_timer: asyncio.TimerHandle | None = None  # turn -> trace context carried by its first audio frame
 
     # ------------------------------------------------------------ setup / teardown
     async def open(self) -> None:
@@ -74,6 +78,8 @@ class CallSession:
             return
         self.ended = True
         metrics.ACTIVE_CALLS.labels(SVC).dec()
+        if self._hangup_timer is not None:
+            self._hangup_timer.cancel()
         for s in self._subs:
             with contextlib.suppress(Exception):
                 await s.unsubscribe()
@@ -111,9 +117,10 @@ class CallSession:
         self._heard.setdefault(turn_id, []).append(chunk)
         await self._publish(events.PlayoutMarked(chunk=chunk), turn_id=turn_id, epoch=epoch)
         if len(parts) > 3 and parts[3] == "f":
+            self._played.add(turn_id)
             await self._publish(events.PlayoutFinished(cleared=False, heard_chunks=self._heard.pop(turn_id, [])),
                                 turn_id=turn_id, epoch=epoch)
-            if self.hangup_pending and not self.buffer.pending():
+            if self.hangup_pending and not self.buffer.pending() and self._hangup_turn in (None, turn_id):
                 await self.end(events.EndReason.agent_hangup)
 
     # ------------------------------------------------------------ platform -> caller
@@ -141,8 +148,13 @@ class CallSession:
         elif isinstance(data, events.BargeIn):
             await self._barge_in(env.epoch)
         elif isinstance(data, events.HangUp):
-            if data.after_playout and self.buffer.pending():
+            # after_playout: the goodbye may still be in synthesis; wait for that turn's final mark
+            waiting_for = env.turn_id if env.turn_id and env.turn_id not in self._played else None
+            if data.after_playout and (waiting_for or self.buffer.pending()):
                 self.hangup_pending = True
+                self._hangup_turn = waiting_for
+                self._hangup_timer = asyncio.get_running_loop().call_later(
+                    HANGUP_PLAYOUT_LIMIT_S, lambda: asyncio.ensure_future(self.end(data.reason)))
             else:
                 await self.end(data.reason)
 
