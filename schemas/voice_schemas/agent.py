@@ -68,3 +68,4 @@ class CallRecord(BaseModel):
     agent_version: int
     channel: str = "twilio"
     started_at_ms: float = 0.0
+    provider_call_id: str | None = None

@@ -3,8 +3,11 @@ a socket that dies."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
+from nats.js.errors import KeyNotFoundError, NoKeysError
 from voice_runtime.bus import Bus
 from voice_schemas import events, make
 
@@ -41,10 +44,18 @@ async def test_status_callback_ends_a_live_call(platform: Platform, platform_bus
     assert await c.wait_closed(10), "ingress did not close the media stream"
     row = await ended_row(platform, c.call_id or "")
     assert row is not None and row["end_reason"] == "status_callback"
-    # the call's state is gone from KV
+    # the call's state is gone from KV (the record and the provider-sid mapping)
     kv = await platform_bus.js.key_value("calls")
-    keys = await kv.keys()
-    assert c.call_id not in keys
+    try:
+        keys = set(await kv.keys())
+    except NoKeysError:
+        keys = set()
+    assert c.call_id not in keys and f"p.{c.call_sid}" not in keys
+    history = await platform_bus.js.key_value("history")
+    with pytest.raises(KeyNotFoundError):
+        for _ in range(50):  # brain frees the conversation once the call has ended
+            await history.get(c.call_id or "")
+            await asyncio.sleep(0.1)
 
 
 async def test_agent_hangup_after_playout(platform: Platform, platform_bus: Bus) -> None:

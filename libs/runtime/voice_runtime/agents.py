@@ -62,8 +62,10 @@ class AgentDirectory:
         return None
 
     async def _no_numbers_configured(self) -> bool:
+        # the bucket's message count (stream info): no consumer is created, as kv.keys() would per call.
+        # Delete markers count too, so default routing is for a fresh install where no number ever was.
         try:
-            keys = await self.numbers.keys()
-        except Exception:
-            return True
-        return not keys
+            status = await self.numbers.status()
+        except Exception:  # unreachable: do not route everything to the default agent
+            return False
+        return not status.values

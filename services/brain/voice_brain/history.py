@@ -6,6 +6,7 @@ events of one call never lose each other's writes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +79,10 @@ class HistoryStore:
             return True
         except Exception:
             return False
+
+    async def delete(self, call_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.kv.purge(subjects.call_key(call_id))
 
     async def update(self, call_id: str, fn: Callable[[CallHistory], Any], retries: int = 20) -> CallHistory | None:
         """Apply ``fn`` (mutates in place) with compare-and-set; None when the call has no history."""

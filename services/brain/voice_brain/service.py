@@ -362,3 +362,4 @@ class BrainService(Service):
         for t in unfinished:
             with contextlib.suppress(Exception):
                 await self._turn_completed(env, h, t)
+        await self.history.delete(env.call_id)  # the record now lives in PostgreSQL

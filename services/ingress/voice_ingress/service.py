@@ -106,13 +106,18 @@ class IngressService(Service):
             log.info("call_rejected_no_agent", number=to)
             return _twiml(resp)
         call_id = subjects.new_call_id()
+        sid = form.get("CallSid", "")
+        try:
+            provider_key: str | None = "p." + subjects.check_id(sid, "CallSid")
+        except subjects.InvalidSubjectToken:
+            provider_key = None
         record = CallRecord(call_id=call_id, tenant_id=route.tenant_id, agent_id=agent.id,
-                            agent_version=agent.version, channel="twilio", started_at_ms=time.time() * 1000)
+                            agent_version=agent.version, channel="twilio", started_at_ms=time.time() * 1000,
+                            provider_call_id=sid if provider_key else None)
         kv = await self._calls_kv()
         await kv.put(subjects.call_key(call_id), record.model_dump_json().encode())
-        sid = form.get("CallSid", "")
-        with contextlib.suppress(subjects.InvalidSubjectToken):
-            await kv.put("p." + subjects.check_id(sid, "CallSid"), call_id.encode())
+        if provider_key:
+            await kv.put(provider_key, call_id.encode())
         await self.bus.publish(make(
             events.CallStarted(agent_id=agent.id, agent_version=agent.version, channel=events.Channel.twilio,
                                from_number=form.get("From"), to_number=to, provider_call_id=sid or None),
@@ -144,8 +149,17 @@ class IngressService(Service):
         # the media stream may live on another replica: the CallEnded event reaches it
         await self.bus.publish(make(events.CallEnded(reason=events.EndReason.status_callback),
                                     tenant_id=record.tenant_id, call_id=call_id, event_id=f"{call_id}-ended"))
-        with contextlib.suppress(Exception):
-            await kv.delete(subjects.call_key(call_id))
+        await self._forget(record)
+
+    async def _forget(self, record: CallRecord) -> None:
+        """The call is over: its KV entries go (they also expire with the bucket's TTL)."""
+        kv = await self._calls_kv()
+        keys = [subjects.call_key(record.call_id)]
+        if record.provider_call_id:
+            keys.append("p." + record.provider_call_id)
+        for key in keys:
+            with contextlib.suppress(Exception):
+                await kv.delete(key)
 
     async def _record(self, call_id: str) -> CallRecord | None:
         kv = await self._calls_kv()
@@ -167,8 +181,7 @@ class IngressService(Service):
 
         async def closed(s: CallSession) -> None:
             self.sessions.pop(s.call_id, None)
-            with contextlib.suppress(Exception):
-                await (await self._calls_kv()).delete(subjects.call_key(s.call_id))
+            await self._forget(s.record)
             with contextlib.suppress(Exception):
                 await ws.close()
 
