@@ -1,0 +1,385 @@
+"""`make bench`: drive a running platform as phone callers would and write a report under bench/results/.
+
+    make run                          # in another terminal: the platform on its default ports
+    make bench                        # voice-to-voice, greeting, barge-in, bus overhead, concurrency sweep
+    make bench-soak BENCH_ARGS="--minutes 10"
+    make bench-peer                   # the same caller against a stock Pipecat pipeline, alternating runs
+
+Every call is a fake Twilio (bench/twilio_caller.py): signed webhook, Media Streams over a real WebSocket,
+real-time 20 ms μ-law frames (silence between utterances), marks echoed when the audio has "played".
+Caller speech is made with piper. See bench/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from . import natsinfo, procs, report
+from .bus import bus_overhead
+from .calls import (
+    BargeInResult,
+    CallResult,
+    Target,
+    Timeouts,
+    barge_in_session,
+    concurrent_conversations,
+    conversation,
+)
+from .events import PlatformEvents
+from .machine import facts
+from .soak import soak
+from .speech import INTERRUPTIONS, QUESTIONS, Utterance, Voice
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PHASES = ("v2v", "barge_in", "bus", "sweep")
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = ap.add_argument_group("target")
+    g.add_argument("--url", default=os.environ.get("BENCH_URL", "http://127.0.0.1:8080"),
+                   help="ingress base URL (Twilio webhook /twilio/voice, WS /twilio/media)")
+    g.add_argument("--nats", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    g.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"),
+                   help="Twilio auth token the platform checks signatures with (unset: no signatures)")
+    g.add_argument("--public-base-url", default=os.environ.get("PUBLIC_BASE_URL"),
+                   help="the platform's PUBLIC_BASE_URL (signatures are computed over it)")
+    g.add_argument("--to", default="+15550100", help="called number (must route to an agent)")
+    g.add_argument("--llm-base-url", default=os.environ.get("LLM_BASE_URL", "http://127.0.0.1:8090/v1"))
+    g.add_argument("--llm-model", default=os.environ.get("LLM_MODEL", "smollm2"))
+    g.add_argument("--ports", default="",
+                   help="service=port overrides for finding processes, e.g. ingress=9080,stt=9082")
+    g = ap.add_argument_group("what to run (default: v2v, barge_in, bus, sweep)")
+    g.add_argument("--only", default="", help=f"comma list of {', '.join(PHASES)}")
+    g.add_argument("--skip", default="", help="comma list of phases to leave out")
+    g.add_argument("--soak", action="store_true", help="run the soak only (make bench-soak)")
+    g.add_argument("--peer", action="store_true", help="run the Pipecat comparison only (make bench-peer)")
+    g = ap.add_argument_group("sizes")
+    g.add_argument("--warmup", type=int, default=1, help="uncounted warm-up calls (one question each) first")
+    g.add_argument("--calls", type=int, default=4, help="voice-to-voice: calls, one at a time")
+    g.add_argument("--turns", type=int, default=5, help="voice-to-voice: questions per call")
+    g.add_argument("--barge-in-trials", type=int, default=4)
+    g.add_argument("--bus-seconds", type=float, default=10.0)
+    g.add_argument("--bus-streams", type=int, default=40, help="audio streams under load (50 frames/s each)")
+    g.add_argument("--bus-events-per-s", type=float, default=100.0)
+    g.add_argument("--sweep", default="2,5,10,20", help="concurrency steps after 1 (the voice-to-voice phase)")
+    g.add_argument("--sweep-max", type=int, default=20, help="cap on concurrent calls")
+    g.add_argument("--sweep-turns", type=int, default=2, help="questions per call in each sweep step")
+    g.add_argument("--minutes", type=float, default=5.0, help="soak duration")
+    g.add_argument("--soak-concurrency", type=int, default=2)
+    g.add_argument("--soak-turns", type=int, default=2)
+    g.add_argument("--peer-port", type=int, default=8790)
+    g.add_argument("--peer-rounds", type=int, default=2, help="alternations (ours, pipecat) of --peer-turns")
+    g.add_argument("--peer-turns", type=int, default=5)
+    g.add_argument("--peer-barge-in-trials", type=int, default=2)
+    g = ap.add_argument_group("timing")
+    g.add_argument("--quiet-s", type=float, default=1.5, help="agent silence that means the reply is over")
+    g.add_argument("--reply-timeout-s", type=float, default=30.0)
+    g.add_argument("--max-reply-s", type=float, default=60.0)
+    g.add_argument("--out", type=Path, default=RESULTS)
+    return ap.parse_args(argv)
+
+
+def _ports(spec: str) -> dict[str, int]:
+    ports = dict(procs.DEFAULT_PORTS)
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, port = item.partition("=")
+        ports[name.strip()] = int(port)
+    return ports
+
+
+def _phases(args: argparse.Namespace) -> list[str]:
+    chosen = [p.strip() for p in args.only.split(",") if p.strip()] or list(PHASES)
+    skip = {p.strip() for p in args.skip.split(",") if p.strip()}
+    bad = (set(chosen) | skip) - set(PHASES)
+    if bad:
+        raise SystemExit(f"unknown phase(s) {sorted(bad)}; phases are {', '.join(PHASES)}")
+    return [p for p in chosen if p not in skip]
+
+
+async def _ready(url: str, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2) as client:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return True
+            await asyncio.sleep(0.3)
+    return False
+
+
+def _questions(voice: Voice) -> list[Utterance]:
+    return [voice.utter(q) for q in QUESTIONS]
+
+
+# --------------------------------------------------------------------------- phases
+async def phase_v2v(target: Target, qs: list[Utterance], args: argparse.Namespace, t: Timeouts) -> list[CallResult]:
+    calls: list[CallResult] = []
+    for k in range(args.calls):
+        mine = [qs[(k * args.turns + j) % len(qs)] for j in range(args.turns)]
+        r = await conversation(target, mine, t)
+        v2v = [tr.v2v_ms for tr in r.turns]
+        log(f"  call {k + 1}/{args.calls} {r.call_id}: greeting {r.greeting_ms} ms, v2v {v2v}"
+            + (f", error: {r.error}" if r.error else ""))
+        calls.append(r)
+    return calls
+
+
+async def phase_barge_in(target: Target, voice: Voice, qs: list[Utterance], trials: int,
+                         t: Timeouts) -> BargeInResult:
+    inter = [voice.utter(x) for x in INTERRUPTIONS]
+    r = await barge_in_session(target, qs, inter, voice.backchannel(), trials, t)
+    log(f"  {len(r.trials)} interruptions: clear after {[x.onset_to_clear_ms for x in r.trials]} ms, last frame "
+        f"after {[x.onset_to_last_frame_ms for x in r.trials]} ms; backchannels cleared "
+        f"{[b.cleared for b in r.backchannels]}" + (f"; error: {r.error}" if r.error else ""))
+    return r
+
+
+async def phase_sweep(target: Target, qs: list[Utterance], args: argparse.Namespace, t: Timeouts,
+                      base_calls: list[CallResult], pids: dict[str, int]) -> dict[str, Any]:
+    base = report.call_figures(base_calls)
+    base_p95 = base["voice_to_voice_ms"]["p95"]
+    steps = [{"calls": 1, **_step_figures(base_calls), "resources": base.get("resources", {})}]
+    knee = {"baseline_p95_ms": base_p95, "last_good_calls": 1, "first_bad_calls": None, "reason": None}
+    levels = sorted({int(x) for x in args.sweep.split(",") if x.strip() and 1 < int(x) <= args.sweep_max})
+    for n in levels:
+        watch = procs.ProcessWatch(pids)
+        idle = watch.snapshot()
+        watch.start()
+        calls = await concurrent_conversations(target, n, qs, args.sweep_turns, t, seed=n)
+        await watch.stop()
+        step = {"calls": n, **_step_figures(calls), "resources": watch.usage(n, idle)}
+        steps.append(step)
+        p95 = step["voice_to_voice_ms"]["p95"]
+        cpu = step["resources"]["_total"]["cpu_pct"]
+        log(f"  {n} calls: v2v p50 {step['voice_to_voice_ms']['p50']} p95 {p95} ms, "
+            f"{step['turns_without_reply']}/{step['turns']} without reply, CPU {cpu}%")
+        failed = step["turns"] == 0 or step["turns_without_reply"] > step["turns"] / 2
+        if base_p95 is not None and (failed or p95 is None or p95 >= 2 * base_p95):
+            knee["first_bad_calls"] = n
+            knee["reason"] = ("over half the turns got no reply" if failed or p95 is None
+                              else f"p95 {p95:.0f} ms >= 2 x {base_p95:.0f} ms")
+            break
+        knee["last_good_calls"] = n
+    if knee["first_bad_calls"] is None:
+        knee["reason"] = f"p95 stayed under 2 x baseline up to the cap ({max(levels, default=1)} calls)"
+    return {"steps": steps, "knee": knee}
+
+
+def _step_figures(calls: list[CallResult]) -> dict[str, Any]:
+    f = report.call_figures(calls)
+    return {k: f[k] for k in ("turns", "turns_without_reply", "voice_to_voice_ms", "voice_to_voice_audible_ms",
+                              "greeting_ms", "playout", "calls_failed", "errors", "caller_send_lag_max_ms",
+                              "stages_ms")}
+
+
+# --------------------------------------------------------------------------- peer
+def _spawn_peer(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    with open(args.out / "pipecat-peer.log", "wb") as logf:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bench.peer", "--port", str(args.peer_port), "--llm-base-url",
+             args.llm_base_url, "--llm-model", args.llm_model],
+            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+async def _start_peer(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    proc = _spawn_peer(args)
+    if not await _ready(f"http://127.0.0.1:{args.peer_port}/readyz", 180) or proc.poll() is not None:
+        _stop(proc)
+        raise RuntimeError(f"the pipecat peer did not start; see {args.out / 'pipecat-peer.log'}")
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def phase_peer(ours: Target, voice: Voice, qs: list[Utterance], args: argparse.Namespace,
+                     t: Timeouts) -> dict[str, Any]:
+    peer = Target("pipecat", f"http://127.0.0.1:{args.peer_port}")
+    proc = await _start_peer(args)
+    runs: dict[str, list[CallResult]] = {"ours": [], "pipecat": []}
+    barge: dict[str, list[BargeInResult]] = {"ours": [], "pipecat": []}
+    try:
+        for r in range(args.peer_rounds):
+            order = [("ours", ours), ("pipecat", peer)] if r % 2 == 0 else [("pipecat", peer), ("ours", ours)]
+            for name, target in order:
+                mine = [qs[(r * args.peer_turns + j) % len(qs)] for j in range(args.peer_turns)]
+                res = await conversation(target, mine, t)
+                runs[name].append(res)
+                log(f"  round {r + 1} {name}: greeting {res.greeting_ms} ms, v2v {[x.v2v_ms for x in res.turns]}"
+                    + (f", error: {res.error}" if res.error else ""))
+        if args.peer_barge_in_trials > 0:
+            for name, target in (("ours", ours), ("pipecat", peer)):
+                log(f"  barge-in on {name}")
+                barge[name].append(await phase_barge_in(target, voice, qs, args.peer_barge_in_trials, t))
+    finally:
+        _stop(proc)
+    out: dict[str, Any] = {}
+    for name in ("ours", "pipecat"):
+        f = report.call_figures(runs[name])
+        b = report.barge_in_figures(barge[name]) if barge[name] else {}
+        out[name] = {**f, **{k: b[k] for k in ("onset_to_clear_ms", "onset_to_last_agent_frame_ms", "backchannel")
+                             if k in b}}
+    ratio: dict[str, Any] = {}
+    for key in ("voice_to_voice_ms", "voice_to_voice_audible_ms", "greeting_ms", "onset_to_clear_ms",
+                "onset_to_last_agent_frame_ms"):
+        o, p = out["ours"].get(key) or {}, out["pipecat"].get(key) or {}
+        ratio[key] = {q: (round(p[q] / o[q], 2) if o.get(q) and p.get(q) is not None else None)
+                      for q in ("p50", "p95")}
+    out["ratio"] = ratio
+    out["pipeline"] = ("FastAPIWebsocketTransport + TwilioFrameSerializer → VADProcessor(SileroVADAnalyzer) → "
+                       "WhisperSTTService(tiny.en, int8) → LLMContextAggregatorPair (smart-turn v3 stop strategy) → "
+                       "OpenAILLMService(same endpoint/model) → PiperTTSService(en_US-joe-medium, local) → output")
+    out["notes"] = [
+        "Everything in the Pipecat pipeline ran offline. PiperTTSService downloads voices by default; it is "
+        "given a folder with the packaged voice under the expected name instead (no download).",
+        "Silero runs in a VADProcessor ahead of the STT: Pipecat's segmented Whisper STT only transcribes between "
+        "VAD frames it receives, and with the VAD inside the user aggregator (after the STT) it got none "
+        "and never answered.",
+        "The pipeline input rate is 16 kHz (Whisper reads 16 kHz; the Twilio serializer resamples); at 8 kHz "
+        "Whisper heard nothing.",
+        "Pipecat's voice and Whisper model are loaded once per process and shared across calls, like ours.",
+    ]
+    return out
+
+
+# --------------------------------------------------------------------------- main
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.monotonic()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not await _ready(args.url.rstrip("/") + "/readyz", 10):
+        raise SystemExit(f"the platform is not ready at {args.url} (start it with `make run`)")
+    ports = _ports(args.ports)
+    pids = procs.listening_pids(ports)
+    missing = sorted(set(ports) - set(pids))
+    nats_state = await natsinfo.state(args.nats)
+    rep: dict[str, Any] = {
+        "mode": "soak" if args.soak else "peer" if args.peer else "bench",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "auth_token"},
+        "machine": facts(pids, args.llm_base_url, nats_state.get("server_version")),
+        "notes": [],
+    }
+    if missing:
+        rep["notes"].append(f"no process found listening for {missing}: CPU/memory of those is not counted")
+    log(f"platform at {args.url}; services found: {pids}")
+    voice = Voice()
+    qs = [voice.utter(q) for q in QUESTIONS]
+    t = Timeouts(reply_s=args.reply_timeout_s, quiet_s=args.quiet_s, max_reply_s=args.max_reply_s)
+    events = PlatformEvents()
+    await events.start(args.nats)
+    target = Target("platform", args.url, args.auth_token, args.public_base_url, args.to, events)
+    try:
+        if args.soak:
+            log(f"soak: {args.minutes} min, {args.soak_concurrency} calls at a time")
+            for _ in range(max(1, args.warmup)):
+                await conversation(target, qs[:1], t)  # warm-up, not counted
+            rep["soak"] = await soak(target, qs, args.minutes, args.soak_concurrency, args.soak_turns, t,
+                                     procs.ProcessWatch(pids), args.nats)
+        elif args.peer:
+            log("peer comparison: stock Pipecat pipeline vs the platform, alternating")
+            rep["peer"] = await phase_peer(target, voice, qs, args, t)
+        else:
+            phases = _phases(args)
+            for _ in range(args.warmup):
+                w = await conversation(target, qs[-1:], t)
+                log(f"warm-up call: greeting {w.greeting_ms} ms, v2v {[x.v2v_ms for x in w.turns]} (not counted)"
+                    + (f", error: {w.error}" if w.error else ""))
+            base_calls: list[CallResult] = []
+            if "v2v" in phases or "sweep" in phases:
+                log(f"voice-to-voice: {args.calls} calls x {args.turns} turns, one call at a time")
+                watch = procs.ProcessWatch(pids)
+                idle = watch.snapshot()
+                watch.start()
+                try:
+                    base_calls = await phase_v2v(target, qs, args, t)
+                finally:
+                    await watch.stop()
+                rep["voice_to_voice"] = report.call_figures(base_calls)
+                rep["voice_to_voice"]["resources"] = watch.usage(1, idle)
+                rep["voice_to_voice"]["calls_detail"] = [c.to_json() for c in base_calls]
+            if "barge_in" in phases:
+                log(f"barge-in: {args.barge_in_trials} interruptions and backchannels on one call")
+                b = await phase_barge_in(target, voice, qs, args.barge_in_trials, t)
+                rep["barge_in"] = report.barge_in_figures([b])
+                rep["barge_in"]["detail"] = asdict(b)
+            if "bus" in phases:
+                log(f"bus overhead: {args.bus_streams} audio streams + {args.bus_events_per_s:.0f} events/s, "
+                    f"{args.bus_seconds:.0f} s")
+                try:
+                    rep["bus"] = await bus_overhead(args.nats, args.bus_streams, args.bus_events_per_s,
+                                                    args.bus_seconds)
+                except Exception as e:
+                    rep["notes"].append(f"bus overhead failed: {e}")
+                    log(f"  failed: {e}")
+            if "sweep" in phases and base_calls:
+                log(f"concurrency sweep: {args.sweep} (cap {args.sweep_max})")
+                rep["sweep"] = await phase_sweep(target, qs, args, t, base_calls, pids)
+                rep["sweep"]["steps"][0]["resources"] = rep["voice_to_voice"]["resources"]
+    finally:
+        await events.stop()
+    rep["duration_s"] = round(time.monotonic() - t0, 1)
+    rep["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return rep
+
+
+def smoke(url: str, nats_url: str, *, auth_token: str | None = None, public_base_url: str | None = None,
+          to: str = "+15550100", out: Path | None = None) -> dict[str, Any]:
+    """One call, two turns: what `make test` runs (tests/e2e/test_bench_smoke.py)."""
+
+    async def go() -> dict[str, Any]:
+        voice = Voice()
+        events = PlatformEvents()
+        await events.start(nats_url)
+        try:
+            target = Target("platform", url, auth_token, public_base_url, to, events)
+            r = await conversation(target, [voice.utter(QUESTIONS[0]), voice.utter(QUESTIONS[8])],
+                                   Timeouts(quiet_s=1.2, max_reply_s=20))
+        finally:
+            await events.stop()
+        return {"mode": "smoke", "voice_to_voice": report.call_figures([r]), "call": r.to_json()}
+
+    rep = asyncio.run(go())
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "smoke.json").write_text(json.dumps(rep, indent=2, default=str))
+    return rep
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    rep = asyncio.run(main_async(args))
+    j, md = report.write(rep, args.out)
+    print(report.markdown(rep))
+    suffix = "" if rep["mode"] == "bench" else f"-{rep['mode']}"
+    log(f"report: {j} and {md} (also latest{suffix}.json / latest{suffix}.md)")
+
+
+if __name__ == "__main__":
+    main()
