@@ -31,7 +31,7 @@ $(UV_HOME)/bin/uv:
 
 $(STAMP): pyproject.toml uv.lock schemas/pyproject.toml libs/runtime/pyproject.toml services/*/pyproject.toml | $(UV)
 	@bash tools/prereqs.sh
-	@echo "==> installing the platform (first time: ~5 min, llama.cpp is compiled once and cached)"
+	@echo "==> installing the platform (first time: 8-15 min on 2 cores, llama.cpp is compiled once; uv caches it)"
 	$(UV) sync --frozen --python python3.11
 	@touch $(STAMP)
 
