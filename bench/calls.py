@@ -132,6 +132,18 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 1)
 
 
+async def dial(c: TwilioCaller, attempts: int = 3, wait_s: float = 2.0) -> str:
+    """The webhook, retried briefly when the number does not route (a KV resync may be under way)."""
+    for i in range(attempts):
+        try:
+            return await c.dial()
+        except RuntimeError as e:
+            if "no stream in TwiML" not in str(e) or i == attempts - 1:
+                raise
+            await asyncio.sleep(wait_s)
+    raise AssertionError("unreachable")
+
+
 async def wait_audio_after(c: TwilioCaller, after: float, timeout: float) -> Received | None:
     """The first agent frame received after ``after``."""
     deadline = time.monotonic() + timeout
@@ -178,7 +190,7 @@ async def conversation(target: Target, questions: list[Utterance], t: Timeouts,
     c = target.caller()
     res.call_sid = c.call_sid
     try:
-        res.call_id = await c.dial()
+        res.call_id = await dial(c)
         await c.connect()
         first = await wait_audio_after(c, 0.0, t.greeting_s)
         if first is None:
@@ -244,6 +256,8 @@ class BargeInTrial:
     onset_to_last_frame_ms: float | None = None
     onset_to_platform_barge_in_ms: float | None = None  # control.barge_in seen on the bus
     frames_after_clear: int = 0
+    audio_heard_after_onset_ms: float = 0.0  # agent audio the caller got while (and after) speaking over it
+    resumed_after_pause_ms: float | None = None  # agent audio came back after a silence > 0.25 s, at this time
     agent_was_speaking: bool = True
     platform_controls: list[tuple[str, float]] = field(default_factory=list)  # (kind, ms after onset), 3 s
     error: str | None = None
@@ -268,16 +282,18 @@ class BargeInResult:
     error: str | None = None
 
 
-def _run_after(c: TwilioCaller, onset: float, run_gap_s: float = 0.3) -> list[Received]:
-    """Agent frames from ``onset`` on, up to the first silence longer than run_gap_s."""
-    out: list[Received] = []
-    for r in c.received:
-        if r.at < onset:
-            continue
-        if out and r.at - out[-1].at > run_gap_s:
-            break
-        out.append(r)
-    return out
+def interrupted_reply_frames(c: TwilioCaller, onset: float, speech_end: float,
+                             clear: float | None) -> list[Received]:
+    """Agent frames the caller received from ``onset`` on that belong to the interrupted reply.
+
+    The answer to the interruption cannot start before the interruption has been spoken, so every frame up
+    to ``speech_end`` (+0.2 s) is the old reply, as are frames in flight right after a late `clear`.
+    Playout may pause at the onset and resume (heard as more of the old reply) before a barge-in commits.
+    """
+    bound = speech_end + 0.2
+    if clear is not None and clear + 0.1 > bound:
+        bound = clear + 0.1
+    return [r for r in c.received if onset <= r.at <= bound]
 
 
 async def _until_playing(c: TwilioCaller, reply_start: float, into_s: float) -> bool:
@@ -294,7 +310,7 @@ async def barge_in_session(target: Target, questions: list[Utterance], interrupt
     c = target.caller()
     q_iter = iter(questions * 10)
     try:
-        res.call_id = await c.dial()
+        res.call_id = await dial(c)
         await c.connect()
         first = await wait_audio_after(c, 0.0, t.greeting_s)
         if first is None:
@@ -334,10 +350,14 @@ async def barge_in_session(target: Target, questions: list[Utterance], interrupt
             trial = BargeInTrial(agent_was_speaking=c.agent_audible())
             utter = interruptions[n % len(interruptions)]
             onset, end = await c.speak(utter.ulaw)
+            await asyncio.sleep(max(0.0, end + 0.3 - time.monotonic()))
             clears = [x for x in c.timings.clears if x >= onset]
-            run = _run_after(c, onset)
+            run = interrupted_reply_frames(c, onset, end, clears[0] if clears else None)
             trial.onset_to_clear_ms = ms(clears[0] - onset) if clears else None
             trial.onset_to_last_frame_ms = ms(run[-1].at - onset) if run else 0.0
+            trial.audio_heard_after_onset_ms = round(sum(len(r.payload) for r in run) / 8.0, 1)
+            first_gap = next((b.at for a, b in itertools.pairwise(run) if b.at - a.at > 0.25), None)
+            trial.resumed_after_pause_ms = ms(first_gap - onset) if first_gap is not None else None
             if clears:
                 trial.frames_after_clear = sum(1 for r in run if r.at > clears[0])
             if target.events is not None:
@@ -345,10 +365,11 @@ async def barge_in_session(target: Target, questions: list[Utterance], interrupt
                 seen = [e.received_at for e in ctl if e.kind == "barge_in"]
                 trial.onset_to_platform_barge_in_ms = ms(seen[0] - onset) if seen else None
                 trial.platform_controls = [(e.kind, ms(e.received_at - onset) or 0.0) for e in ctl]
-            if not clears and not run:  # no agent audio after the onset at all: it had already stopped
+            resumed_silently = any(k == "resume" for k, _ in trial.platform_controls) and bool(run) \
+                and run[-1].at - onset < 0.3  # paused at the onset, resumed, nothing left to play
+            if not clears and (not run or resumed_silently):  # the reply had (all but) finished: nothing to cut
                 trial.agent_was_speaking = False
-            if not clears and not trial.agent_was_speaking:
-                trial.error = "agent had stopped before the interruption"
+                trial.error = "the agent's reply ended at the onset"
             res.trials.append(trial)
             reply = await wait_audio_after(c, end, t.reply_s)  # the interruption's answer
             if reply is None:

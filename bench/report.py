@@ -75,6 +75,8 @@ def barge_in_figures(results: list[BargeInResult]) -> dict[str, Any]:
         "onset_to_last_agent_frame_ms": summary(t.onset_to_last_frame_ms for t in valid),
         "onset_to_platform_barge_in_event_ms": summary(t.onset_to_platform_barge_in_ms for t in valid),
         "frames_after_clear_max": max((t.frames_after_clear for t in valid), default=None),
+        "agent_audio_heard_after_onset_ms": summary(t.audio_heard_after_onset_ms for t in valid),
+        "resumed_after_a_pause": sum(1 for t in valid if t.resumed_after_pause_ms is not None),
         "backchannel": {
             "speech_ms": bcs[0].speech_ms if bcs else None,
             "trials": len(bcs),
@@ -139,8 +141,11 @@ def markdown(rep: dict[str, Any]) -> str:
                   _pct_row("speech onset → `clear` received", b["onset_to_clear_ms"]),
                   _pct_row("speech onset → last agent frame received", b["onset_to_last_agent_frame_ms"]),
                   _pct_row("speech onset → `control.barge_in` on the bus", b["onset_to_platform_barge_in_event_ms"]),
+                  _pct_row("agent audio received after the onset", b["agent_audio_heard_after_onset_ms"]),
                   "", f"{b['clear_received']}/{b['trials_during_agent_speech']} interruptions during agent speech "
-                  f"got a `clear`. Backchannel ({_f(bc['speech_ms'])} ms 'mm-hmm'): {bc['false_barge_ins']} false "
+                  f"got a `clear`; in {b['resumed_after_a_pause']} the agent's audio stopped, then came back "
+                  "before the barge-in committed (the caller heard more of the old reply). "
+                  f"Backchannel ({_f(bc['speech_ms'])} ms 'mm-hmm'): {bc['false_barge_ins']} false "
                   f"barge-ins in {bc['during_agent_speech']} trials during agent speech; reply continued "
                   f"{bc['reply_continued']}, ended by itself {bc['reply_ended_by_itself']}, playout paused "
                   f"{bc['platform_paused']}; longest gap after the backchannel p50 "
@@ -178,8 +183,9 @@ def markdown(rep: dict[str, Any]) -> str:
                 f"{st['playout']['underruns']} | {_f(tot.get('cpu_pct'))} | {_f(tot.get('cpu_pct_per_call'))} | "
                 f"{_f(tot.get('rss_growth_per_call_mb'), ' MB')} | {_f(tot.get('machine_cpu_pct_all_cores'), '%')} |")
         lines += ["", "Where the time goes per step (p50 / p95 of the platform's stages):", "",
-                  "| calls | end of turn | stt | LLM first token | LLM first sentence | bus and playout |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+                  "| calls | end of turn | stt | LLM first token | LLM first sentence | bus and playout | "
+                  "not in any stage (queues, hops) |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
         for st in sw["steps"]:
             sm = st.get("stages_ms", {})
 
@@ -188,7 +194,7 @@ def markdown(rep: dict[str, Any]) -> str:
                 return f"{_f(x.get('p50'))} / {_f(x.get('p95'))} ms"
 
             lines.append(f"| {st['calls']} | {pp('end_of_turn_ms')} | {pp('stt_ms')} | {pp('llm_first_token_ms')} | "
-                         f"{pp('llm_first_sentence_ms')} | {pp('bus_and_playout_ms')} |")
+                         f"{pp('llm_first_sentence_ms')} | {pp('bus_and_playout_ms')} | {pp('between_stages_ms')} |")
         k = sw["knee"]
         lines += ["", f"Knee: up to **{k['last_good_calls']}** simultaneous calls voice-to-voice p95 stays under twice "
                   f"the one-call p95 ({_f(k['baseline_p95_ms'], ' ms')}); "
@@ -224,13 +230,20 @@ def markdown(rep: dict[str, Any]) -> str:
         for key, label in (("voice_to_voice_ms", "voice-to-voice"),
                            ("voice_to_voice_audible_ms", "voice-to-voice (audible)"),
                            ("greeting_ms", "greeting"), ("onset_to_clear_ms", "barge-in → clear"),
-                           ("onset_to_last_agent_frame_ms", "barge-in → last frame")):
+                           ("onset_to_last_agent_frame_ms", "barge-in → last frame"),
+                           ("agent_audio_heard_after_onset_ms", "barge-in: agent audio after onset")):
             o, p, r = pe["ours"].get(key, {}), pe["pipecat"].get(key, {}), pe["ratio"].get(key, {})
             lines.append(f"| {label} | {_f(o.get('p50'), ' ms')} | {_f(o.get('p95'), ' ms')} | "
                          f"{_f(p.get('p50'), ' ms')} | {_f(p.get('p95'), ' ms')} | {_f(r.get('p50'))} | "
                          f"{_f(r.get('p95'))} |")
         lines += ["", f"Turns: ours {pe['ours'].get('turns')}, pipecat {pe['pipecat'].get('turns')}; without reply: "
                   f"ours {pe['ours'].get('turns_without_reply')}, pipecat {pe['pipecat'].get('turns_without_reply')}."]
+        for name in ("ours", "pipecat"):
+            bc = pe[name].get("backchannel")
+            if bc:
+                lines.append(f"Backchannel on {name}: {bc['false_barge_ins']} false barge-ins in "
+                             f"{bc['during_agent_speech']}; longest gap in the agent's audio after it p50 "
+                             f"{_f(bc['longest_gap_after_ms']['p50'], ' ms')}.")
         if pe.get("notes"):
             lines += ["", *[f"- {n}" for n in pe["notes"]]]
         lines.append("")

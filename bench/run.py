@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from . import natsinfo, procs, report
+from .agent import BenchAgent
 from .bus import bus_overhead
 from .calls import (
     BargeInResult,
@@ -62,7 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Twilio auth token the platform checks signatures with (unset: no signatures)")
     g.add_argument("--public-base-url", default=os.environ.get("PUBLIC_BASE_URL"),
                    help="the platform's PUBLIC_BASE_URL (signatures are computed over it)")
-    g.add_argument("--to", default="+15550100", help="called number (must route to an agent)")
+    g.add_argument("--to", default="+15550100", help="called number")
+    g.add_argument("--configure-agent", choices=("auto", "yes", "no"), default="auto",
+                   help="auto: if --to reaches no agent, configure a bench agent + route in KV for the run")
     g.add_argument("--llm-base-url", default=os.environ.get("LLM_BASE_URL", "http://127.0.0.1:8090/v1"))
     g.add_argument("--llm-model", default=os.environ.get("LLM_MODEL", "smollm2"))
     g.add_argument("--ports", default="",
@@ -82,7 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--bus-events-per-s", type=float, default=100.0)
     g.add_argument("--sweep", default="2,5,10,20", help="concurrency steps after 1 (the voice-to-voice phase)")
     g.add_argument("--sweep-max", type=int, default=20, help="cap on concurrent calls")
-    g.add_argument("--sweep-turns", type=int, default=2, help="questions per call in each sweep step")
+    g.add_argument("--sweep-turns", type=int, default=2, help="questions per call in each sweep step (at least)")
+    g.add_argument("--sweep-min-samples", type=int, default=8,
+                   help="more questions per call at small steps so each step has this many turns")
     g.add_argument("--minutes", type=float, default=5.0, help="soak duration")
     g.add_argument("--soak-concurrency", type=int, default=2)
     g.add_argument("--soak-turns", type=int, default=2)
@@ -159,12 +164,16 @@ async def phase_sweep(target: Target, qs: list[Utterance], args: argparse.Namesp
     base_p95 = base["voice_to_voice_ms"]["p95"]
     steps = [{"calls": 1, **_step_figures(base_calls), "resources": base.get("resources", {})}]
     knee = {"baseline_p95_ms": base_p95, "last_good_calls": 1, "first_bad_calls": None, "reason": None}
+    if base_p95 is None:
+        knee["reason"] = "no one-call baseline (no turn got a reply): sweep skipped"
+        return {"steps": steps, "knee": knee}
     levels = sorted({int(x) for x in args.sweep.split(",") if x.strip() and 1 < int(x) <= args.sweep_max})
     for n in levels:
         watch = procs.ProcessWatch(pids)
         idle = watch.snapshot()
         watch.start()
-        calls = await concurrent_conversations(target, n, qs, args.sweep_turns, t, seed=n)
+        turns = max(args.sweep_turns, -(-args.sweep_min_samples // n))
+        calls = await concurrent_conversations(target, n, qs, turns, t, seed=n)
         await watch.stop()
         step = {"calls": n, **_step_figures(calls), "resources": watch.usage(n, idle)}
         steps.append(step)
@@ -244,11 +253,12 @@ async def phase_peer(ours: Target, voice: Voice, qs: list[Utterance], args: argp
     for name in ("ours", "pipecat"):
         f = report.call_figures(runs[name])
         b = report.barge_in_figures(barge[name]) if barge[name] else {}
-        out[name] = {**f, **{k: b[k] for k in ("onset_to_clear_ms", "onset_to_last_agent_frame_ms", "backchannel")
-                             if k in b}}
+        out[name] = {**f, **{k: b[k] for k in ("onset_to_clear_ms", "onset_to_last_agent_frame_ms",
+                                               "agent_audio_heard_after_onset_ms", "resumed_after_a_pause",
+                                               "backchannel") if k in b}}
     ratio: dict[str, Any] = {}
     for key in ("voice_to_voice_ms", "voice_to_voice_audible_ms", "greeting_ms", "onset_to_clear_ms",
-                "onset_to_last_agent_frame_ms"):
+                "onset_to_last_agent_frame_ms", "agent_audio_heard_after_onset_ms"):
         o, p = out["ours"].get(key) or {}, out["pipecat"].get(key) or {}
         ratio[key] = {q: (round(p[q] / o[q], 2) if o.get(q) and p.get(q) is not None else None)
                       for q in ("p50", "p95")}
@@ -270,6 +280,26 @@ async def phase_peer(ours: Target, voice: Voice, qs: list[Utterance], args: argp
 
 
 # --------------------------------------------------------------------------- main
+async def _route(target: Target, args: argparse.Namespace, t: Timeouts) -> BenchAgent | None:
+    """Make sure --to reaches an agent (see bench/agent.py); a short call (greeting only) proves it."""
+    agent: BenchAgent | None = None
+    if args.configure_agent == "yes":
+        agent = BenchAgent(args.nats, args.to)
+        await agent.install()
+    probe = await conversation(target, [], t)
+    if probe.error and "no stream in TwiML" in probe.error and agent is None and args.configure_agent == "auto":
+        log(f"{args.to} reaches no agent: configuring a bench agent in KV for the run")
+        agent = BenchAgent(args.nats, args.to)
+        await agent.install()
+        probe = await conversation(target, [], t)
+    if probe.error:
+        if agent is not None:
+            await agent.remove()
+        raise SystemExit(f"cannot hold a call with the platform at {args.url} (number {args.to}): {probe.error}")
+    log(f"probe call: greeting after {probe.greeting_ms} ms")
+    return agent
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -282,7 +312,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     rep: dict[str, Any] = {
         "mode": "soak" if args.soak else "peer" if args.peer else "bench",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "auth_token"},
+        "config": {k: (_portable(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                   if k != "auth_token"},
         "machine": facts(pids, args.llm_base_url, nats_state.get("server_version")),
         "notes": [],
     }
@@ -295,7 +326,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     events = PlatformEvents()
     await events.start(args.nats)
     target = Target("platform", args.url, args.auth_token, args.public_base_url, args.to, events)
+    agent: BenchAgent | None = None
     try:
+        agent = await _route(target, args, t)
         if args.soak:
             log(f"soak: {args.minutes} min, {args.soak_concurrency} calls at a time")
             for _ in range(max(1, args.warmup)):
@@ -344,6 +377,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 rep["sweep"]["steps"][0]["resources"] = rep["voice_to_voice"]["resources"]
     finally:
         await events.stop()
+        if agent is not None:
+            await agent.remove()
+            rep["notes"].append(agent.describe())
     rep["duration_s"] = round(time.monotonic() - t0, 1)
     rep["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return rep
@@ -383,3 +419,11 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _portable(p: Path) -> str:
+    """A path as the report shows it: relative to the repository when inside it (no machine paths)."""
+    try:
+        return str(p.resolve().relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return p.name
