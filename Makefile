@@ -29,7 +29,7 @@ $(UV_HOME)/bin/uv:
 	@echo "==> installing uv $(UV_VERSION) into $(UV_HOME)"
 	@python3.11 -m venv $(UV_HOME) && $(UV_HOME)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-$(STAMP): pyproject.toml uv.lock schemas/pyproject.toml libs/runtime/pyproject.toml services/*/pyproject.toml | $(UV)
+$(STAMP): pyproject.toml uv.lock schemas/pyproject.toml libs/runtime/pyproject.toml services/*/pyproject.toml dev/*/pyproject.toml | $(UV)
 	@bash tools/prereqs.sh
 	@echo "==> installing the platform (first time: 8-15 min on 2 cores, llama.cpp is compiled once; uv caches it)"
 	$(UV) sync --frozen --python python3.11
@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml uv.lock schemas/pyproject.toml libs/runtime/pyproject.t
 install: $(STAMP)
 
 run: $(STAMP)
-	@$(PY) -m voice_runtime.devstack run
+	@$(PY) -m voice_devstack run
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -258,6 +258,7 @@ class BargeInTrial:
     frames_after_clear: int = 0
     audio_heard_after_onset_ms: float = 0.0  # agent audio the caller got while (and after) speaking over it
     resumed_after_pause_ms: float | None = None  # agent audio came back after a silence > 0.25 s, at this time
+    new_reply_while_speaking_ms: float = 0.0  # audio of a new reply that began before the caller had finished
     agent_was_speaking: bool = True
     platform_controls: list[tuple[str, float]] = field(default_factory=list)  # (kind, ms after onset), 3 s
     error: str | None = None
@@ -283,17 +284,27 @@ class BargeInResult:
 
 
 def interrupted_reply_frames(c: TwilioCaller, onset: float, speech_end: float,
-                             clear: float | None) -> list[Received]:
-    """Agent frames the caller received from ``onset`` on that belong to the interrupted reply.
+                             clear: float | None) -> tuple[list[Received], list[Received]]:
+    """Agent frames received from ``onset`` on: (those of the interrupted reply, those of a new reply that
+    started while the caller was still speaking).
 
-    The answer to the interruption cannot start before the interruption has been spoken, so every frame up
-    to ``speech_end`` (+0.2 s) is the old reply, as are frames in flight right after a late `clear`.
-    Playout may pause at the onset and resume (heard as more of the old reply) before a barge-in commits.
+    Without a `clear`, every frame up to the end of the interruption (+0.2 s) is the old reply: its answer
+    cannot start earlier, unless the platform ended the caller's turn mid-sentence. Playout may pause at
+    the onset and resume (heard as more of the old reply) before a barge-in commits. With a `clear`, the
+    old reply is what came before it and what was in flight (no gap > 0.1 s) right after it; audio that
+    comes later while the caller still speaks is a new reply to the first words of the interruption.
     """
-    bound = speech_end + 0.2
-    if clear is not None and clear + 0.1 > bound:
-        bound = clear + 0.1
-    return [r for r in c.received if onset <= r.at <= bound]
+    window = [r for r in c.received if onset <= r.at <= max(speech_end + 0.2, (clear or 0.0) + 0.1)]
+    if clear is None:
+        return window, []
+    old = [r for r in window if r.at <= clear]
+    rest = [r for r in window if r.at > clear]
+    last = old[-1].at if old else clear
+    i = 0
+    while i < len(rest) and rest[i].at - last <= 0.1:
+        last = rest[i].at
+        i += 1
+    return old + rest[:i], rest[i:]
 
 
 async def _until_playing(c: TwilioCaller, reply_start: float, into_s: float) -> bool:
@@ -352,7 +363,8 @@ async def barge_in_session(target: Target, questions: list[Utterance], interrupt
             onset, end = await c.speak(utter.ulaw)
             await asyncio.sleep(max(0.0, end + 0.3 - time.monotonic()))
             clears = [x for x in c.timings.clears if x >= onset]
-            run = interrupted_reply_frames(c, onset, end, clears[0] if clears else None)
+            run, early = interrupted_reply_frames(c, onset, end, clears[0] if clears else None)
+            trial.new_reply_while_speaking_ms = round(sum(len(r.payload) for r in early) / 8.0, 1)
             trial.onset_to_clear_ms = ms(clears[0] - onset) if clears else None
             trial.onset_to_last_frame_ms = ms(run[-1].at - onset) if run else 0.0
             trial.audio_heard_after_onset_ms = round(sum(len(r.payload) for r in run) / 8.0, 1)

@@ -77,6 +77,7 @@ def barge_in_figures(results: list[BargeInResult]) -> dict[str, Any]:
         "frames_after_clear_max": max((t.frames_after_clear for t in valid), default=None),
         "agent_audio_heard_after_onset_ms": summary(t.audio_heard_after_onset_ms for t in valid),
         "resumed_after_a_pause": sum(1 for t in valid if t.resumed_after_pause_ms is not None),
+        "new_reply_while_caller_spoke": sum(1 for t in valid if t.new_reply_while_speaking_ms > 0),
         "backchannel": {
             "speech_ms": bcs[0].speech_ms if bcs else None,
             "trials": len(bcs),
@@ -144,7 +145,9 @@ def markdown(rep: dict[str, Any]) -> str:
                   _pct_row("agent audio received after the onset", b["agent_audio_heard_after_onset_ms"]),
                   "", f"{b['clear_received']}/{b['trials_during_agent_speech']} interruptions during agent speech "
                   f"got a `clear`; in {b['resumed_after_a_pause']} the agent's audio stopped, then came back "
-                  "before the barge-in committed (the caller heard more of the old reply). "
+                  "before the barge-in committed (the caller heard more of the old reply); in "
+                  f"{b['new_reply_while_caller_spoke']} a new reply began before the caller had finished "
+                  "(the turn ended mid-sentence). "
                   f"Backchannel ({_f(bc['speech_ms'])} ms 'mm-hmm'): {bc['false_barge_ins']} false "
                   f"barge-ins in {bc['during_agent_speech']} trials during agent speech; reply continued "
                   f"{bc['reply_continued']}, ended by itself {bc['reply_ended_by_itself']}, playout paused "

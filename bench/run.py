@@ -255,7 +255,8 @@ async def phase_peer(ours: Target, voice: Voice, qs: list[Utterance], args: argp
         b = report.barge_in_figures(barge[name]) if barge[name] else {}
         out[name] = {**f, **{k: b[k] for k in ("onset_to_clear_ms", "onset_to_last_agent_frame_ms",
                                                "agent_audio_heard_after_onset_ms", "resumed_after_a_pause",
-                                               "backchannel") if k in b}}
+                                               "new_reply_while_caller_spoke", "backchannel") if k in b}}
+        out[name]["barge_in_detail"] = [asdict(x) for x in barge[name]]
     ratio: dict[str, Any] = {}
     for key in ("voice_to_voice_ms", "voice_to_voice_audible_ms", "greeting_ms", "onset_to_clear_ms",
                 "onset_to_last_agent_frame_ms", "agent_audio_heard_after_onset_ms"):
@@ -280,6 +281,14 @@ async def phase_peer(ours: Target, voice: Voice, qs: list[Utterance], args: argp
 
 
 # --------------------------------------------------------------------------- main
+def _portable(p: Path) -> str:
+    """A path as the report shows it: relative to the repository when inside it (no machine paths)."""
+    try:
+        return str(p.resolve().relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return p.name
+
+
 async def _route(target: Target, args: argparse.Namespace, t: Timeouts) -> BenchAgent | None:
     """Make sure --to reaches an agent (see bench/agent.py); a short call (greeting only) proves it."""
     agent: BenchAgent | None = None
@@ -302,6 +311,10 @@ async def _route(target: Target, args: argparse.Namespace, t: Timeouts) -> Bench
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
+    me = asyncio.current_task()
+    if me is not None:  # SIGTERM cancels like Ctrl-C, so the bench agent and the peer are cleaned up
+        with contextlib.suppress(NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)
     args.out.mkdir(parents=True, exist_ok=True)
     if not await _ready(args.url.rstrip("/") + "/readyz", 10):
         raise SystemExit(f"the platform is not ready at {args.url} (start it with `make run`)")
@@ -419,11 +432,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _portable(p: Path) -> str:
-    """A path as the report shows it: relative to the repository when inside it (no machine paths)."""
-    try:
-        return str(p.resolve().relative_to(Path(__file__).resolve().parents[1]))
-    except ValueError:
-        return p.name

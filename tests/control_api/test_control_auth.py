@@ -10,8 +10,8 @@ import asyncpg
 import httpx
 import pytest
 from pydantic import SecretStr
-from voice_control_api.bootstrap import bootstrap
 from voice_control_api.service import ControlApiService
+from voice_control_api.usecases.bootstrap import bootstrap
 from voice_runtime import db
 
 from .conftest import make_settings

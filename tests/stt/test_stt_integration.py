@@ -6,19 +6,16 @@ import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from voice_devstack.speech import phone_line_pcm16, speech_pcm16, word_error_rate
 from voice_runtime.bus import H_MSG_ID, Bus
 from voice_schemas import Envelope, make, parse, subjects
 from voice_schemas.events import CallEnded, EndReason, TranscriptFinalized, UtteranceCaptured
-from voice_stt.models import resolve_model
+from voice_stt.engines.whisper import WhisperSettings, WhisperSpeechToText
 from voice_stt.service import SttService, transcript_event_id
 from voice_stt.settings import SttSettings
-from voice_stt.whisper import WhisperSpeechToText
-
-from .speech import phone_line_pcm16, speech_pcm16, word_error_rate
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +25,7 @@ QUESTION = "I would like to book a table for two people tomorrow evening."
 
 @pytest.fixture(scope="module")
 async def stt_service(nats_url: str) -> AsyncIterator[SttService]:
-    svc = SttService(SttSettings(nats_url=nats_url, shutdown_grace_s=2.0, stt_model="tiny.en"))
+    svc = SttService(SttSettings(nats_url=nats_url, shutdown_grace_s=2.0, stt_engine="whisper"))
     await svc.start()
     assert await svc.check_ready()
     yield svc
@@ -50,9 +47,11 @@ async def next_transcript(sub: Any, timeout: float = 30.0) -> Envelope[Any]:
     return parse(msg.data)
 
 
-def test_piper_speech_round_trips_through_whisper() -> None:
-    stt = WhisperSpeechToText(resolve_model("tiny.en", Path("/nonexistent")), "tiny.en", cpu_threads=2)
-    result = stt.transcribe(speech_pcm16(GREETING), 16_000, "en")
+async def test_piper_speech_round_trips_through_whisper() -> None:
+    stt = WhisperSpeechToText(WhisperSettings(stt_model="tiny.en", stt_cpu_threads=2))
+    await stt.start()
+    result = await stt.transcribe(speech_pcm16(GREETING), 16_000, "en")
+    stt.close()
     assert word_error_rate(GREETING, result.text) <= 0.15, result.text
     assert result.language == "en" and 1.0 < result.duration_s < 4.0
 

@@ -5,36 +5,27 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
 import pytest
-from voice_runtime.bus import Poison
+from voice_runtime.bus import Poison, Transient
 from voice_schemas import Envelope, make, subjects
 from voice_schemas.events import TranscriptFinalized, UtteranceCaptured
-from voice_stt import models
 from voice_stt.calls import CallLanguages, EndedCalls
-from voice_stt.engine import Transcription
-from voice_stt.models import ModelNotAvailable, assemble_split_model, resolve_model
+from voice_stt.engines import ENGINES
+from voice_stt.engines import whisper_models as models
+from voice_stt.engines.whisper import WhisperSpeechToText, _language_code, pcm16_to_float
+from voice_stt.engines.whisper_models import ModelNotAvailable, assemble_split_model, resolve_model
 from voice_stt.service import SttService, transcript_event_id
 from voice_stt.settings import SttSettings
-from voice_stt.whisper import _language_code, pcm16_to_float
+
+from .fakes import FakeSTT
 
 pytestmark = pytest.mark.unit
-
-
-class FakeSTT:
-    model_name = "fake:stt"
-
-    def __init__(self, text: str = "hello there") -> None:
-        self.text = text
-        self.calls: list[tuple[int, int, str | None]] = []
-
-    def transcribe(self, pcm16: bytes, sample_rate: int, language: str | None = None) -> Transcription:
-        self.calls.append((len(pcm16), sample_rate, language))
-        return Transcription(self.text, language or "en", len(pcm16) / 2 / sample_rate)
 
 
 class FakeBus:
@@ -52,13 +43,11 @@ def utterance_env(call_id: str, audio: bytes = b"\x01\x00" * 1600, **kw: Any) ->
 
 
 def service(stt: FakeSTT, **settings: Any) -> tuple[SttService, FakeBus]:
+    """The service with a recording publisher, its handler called directly (the bus tests are in test_stt_memory)."""
     svc = SttService(SttSettings(**settings), stt=stt)
     bus = FakeBus()
     svc.bus = cast(Any, bus)
     return svc, bus
-
-
-MSG = SimpleNamespace(metadata=SimpleNamespace(num_delivered=1))
 
 
 def test_transcript_event_id_is_deterministic_and_distinct() -> None:
@@ -73,7 +62,7 @@ async def test_handler_publishes_transcript_carrying_the_utterance_facts() -> No
     svc, bus = service(stt, stt_language="en")
     call_id = subjects.new_call_id()
     env = utterance_env(call_id, sample_rate=8000)
-    await svc.on_utterance(env, MSG)  # type: ignore[arg-type]
+    await svc.on_utterance(env)
     assert len(bus.published) == 1
     out = bus.published[0]
     assert out.id == transcript_event_id(env.id)
@@ -84,7 +73,7 @@ async def test_handler_publishes_transcript_carrying_the_utterance_facts() -> No
     assert t.end_of_turn_ms == 210.0 and t.speech_end_wall_ms == 1.7e12 and t.stt_ms >= 0.0
     assert stt.calls == [(3200, 8000, "en")]
     # the same utterance again (a redelivery) gives the same event id, which JetStream dedupes
-    await svc.on_utterance(env, MSG)  # type: ignore[arg-type]
+    await svc.on_utterance(env)
     assert bus.published[1].id == out.id
 
 
@@ -93,7 +82,7 @@ async def test_utterances_of_ended_calls_are_dropped() -> None:
     svc, bus = service(stt)
     call_id = subjects.new_call_id()
     svc.ended.add(call_id)
-    await svc.on_utterance(utterance_env(call_id), MSG)  # type: ignore[arg-type]
+    await svc.on_utterance(utterance_env(call_id))
     assert bus.published == [] and stt.calls == []
 
 
@@ -102,7 +91,7 @@ async def test_bad_audio_is_poison() -> None:
     env = utterance_env(subjects.new_call_id())
     env.data.audio_b64 = "not base64!!"
     with pytest.raises(Poison):
-        await svc.on_utterance(env, MSG)  # type: ignore[arg-type]
+        await svc.on_utterance(env)
     assert bus.published == []
 
 
@@ -231,6 +220,32 @@ async def test_language_comes_from_the_calls_agent() -> None:
     agents = FakeKV({subjects.agent_version_key("ag-es", 2): agent.model_dump_json().encode()})
     svc.kv = cast(Any, {"calls": calls, "agents": agents, "numbers": FakeKV({})})
     svc._agents = AgentDirectory(cast(Any, agents), cast(Any, FakeKV({})), svc.settings)
-    await svc.on_utterance(utterance_env(spanish), MSG)  # type: ignore[arg-type]
-    await svc.on_utterance(utterance_env(unknown), MSG)  # type: ignore[arg-type]
+    await svc.on_utterance(utterance_env(spanish))
+    await svc.on_utterance(utterance_env(unknown))
     assert [c[2] for c in stt.calls] == ["es", "en"]
+
+
+def test_whisper_settings_keep_their_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"STT_MODEL": "base", "STT_BEAM_SIZE": "1", "STT_CPU_THREADS": "3",
+                        "STT_COMPUTE_TYPE": "float32", "STT_DEVICE": "cuda"}.items():
+        monkeypatch.setenv(name, value)
+    engine = ENGINES.get("whisper")(SttSettings(stt_concurrency=2, stt_timeout_s=9.0))
+    assert isinstance(engine, WhisperSpeechToText)
+    o = engine.options
+    assert (o.stt_model, o.stt_cpu_threads, o.stt_compute_type, o.stt_device) == ("base", 3, "float32", "cuda")
+    assert engine.decode.beam_size == 1 and engine.model_name == "whisper:base"
+    assert (engine.workers, engine.timeout_s) == (2, 9.0)
+    engine.close()
+
+
+async def test_a_stuck_engine_makes_the_utterance_transient() -> None:
+    gate = threading.Event()
+    stt = FakeSTT(gate=gate)
+    stt.timeout_s = 0.05
+    svc, bus = service(stt)
+    try:
+        with pytest.raises(Transient, match="longer than"):
+            await svc.on_utterance(utterance_env(subjects.new_call_id()))
+    finally:
+        gate.set()
+    assert bus.published == []

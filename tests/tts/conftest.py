@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from voice_runtime.devstack import embedded_nats
+from voice_devstack.stack import embedded_nats
 
 
 @pytest.fixture(scope="session")

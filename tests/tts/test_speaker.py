@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 from voice_schemas.audio import FRAME_BYTES, AudioFrame
 from voice_tts.calls import CallAudio, CallAudioRegistry
@@ -151,7 +149,7 @@ def test_voices_resolve_aliases_and_fall_back_to_default() -> None:
     loads: list[str] = []
 
     def loader(name: str) -> Any:
-        def load(options: Any) -> FakeTTS:
+        def load() -> FakeTTS:
             loads.append(name)
             return FakeTTS([])
         return load
@@ -186,16 +184,7 @@ def test_split_first_clause(text: str, pieces: list[str]) -> None:
 
 
 async def test_first_clause_is_synthesized_on_its_own() -> None:
-    class Texts(FakeTTS):
-        def __init__(self) -> None:
-            super().__init__([tone(0.04, 16_000)])
-            self.texts: list[str] = []
-
-        def synthesize(self, text: str) -> Iterator[np.ndarray]:
-            self.texts.append(text)
-            yield from super().synthesize(text)
-
-    tts, rec = Texts(), Recorder()
+    tts, rec = FakeTTS([tone(0.04, 16_000)]), Recorder()
     j = ChunkJob(turn_id="t", epoch=0, index=0, text="Sure, I can help with that.", final=True,
                  split_first_clause=True)
     await speak_chunk(j, tts, CallAudio(), rec, run_inline)

@@ -5,20 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from voice_devstack.speech import word_error_rate
 from voice_runtime.bus import Bus
 from voice_schemas import make, subjects
 from voice_schemas.audio import FRAME_BYTES, AudioFrame
 from voice_schemas.events import BargeIn, CallEnded, EndReason, ReplyChunk
-from voice_stt.models import resolve_model
-from voice_stt.whisper import WhisperSpeechToText
+from voice_stt.engines.whisper import WhisperSettings, WhisperSpeechToText
 from voice_tts.service import TtsService
 from voice_tts.settings import TtsSettings
-
-from ..stt.speech import word_error_rate
 
 pytestmark = pytest.mark.integration
 
@@ -85,8 +82,10 @@ async def test_reply_chunk_becomes_tagged_frames_that_say_the_text(tts_service: 
     assert [f.final for f in frames] == [False] * (len(frames) - 1) + [True]
     assert 1.0 < len(frames) * 0.02 < 4.0
     assert sink.arrived[0] - sent < 5.0
-    stt = WhisperSpeechToText(resolve_model("tiny.en", Path("/nonexistent")), "tiny.en", cpu_threads=2)
-    text = stt.transcribe(b"".join(f.pcm for f in frames), 16_000, "en").text
+    stt = WhisperSpeechToText(WhisperSettings(stt_model="tiny.en", stt_cpu_threads=2))
+    await stt.start()
+    text = (await stt.transcribe(b"".join(f.pcm for f in frames), 16_000, "en")).text
+    stt.close()
     assert word_error_rate(GREETING, text) <= 0.15, text
 
 

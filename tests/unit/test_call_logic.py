@@ -1,84 +1,11 @@
-"""Pure logic of the call path: playout ordering, codec framing, sentence chunking."""
+"""Pure logic of the call path: sentence chunking (ingress playout and codecs: tests/ingress)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from voice_brain.chunking import SentenceChunker
-from voice_ingress.codec import AgentAudioEncoder, CallerAudioDecoder
-from voice_ingress.playout import PlayoutBuffer
-from voice_ingress.session import parse_twilio
-from voice_schemas.audio import FRAME_BYTES, AudioFrame
 
 pytestmark = pytest.mark.unit
-
-
-def f(turn: str, chunk: int, seq: int, *, last: bool = False, final: bool = False, epoch: int = 0) -> AudioFrame:
-    return AudioFrame(pcm=bytes([seq % 256]) * FRAME_BYTES, seq=seq, epoch=epoch, turn_id=turn, chunk=chunk,
-                      last_in_chunk=last, final=final)
-
-
-def drain(b: PlayoutBuffer) -> list[tuple[int, bool, bool]]:
-    out = []
-    while (o := b.next()) is not None:
-        out.append((o.frame.seq, o.end_of_chunk, o.end_of_turn))
-    return out
-
-
-def test_chunks_play_in_order_even_when_frames_interleave() -> None:
-    b = PlayoutBuffer()
-    b.add(f("t1", 1, 10))
-    b.add(f("t1", 1, 11, last=True, final=True))
-    assert b.next() is None  # chunk 0 not here yet
-    b.add(f("t1", 0, 1))
-    b.add(f("t1", 0, 2, last=True))
-    assert drain(b) == [(1, False, False), (2, True, False), (10, False, False), (11, True, True)]
-    assert not b.pending()
-
-
-def test_first_frame_of_turn_is_flagged_and_turns_queue() -> None:
-    b = PlayoutBuffer()
-    b.add(f("a", 0, 1, last=True, final=True))
-    b.add(f("b", 0, 2, last=True, final=True))
-    first = b.next()
-    assert first is not None and first.first_of_turn and first.end_of_turn
-    second = b.next()
-    assert second is not None and second.first_of_turn and second.frame.turn_id == "b"
-
-
-def test_barge_in_clears_and_refuses_stale_epochs() -> None:
-    b = PlayoutBuffer()
-    b.add(f("t1", 0, 1))
-    b.add(f("t1", 0, 2))
-    assert b.next() is not None
-    assert b.clear(1) == ["t1"]
-    assert b.next() is None
-    assert not b.add(f("t1", 0, 3))  # late frame of the cancelled reply
-    assert b.dropped_stale == 1
-    assert b.add(f("t2", 0, 4, last=True, final=True, epoch=1))
-    assert drain(b) == [(4, True, True)]
-
-
-def test_decoder_and_encoder_make_exact_frames() -> None:
-    dec, enc = CallerAudioDecoder(), AgentAudioEncoder()
-    frames = []
-    for _ in range(50):
-        frames += dec.decode(b"\xff" * 160)
-    assert 49 <= len(frames) <= 50 and all(len(x) == FRAME_BYTES for x in frames)
-    tone = (np.sin(np.arange(320) / 16000 * 2 * np.pi * 440) * 8000).astype(np.int16).tobytes()
-    out = []
-    for _ in range(50):
-        out += enc.encode(tone)
-    out += enc.flush()
-    assert all(len(x) == 160 for x in out) and 49 <= len(out) <= 51
-
-
-@pytest.mark.parametrize("raw,reason", [
-    ("{nope", "malformed JSON"), ("[1]", "no event"), ('{"event": 5}', "no event"), ("x" * 100, "too large"),
-])
-def test_twilio_parser_rejects_garbage(raw: str, reason: str) -> None:
-    with pytest.raises(ValueError, match=reason):
-        parse_twilio(raw, limit=64)
 
 
 def test_sentence_chunker_emits_complete_sentences_early() -> None:

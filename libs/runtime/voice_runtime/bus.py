@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
@@ -31,6 +31,8 @@ from voice_schemas import Envelope, UnknownEventType, parse, subjects
 from voice_schemas.streams import CONSUMERS, KV_BUCKETS, STREAMS, ConsumerDef, KvDef, StreamDef
 
 from . import metrics, telemetry
+from .handlers import EnvelopeHandler as Handler
+from .handlers import RawHandler, delivery
 from .logging import get_logger
 
 log = get_logger(__name__)
@@ -43,11 +45,36 @@ class Transient(Exception):
     """A failure worth retrying (dependency down, timeout). The message is nak'ed with backoff."""
 
 
+class UnsupportedServer(RuntimeError):
+    """The NATS server is too old for our consumers (multi-subject filters arrived in 2.10)."""
+
+
+# multi-subject consumer filters (``filter_subjects``) arrived in nats-server 2.10; older servers ignore them
+# silently and every durable consumer then receives every event of its stream
+MIN_SERVER_VERSION = (2, 10)
+
+
+def server_version(nc: NATS) -> str:
+    v = nc.connected_server_version
+    return f"{v.major}.{v.minor}.{v.patch}"
+
+
+def check_server_version(version: str) -> None:
+    try:
+        major, minor = (int(x) for x in version.split("-")[0].split(".")[:2])
+    except ValueError as e:
+        raise UnsupportedServer(f"cannot read the NATS server's version {version!r}") from e
+    if (major, minor) < MIN_SERVER_VERSION:
+        need = ".".join(map(str, MIN_SERVER_VERSION))
+        raise UnsupportedServer(
+            f"NATS server {version} is too old: {need} or newer is required (multi-subject consumer filters); "
+            "point NATS_URL at a newer server, or leave it unset for `make run` to start its embedded one")
+
+
 class Poison(Exception):
     """A message that can never succeed. Dead-lettered and terminated at once."""
 
 
-Handler = Callable[[Envelope[Any], Msg], Awaitable[None]]
 
 
 def _stream_config(d: StreamDef) -> jsapi.StreamConfig:
@@ -104,12 +131,18 @@ class Bus:
         while True:  # the server may start after us (k8s, make run): retry the first connect
             try:
                 nc = await cls._connect(url, service, connect_timeout, on_error, on_disconnect, on_reconnect)
-                break
             except Exception as e:
                 if time.monotonic() > deadline:
                     raise
                 log.info("nats_waiting", error=str(e)[:200])
                 await asyncio.sleep(0.5)
+                continue
+            try:
+                check_server_version(server_version(nc))
+            except UnsupportedServer:
+                await nc.close()
+                raise
+            break
         return cls(nc=nc, js=nc.jetstream(timeout=5.0), service=service)
 
     @staticmethod
@@ -194,7 +227,21 @@ class Bus:
         """Fire-and-forget (real-time class). A stream subject is still captured by JetStream."""
         await self.nc.publish(subject, data, headers=headers)
 
+    async def last_message(self, stream: str, subject: str) -> tuple[int, bytes] | None:
+        """The stream's last message on ``subject`` as (sequence, data), or None when there is none."""
+        try:
+            raw = await self.js.get_last_msg(stream, subject)
+        except NotFoundError:
+            return None
+        if raw.data is None or raw.seq is None:
+            return None
+        return raw.seq, raw.data
+
     # ------------------------------------------------------------ consuming
+    async def subscribe(self, subject: str, cb: RawHandler) -> Subscription:
+        """A core NATS subscription (every replica receives every message)."""
+        return await self.nc.subscribe(subject, cb=cb)
+
     async def consume(self, d: ConsumerDef, handler: Handler) -> DurableConsumer:
         await self.ensure_consumer(d)
         c = DurableConsumer(self, d, handler)
@@ -210,8 +257,58 @@ class Bus:
             await self.nc.close()
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What the ack policy decided for one delivery."""
+
+    action: Literal["ack", "nak", "dead_letter"]
+    delay_s: float = 0.0
+    error: str = ""
+
+
+async def deliver(d: ConsumerDef, service: str, handler: Handler, subject: str, data: bytes,
+                  headers: dict[str, str] | None, delivered: int) -> Outcome:
+    """Run ``handler`` on one delivery and apply the ack policy of this module (transport-neutral: the NATS
+    consumer and the in-memory bus both act on the returned outcome)."""
+    try:
+        env = parse(data)
+    except (ValidationError, UnknownEventType, ValueError) as e:
+        return Outcome("dead_letter", error=f"unparseable: {e}"[:500])
+    ctx = telemetry.extract(headers)
+    delivery.set(delivered)
+    try:
+        with _tracer.start_as_current_span(
+            f"{subjects.pattern_of(subject)} process", context=ctx, kind=trace.SpanKind.CONSUMER,
+            attributes={"messaging.system": "nats", "messaging.consumer.group.name": d.durable,
+                        "call_id": env.call_id, "tenant_id": env.tenant_id, "turn_id": env.turn_id or ""},
+        ):
+            await handler(env)
+    except Transient as e:
+        if delivered >= d.max_deliver:
+            return Outcome("dead_letter", error=f"exhausted {delivered} deliveries: {e}"[:500])
+        delay = d.backoff_s[min(delivered - 1, len(d.backoff_s) - 1)]
+        log.warning("handler_transient", consumer=d.durable, delivery=delivered, delay_s=delay, error=str(e)[:300])
+        return Outcome("nak", delay_s=delay, error=str(e)[:500])
+    except Exception as e:  # Poison, NoHandler and every unexpected failure
+        log.error("handler_poison", consumer=d.durable, error=repr(e)[:300])
+        return Outcome("dead_letter", error=repr(e)[:500])
+    return Outcome("ack")
+
+
+def dead_letter_headers(headers: dict[str, str] | None, subject: str, durable: str, error: str,
+                        delivered: int) -> dict[str, str]:
+    out = dict(headers or {})
+    out.pop(H_MSG_ID, None)
+    out.update({"Voice-Dlq-Subject": subject, "Voice-Dlq-Consumer": durable,
+                "Voice-Dlq-Error": error.replace("\n", " ")[:500], "Voice-Dlq-Deliveries": str(delivered)})
+    return out
+
+
 class DurableConsumer:
     """Pull loop over one durable consumer with bounded concurrency and the ack policy above."""
+
+    # attempts at publishing a dead letter before giving up on this delivery
+    DLQ_ATTEMPTS: ClassVar[tuple[float, ...]] = (0.0, 0.2, 1.0)
 
     def __init__(self, bus: Bus, d: ConsumerDef, handler: Handler) -> None:
         self.bus, self.d, self.handler = bus, d, handler
@@ -273,55 +370,60 @@ class DurableConsumer:
         if delivered > 1:
             metrics.REDELIVERIES.labels(svc, name).inc()
         try:
-            try:
-                env = parse(msg.data)
-            except (ValidationError, UnknownEventType, ValueError) as e:
-                raise Poison(f"unparseable: {e}") from e
-            ctx = telemetry.extract(msg.headers)
-            with _tracer.start_as_current_span(
-                f"{subjects.pattern_of(msg.subject)} process", context=ctx, kind=trace.SpanKind.CONSUMER,
-                attributes={"messaging.system": "nats", "messaging.consumer.group.name": name,
-                            "call_id": env.call_id, "tenant_id": env.tenant_id, "turn_id": env.turn_id or ""},
-            ):
-                await self.handler(env, msg)
-            await msg.ack()
-            metrics.EVENTS_HANDLED.labels(svc, name, "ack").inc()
-        except Transient as e:
-            if delivered >= self.d.max_deliver:
-                await self._dead_letter(msg, f"exhausted {delivered} deliveries: {e}")
-            else:
-                delay = self.d.backoff_s[min(delivered - 1, len(self.d.backoff_s) - 1)]
-                log.warning("handler_transient", consumer=name, delivery=delivered, delay_s=delay, error=str(e))
-                await msg.nak(delay=delay)
+            outcome = await deliver(self.d, svc, self.handler, msg.subject, msg.data, msg.headers, delivered)
+            if outcome.action == "ack":
+                try:
+                    await msg.ack()
+                except Exception as e:
+                    # handled, but the ack was lost: JetStream redelivers after ack_wait and the idempotent
+                    # handler sees it again. Never dead-letter a message that was handled.
+                    metrics.ERRORS.labels(svc, "ack_failed").inc()
+                    log.warning("ack_failed", consumer=name, error=str(e)[:200])
+                metrics.EVENTS_HANDLED.labels(svc, name, "ack").inc()
+            elif outcome.action == "nak":
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=outcome.delay_s)
                 metrics.EVENTS_HANDLED.labels(svc, name, "nak").inc()
+            else:
+                await self._dead_letter(msg, outcome.error, delivered)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await msg.nak()
             raise
-        except Exception as e:
-            log.error("handler_poison", consumer=name, error=repr(e)[:300])
-            await self._dead_letter(msg, repr(e)[:500])
         finally:
             metrics.HANDLER_SECONDS.labels(svc, name).observe(time.perf_counter() - started)
             self._sem.release()
 
-    async def _dead_letter(self, msg: Msg, error: str) -> None:
-        headers = dict(msg.headers or {})
-        headers.pop(H_MSG_ID, None)
-        headers.update(
-            {"Voice-Dlq-Subject": msg.subject, "Voice-Dlq-Consumer": self.d.durable,
-             "Voice-Dlq-Error": error.replace("\n", " ")[:500],
-             "Voice-Dlq-Deliveries": str(msg.metadata.num_delivered if msg.metadata else 0)}
-        )
-        try:
-            await self.bus.js.publish(subjects.dead_letter(self.d.stream, self.d.durable), msg.data, headers=headers)
+    async def _dead_letter(self, msg: Msg, error: str, delivered: int) -> None:
+        """Copy to the dead-letter stream, then terminate. When the copy cannot be made, the message is not
+        terminated: it is nak'ed while deliveries remain; on the last one it stays in its stream (limits
+        retention) and the loss of the copy is logged with its stream sequence and counted."""
+        headers = dead_letter_headers(msg.headers, msg.subject, self.d.durable, error, delivered)
+        last_error = ""
+        for pause in self.DLQ_ATTEMPTS:
+            if pause:
+                await asyncio.sleep(pause)
+            try:
+                await self.bus.js.publish(subjects.dead_letter(self.d.stream, self.d.durable), msg.data,
+                                          headers=headers)
+                break
+            except Exception as e:
+                last_error = str(e)[:200]
+        else:
+            metrics.ERRORS.labels(self.bus.service, "dead_letter_failed").inc()
+            stream_seq = msg.metadata.sequence.stream if msg.metadata and msg.metadata.sequence else None
+            if delivered < self.d.max_deliver:
+                log.error("dead_letter_failed", consumer=self.d.durable, error=last_error, action="nak")
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1.0)
+            else:
+                log.error("dead_letter_lost", consumer=self.d.durable, error=last_error, stream=self.d.stream,
+                          stream_seq=stream_seq, subject=msg.subject)
+            return
+        with contextlib.suppress(Exception):
             await msg.term()
-            metrics.DEAD_LETTERS.labels(self.bus.service, self.d.durable).inc()
-            metrics.EVENTS_HANDLED.labels(self.bus.service, self.d.durable, "dead_letter").inc()
-        except Exception as e:
-            log.error("dead_letter_failed", consumer=self.d.durable, error=str(e))
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
+        metrics.DEAD_LETTERS.labels(self.bus.service, self.d.durable).inc()
+        metrics.EVENTS_HANDLED.labels(self.bus.service, self.d.durable, "dead_letter").inc()
 
     async def stop(self, grace_s: float = 20.0) -> None:
         """Stop fetching, let in-flight handlers finish (up to grace), then cancel the rest."""
@@ -337,4 +439,4 @@ class DurableConsumer:
             self._lag_task.cancel()
 
 
-__all__ = ["CONSUMERS", "Bus", "DurableConsumer", "Poison", "Transient"]
+__all__ = ["CONSUMERS", "Bus", "DurableConsumer", "Outcome", "Poison", "Transient", "deliver"]

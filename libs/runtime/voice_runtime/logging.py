@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import sys
 from typing import Any
@@ -16,19 +17,41 @@ PERSONAL_KEYS = frozenset(
 )
 
 
-def _redactor(keep: bool) -> Any:
-    def redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+REDACTED = "[redacted]"
+_MAX_DEPTH = 6
+
+
+def redact_value(value: Any, key: bytes | None) -> str:
+    """A personal value as logs show it: a keyed hash (same value, same tag, within one deployment; not
+    reversible by enumerating numbers without the key) or, with no key configured, nothing at all."""
+    if key is None:
+        return REDACTED
+    return "hmac:" + hmac.new(key, str(value).encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def redact(value: Any, key: bytes | None, depth: int = 0) -> Any:
+    """Redact personal keys at any depth of dicts, lists and tuples."""
+    if depth > _MAX_DEPTH:
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: (redact_value(v, key) if isinstance(k, str) and k.lower() in PERSONAL_KEYS
+                    else redact(v, key, depth + 1)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v, key, depth + 1) for v in value]
+    return value
+
+
+def _redactor(keep: bool, key: bytes | None) -> Any:
+    def processor(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
         if keep:
             return event_dict
-        for key in PERSONAL_KEYS.intersection(event_dict):
-            value = str(event_dict[key])
-            event_dict[key] = "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:12]
-        return event_dict
+        return redact(event_dict, key)
 
-    return redact
+    return processor
 
 
-def configure_logging(service: str, level: str = "INFO", fmt: str = "json", personal_data: bool = False) -> None:
+def configure_logging(service: str, level: str = "INFO", fmt: str = "json", personal_data: bool = False,
+                      redaction_key: str | None = None) -> None:
     lvl = logging.getLevelName(level.upper())
     if not isinstance(lvl, int):
         lvl = logging.INFO
@@ -36,7 +59,7 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json", pers
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redactor(personal_data),
+        _redactor(personal_data, redaction_key.encode() if redaction_key else None),
         structlog.processors.format_exc_info,
     ]
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()

@@ -1,8 +1,9 @@
 """The one way a service starts and stops.
 
-A service is settings + a bus + hooks. ``run_service`` serves its HTTP app (``/healthz``,
-``/readyz``, ``/metrics`` plus any routes it adds) with uvicorn, whose lifespan connects to NATS,
-provisions what the service owns and calls ``on_start``; on SIGTERM/SIGINT it stops taking work,
+A service is settings + a bus + hooks + declared handlers (``handlers.py``). ``run_service`` serves its HTTP
+app (``/healthz``, ``/readyz``, ``/metrics`` plus any routes it adds) with uvicorn, whose lifespan connects to
+NATS, provisions streams and buckets, calls ``on_start`` and then consumes the declared handlers; on
+SIGTERM/SIGINT it stops taking work,
 lets in-flight work finish (``shutdown_grace_s``) and drains the connection.
 """
 
@@ -11,19 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, ClassVar
 
 import uvicorn
 from fastapi import FastAPI, Response
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.js.kv import KeyValue
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from voice_schemas.streams import ConsumerDef
 
-from .bus import Bus, DurableConsumer, Handler
+from .bus import Bus
+from .handlers import EnvelopeHandler, Handlers, RawHandler, catching, declared_handlers, envelope_callback
 from .logging import configure_logging, get_logger
+from .ports import BusPort, Stoppable, Unsubscribable
 from .settings import CommonSettings
 from .telemetry import setup_tracing
 
@@ -31,20 +31,19 @@ log = get_logger(__name__)
 
 
 class Service:
-    """Base class: subclasses set ``name`` and override ``on_start`` / ``on_stop`` / ``routes``."""
+    """Base class: subclasses set ``name``, declare ``Handlers`` and override ``on_start`` / ``on_stop`` /
+    ``routes``. Every ``Handlers`` on the class is consumed after ``on_start`` (see ``handlers.py``)."""
 
     name: ClassVar[str] = "service"
-    # consumers this service owns (provisioned at start)
-    owns_consumers: ClassVar[tuple[ConsumerDef, ...]] = ()
 
     def __init__(self, settings: CommonSettings) -> None:
         self.settings = settings
-        self.bus: Bus | None = None
-        self.kv: dict[str, KeyValue] = {}
+        self.bus: BusPort | None = None
+        self.kv: dict[str, Any] = {}
         self.ready = False
         self.stopping = False
-        self._consumers: list[DurableConsumer] = []
-        self._subs: list[Subscription] = []
+        self._consumers: list[Stoppable] = []
+        self._subs: list[Unsubscribable] = []
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------ hooks
@@ -60,18 +59,37 @@ class Service:
     def routes(self, app: FastAPI) -> None:
         """Add service routes to the HTTP app."""
 
+    def consumer_for(self, handlers: Handlers) -> ConsumerDef:
+        """The consumer provisioned for ``handlers``; override to tune it per replica (concurrency)."""
+        return handlers.consumer()
+
+    @classmethod
+    def consumers(cls) -> list[Handlers]:
+        return declared_handlers(cls)
+
     # ------------------------------------------------------------ helpers for subclasses
-    async def consume(self, d: ConsumerDef, handler: Handler) -> DurableConsumer:
+    async def consume(self, d: ConsumerDef, handler: EnvelopeHandler) -> Stoppable:
         assert self.bus is not None
         c = await self.bus.consume(d, handler)
         self._consumers.append(c)
         return c
 
-    async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Subscription:
-        """A core NATS subscription (broadcast to every replica), removed when the service stops."""
+    async def on_raw(self, subject: str, handler: RawHandler, *, per_call: bool = False) -> Unsubscribable:
+        """A core subscription (broadcast to every replica) whose failures are logged, never raised.
+        Service-wide ones are removed when the service stops; ``per_call`` ones by their owner."""
         assert self.bus is not None
-        sub = await self.bus.nc.subscribe(subject, cb=cb)
-        self._subs.append(sub)
+        sub = await self.bus.subscribe(subject, catching(self.name, subject, handler))
+        if not per_call:
+            self._subs.append(sub)
+        return sub
+
+    async def on_events(self, subject: str, handler: EnvelopeHandler, *, per_call: bool = False) -> Unsubscribable:
+        """A core subscription to JSON envelopes: parsed, failures logged; garbage is dropped here (the durable
+        consumers of the same subjects dead-letter it)."""
+        assert self.bus is not None
+        sub = await self.bus.subscribe(subject, envelope_callback(self.name, subject, handler))
+        if not per_call:
+            self._subs.append(sub)
         return sub
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
@@ -87,12 +105,19 @@ class Service:
             log.error("background_task_failed", task=t.get_name(), error=repr(t.exception())[:300])
 
     # ------------------------------------------------------------ lifecycle
-    async def start(self) -> None:
+    async def start(self, bus: BusPort | None = None) -> None:
+        """Connect (or use ``bus``, e.g. an ``InMemoryBus``), provision, ``on_start``, then consume."""
         s = self.settings
+        declared = self.consumers()
+        drift = [d for d in (h.drift() for h in declared) if d]
+        if drift:
+            raise RuntimeError("handlers and consumer filters differ: " + "; ".join(drift))
         setup_tracing(self.name, s.otel_exporter_otlp_endpoint)
-        self.bus = await Bus.connect(s.nats_url, self.name)
-        self.kv = await self.bus.provision(consumers=self.owns_consumers)
+        self.bus = bus if bus is not None else await Bus.connect(s.nats_url, self.name)
+        self.kv = await self.bus.provision()
         await self.on_start()
+        for h in declared:
+            await self.consume(self.consumer_for(h), h.bind(self))
         self.ready = True
         log.info("service_ready", port=s.http_port)
 
@@ -152,7 +177,8 @@ def run_service(factory: Callable[[], Service], *, ws: bool = False) -> None:
     """Entrypoint body shared by every service's ``__main__``."""
     service = factory()
     s = service.settings
-    configure_logging(service.name, s.log_level, s.log_format, s.log_personal_data)
+    configure_logging(service.name, s.log_level, s.log_format, s.log_personal_data,
+                      s.log_redaction_key.get_secret_value() if s.log_redaction_key else None)
     config = uvicorn.Config(
         service.app(),
         host=s.http_host,

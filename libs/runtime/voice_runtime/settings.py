@@ -1,4 +1,9 @@
-"""Typed settings from the environment, one object per service (pydantic-settings)."""
+"""Typed settings from the environment, one object per service (pydantic-settings).
+
+``CommonSettings`` holds what every service needs (NATS, logging, HTTP, telemetry, shutdown). Database,
+LLM, Twilio and bootstrap settings are mixins a service adds only when it uses them, so no service can
+read a secret it does not need (the environment of every pod may hold all of them).
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,54 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class CommonSettings(BaseSettings):
-    """What every service reads. Service settings subclass this and add their own fields."""
-
+class _Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+
+class CommonSettings(_Settings):
+    """What every service reads. Service settings subclass this (and the mixins they need)."""
 
     service_name: str = "voice"
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s), comma separated")
-    database_url: str = Field(
-        "postgresql://postgres@127.0.0.1:5432/voice_platform", description="PostgreSQL DSN"
-    )
-    llm_base_url: str = Field("http://127.0.0.1:8090/v1", description="OpenAI-compatible endpoint")
-    llm_api_key: SecretStr = Field(SecretStr("sk-local"), description="API key for LLM_BASE_URL")
-    llm_model: str = Field("smollm2", description="Default model name")
     otel_exporter_otlp_endpoint: str | None = None
-    public_base_url: str = Field("http://127.0.0.1:8080", description="Public URL Twilio reaches ingress at")
-    twilio_auth_token: SecretStr | None = None
-    bootstrap_admin_key: SecretStr | None = None
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     log_personal_data: bool = Field(False, description="Keep transcript text / numbers in logs (dev only)")
+    log_redaction_key: SecretStr | None = Field(
+        None, description="Per-deployment secret: personal values in logs become keyed hashes (same value, same "
+        "tag). Unset: they are dropped."
+    )
     http_host: str = "127.0.0.1"
     http_port: int = 0
     shutdown_grace_s: float = Field(20.0, description="Time allowed to finish in-flight work on stop")
     default_tenant_id: str = "default"
     default_agent_id: str = "default-agent"
+
+
+class DatabaseSettings(_Settings):
+    """PostgreSQL, for the services that own records (control-api, analytics)."""
+
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/voice_platform", description="PostgreSQL DSN"
+    )
+
+
+class LlmSettings(_Settings):
+    """The platform's own OpenAI-compatible endpoint and its key (brain)."""
+
+    llm_base_url: str = Field("http://127.0.0.1:8090/v1", description="OpenAI-compatible endpoint")
+    llm_api_key: SecretStr = Field(SecretStr("sk-local"), description="API key for LLM_BASE_URL")
+    llm_model: str = Field("smollm2", description="Default model name")
+
+
+class TwilioSettings(_Settings):
+    """Twilio webhooks and media streams (ingress)."""
+
+    public_base_url: str = Field("http://127.0.0.1:8080", description="Public URL Twilio reaches ingress at")
+    twilio_auth_token: SecretStr | None = None
+
+
+class BootstrapSettings(_Settings):
+    """The first admin key (control-api)."""
+
+    bootstrap_admin_key: SecretStr | None = None

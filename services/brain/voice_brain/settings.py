@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field
-from voice_runtime.settings import CommonSettings
+from voice_runtime.settings import CommonSettings, LlmSettings
 
 
-class BrainSettings(CommonSettings):
+class BrainSettings(LlmSettings, CommonSettings):
     service_name: str = "brain"
     http_port: int = Field(8083, validation_alias=AliasChoices("BRAIN_HTTP_PORT", "HTTP_PORT"))
-    llm_first_token_timeout_s: float = Field(8.0, description="No token by then: apologize")
-    llm_total_timeout_s: float = Field(30.0, description="Upper bound of one completion")
+    llm_provider: str = Field("openai", description="Chat-model provider (voice_brain.chat.registry); "
+                              "openai = any OpenAI-compatible endpoint")
+    llm_first_token_timeout_s: float = Field(8.0, gt=0, description="No token by then: apologize")
+    llm_total_timeout_s: float = Field(30.0, gt=0, description="Upper bound of one completion")
     max_history_messages: int = Field(40, description="Older messages are dropped from the prompt")
     apology: str = "Sorry, I'm having trouble answering right now. Could you say that again?"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import asyncpg
 from fastapi import FastAPI, Request
@@ -12,14 +13,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from voice_runtime.logging import get_logger
-from voice_runtime.service import health_routes
+from voice_runtime.service import Service, health_routes
 
+from .context import AppContext
 from .middleware import RequestContextMiddleware
 from .problems import PROBLEM_JSON, FieldError, Problem, install_problem_handlers, problem_response
 from .routers import agents, api_keys, audit_log, auth, calls, phone_numbers, tenants, users, webhooks
-
-if TYPE_CHECKING:
-    from .service import ControlApiService
+from .settings import ControlApiSettings
 
 log = get_logger(__name__)
 
@@ -56,16 +56,23 @@ TAGS = [
 ROUTERS = (auth, tenants, users, api_keys, agents, phone_numbers, calls, webhooks, audit_log)
 
 
-def create_app(service: ControlApiService) -> FastAPI:
+def create_app(
+    settings: ControlApiSettings,
+    *,
+    running: Callable[[], AbstractAsyncContextManager[AppContext]],
+    health: Service,
+) -> FastAPI:
+    """The HTTP app. ``running`` starts the service and yields the context requests are served with, for the
+    app's lifespan; ``health`` answers /healthz, /readyz and /metrics."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await service.start()
-        app.state.ctx = service.ctx
-        try:
-            yield
-        finally:
-            app.state.ctx = None
-            await service.stop()
+        async with running() as ctx:
+            app.state.ctx = ctx
+            try:
+                yield
+            finally:
+                app.state.ctx = None
 
     app = FastAPI(
         title="Voice platform control API",
@@ -74,7 +81,6 @@ def create_app(service: ControlApiService) -> FastAPI:
         openapi_tags=TAGS,
         lifespan=lifespan,
     )
-    app.state.service = service
     app.state.ctx = None
     install_problem_handlers(app)
 
@@ -84,11 +90,11 @@ def create_app(service: ControlApiService) -> FastAPI:
         log.warning("database_rejected_value", error=type(exc).__name__)
         return problem_response(request, 422, "a value is out of the range the database accepts", kind="validation")
 
-    health_routes(app, service)
+    health_routes(app, health)
     for module in ROUTERS:
         app.include_router(module.router)
 
-    origins = service.settings.cors_origin_list
+    origins = settings.cors_origin_list
     if origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,4 +1,4 @@
-"""What a request handler needs from the running service, and the per-request id."""
+"""What the use cases need from the running service, and the id of the request being served."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
-from fastapi import Request
 
 from .kvsync import ConfigPublisher
-from .problems import ApiError
 from .ratelimit import RateLimiter
 from .security import AccessTokens, Passwords
 from .settings import ControlApiSettings
@@ -27,10 +25,3 @@ class AppContext:
     passwords: Passwords
     limiter: RateLimiter
     request_resync: Callable[[], None]
-
-
-def get_ctx(request: Request) -> AppContext:
-    ctx: AppContext | None = getattr(request.app.state, "ctx", None)
-    if ctx is None:
-        raise ApiError(503, "service is starting", headers={"Retry-After": "1"})
-    return ctx

@@ -1,17 +1,77 @@
-"""Annotated dependencies shared by the routers, and the error responses they document."""
+"""The FastAPI dependencies of the routers (the running context, the caller, paging, query types) and the
+error responses they document."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator
 
-from .auth import Principal, authenticate, require_admin, require_platform_admin
-from .context import AppContext, get_ctx
+from .context import AppContext
 from .fields import clean_text, to_utc
-from .rest import Pagination, pagination
+from .principal import Principal
+from .problems import ApiError, forbidden, unauthorized
+from .rest import pagination
+from .security import looks_like_jwt
+from .usecases import auth
+from .usecases.common import Pagination
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="An API key (`vk_...`) or a console access token from `POST /v1/auth/login`.",
+)
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext | None = getattr(request.app.state, "ctx", None)
+    if ctx is None:
+        raise ApiError(503, "service is starting", headers={"Retry-After": "1"})
+    return ctx
+
+
+def enforce_rate_limit(ctx: AppContext, key: str) -> None:
+    wait = ctx.limiter.acquire(key)
+    if wait > 0:
+        raise ApiError(
+            429,
+            "rate limit exceeded for this credential",
+            kind="rate-limited",
+            headers={"Retry-After": ctx.limiter.retry_after_header(wait)},
+        )
+
+
+async def authenticate(request: Request, creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> Principal:
+    """The caller behind the API key or access token, rate limited per credential."""
+    ctx = get_ctx(request)
+    if creds is None or not creds.credentials:
+        raise unauthorized("missing Authorization: Bearer <API key or access token>")
+    token = creds.credentials.strip()
+    if not 8 <= len(token) <= 4096:
+        raise unauthorized("invalid credentials")
+    if looks_like_jwt(token):
+        principal = await auth.principal_of_access_token(ctx, token)
+    else:
+        principal = await auth.principal_of_api_key(ctx, token)
+    enforce_rate_limit(ctx, principal.actor)
+    request.state.principal = principal
+    return principal
+
+
+async def require_admin(principal: Principal = Depends(authenticate)) -> Principal:
+    if not principal.is_admin:
+        raise forbidden("admin role required")
+    return principal
+
+
+async def require_platform_admin(principal: Principal = Depends(authenticate)) -> Principal:
+    if not principal.platform_admin:
+        raise forbidden("platform admin scope required")
+    return principal
+
 
 Ctx = Annotated[AppContext, Depends(get_ctx)]
 Auth = Annotated[Principal, Depends(authenticate)]

@@ -51,16 +51,6 @@ def _version_of(value: bytes | None) -> int | None:
     return v if isinstance(v, int) else None
 
 
-def _parse_agent_key(key: str) -> tuple[str, int | None] | None:
-    """'a.<id>' -> (id, None); 'a.<id>.v<n>' -> (id, n); anything else -> None."""
-    parts = key.split(".")
-    if len(parts) == 2 and parts[0] == "a":
-        return parts[1], None
-    if len(parts) == 3 and parts[0] == "a" and parts[2].startswith("v") and parts[2][1:].isdigit():
-        return parts[1], int(parts[2][1:])
-    return None
-
-
 class ConfigPublisher:
     def __init__(self, agents: KeyValue, numbers: KeyValue) -> None:
         self.agents = agents
@@ -154,7 +144,7 @@ class ConfigPublisher:
             if await self._put_if_newer(subjects.agent_key(cfg.id), data, cfg.version):
                 report.agents_written += 1
         for key, entry in sorted(agent_entries.items()):
-            parsed = _parse_agent_key(key)
+            parsed = subjects.parse_agent_key(key)
             if parsed is None:
                 continue  # not a key this service writes
             agent_id, version = parsed
@@ -179,8 +169,7 @@ class ConfigPublisher:
         for key in sorted(number_entries.keys() - wanted.keys()):
             if (
                 may_delete
-                and key.startswith("n")
-                and key[1:].isdigit()
+                and subjects.parse_number_key(key) is not None
                 and await _delete_if_unchanged(self.numbers, key, number_entries[key].revision)
             ):
                 report.keys_deleted.append(key)

@@ -9,8 +9,23 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import openapi_examples as ex
+from .openapi_examples import examples
+from .rest import etag
+from .usecases.errors import (
+    Conflict,
+    Forbidden,
+    InvalidField,
+    InvalidFields,
+    NotFound,
+    PreconditionFailed,
+    StaleVersion,
+    Unauthenticated,
+    UseCaseError,
+)
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://voice-platform.dev/problems/"
@@ -25,20 +40,7 @@ class FieldError(BaseModel):
 class Problem(BaseModel):
     """An error, as RFC 9457 ``application/problem+json``."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "type": "https://voice-platform.dev/problems/not-found",
-                    "title": "Not Found",
-                    "status": 404,
-                    "detail": "agent not found",
-                    "instance": "/v1/agents/4f7d0c",
-                    "request_id": "9b1e2c3d4e5f",
-                }
-            ]
-        }
-    )
+    model_config = examples(ex.PROBLEM)
     type: str = Field("about:blank", description="URI identifying the problem kind")
     title: str
     status: int
@@ -144,10 +146,45 @@ def validation_error(exc: ValidationError, prefix: tuple[str | int, ...] = ("bod
     return ApiError(422, detail, errors=errs)
 
 
+def refusal(error: UseCaseError) -> ApiError:
+    """The problem that answers a use case's refusal. Field names are those of the request body."""
+    match error:
+        case NotFound():
+            return not_found(error.what)
+        case Unauthenticated():
+            return unauthorized(str(error))
+        case Forbidden():
+            return forbidden(str(error))
+        case Conflict():
+            return conflict(str(error))
+        case InvalidField():
+            return invalid(f"body.{error.field}", error.message)
+        case InvalidFields():
+            return validation_error(error.error)
+        case PreconditionFailed():
+            return ApiError(
+                412,
+                f"If-Match does not match the current version ({error.current})",
+                kind="precondition-failed",
+                headers={"ETag": etag(error.current)},
+            )
+        case StaleVersion():
+            return ApiError(409, str(error), kind="version-conflict", headers={"ETag": etag(error.current)})
+    raise TypeError(f"no problem for {error!r}")
+
+
+def _answer(request: Request, exc: ApiError) -> JSONResponse:
+    return problem_response(request, exc.status, exc.detail, kind=exc.kind, headers=exc.headers, errors=exc.errors)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return problem_response(request, exc.status, exc.detail, kind=exc.kind, headers=exc.headers, errors=exc.errors)
+        return _answer(request, exc)
+
+    @app.exception_handler(UseCaseError)
+    async def _refused(request: Request, exc: UseCaseError) -> JSONResponse:
+        return _answer(request, refusal(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 import asyncpg
 from argon2 import PasswordHasher
@@ -15,13 +16,13 @@ from voice_runtime.service import Service
 from voice_schemas.streams import KV_AGENTS, KV_NUMBERS
 
 from .app import create_app
-from .bootstrap import bootstrap, signing_secret
 from .context import AppContext
-from .kvsync import ConfigPublisher, ResyncReport, Snapshot
+from .kvsync import ConfigPublisher, ResyncReport
 from .ratelimit import RateLimiter
 from .security import AccessTokens, Passwords
 from .settings import ControlApiSettings
-from .store import agents, numbers
+from .usecases.bootstrap import bootstrap, signing_secret
+from .usecases.dataplane import load_snapshot
 
 log = get_logger(__name__)
 RESYNC_RETRY_S = 5.0
@@ -39,7 +40,17 @@ class ControlApiService(Service):
         self._resync_wanted: asyncio.Event | None = None
 
     def app(self) -> FastAPI:
-        return create_app(self)
+        return create_app(self.settings, running=self.running, health=self)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[AppContext]:
+        """The service started, as the context requests are served with; stopped on exit."""
+        await self.start()
+        try:
+            assert self.ctx is not None
+            yield self.ctx
+        finally:
+            await self.stop()
 
     async def on_start(self) -> None:
         s = self.settings
@@ -80,16 +91,7 @@ class ControlApiService(Service):
         """Make the KV buckets match PostgreSQL."""
         assert self.publisher is not None and self.pool is not None
         pool = self.pool
-
-        async def load() -> Snapshot:
-            async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-                return Snapshot(
-                    agents=await agents.live_configs(conn),
-                    versions=await agents.all_versions(conn),
-                    numbers=await numbers.all_routes(conn),
-                )
-
-        return await self.publisher.resync(load)
+        return await self.publisher.resync(lambda: load_snapshot(pool))
 
     async def _reconcile_loop(self) -> None:
         assert self._resync_wanted is not None

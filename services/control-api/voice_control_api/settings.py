@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field, SecretStr
-from voice_runtime.settings import CommonSettings
+from voice_runtime.settings import BootstrapSettings, CommonSettings, DatabaseSettings
 
 
-class ControlApiSettings(CommonSettings):
+class ControlApiSettings(DatabaseSettings, BootstrapSettings, CommonSettings):
     service_name: str = "control-api"
     http_port: int = Field(8000, validation_alias=AliasChoices("CONTROL_API_HTTP_PORT", "HTTP_PORT"))
 

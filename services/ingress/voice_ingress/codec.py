@@ -1,22 +1,19 @@
-"""Telephone audio ⇄ bus audio: G.711 μ-law 8 kHz ⇄ PCM16 16 kHz in exact 20 ms frames.
+"""Telephone audio ⇄ bus audio: G.711 (μ-law or A-law) 8 kHz ⇄ PCM16 16 kHz in exact 20 ms frames.
 
-Stream resamplers (soxr) keep filter state across frames so there are no clicks at frame edges.
+Shared by every transport that carries narrowband telephone audio (Twilio media streams, SIP/RTP). Stream
+resamplers (soxr) keep filter state across frames so there are no clicks at frame edges.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 import soxr
 from voice_schemas.audio import FRAME_BYTES, SAMPLE_RATE
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop  # G.711 in C; deprecated in 3.11, present until 3.13 (the platform pins 3.11)
+from . import g711
 
 PHONE_RATE = 8_000
-PHONE_FRAME_BYTES = 160  # 20 ms of μ-law at 8 kHz
+PHONE_FRAME_BYTES = 160  # 20 ms of G.711 at 8 kHz
 
 
 class _Framer:
@@ -41,23 +38,25 @@ class _Framer:
 
 
 class CallerAudioDecoder:
-    """μ-law 8 kHz (any length) -> PCM16 16 kHz frames of 640 bytes."""
+    """G.711 8 kHz (any length) -> PCM16 16 kHz frames of 640 bytes."""
 
-    def __init__(self) -> None:
+    def __init__(self, law: g711.Law = "ulaw") -> None:
+        self.law = law
         # quick (cubic) upsampling: no information above 4 kHz to keep, and no filter delay
         self._rs = soxr.ResampleStream(PHONE_RATE, SAMPLE_RATE, 1, dtype="int16", quality="QQ")
         self._framer = _Framer(FRAME_BYTES)
 
-    def decode(self, ulaw: bytes) -> list[bytes]:
-        pcm8 = np.frombuffer(audioop.ulaw2lin(ulaw, 2), dtype=np.int16)
-        pcm16 = self._rs.resample_chunk(pcm8)
+    def decode(self, data: bytes) -> list[bytes]:
+        pcm16 = self._rs.resample_chunk(g711.decode(data, self.law))
         return self._framer.push(pcm16.tobytes())
 
 
 class AgentAudioEncoder:
-    """PCM16 16 kHz frames -> μ-law 8 kHz payloads of exactly 160 bytes (20 ms)."""
+    """PCM16 16 kHz frames -> G.711 8 kHz payloads of exactly 160 bytes (20 ms)."""
 
-    def __init__(self) -> None:
+    def __init__(self, law: g711.Law = "ulaw") -> None:
+        self.law = law
+        self._silence = bytes([g711.SILENCE[law]])
         self.reset()
 
     def reset(self) -> None:
@@ -67,12 +66,12 @@ class AgentAudioEncoder:
 
     def encode(self, pcm16: bytes) -> list[bytes]:
         pcm8 = self._rs.resample_chunk(np.frombuffer(pcm16, dtype=np.int16))
-        return self._framer.push(audioop.lin2ulaw(pcm8.tobytes(), 2))
+        return self._framer.push(g711.encode(pcm8, self.law))
 
     def flush(self) -> list[bytes]:
-        """End of a reply: emit what the resampler holds back, padded with μ-law silence."""
+        """End of a reply: emit what the resampler holds back, padded with G.711 silence."""
         tail = self._rs.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
-        out = self._framer.push(audioop.lin2ulaw(tail.tobytes(), 2)) if len(tail) else []
-        out += self._framer.flush(b"\xff")
+        out = self._framer.push(g711.encode(tail, self.law)) if len(tail) else []
+        out += self._framer.flush(self._silence)
         self.reset()
         return out

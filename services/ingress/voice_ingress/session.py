@@ -1,89 +1,128 @@
-"""One Twilio Media Streams call: caller audio in, paced agent audio out, marks, clear, end."""
+"""One live call on this ingress replica, whatever the caller's protocol.
+
+Caller audio in, agent audio out at real-time pace, marks → the chunks the caller heard, clear on barge-in,
+stale epochs dropped, DTMF, and the call's end. The session reaches its caller only through a ``Transport``
+(``transports/base.py``) and knows no wire format; it reaches the platform only through the bus ports.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from opentelemetry import trace
 from voice_runtime import metrics, telemetry
-from voice_runtime.bus import Bus
+from voice_runtime.handlers import EnvelopeHandler, Message, RawHandler
 from voice_runtime.logging import get_logger
-from voice_schemas import CallRecord, events, make, parse, subjects
+from voice_runtime.ports import Publisher, Unsubscribable
+from voice_schemas import CallRecord, Envelope, events, make, subjects
 from voice_schemas.audio import AudioFrame
 
-from .codec import AgentAudioEncoder, CallerAudioDecoder
 from .playout import Outgoing, PlayoutBuffer
+from .transports.base import CallerAudio, CallerHungUp, DtmfPressed, Inbound, MarkPlayed, Started, Transport
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("voice.ingress")
 SVC = "ingress"
 FRAME_S = 0.020
 HANGUP_PLAYOUT_LIMIT_S = 20.0  # an agent hang-up waits at most this long for its goodbye to play
+# per-call bounds: marks in flight stay within the playout lead (a few); turns are remembered briefly
+MAX_PENDING_MARKS = 256
+MAX_REMEMBERED_TURNS = 16
 
-SendJson = Callable[[dict[str, Any]], Awaitable[None]]
+
+class Subscriber(Protocol):
+    """Core subscriptions that log their own failures (``Service.on_raw`` / ``Service.on_events``)."""
+
+    async def on_raw(self, subject: str, handler: RawHandler, *, per_call: bool = False) -> Unsubscribable: ...
+
+    async def on_events(self, subject: str, handler: EnvelopeHandler, *,
+                        per_call: bool = False) -> Unsubscribable: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    turn_id: str
+    epoch: int
+    chunk: int
+    end_of_turn: bool
+
+
+class _Recent(OrderedDict[str, Any]):
+    """A dict that forgets its oldest entries beyond ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.limit:
+            self.popitem(last=False)
 
 
 class CallSession:
     """Owns one live call on this ingress replica."""
 
-    def __init__(self, bus: Bus, record: CallRecord, stream_sid: str, send: SendJson, lead_ms: int,
-                 on_closed: Callable[[CallSession], Awaitable[None]]) -> None:
-        self.bus, self.record, self.stream_sid, self._send = bus, record, stream_sid, send
+    def __init__(self, record: CallRecord, transport: Transport, *, bus: Publisher, subscriber: Subscriber,
+                 lead_ms: int, on_closed: Callable[[CallSession], Awaitable[None]]) -> None:
+        self.record, self.transport, self.bus, self._subscriber = record, transport, bus, subscriber
         self.call_id, self.tenant_id = record.call_id, record.tenant_id
         self.lead_frames = max(0, lead_ms // 20)
         self._on_closed = on_closed
-        self.decoder = CallerAudioDecoder()
-        self.encoder = AgentAudioEncoder()
         self.buffer = PlayoutBuffer()
         self.seq_in = 0
         self.media_ms = 0
         self.paused = False
         self.hangup_pending = False
         self.ended = False
+        self.end_reason: events.EndReason | None = None
         self.started_at = time.monotonic()
         self._wake = asyncio.Event()
-        self._subs: list[Subscription] = []
+        self._subs: list[Unsubscribable] = []
         self._sender: asyncio.Task[None] | None = None
-        self._heard: dict[str, list[int]] = {}  # turn -> chunk indices whose marks came back
-        self._final_marks: set[str] = set()
         self._send_lock = asyncio.Lock()
-        self._trace: dict[str, Any] = {}
-        self._played: set[str] = set()  # turns whose final mark came back
+        self._marks: _Recent = _Recent(MAX_PENDING_MARKS)  # mark name -> _Mark, until it comes back
+        self._heard: dict[str, list[int]] = {}  # turn -> chunk indices whose marks came back
+        self._played: _Recent = _Recent(MAX_REMEMBERED_TURNS)  # turns whose final mark came back
+        self._trace: _Recent = _Recent(MAX_REMEMBERED_TURNS)  # turn -> trace context of its first audio frame
         self._hangup_turn: str | None = None
-        self._hangup_timer: asyncio.TimerHandle | None = None  # turn -> trace context carried by its first audio frame
+        self._hangup_reason = events.EndReason.agent_hangup
+        self._hangup_timer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ setup / teardown
     async def open(self) -> None:
-        nc = self.bus.nc
-        self._subs = [
-            await nc.subscribe(subjects.audio_out(self.call_id), cb=self._on_audio),
-            await nc.subscribe(subjects.call_filter(self.call_id, "control", ">"), cb=self._on_control),
-            await nc.subscribe(events.CallEnded.subject_for(self.call_id), cb=self._on_ended),
-        ]
-        self._sender = asyncio.create_task(self._playout_loop(), name=f"playout:{self.call_id}")
+        """Follow the call on the bus, start playout, announce the call answered. On failure, ``end`` frees
+        whatever was set up."""
         metrics.ACTIVE_CALLS.labels(SVC).inc()
-        await self._publish(events.CallAnswered(stream_id=self.stream_sid))
+        on = self._subscriber
+        self._subs.append(await on.on_raw(subjects.audio_out(self.call_id), self._on_agent_audio, per_call=True))
+        self._subs.append(await on.on_events(subjects.call_filter(self.call_id, "control", ">"), self._on_control,
+                                             per_call=True))
+        self._subs.append(await on.on_events(events.CallEnded.subject_for(self.call_id), self._on_call_ended,
+                                             per_call=True))
+        self._sender = asyncio.create_task(self._playout_loop(), name=f"playout:{self.call_id}")
+        await self._publish(events.CallAnswered(stream_id=self.transport.stream_id,
+                                                media_format=self.transport.media_format))
 
     async def end(self, reason: events.EndReason, detail: str | None = None, *, announce: bool = True) -> None:
-        """End the call once: stop playout, unsubscribe, publish CallEnded, free state."""
+        """End the call once: stop playout, unsubscribe, publish CallEnded, close the transport, free state."""
         if self.ended:
             return
-        self.ended = True
+        self.ended, self.end_reason = True, reason
         metrics.ACTIVE_CALLS.labels(SVC).dec()
-        if self._hangup_timer is not None:
+        current = asyncio.current_task()
+        if self._hangup_timer is not None and self._hangup_timer is not current:
             self._hangup_timer.cancel()
         for s in self._subs:
             with contextlib.suppress(Exception):
                 await s.unsubscribe()
-        if self._sender and self._sender is not asyncio.current_task():
+        if self._sender and self._sender is not current:
             self._sender.cancel()
         if announce:
             duration = round(time.monotonic() - self.started_at, 3)
@@ -91,54 +130,61 @@ class CallSession:
                 await self._publish(events.CallEnded(reason=reason, detail=detail, duration_s=duration),
                                     event_id=f"{self.call_id}-ended")
         log.info("call_ended", call_id=self.call_id, tenant_id=self.tenant_id, reason=reason.value)
+        with contextlib.suppress(Exception):
+            await self.transport.close(reason)
         await self._on_closed(self)
 
     # ------------------------------------------------------------ caller -> platform
-    async def on_media(self, payload_b64: str) -> None:
-        ulaw = base64.b64decode(payload_b64, validate=True)
-        for pcm in self.decoder.decode(ulaw):
+    async def handle(self, event: Inbound) -> None:
+        """One event the transport decoded (``Started`` is the service's, not the session's)."""
+        if self.ended:
+            return
+        if isinstance(event, CallerAudio):
+            await self._caller_audio(event.frames)
+        elif isinstance(event, MarkPlayed):
+            await self._mark_played(event.name)
+        elif isinstance(event, DtmfPressed):
+            await self._publish(events.DtmfReceived(digit=event.digit))
+        elif isinstance(event, CallerHungUp):
+            await self.end(events.EndReason.caller_hangup)
+        elif isinstance(event, Started):
+            raise ValueError("the call has started already")
+
+    async def _caller_audio(self, frames: tuple[bytes, ...]) -> None:
+        for pcm in frames:
             self.seq_in += 1
             self.media_ms += 20
             frame = AudioFrame(pcm=pcm, seq=self.seq_in, epoch=self.buffer.epoch, ts_ms=self.media_ms)
             await self.bus.publish_nowait(subjects.audio_in(self.call_id), pcm, frame.headers())
             metrics.AUDIO_FRAMES.labels(SVC, "in", "ok").inc()
 
-    async def on_dtmf(self, digit: str) -> None:
-        await self._publish(events.DtmfReceived(digit=digit))
-
-    async def on_mark(self, name: str) -> None:
-        # mark names: "<turn_id>:<epoch>:<chunk>[:f]"
-        parts = name.split(":")
-        if len(parts) < 3:
-            return
-        turn_id, epoch, chunk = parts[0], int(parts[1]), int(parts[2])
-        if epoch < self.buffer.epoch:
-            return  # cleared by a barge-in: the caller did not hear it
-        self._heard.setdefault(turn_id, []).append(chunk)
-        await self._publish(events.PlayoutMarked(chunk=chunk), turn_id=turn_id, epoch=epoch)
-        if len(parts) > 3 and parts[3] == "f":
-            self._played.add(turn_id)
-            await self._publish(events.PlayoutFinished(cleared=False, heard_chunks=self._heard.pop(turn_id, [])),
-                                turn_id=turn_id, epoch=epoch)
-            if self.hangup_pending and not self.buffer.pending() and self._hangup_turn in (None, turn_id):
-                await self.end(events.EndReason.agent_hangup)
+    async def _mark_played(self, name: str) -> None:
+        mark = self._marks.pop(name, None)
+        if mark is None:
+            return  # cleared by a barge-in (the caller did not hear it), or never ours
+        self._heard.setdefault(mark.turn_id, []).append(mark.chunk)
+        await self._publish(events.PlayoutMarked(chunk=mark.chunk), turn_id=mark.turn_id, epoch=mark.epoch)
+        if mark.end_of_turn:
+            self._played[mark.turn_id] = True
+            await self._publish(
+                events.PlayoutFinished(cleared=False, heard_chunks=self._heard.pop(mark.turn_id, [])),
+                turn_id=mark.turn_id, epoch=mark.epoch,
+            )
+            if self.hangup_pending and not self.buffer.pending() and self._hangup_turn in (None, mark.turn_id):
+                await self.end(self._hangup_reason)
 
     # ------------------------------------------------------------ platform -> caller
-    async def _on_audio(self, msg: Msg) -> None:
+    async def _on_agent_audio(self, msg: Message) -> None:
         frame = AudioFrame.from_message(msg.data, msg.headers)
         if self.buffer.add(frame):
-            if frame.turn_id and msg.headers and "traceparent" in msg.headers:
-                self._trace.setdefault(frame.turn_id, telemetry.extract(msg.headers))
+            if frame.turn_id and msg.headers and "traceparent" in msg.headers \
+                    and frame.turn_id not in self._trace:
+                self._trace[frame.turn_id] = telemetry.extract(msg.headers)
             self._wake.set()
         else:
             metrics.AUDIO_FRAMES.labels(SVC, "out", "stale").inc()
 
-    async def _on_control(self, msg: Msg) -> None:
-        try:
-            env = parse(msg.data)
-        except Exception:
-            metrics.ERRORS.labels(SVC, "bad_control").inc()
-            return
+    async def _on_control(self, env: Envelope[Any]) -> None:
         data = env.data
         if isinstance(data, events.PausePlayout):
             self.paused = True
@@ -148,25 +194,34 @@ class CallSession:
         elif isinstance(data, events.BargeIn):
             await self._barge_in(env.epoch)
         elif isinstance(data, events.HangUp):
-            # after_playout: the goodbye may still be in synthesis; wait for that turn's final mark
-            waiting_for = env.turn_id if env.turn_id and env.turn_id not in self._played else None
-            if data.after_playout and (waiting_for or self.buffer.pending()):
-                self.hangup_pending = True
-                self._hangup_turn = waiting_for
-                self._hangup_timer = asyncio.get_running_loop().call_later(
-                    HANGUP_PLAYOUT_LIMIT_S, lambda: asyncio.ensure_future(self.end(data.reason)))
-            else:
-                await self.end(data.reason)
+            await self._hang_up(data, env.turn_id)
 
-    async def _on_ended(self, msg: Msg) -> None:
+    async def _on_call_ended(self, env: Envelope[Any]) -> None:
+        # ended elsewhere (a status callback on another replica): that replica announced it
         await self.end(events.EndReason.status_callback, announce=False)
+
+    async def _hang_up(self, cmd: events.HangUp, turn_id: str | None) -> None:
+        # after_playout: the goodbye may still be in synthesis; wait for that turn's final mark
+        waiting_for = turn_id if turn_id and turn_id not in self._played else None
+        if cmd.after_playout and (waiting_for or self.buffer.pending()):
+            self.hangup_pending = True
+            self._hangup_turn, self._hangup_reason = waiting_for, cmd.reason
+            if self._hangup_timer is None:
+                self._hangup_timer = asyncio.create_task(self._hang_up_later(cmd.reason),
+                                                         name=f"hangup:{self.call_id}")
+        else:
+            await self.end(cmd.reason)
+
+    async def _hang_up_later(self, reason: events.EndReason) -> None:
+        await asyncio.sleep(HANGUP_PLAYOUT_LIMIT_S)
+        await self.end(reason)
 
     async def _barge_in(self, new_epoch: int) -> None:
         current = self.buffer.current_turn()
         self.buffer.clear(new_epoch)
         self.paused = False
-        self.encoder.reset()
-        await self._send_json({"event": "clear", "streamSid": self.stream_sid})
+        self._marks.clear()  # whatever had not played yet is gone; its marks no longer count
+        await self._to_caller(self.transport.clear)
         if current is not None:
             turn_id, epoch = current
             await self._publish(
@@ -195,18 +250,19 @@ class CallSession:
             ahead = deadline - now
             if ahead > self.lead_frames * FRAME_S:
                 await asyncio.sleep(ahead - self.lead_frames * FRAME_S)
-            await self._send_frame(out)
+            try:
+                await self._play(out)
+            except Exception as e:  # a playout event not published must not stop the caller's audio
+                metrics.ERRORS.labels(SVC, "playout").inc()
+                log.warning("playout_event_failed", call_id=self.call_id, error=repr(e)[:200])
             deadline += FRAME_S
 
-    async def _send_frame(self, out: Outgoing) -> None:
+    async def _play(self, out: Outgoing) -> None:
         f = out.frame
-        payloads = self.encoder.encode(f.pcm)
-        if out.end_of_chunk:
-            payloads += self.encoder.flush() if out.end_of_turn else []
-        for p in payloads:
-            await self._send_json({"event": "media", "streamSid": self.stream_sid,
-                                   "media": {"payload": base64.b64encode(p).decode()}})
-            metrics.AUDIO_FRAMES.labels(SVC, "out", "ok").inc()
+        if f.epoch < self.buffer.epoch:
+            return  # cleared while this frame waited for its time
+        await self._to_caller(self.transport.play, f.pcm, end_of_reply=out.end_of_turn)
+        metrics.AUDIO_FRAMES.labels(SVC, "out", "ok").inc()
         if out.first_of_turn and f.turn_id is not None:
             # the turn's last hop: first agent audio sent to the caller, in the turn's trace
             ctx = self._trace.pop(f.turn_id, None)
@@ -216,18 +272,22 @@ class CallSession:
             }):
                 await self._publish(events.PlayoutStarted(first_audio_wall_ms=time.time() * 1000),
                                     turn_id=f.turn_id, epoch=f.epoch)
-        if out.end_of_chunk:
+        if out.end_of_chunk and f.turn_id is not None and f.chunk is not None:
             name = f"{f.turn_id}:{f.epoch}:{f.chunk}" + (":f" if out.end_of_turn else "")
-            await self._send_json({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+            self._marks[name] = _Mark(f.turn_id, f.epoch, f.chunk, out.end_of_turn)
+            await self._to_caller(self.transport.mark, name)
 
     # ------------------------------------------------------------ helpers
-    async def _send_json(self, obj: dict[str, Any]) -> None:
+    async def _to_caller(self, send: Callable[..., Awaitable[None]], *args: Any, **kwargs: Any) -> None:
+        """One outbound transport call at a time; a failed send stops playout (the inbound side ends the call)."""
         if self.ended:
             return
         async with self._send_lock:
             try:
-                await self._send(obj)
-            except Exception:
+                await send(*args, **kwargs)
+            except Exception as e:
+                if not self.paused:
+                    log.info("transport_send_failed", call_id=self.call_id, error=repr(e)[:200])
                 self.paused = True
 
     async def _publish(self, data: Any, *, turn_id: str | None = None, epoch: int | None = None,
@@ -235,16 +295,3 @@ class CallSession:
         env = make(data, tenant_id=self.tenant_id, call_id=self.call_id, turn_id=turn_id,
                    epoch=self.buffer.epoch if epoch is None else epoch, event_id=event_id)
         await self.bus.publish(env)
-
-
-def parse_twilio(raw: str | bytes, limit: int) -> dict[str, Any]:
-    """Parse one Media Streams message; ValueError with a reason for anything malformed."""
-    if len(raw) > limit:
-        raise ValueError("message too large")
-    try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError("malformed JSON") from e
-    if not isinstance(obj, dict) or not isinstance(obj.get("event"), str):
-        raise ValueError("message has no event")
-    return obj

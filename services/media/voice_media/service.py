@@ -3,7 +3,7 @@
 A call is claimed from the ``MEDIA_CALLS`` durable consumer (so exactly one replica owns it). The
 owner core-subscribes to the call's caller audio, its playout events and its end, runs the call's
 ``CallPipeline`` inline on the event loop (Silero costs ~0.2 ms of CPU per 32 ms window) and the
-turn model in worker threads, and publishes what the ``TurnDetector`` decides through a per-call outbox
+turn model off the loop (``turn_model.py``), and publishes what the ``TurnDetector`` decides through a per-call outbox
 that keeps events in order without ever making the audio path wait on the network.
 
 Per-call state is in this process's memory: if the replica dies, its calls lose turn detection
@@ -16,19 +16,19 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import functools
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from voice_runtime import metrics
 from voice_runtime.agents import AgentDirectory
 from voice_runtime.bus import Transient
-from voice_runtime.logging import get_logger
+from voice_runtime.handlers import Handlers, Message
+from voice_runtime.logging import bind_call, get_logger
+from voice_runtime.ports import Unsubscribable
 from voice_runtime.service import Service
 from voice_schemas import Envelope, events, make, parse, subjects
 from voice_schemas.agent import TurnSettings
@@ -38,9 +38,10 @@ from voice_schemas.streams import CALLS, MEDIA_CALLS, ConsumerDef
 
 from . import turns
 from .call import CallPipeline
+from .engines import TURN_MODELS, VOICE_ACTIVITY
 from .settings import MediaSettings
-from .turn_model import SmartTurnV3, TurnModel
-from .vad import SileroVoiceActivity, VoiceActivity
+from .turn_model import TurnModel
+from .vad import VoiceActivity
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("voice.media")
@@ -74,7 +75,7 @@ class MediaCall:
         self.tenant_id = tenant_id
         self.pipeline = pipeline
         self.detector = pipeline.detector
-        self.subs: list[Subscription] = []
+        self.subs: list[Unsubscribable] = []
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
         self._seq = 0
@@ -89,7 +90,7 @@ class MediaCall:
         self._wall_offset_at = 0.0
 
     # ------------------------------------------------------------ inbound
-    async def on_audio(self, msg: Msg) -> None:
+    async def on_audio(self, msg: Message) -> None:
         try:
             ts: int | None = None
             headers = msg.headers
@@ -110,20 +111,11 @@ class MediaCall:
                 log.warning("audio_frame_failed", call_id=self.call_id, count=self._bad_frames,
                             error=repr(e)[:200])
 
-    async def on_playout(self, msg: Msg) -> None:
-        try:
-            env = parse(msg.data)
-        except Exception as e:
-            metrics.ERRORS.labels(SERVICE, "bad_event").inc()
-            log.warning("bad_playout_event", call_id=self.call_id, error=repr(e)[:200])
-            return
-        self.apply_playout(env)
+    async def on_playout_started(self, env: Envelope[events.PlayoutStarted]) -> None:
+        self.handle(self.detector.playout_started(env.turn_id, env.epoch))
 
-    def apply_playout(self, env: Envelope[Any]) -> None:
-        if isinstance(env.data, events.PlayoutStarted):
-            self.handle(self.detector.playout_started(env.turn_id, env.epoch))
-        elif isinstance(env.data, events.PlayoutFinished):
-            self.handle(self.detector.playout_finished(env.turn_id))
+    async def on_playout_finished(self, env: Envelope[events.PlayoutFinished]) -> None:
+        self.handle(self.detector.playout_finished(env.turn_id))
 
     # ------------------------------------------------------------ clocks
     def _track_clock(self) -> None:
@@ -143,31 +135,49 @@ class MediaCall:
     # ------------------------------------------------------------ decisions -> events
     def handle(self, decisions: list[turns.Decision]) -> None:
         for d in decisions:
-            if isinstance(d, turns.SpeechBegan):
-                self.emit(events.SpeechStarted(at_ms=d.at_ms, agent_speaking=d.agent_speaking), d.turn_id, d.epoch)
-            elif isinstance(d, turns.SpeechEnded):
-                self.emit(events.SpeechStopped(at_ms=d.at_ms, speech_ms=d.speech_ms), d.turn_id, d.epoch)
-            elif isinstance(d, turns.PausePlayout):
-                self.emit(events.PausePlayout(), d.agent_turn_id, d.epoch)
-                if d.onset_ms is not None:
-                    PAUSE_DETECT_SECONDS.observe((d.at_ms - d.onset_ms) / 1000.0)
-                log.info("playout_paused", call_id=self.call_id, at_ms=d.at_ms)
-            elif isinstance(d, turns.ResumePlayout):
-                self.emit(events.ResumePlayout(), d.agent_turn_id, d.epoch)
-                BARGE_INS.labels("resumed").inc()
-                log.info("playout_resumed", call_id=self.call_id, speech_ms=d.speech_ms)
-            elif isinstance(d, turns.BargeIn):
-                self.emit(events.BargeIn(at_ms=d.at_ms, speech_ms=d.speech_ms), d.agent_turn_id, d.epoch)
-                BARGE_INS.labels("committed").inc()
-                log.info("barge_in", call_id=self.call_id, epoch=d.epoch, speech_ms=d.speech_ms)
-            elif isinstance(d, turns.RunTurnModel):
-                self.service.request_turn_model(self, d)
-            elif isinstance(d, turns.TurnEnded):
-                self._capture(d)
-            elif isinstance(d, turns.SegmentDiscarded):
-                TURNS.labels("discarded").inc()
-                log.info("segment_discarded", call_id=self.call_id, speech_ms=d.speech_ms)
+            self.on_decision(d)
 
+    @functools.singledispatchmethod
+    def on_decision(self, d: Any) -> None:
+        raise TypeError(f"no handling for the decision {type(d).__name__}")
+
+    @on_decision.register
+    def _speech_began(self, d: turns.SpeechBegan) -> None:
+        self.emit(events.SpeechStarted(at_ms=d.at_ms, agent_speaking=d.agent_speaking), d.turn_id, d.epoch)
+
+    @on_decision.register
+    def _speech_ended(self, d: turns.SpeechEnded) -> None:
+        self.emit(events.SpeechStopped(at_ms=d.at_ms, speech_ms=d.speech_ms), d.turn_id, d.epoch)
+
+    @on_decision.register
+    def _pause_playout(self, d: turns.PausePlayout) -> None:
+        self.emit(events.PausePlayout(), d.agent_turn_id, d.epoch)
+        if d.onset_ms is not None:
+            PAUSE_DETECT_SECONDS.observe((d.at_ms - d.onset_ms) / 1000.0)
+        log.info("playout_paused", call_id=self.call_id, at_ms=d.at_ms)
+
+    @on_decision.register
+    def _resume_playout(self, d: turns.ResumePlayout) -> None:
+        self.emit(events.ResumePlayout(), d.agent_turn_id, d.epoch)
+        BARGE_INS.labels("resumed").inc()
+        log.info("playout_resumed", call_id=self.call_id, speech_ms=d.speech_ms)
+
+    @on_decision.register
+    def _barge_in(self, d: turns.BargeIn) -> None:
+        self.emit(events.BargeIn(at_ms=d.at_ms, speech_ms=d.speech_ms), d.agent_turn_id, d.epoch)
+        BARGE_INS.labels("committed").inc()
+        log.info("barge_in", call_id=self.call_id, epoch=d.epoch, speech_ms=d.speech_ms)
+
+    @on_decision.register
+    def _run_turn_model(self, d: turns.RunTurnModel) -> None:
+        self.service.request_turn_model(self, d)
+
+    @on_decision.register
+    def _segment_discarded(self, d: turns.SegmentDiscarded) -> None:
+        TURNS.labels("discarded").inc()
+        log.info("segment_discarded", call_id=self.call_id, speech_ms=d.speech_ms)
+
+    @on_decision.register
     def _capture(self, d: turns.TurnEnded) -> None:
         s = self.settings
         utt = self.pipeline.utterance(d, pre_roll_ms=s.pre_roll_ms, trailing_ms=s.trailing_silence_ms)
@@ -268,7 +278,7 @@ class MediaCall:
 
 class MediaService(Service):
     name = "media"
-    owns_consumers = (MEDIA_CALLS,)
+    calls_started = Handlers(MEDIA_CALLS)
 
     def __init__(
         self,
@@ -276,59 +286,55 @@ class MediaService(Service):
         *,
         vad: VoiceActivity | None = None,
         turn_model: TurnModel | None = None,
-        calls_consumer: ConsumerDef = MEDIA_CALLS,
+        calls_durable: str = MEDIA_CALLS.durable,
     ) -> None:
         super().__init__(settings)
         self.settings: MediaSettings = settings
-        self.vad = vad
+        self.calls_durable = calls_durable
+        # the service closes the models it made; models passed in belong to the caller
+        self._made: list[TurnModel] = []
+        self.vad = vad if vad is not None else VOICE_ACTIVITY.get(settings.vad_engine)(settings)
         self.turn_model = turn_model
-        self.calls_consumer = calls_consumer
+        if turn_model is None and settings.turn_model_enabled:
+            self.turn_model = TURN_MODELS.get(settings.turn_model)(settings)
+            self._made.append(self.turn_model)
         self.calls: dict[str, MediaCall] = {}
         self.agents: AgentDirectory | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._model_queue = 0
 
     # ------------------------------------------------------------ lifecycle
-    async def on_start(self) -> None:
-        s = self.settings
-        if self.vad is None:
-            self.vad = await asyncio.to_thread(SileroVoiceActivity)
-        if self.turn_model is None and s.turn_model_enabled:
-            self.turn_model = await asyncio.to_thread(self._load_turn_model)
-        self._executor = ThreadPoolExecutor(s.turn_model_workers, thread_name_prefix="turn-model")
-        self.agents = AgentDirectory(self.kv["agents"], self.kv["numbers"], s)
-        await self.consume(self.calls_consumer, self.on_call_started)
-        self.spawn(self._watchdog(), name="media-watchdog")
-        log.info("media_models_ready", vad=type(self.vad).__name__,
-                 turn_model=getattr(self.turn_model, "name", None))
+    def consumer_for(self, handlers: Handlers) -> ConsumerDef:
+        return handlers.consumer(durable=self.calls_durable)
 
-    def _load_turn_model(self) -> SmartTurnV3:
-        model = SmartTurnV3(threads=self.settings.turn_model_threads, threshold=self.settings.turn_model_threshold)
-        model.warm_up()
-        return model
+    async def on_start(self) -> None:
+        await self.vad.start()
+        if self.turn_model is not None:
+            await self.turn_model.start()
+        self.agents = AgentDirectory(self.kv["agents"], self.kv["numbers"], self.settings)
+        self.spawn(self._watchdog(), name="media-watchdog")
+        log.info("media_models_ready", vad=self.vad.name,
+                 turn_model=self.turn_model.name if self.turn_model is not None else None)
 
     async def check_ready(self) -> bool:
-        return self.vad is not None
+        return self.vad.loaded
 
     async def on_stop(self) -> None:
         calls = list(self.calls.values())
         self.calls.clear()
         await asyncio.gather(*(c.close() for c in calls), return_exceptions=True)
         metrics.ACTIVE_CALLS.labels(SERVICE).set(0)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        for model in self._made:
+            model.close()
 
     # ------------------------------------------------------------ claiming a call
-    async def on_call_started(self, env: Envelope[Any], msg: Msg) -> None:
-        if not isinstance(env.data, events.CallStarted):
-            return
+    @calls_started.on(events.CallStarted)
+    async def on_call_started(self, env: Envelope[events.CallStarted]) -> None:
         call_id = env.call_id
         if call_id in self.calls:  # redelivered: we already own it
             return
         if self.stopping:
             raise Transient("media is shutting down")  # another replica claims it
-        assert self.bus is not None and self.agents is not None and self.vad is not None
-        data: events.CallStarted = env.data
+        assert self.agents is not None
+        data = env.data
         try:
             agent = await asyncio.wait_for(self.agents.version(data.agent_id, data.agent_version), 5.0)
         except Exception as e:  # KV unavailable: retry later
@@ -338,8 +344,7 @@ class MediaService(Service):
             log.warning("agent_not_found", call_id=call_id, agent_id=data.agent_id, version=data.agent_version)
         if call_id in self.calls:  # claimed by a concurrent redelivery while we looked it up
             return
-        params = dataclasses.replace(self.settings.detector_params(),
-                                     window_ms=self.vad.window_samples * 1000 // self.vad.sample_rate)
+        params = dataclasses.replace(self.settings.detector_params(), window_ms=self.vad.window_ms)
         detector = turns.TurnDetector(thresholds_of(turn_settings), params, new_id=subjects.new_id)
         pipeline = CallPipeline(
             self.vad.stream(), detector, window_samples=self.vad.window_samples,
@@ -349,12 +354,12 @@ class MediaService(Service):
         call = MediaCall(self, call_id, env.tenant_id, pipeline)
         self.calls[call_id] = call
         metrics.ACTIVE_CALLS.labels(SERVICE).set(len(self.calls))
-        nc = self.bus.nc
         try:
-            call.subs.append(await nc.subscribe(subjects.audio_in(call_id), cb=call.on_audio))
-            for kind in (events.PlayoutStarted, events.PlayoutFinished):
-                call.subs.append(await nc.subscribe(kind.subject_for(call_id), cb=call.on_playout))
-            call.subs.append(await nc.subscribe(events.CallEnded.subject_for(call_id), cb=self._on_call_ended))
+            call.subs.append(await self.on_raw(subjects.audio_in(call_id), call.on_audio, per_call=True))
+            for subject, handler in ((events.PlayoutStarted.subject_for(call_id), call.on_playout_started),
+                                     (events.PlayoutFinished.subject_for(call_id), call.on_playout_finished),
+                                     (events.CallEnded.subject_for(call_id), self._on_call_ended)):
+                call.subs.append(await self.on_events(subject, handler, per_call=True))
             if await self._already_ended(call_id):
                 await self.end_call(call_id, "ended_before_claim", capture=False)
                 return
@@ -367,14 +372,12 @@ class MediaService(Service):
 
     async def _last_event(self, subject: str) -> tuple[int, Envelope[Any]] | None:
         assert self.bus is not None
-        try:
-            raw = await self.bus.js.get_last_msg(CALLS.name, subject)
-        except Exception:  # nats raises NotFoundError when there is none
+        last = await self.bus.last_message(CALLS.name, subject)
+        if last is None:
             return None
-        if raw.data is None or raw.seq is None:
-            return None
+        seq, data = last
         try:
-            return raw.seq, parse(raw.data)
+            return seq, parse(data)
         except Exception:
             return None
 
@@ -388,16 +391,12 @@ class MediaService(Service):
             return
         finished = await self._last_event(events.PlayoutFinished.subject_for(call.call_id))
         if finished is None or finished[0] < started[0]:
-            call.apply_playout(started[1])
+            await call.on_playout_started(started[1])
 
     # ------------------------------------------------------------ ending a call
-    async def _on_call_ended(self, msg: Msg) -> None:
-        try:
-            call_id = subjects.call_id_of(msg.subject)
-        except subjects.InvalidSubjectToken:
-            return
+    async def _on_call_ended(self, env: Envelope[events.CallEnded]) -> None:
         # not inline: closing unsubscribes this very subscription, which cancels its callback task
-        self.spawn(self.end_call(call_id, "call_ended"), name=f"media-end:{call_id}")
+        self.spawn(self.end_call(env.call_id, "call_ended"), name=f"media-end:{env.call_id}")
 
     async def end_call(self, call_id: str, reason: str, *, capture: bool = True) -> None:
         call = self.calls.pop(call_id, None)
@@ -412,28 +411,15 @@ class MediaService(Service):
 
     # ------------------------------------------------------------ turn model
     def request_turn_model(self, call: MediaCall, req: turns.RunTurnModel) -> None:
-        if self.turn_model is None or self._executor is None:
-            return
-        if self._model_queue >= self.settings.turn_model_max_queue:
-            metrics.ERRORS.labels(SERVICE, "turn_model_skipped").inc()
+        if self.turn_model is None:
             return
         audio = call.pipeline.turn_audio(req.start_ms, req.end_ms, self.settings.pre_roll_ms)
-        self._model_queue += 1
-        call.track(self.spawn(self._predict(call, req, audio), name=f"turn-model:{call.call_id}"))
+        call.track(self.spawn(self._predict(self.turn_model, call, req, audio), name=f"turn-model:{call.call_id}"))
 
-    async def _predict(self, call: MediaCall, req: turns.RunTurnModel, audio: Any) -> None:
-        assert self.turn_model is not None
-        loop = asyncio.get_running_loop()
-        try:
-            prediction = await loop.run_in_executor(self._executor, self.turn_model.predict, audio)
-        except Exception as e:  # the hangover still ends the turn
-            metrics.ERRORS.labels(SERVICE, "turn_model").inc()
-            log.warning("turn_model_failed", call_id=call.call_id, error=repr(e)[:200])
-            return
-        finally:
-            self._model_queue -= 1
-        metrics.INFERENCE_SECONDS.labels(SERVICE, self.turn_model.name).observe(prediction.seconds)
-        if not call.closed:
+    async def _predict(self, model: TurnModel, call: MediaCall, req: turns.RunTurnModel, audio: Any) -> None:
+        with bind_call(call_id=call.call_id):
+            prediction = await model.predict(audio)
+        if prediction is not None and not call.closed:  # no answer: the hangover still ends the turn
             call.handle(call.detector.on_turn_model(req.request_id, prediction.complete))
 
     # ------------------------------------------------------------ timers

@@ -1,7 +1,8 @@
 """Settings of the media service.
 
 Per-agent turn timing (hangover, barge-in minimum, interruptible) comes from the agent's
-``TurnSettings``; what is here is per deployment: VAD tuning, utterance padding, model workers.
+``TurnSettings``; what is here is per deployment: the engines, VAD tuning, utterance padding, model workers.
+Each engine's own settings live beside it (``engines/smart_turn.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ class MediaSettings(CommonSettings):
     service_name: str = "media"
     http_port: int = Field(8081, validation_alias=AliasChoices("MEDIA_HTTP_PORT", "HTTP_PORT"))
 
+    vad_engine: str = Field("silero", description="The voice-activity model: a module of voice_media.engines or "
+                                                  "an entry point of the group voice.vad_engines")
     vad_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Speech probability that starts speech")
     vad_stop_threshold: float = Field(0.35, gt=0.0, lt=1.0, description="Probability below which is silence")
     barge_in_threshold: float = Field(
@@ -39,12 +42,15 @@ class MediaSettings(CommonSettings):
     pre_roll_ms: int = Field(200, ge=0, le=1000, description="Audio kept before the speech onset")
     trailing_silence_ms: int = Field(100, ge=0, le=1000, description="Silence kept after the speech offset")
 
-    turn_model_enabled: bool = Field(True, description="Shorten the hangover with smart-turn v3")
-    turn_model_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Probability that means 'complete'")
+    turn_model_enabled: bool = Field(True, description="Shorten the hangover with the turn model")
+    turn_model: str = Field("smart-turn-v3", description="The end-of-turn model: a module of voice_media.engines "
+                                                         "or an entry point of the group voice.turn_models")
     turn_model_workers: int = Field(1, ge=1, le=16, description="Threads running the turn model")
-    turn_model_threads: int = Field(1, ge=1, le=16, description="ONNX intra-op threads per prediction")
     turn_model_max_queue: int = Field(
         8, ge=1, description="Predictions waiting beyond this are skipped (the hangover still ends the turn)"
+    )
+    turn_model_timeout_s: float = Field(
+        2.0, gt=0, description="A prediction later than this is no answer (the hangover ends the turn by then)"
     )
 
     stall_ms: int = Field(250, ge=50, description="No caller audio this long: silence timers run on wall time")

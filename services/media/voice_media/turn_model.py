@@ -1,21 +1,31 @@
-"""End-of-turn model: the ``TurnModel`` role and its smart-turn v3 (ONNX) implementation.
+"""The end-of-turn role: what media needs from any turn model, and what every one shares.
 
-A prediction takes tens of milliseconds of CPU, so callers run ``predict`` in a worker thread,
-never on the event loop. One model instance serves every call of the process (ONNX Runtime
-sessions are safe to run from several threads).
+A prediction takes tens of milliseconds of CPU, so it never runs on the event loop. This base runs the adapter's
+blocking ``_predict`` in a pool of ``workers`` threads (one model instance serves every call of the process),
+skips a request when ``max_queue`` are already waiting, gives up after ``timeout_s`` and records inference time
+and failures. A turn model only shortens the silence hangover, so a skipped, failed or late prediction is no
+answer (None): the hangover still ends the turn. An adapter (``engines/smart_turn.py``) implements ``name``,
+``load`` and ``_predict``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 import numpy as np
-import onnxruntime as ort
+from voice_runtime import metrics
+from voice_runtime.logging import get_logger
 
-from . import assets
+from .settings import MediaSettings
+
+log = get_logger(__name__)
+
+SERVICE = "media"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,43 +35,60 @@ class TurnPrediction:
     seconds: float  # inference time (features + model)
 
 
-class TurnModel(Protocol):
-    name: str
+class TurnModel(ABC):
+    def __init__(self, *, workers: int = 1, max_queue: int = 8, timeout_s: float = 2.0) -> None:
+        self.workers, self.max_queue, self.timeout_s = workers, max_queue, timeout_s
+        self.loaded = False
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="turn-model")
+        self._queued = 0
 
-    def predict(self, audio: np.ndarray) -> TurnPrediction:
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """A short, low-cardinality name for metric labels, e.g. ``smart_turn_v3``."""
+
+    def load(self) -> None:
+        """Load the model and warm it up (blocking; runs in the pool). Nothing by default."""
+        return None
+
+    @abstractmethod
+    def _predict(self, audio: np.ndarray) -> TurnPrediction:
         """``audio``: the turn so far, int16 mono 16 kHz, ending with the current silence. Blocking."""
-        ...
 
-
-class SmartTurnV3:
-    """Pipecat's smart-turn v3.2 (Whisper-tiny encoder, 8 s context), CPU ONNX, no torch."""
-
-    name = "smart_turn_v3"
-    SAMPLE_RATE = 16_000
-    CONTEXT_SAMPLES = 8 * SAMPLE_RATE
-
-    def __init__(self, model_path: Path | None = None, *, threads: int = 1, threshold: float = 0.5) -> None:
-        opts = ort.SessionOptions()
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.inter_op_num_threads = 1
-        opts.intra_op_num_threads = threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        path = model_path or assets.pipecat_file(assets.SMART_TURN_V3)
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        self.threshold = threshold
-        self._features = assets.whisper_log_mel()
-
-    def predict(self, audio: np.ndarray) -> TurnPrediction:
+    async def start(self) -> None:
+        """Load once, off the event loop."""
+        if self.loaded:
+            return
         started = time.perf_counter()
-        x = audio[-self.CONTEXT_SAMPLES :].astype(np.float32) / 32768.0
-        if x.size < self.CONTEXT_SAMPLES:  # the model expects 8 s, silence in front
-            x = np.pad(x, (self.CONTEXT_SAMPLES - x.size, 0))
-        features = self._features(x, do_normalize=True)[np.newaxis, ...]
-        (out,) = self.session.run(None, {"input_features": features})
-        probability = float(np.asarray(out).reshape(-1)[0])
-        return TurnPrediction(probability > self.threshold, probability, time.perf_counter() - started)
+        await asyncio.get_running_loop().run_in_executor(self._pool, self.load)
+        self.loaded = True
+        log.info("turn_model_ready", turn_model=self.name, load_ms=round((time.perf_counter() - started) * 1000))
 
-    def warm_up(self) -> None:
-        """First run initialises ONNX Runtime's kernels; do it before the first caller waits on it."""
-        self.predict(np.zeros(self.SAMPLE_RATE, dtype=np.int16))
+    async def predict(self, audio: np.ndarray) -> TurnPrediction | None:
+        """The model's answer, or None when it was skipped (queue full), failed or took too long."""
+        if self._queued >= self.max_queue:
+            metrics.ERRORS.labels(SERVICE, "turn_model_skipped").inc()
+            return None
+        self._queued += 1
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._pool, self._predict, audio)
+            prediction = await asyncio.wait_for(future, self.timeout_s)
+        except TimeoutError:
+            metrics.ERRORS.labels(SERVICE, "turn_model_timeout").inc()
+            log.warning("turn_model_timeout", turn_model=self.name, timeout_s=self.timeout_s)
+            return None
+        except Exception as e:
+            metrics.ERRORS.labels(SERVICE, "turn_model").inc()
+            log.warning("turn_model_failed", turn_model=self.name, error=repr(e)[:200])
+            return None
+        finally:
+            self._queued -= 1
+        metrics.INFERENCE_SECONDS.labels(SERVICE, self.name).observe(prediction.seconds)
+        return prediction
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# what an engine module registers: builds the model from the service's settings (cheap; ``start`` loads it)
+TurnModelFactory = Callable[[MediaSettings], TurnModel]

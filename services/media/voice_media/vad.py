@@ -1,19 +1,26 @@
-"""Voice activity: the ``VoiceActivity`` role and its Silero (ONNX) implementation.
+"""The voice-activity role: what media needs from any VAD model, and what every one shares.
 
-One ``VoiceActivity`` per process holds the model; each call gets its own ``VadStream`` holding only
-that call's recurrent state. Scoring a window allocates nothing and runs inline on the event loop
-(~0.2 ms of CPU per 32 ms window on this project's 2-core machine).
+One ``VoiceActivity`` per process holds the model; each call gets its own ``VadStream`` holding only that call's
+state. Scoring runs inline on the event loop, by design: a window costs ~0.2 ms of CPU (Silero, 32 ms windows,
+this project's 2-core machine), less than handing it to a thread would. So this base has no pool and no timeout:
+it loads the model off the loop and states the window geometry. An adapter (``engines/silero.py``) implements
+``load`` and ``stream``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
-import onnxruntime as ort
+from voice_runtime.logging import get_logger
 
-from . import assets
+from .settings import MediaSettings
+
+log = get_logger(__name__)
 
 
 class VadStream(Protocol):
@@ -26,86 +33,37 @@ class VadStream(Protocol):
     def reset(self) -> None: ...
 
 
-class VoiceActivity(Protocol):
-    sample_rate: int
-    window_samples: int
+class VoiceActivity(ABC):
+    """A voice-activity model for every call of this process."""
 
-    def stream(self) -> VadStream: ...
+    name: str = "vad"
 
-
-# The model's recurrent state drifts during long non-speech (strongly on 8 kHz-origin phone audio)
-# and then under-reports the next speech; pipecat resets it every ~2 s, only during clear
-# non-speech (a run of low windows), never mid-word. Same rule here.
-_RESET_INTERVAL_S = 2.0
-_RESET_MAX_PROBABILITY = 0.1
-_RESET_LOW_WINDOWS = 5
-
-
-class SileroStream:
-    """Per-call state of the Silero VAD: recurrent state plus the 64-sample context.
-
-    Inputs and outputs are bound once to preallocated buffers (ONNX Runtime I/O binding), so scoring
-    a window allocates nothing: the state ping-pongs between two buffers.
-    """
-
-    __slots__ = ("_bind", "_input", "_low", "_out", "_reset_after", "_session", "_since_reset", "_states",
-                 "_turn", "_values", "_window")
-
-    def __init__(self, session: ort.InferenceSession, sample_rate: int) -> None:
-        self._session = session
-        self._window = 512 if sample_rate == 16_000 else 256
-        context = 64 if sample_rate == 16_000 else 32
-        self._input = np.zeros((1, context + self._window), dtype=np.float32)
-        self._states = (np.zeros((2, 1, 128), dtype=np.float32), np.zeros((2, 1, 128), dtype=np.float32))
-        self._out = np.zeros((1, 1), dtype=np.float32)
-        as_value = ort.OrtValue.ortvalue_from_numpy  # wraps the numpy memory, no copy on CPU
-        self._values = (as_value(self._states[0]), as_value(self._states[1]))
-        self._bind = session.io_binding()
-        self._bind.bind_ortvalue_input("input", as_value(self._input))
-        self._bind.bind_ortvalue_input("sr", as_value(np.array(sample_rate, dtype=np.int64)))
-        self._bind.bind_ortvalue_output("output", as_value(self._out))
-        self._turn = 0  # which state buffer is the current input
-        self._since_reset = 0
-        self._low = 0
-        self._reset_after = int(_RESET_INTERVAL_S * sample_rate / self._window)
-
-    def reset(self) -> None:
-        self._states[self._turn].fill(0.0)
-        self._input.fill(0.0)
-        self._since_reset = 0
-
-    def probability(self, window: np.ndarray) -> float:
-        buf = self._input
-        w = self._window
-        buf[0, : buf.shape[1] - w] = buf[0, w:]  # context = tail of the previous window
-        np.multiply(window, np.float32(1.0 / 32768.0), out=buf[0, buf.shape[1] - w :], casting="unsafe")
-        i = self._turn
-        self._bind.bind_ortvalue_input("state", self._values[i])
-        self._bind.bind_ortvalue_output("stateN", self._values[1 - i])
-        self._session.run_with_iobinding(self._bind)
-        self._turn = 1 - i
-        p = float(self._out[0, 0])
-        self._since_reset += 1
-        self._low = self._low + 1 if p < _RESET_MAX_PROBABILITY else 0
-        if self._since_reset >= self._reset_after and self._low >= _RESET_LOW_WINDOWS:
-            self.reset()
-        return p
-
-
-class SileroVoiceActivity:
-    """Silero VAD v5 from the ONNX file shipped in pipecat (16 kHz: 512-sample windows)."""
-
-    def __init__(self, model_path: Path | None = None, *, sample_rate: int = 16_000) -> None:
-        if sample_rate not in (8_000, 16_000):
-            raise ValueError("Silero VAD runs at 8 or 16 kHz")
-        opts = ort.SessionOptions()
-        opts.inter_op_num_threads = 1
-        opts.intra_op_num_threads = 1  # one window is tiny; threads only add hand-off latency
-        opts.log_severity_level = 3
-        path = model_path or assets.pipecat_file(assets.SILERO_VAD)
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    def __init__(self, *, sample_rate: int, window_samples: int) -> None:
         self.sample_rate = sample_rate
-        self.window_samples = 512 if sample_rate == 16_000 else 256
+        self.window_samples = window_samples
+        self.loaded = False
 
-    def stream(self) -> SileroStream:
-        return SileroStream(self.session, self.sample_rate)
+    @property
+    def window_ms(self) -> int:
+        return self.window_samples * 1000 // self.sample_rate
+
+    def load(self) -> None:
+        """Load the model (blocking; runs in a worker thread). Nothing by default."""
+        return None
+
+    @abstractmethod
+    def stream(self) -> VadStream:
+        """A new call's state (cheap: the model is shared)."""
+
+    async def start(self) -> None:
+        """Load once, off the event loop."""
+        if self.loaded:
+            return
+        started = time.perf_counter()
+        await asyncio.to_thread(self.load)
+        self.loaded = True
+        log.info("vad_ready", vad=self.name, load_ms=round((time.perf_counter() - started) * 1000))
+
+
+# what an engine module registers: builds the model from the service's settings (cheap; ``start`` loads it)
+VadFactory = Callable[[MediaSettings], VoiceActivity]

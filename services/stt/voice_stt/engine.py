@@ -1,13 +1,31 @@
-"""The speech-to-text role: what the stt service needs from any recognizer.
+"""The speech-to-text role: what the stt service needs from any recognizer, and what every recognizer shares.
 
-A second recognizer (a GPU server, a cloud API) is a new module implementing ``SpeechToText``;
-the service does not change.
+An adapter (``engines/whisper.py``) implements ``model_name``, ``load`` and ``_transcribe``, all blocking. This
+base runs them off the event loop in a pool of ``workers`` threads, bounds each transcription with a timeout
+and records the span, the inference time and the failures, so neither the adapters nor the service do.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TypeVar
+
+from opentelemetry import trace
+from voice_runtime import metrics
+from voice_runtime.logging import get_logger
+
+from .settings import SttSettings
+
+log = get_logger(__name__)
+_tracer = trace.get_tracer("voice.stt")
+
+SERVICE = "stt"
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,14 +42,77 @@ class Transcription:
     no_speech_prob: float | None = None
 
 
-class SpeechToText(Protocol):
-    """A loaded recognizer. ``transcribe`` blocks (CPU/GPU bound): call it off the event loop."""
+class TranscriptionTimeout(TimeoutError):
+    """The recognizer did not answer within the timeout (its thread may still be busy)."""
 
+
+class SpeechToText(ABC):
+    """A recognizer on this replica. ``start`` loads it; ``transcribe`` may be awaited from many handlers at once
+    (at most ``workers`` run, the rest wait for a thread)."""
+
+    def __init__(self, *, workers: int = 1, timeout_s: float = 25.0) -> None:
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self.loaded = False
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stt")
+
+    # ------------------------------------------------------------ what an adapter implements
     @property
+    @abstractmethod
     def model_name(self) -> str:
         """A short, low-cardinality name for metric labels, e.g. ``whisper:tiny.en``."""
-        ...
 
-    def transcribe(self, pcm16: bytes, sample_rate: int, language: str | None = None) -> Transcription:
-        """Transcribe PCM16 little-endian mono audio. ``language`` is a hint (ISO 639-1)."""
-        ...
+    def load(self) -> None:
+        """Load the model and warm it up (blocking; runs in the pool). Nothing by default."""
+        return None
+
+    @abstractmethod
+    def _transcribe(self, pcm16: bytes, sample_rate: int, language: str | None) -> Transcription:
+        """Transcribe PCM16 little-endian mono audio (blocking). ``language`` is a hint (ISO 639-1)."""
+
+    # ------------------------------------------------------------ what the service calls
+    async def start(self) -> None:
+        """Load once, off the event loop."""
+        if self.loaded:
+            return
+        started = time.perf_counter()
+        await self._in_pool(self.load)
+        self.loaded = True
+        log.info("stt_engine_ready", model=self.model_name, workers=self.workers,
+                 load_ms=round((time.perf_counter() - started) * 1000))
+
+    async def transcribe(self, pcm16: bytes, sample_rate: int, language: str | None = None, *,
+                         attributes: dict[str, str | int] | None = None) -> Transcription:
+        """``attributes`` label the span (call, tenant, turn)."""
+        audio_ms = len(pcm16) * 1000 // (2 * sample_rate or 1)
+        with _tracer.start_as_current_span(
+            "stt transcribe", attributes={**(attributes or {}), "stt.model": self.model_name, "stt.audio_ms": audio_ms},
+        ) as span:
+            started = time.perf_counter()
+            try:
+                result = await asyncio.wait_for(
+                    self._in_pool(lambda: self._transcribe(pcm16, sample_rate, language)), self.timeout_s
+                )
+            except TimeoutError as e:
+                metrics.ERRORS.labels(SERVICE, "inference_timeout").inc()
+                span.record_exception(e)
+                raise TranscriptionTimeout(f"{self.model_name} took longer than {self.timeout_s} s") from e
+            except Exception as e:
+                metrics.ERRORS.labels(SERVICE, "inference").inc()
+                span.record_exception(e)
+                raise
+            elapsed = time.perf_counter() - started
+            span.set_attribute("stt.inference_ms", round(elapsed * 1000, 1))
+            span.set_attribute("stt.language", result.language or "")
+        metrics.INFERENCE_SECONDS.labels(SERVICE, self.model_name).observe(elapsed)
+        return result
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _in_pool(self, fn: Callable[[], R]) -> asyncio.Future[R]:
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+
+# what an engine module registers: builds the engine from the service's settings (cheap; ``start`` loads it)
+EngineFactory = Callable[[SttSettings], SpeechToText]

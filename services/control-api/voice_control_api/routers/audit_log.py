@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from ..deps import AUTHED, Admin, Ctx, Paging, QueryText, QueryTime
 from ..models import AuditEntry, Page
-from ..rest import page
-from ..store import audit as store
+from ..store.audit import AuditEntryRow
+from ..usecases import audit_log
+from ..usecases.common import Listing
 
 router = APIRouter(prefix="/v1/audit-log", tags=["audit-log"], responses=AUTHED)
 
@@ -31,18 +30,15 @@ async def list_audit_log(
     actor_id: QueryText = None,
     since: QueryTime = None,
     until: QueryTime = None,
-) -> dict[str, Any]:
-    async with ctx.pool.acquire() as conn:
-        rows = await store.list_(
-            conn,
-            principal.tenant_id,
-            resource_type=resource_type,
-            resource_id=resource_id,
-            action=action,
-            actor_id=actor_id,
-            since=since,
-            until=until,
-            limit=paging.limit + 1,
-            offset=paging.offset,
-        )
-    return page(rows, paging)
+) -> Listing[AuditEntryRow]:
+    return await audit_log.list_entries(
+        ctx,
+        principal,
+        paging,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        action=action,
+        actor_id=actor_id,
+        since=since,
+        until=until,
+    )

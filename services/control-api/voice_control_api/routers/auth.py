@@ -1,46 +1,19 @@
-"""Console login: password -> short-lived access token + rotating refresh token."""
+"""Console login: password -> short-lived access token + rotating refresh token; whoami; password change."""
 
 from __future__ import annotations
 
-import asyncio
-from datetime import UTC, datetime, timedelta
-
-import asyncpg
 from fastapi import APIRouter, Request, Response
-from voice_runtime.logging import get_logger
 
-from .. import audit
-from ..auth import enforce_rate_limit
-from ..context import AppContext
-from ..deps import Auth, Ctx, errors
+from ..deps import Auth, Ctx, enforce_rate_limit, errors
 from ..models import LoginRequest, Me, PasswordChange, RefreshRequest, TokenPair
-from ..problems import ApiError, unauthorized
-from ..security import generate_refresh_token, new_id, sha256_hex
-from ..store import users as store
+from ..usecases import auth
 
-log = get_logger(__name__)
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 
 
 def _client_key(request: Request) -> str:
+    """Unauthenticated routes are rate limited per client address."""
     return "ip:" + (request.client.host if request.client else "unknown")
-
-
-async def _issue(ctx: AppContext, conn: asyncpg.Connection, user_id: str, tenant_id: str, role: str) -> TokenPair:
-    token, token_hash = generate_refresh_token()
-    await store.add_refresh_token(
-        conn,
-        token_id=new_id(),
-        user_id=user_id,
-        tenant_id=tenant_id,
-        token_hash=token_hash,
-        expires_at=datetime.now(UTC) + timedelta(seconds=ctx.settings.refresh_token_ttl_s),
-    )
-    return TokenPair(
-        access_token=ctx.tokens.issue(user_id, tenant_id, role),
-        refresh_token=token,
-        expires_in=ctx.tokens.ttl_s,
-    )
 
 
 @router.post(
@@ -53,19 +26,7 @@ async def _issue(ctx: AppContext, conn: asyncpg.Connection, user_id: str, tenant
 )
 async def login(body: LoginRequest, request: Request, ctx: Ctx) -> TokenPair:
     enforce_rate_limit(ctx, _client_key(request))
-    async with ctx.pool.acquire() as conn:
-        row = await store.credentials_by_email(conn, body.email)
-        ok = await asyncio.to_thread(ctx.passwords.verify, row["password_hash"] if row else None, body.password)
-        if row is None or not ok or not row["is_active"]:
-            log.info("login_failed")
-            raise unauthorized("invalid email or password")
-        async with conn.transaction():
-            if ctx.passwords.needs_rehash(row["password_hash"]):
-                await store.set_password_hash(conn, row["id"], ctx.passwords.hash(body.password))
-            await store.prune_refresh_tokens(conn, row["id"])
-            pair = await _issue(ctx, conn, row["id"], row["tenant_id"], row["role"])
-    log.info("login", user_id=row["id"], tenant_id=row["tenant_id"])
-    return pair
+    return await auth.login(ctx, body.email, body.password)
 
 
 @router.post(
@@ -78,22 +39,7 @@ async def login(body: LoginRequest, request: Request, ctx: Ctx) -> TokenPair:
 )
 async def refresh(body: RefreshRequest, request: Request, ctx: Ctx) -> TokenPair:
     enforce_rate_limit(ctx, _client_key(request))
-    reused_by: str | None = None
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        row = await store.refresh_token(conn, sha256_hex(body.refresh_token))
-        if row is None or row["expired"]:
-            raise unauthorized("invalid or expired refresh token")
-        if row["revoked_at"] is not None:
-            # committed before answering: the revocation must survive the 401
-            await store.revoke_user_refresh_tokens(conn, row["user_id"])
-            reused_by = row["user_id"]
-        elif not row["is_active"]:
-            raise unauthorized("user is inactive")
-        else:
-            await store.revoke_refresh_token(conn, row["id"])
-            return await _issue(ctx, conn, row["user_id"], row["tenant_id"], row["role"])
-    log.warning("refresh_token_reused", user_id=reused_by)
-    raise unauthorized("refresh token already used; log in again")
+    return await auth.refresh(ctx, body.refresh_token)
 
 
 @router.post(
@@ -104,10 +50,7 @@ async def refresh(body: RefreshRequest, request: Request, ctx: Ctx) -> TokenPair
 )
 async def logout(body: RefreshRequest, request: Request, ctx: Ctx) -> Response:
     enforce_rate_limit(ctx, _client_key(request))
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        row = await store.refresh_token(conn, sha256_hex(body.refresh_token))
-        if row is not None:
-            await store.revoke_refresh_token(conn, row["id"])
+    await auth.logout(ctx, body.refresh_token)
     return Response(status_code=204)
 
 
@@ -131,15 +74,5 @@ async def me(principal: Auth) -> Me:
     description="Revokes your refresh tokens: other sessions must log in again.",
 )
 async def change_password(body: PasswordChange, principal: Auth, ctx: Ctx) -> Response:
-    if principal.actor_type != "user" or principal.user_id is None:
-        raise ApiError(403, "only console users have passwords")
-    async with ctx.pool.acquire() as conn:
-        current = await store.password_hash(conn, principal.user_id)
-        if not await asyncio.to_thread(ctx.passwords.verify, current, body.current_password):
-            raise ApiError(403, "current password is wrong")
-        new_hash = await asyncio.to_thread(ctx.passwords.hash, body.new_password)
-        async with conn.transaction():
-            await store.set_password_hash(conn, principal.user_id, new_hash)
-            await store.revoke_user_refresh_tokens(conn, principal.user_id)
-            await audit.record(conn, principal, "user.password_change", "user", principal.user_id)
+    await auth.change_password(ctx, principal, body.current_password, body.new_password)
     return Response(status_code=204)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict
 
 from fastapi import APIRouter
 
 from ..deps import AUTHED, Auth, Ctx, Paging, QueryText, QueryTime, errors
-from ..fields import normalize_e164
 from ..models import Call, CallDetail, CallStatus, Page
-from ..problems import not_found
-from ..rest import IdPath, page
-from ..store import calls as store
+from ..rest import IdPath
+from ..store.calls import CallRow
+from ..usecases import calls
+from ..usecases.common import Listing
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"], responses=AUTHED)
 
@@ -34,27 +34,18 @@ async def list_calls(
     channel: QueryText = None,
     started_after: QueryTime = None,
     started_before: QueryTime = None,
-) -> dict[str, Any]:
-    if number is not None:
-        try:
-            number = normalize_e164(number)
-        except ValueError:
-            pass  # match it as stored
-    async with ctx.pool.acquire() as conn:
-        rows = await store.list_(
-            conn,
-            principal.tenant_id,
-            owner=principal.owner_filter,
-            status=status.value if status else None,
-            agent_id=agent_id,
-            number=number,
-            started_after=started_after,
-            started_before=started_before,
-            channel=channel,
-            limit=paging.limit + 1,
-            offset=paging.offset,
-        )
-    return page(rows, paging)
+) -> Listing[CallRow]:
+    return await calls.list_calls(
+        ctx,
+        principal,
+        paging,
+        status=status.value if status else None,
+        agent_id=agent_id,
+        number=number,
+        channel=channel,
+        started_after=started_after,
+        started_before=started_before,
+    )
 
 
 @router.get(
@@ -65,10 +56,6 @@ async def list_calls(
     description="`turns` are in spoken order. `latency_ms` is the turn's voice-to-voice time (end of caller speech "
     "to the agent's first audio) and `latency` its per-stage breakdown in milliseconds.",
 )
-async def get_call(call_id: IdPath, principal: Auth, ctx: Ctx) -> dict[str, Any]:
-    async with ctx.pool.acquire() as conn:
-        call = await store.get(conn, principal.tenant_id, call_id, owner=principal.owner_filter)
-        if call is None:
-            raise not_found("call")
-        turns = await store.turns(conn, principal.tenant_id, call_id)
-    return {**call, "turns": turns}
+async def get_call(call_id: IdPath, principal: Auth, ctx: Ctx) -> CallDetail:
+    found = await calls.get_call(ctx, principal, call_id)
+    return CallDetail.model_validate({**asdict(found.call), "turns": [asdict(t) for t in found.turns]})

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict
 
 from fastapi import APIRouter, Response
 
-from .. import audit
 from ..deps import AUTHED, Auth, Ctx, Paging, PlatformAdmin, QueryText, errors
 from ..models import Page, Tenant, TenantCreate, TenantCreated, TenantUpdate
-from ..problems import forbidden, not_found
-from ..rest import IdPath, IfMatch, check_precondition, page, set_etag
-from ..security import generate_api_key, new_id
-from ..store import api_keys as key_store
-from ..store import tenants as store
+from ..rest import IdPath, IfMatch, expected_version, set_etag
+from ..store.tenants import TenantRow
+from ..usecases import tenants
+from ..usecases.common import Listing
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"], responses=AUTHED)
 
@@ -25,27 +23,17 @@ router = APIRouter(prefix="/v1/tenants", tags=["tenants"], responses=AUTHED)
     summary="Create a tenant (platform admin)",
     description="Returns the tenant and, once, its first admin API key (`admin_api_key`).",
 )
-async def create_tenant(body: TenantCreate, principal: PlatformAdmin, ctx: Ctx, response: Response) -> dict[str, Any]:
-    tenant_id = new_id()
-    key = generate_api_key()
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        tenant = await store.create(conn, tenant_id, body.name)
-        row = await key_store.create(
-            conn,
-            key_id=new_id(),
-            tenant_id=tenant_id,
-            name="initial admin key",
-            prefix=key.prefix,
-            key_hash=key.key_hash,
-            role="admin",
-            source="tenant",
-            created_by=principal.actor,
-        )
-        await audit.record(conn, principal, "tenant.create", "tenant", tenant_id, tenant_id=tenant_id)
-        await audit.record(conn, principal, "api_key.create", "api_key", row["id"], tenant_id=tenant_id, role="admin")
-    response.headers["Location"] = f"/v1/tenants/{tenant_id}"
-    set_etag(response, tenant["version"])
-    return {**tenant, "admin_api_key": key.key, "admin_api_key_id": row["id"]}
+async def create_tenant(body: TenantCreate, principal: PlatformAdmin, ctx: Ctx, response: Response) -> TenantCreated:
+    created = await tenants.create_tenant(ctx, principal, body)
+    response.headers["Location"] = f"/v1/tenants/{created.tenant.id}"
+    set_etag(response, created.tenant.version)
+    return TenantCreated.model_validate(
+        {
+            **asdict(created.tenant),
+            "admin_api_key": created.admin_api_key,
+            "admin_api_key_id": created.admin_api_key_id,
+        }
+    )
 
 
 @router.get(
@@ -54,26 +42,14 @@ async def create_tenant(body: TenantCreate, principal: PlatformAdmin, ctx: Ctx, 
     summary="List tenants",
     description="A platform admin sees every tenant; anyone else sees their own.",
 )
-async def list_tenants(principal: Auth, ctx: Ctx, paging: Paging, name: QueryText = None) -> dict[str, Any]:
-    only = None if principal.platform_admin else principal.tenant_id
-    async with ctx.pool.acquire() as conn:
-        rows = await store.list_(conn, only_id=only, name=name, limit=paging.limit + 1, offset=paging.offset)
-    return page(rows, paging)
-
-
-def _visible(principal: Any, tenant_id: str) -> bool:
-    return bool(principal.platform_admin or principal.tenant_id == tenant_id)
+async def list_tenants(principal: Auth, ctx: Ctx, paging: Paging, name: QueryText = None) -> Listing[TenantRow]:
+    return await tenants.list_tenants(ctx, principal, paging, name=name)
 
 
 @router.get("/{tenant_id}", response_model=Tenant, responses=errors(404), summary="Get a tenant")
-async def get_tenant(tenant_id: IdPath, principal: Auth, ctx: Ctx, response: Response) -> dict[str, Any]:
-    if not _visible(principal, tenant_id):
-        raise not_found("tenant")
-    async with ctx.pool.acquire() as conn:
-        tenant = await store.get(conn, tenant_id)
-    if tenant is None:
-        raise not_found("tenant")
-    set_etag(response, tenant["version"])
+async def get_tenant(tenant_id: IdPath, principal: Auth, ctx: Ctx, response: Response) -> TenantRow:
+    tenant = await tenants.get_tenant(ctx, principal, tenant_id)
+    set_etag(response, tenant.version)
     return tenant
 
 
@@ -90,27 +66,7 @@ async def update_tenant(
     ctx: Ctx,
     response: Response,
     if_match: IfMatch = None,
-) -> dict[str, Any]:
-    if not _visible(principal, tenant_id):
-        raise not_found("tenant")
-    if not (principal.platform_admin or principal.is_admin):
-        raise forbidden("admin role required")
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        tenant = await store.get(conn, tenant_id, for_update=True)
-        if tenant is None:
-            raise not_found("tenant")
-        check_precondition(tenant["version"], if_match, body.version)
-        if body.name is not None:
-            tenant = await store.rename(conn, tenant_id, body.name)
-            await audit.record(
-                conn,
-                principal,
-                "tenant.update",
-                "tenant",
-                tenant_id,
-                tenant_id=tenant_id,
-                fields=["name"],
-                version=tenant["version"],
-            )
-    set_etag(response, tenant["version"])
+) -> TenantRow:
+    tenant = await tenants.update_tenant(ctx, principal, tenant_id, body, expected_version(if_match, body.version))
+    set_etag(response, tenant.version)
     return tenant

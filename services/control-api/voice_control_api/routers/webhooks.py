@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from .. import audit
 from ..deps import AUTHED, Admin, Ctx, Paging, errors
 from ..models import Page, Webhook, WebhookCreate, WebhookEvent, WebhookUpdate, WebhookWithSecret
-from ..problems import not_found
-from ..rest import IdPath, IfMatch, check_precondition, page, set_etag
-from ..security import generate_webhook_secret, new_id
-from ..store import webhooks as store
+from ..rest import IdPath, IfMatch, expected_version, set_etag
+from ..store.webhooks import WebhookRow
+from ..usecases import webhooks
+from ..usecases.common import Listing
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=AUTHED)
-
-
-def _events(values: list[str]) -> list[str]:
-    return sorted(set(values))
 
 
 @router.post(
@@ -28,22 +23,10 @@ def _events(values: list[str]) -> list[str]:
     summary="Register a webhook endpoint",
     description="The signing secret is returned here and by rotate-secret only.",
 )
-async def create_webhook(body: WebhookCreate, principal: Admin, ctx: Ctx, response: Response) -> dict[str, Any]:
-    webhook_id = new_id()
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        row = await store.create(
-            conn,
-            webhook_id=webhook_id,
-            tenant_id=principal.tenant_id,
-            url=body.url,
-            events=_events(body.events),
-            secret=body.secret or generate_webhook_secret(),
-            description=body.description,
-            is_active=body.is_active,
-        )
-        await audit.record(conn, principal, "webhook.create", "webhook", webhook_id)
-    response.headers["Location"] = f"/v1/webhooks/{webhook_id}"
-    set_etag(response, row["version"])
+async def create_webhook(body: WebhookCreate, principal: Admin, ctx: Ctx, response: Response) -> WebhookRow:
+    row = await webhooks.create_webhook(ctx, principal, body)
+    response.headers["Location"] = f"/v1/webhooks/{row.id}"
+    set_etag(response, row.version)
     return row
 
 
@@ -54,26 +37,14 @@ async def list_webhooks(
     paging: Paging,
     is_active: bool | None = None,
     event: Annotated[WebhookEvent | None, Query(description="Endpoints subscribed to this event")] = None,
-) -> dict[str, Any]:
-    async with ctx.pool.acquire() as conn:
-        rows = await store.list_(
-            conn,
-            principal.tenant_id,
-            is_active=is_active,
-            event=event,
-            limit=paging.limit + 1,
-            offset=paging.offset,
-        )
-    return page(rows, paging)
+) -> Listing[WebhookRow]:
+    return await webhooks.list_webhooks(ctx, principal, paging, is_active=is_active, event=event)
 
 
 @router.get("/{webhook_id}", response_model=Webhook, responses=errors(404), summary="Get a webhook endpoint")
-async def get_webhook(webhook_id: IdPath, principal: Admin, ctx: Ctx, response: Response) -> dict[str, Any]:
-    async with ctx.pool.acquire() as conn:
-        row = await store.get(conn, principal.tenant_id, webhook_id)
-    if row is None:
-        raise not_found("webhook")
-    set_etag(response, row["version"])
+async def get_webhook(webhook_id: IdPath, principal: Admin, ctx: Ctx, response: Response) -> WebhookRow:
+    row = await webhooks.get_webhook(ctx, principal, webhook_id)
+    set_etag(response, row.version)
     return row
 
 
@@ -87,22 +58,9 @@ async def update_webhook(
     ctx: Ctx,
     response: Response,
     if_match: IfMatch = None,
-) -> dict[str, Any]:
-    changes = body.model_dump(exclude_unset=True, exclude={"version"})
-    changes = {k: v for k, v in changes.items() if v is not None or k == "description"}
-    if "events" in changes:
-        changes["events"] = _events(body.events or [])
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        row = await store.get(conn, principal.tenant_id, webhook_id, for_update=True)
-        if row is None:
-            raise not_found("webhook")
-        check_precondition(row["version"], if_match, body.version)
-        if changes:
-            row = await store.update(conn, principal.tenant_id, webhook_id, changes)
-            await audit.record(
-                conn, principal, "webhook.update", "webhook", webhook_id, fields=sorted(changes), version=row["version"]
-            )
-    set_etag(response, row["version"])
+) -> WebhookRow:
+    row = await webhooks.update_webhook(ctx, principal, webhook_id, body, expected_version(if_match, body.version))
+    set_etag(response, row.version)
     return row
 
 
@@ -112,22 +70,11 @@ async def update_webhook(
     responses=errors(404),
     summary="Replace the signing secret",
 )
-async def rotate_webhook_secret(webhook_id: IdPath, principal: Admin, ctx: Ctx) -> dict[str, Any]:
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        row = await store.get(conn, principal.tenant_id, webhook_id, for_update=True)
-        if row is None:
-            raise not_found("webhook")
-        row = await store.update(conn, principal.tenant_id, webhook_id, {"secret": generate_webhook_secret()})
-        await audit.record(conn, principal, "webhook.rotate_secret", "webhook", webhook_id, version=row["version"])
-    return row
+async def rotate_webhook_secret(webhook_id: IdPath, principal: Admin, ctx: Ctx) -> WebhookRow:
+    return await webhooks.rotate_secret(ctx, principal, webhook_id)
 
 
 @router.delete("/{webhook_id}", status_code=204, responses=errors(404), summary="Delete a webhook endpoint")
 async def delete_webhook(webhook_id: IdPath, principal: Admin, ctx: Ctx) -> Response:
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        row = await store.get(conn, principal.tenant_id, webhook_id, for_update=True)
-        if row is None:
-            raise not_found("webhook")
-        await store.delete(conn, principal.tenant_id, webhook_id)
-        await audit.record(conn, principal, "webhook.delete", "webhook", webhook_id)
+    await webhooks.delete_webhook(ctx, principal, webhook_id)
     return Response(status_code=204)

@@ -3,70 +3,83 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import asyncpg
 from voice_schemas.agent import AgentConfig
+
+from ..models import Agent, AgentVersion
 
 _HEAD = """
     SELECT a.id, a.tenant_id, a.owner_user_id, a.current_version, a.created_at, a.updated_at, v.config
     FROM agents a JOIN agent_versions v ON v.agent_id = a.id AND v.version = a.current_version
 """
+_VERSION = "SELECT agent_id, version, config, created_at, created_by FROM agent_versions"
+_NOT_STORED = {"id", "tenant_id", "version"}  # columns of their own, not part of the stored config
 
 
-def _agent(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        **json.loads(row["config"]),
-        "id": row["id"],
-        "tenant_id": row["tenant_id"],
-        "version": row["current_version"],
-        "owner_user_id": row["owner_user_id"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-    }
+def _agent(row: asyncpg.Record) -> Agent:
+    return Agent.model_validate(
+        {
+            **json.loads(row["config"]),
+            "id": row["id"],
+            "tenant_id": row["tenant_id"],
+            "version": row["current_version"],
+            "owner_user_id": row["owner_user_id"],
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
+        }
+    )
 
 
-def to_config(agent: dict[str, Any]) -> AgentConfig:
-    """The data plane's view of an agent (what goes to KV)."""
-    return AgentConfig.model_validate(agent)
+def _version(row: asyncpg.Record) -> AgentVersion:
+    return AgentVersion.model_validate(
+        {
+            **json.loads(row["config"]),
+            "agent_id": row["agent_id"],
+            "version": row["version"],
+            "created_at": row["created_at"],
+            "created_by": row["created_by"],
+        }
+    )
+
+
+async def _insert_version(conn: asyncpg.Connection, config: AgentConfig, created_by: str) -> None:
+    await conn.execute(
+        "INSERT INTO agent_versions (agent_id, version, tenant_id, config, created_by)"
+        " VALUES ($1, $2, $3, $4::jsonb, $5)",
+        config.id,
+        config.version,
+        config.tenant_id,
+        config.model_dump_json(exclude=_NOT_STORED),
+        created_by,
+    )
 
 
 async def create(
-    conn: asyncpg.Connection,
-    *,
-    agent_id: str,
-    tenant_id: str,
-    owner_user_id: str | None,
-    fields: dict[str, Any],
-    created_by: str,
-) -> dict[str, Any]:
+    conn: asyncpg.Connection, *, config: AgentConfig, owner_user_id: str | None, created_by: str
+) -> Agent:
+    """A new agent whose first version is ``config``."""
     await conn.execute(
         """
         INSERT INTO agents (id, tenant_id, owner_user_id, current_version, name, is_active)
-        VALUES ($1, $2, $3, 1, $4, $5)
+        VALUES ($1, $2, $3, $4, $5, $6)
         """,
-        agent_id,
-        tenant_id,
+        config.id,
+        config.tenant_id,
         owner_user_id,
-        fields["name"],
-        fields["is_active"],
+        config.version,
+        config.name,
+        config.is_active,
     )
-    await conn.execute(
-        "INSERT INTO agent_versions (agent_id, version, tenant_id, config, created_by)"
-        " VALUES ($1, 1, $2, $3::jsonb, $4)",
-        agent_id,
-        tenant_id,
-        json.dumps(fields),
-        created_by,
-    )
-    agent = await get(conn, tenant_id, agent_id)
+    await _insert_version(conn, config, created_by)
+    agent = await get(conn, config.tenant_id, config.id)
     assert agent is not None
     return agent
 
 
 async def get(
     conn: asyncpg.Connection, tenant_id: str, agent_id: str, *, owner: str | None = None, for_update: bool = False
-) -> dict[str, Any] | None:
+) -> Agent | None:
     if for_update:
         # lock the head row alone first: a locked join would be re-checked against the row a concurrent
         # writer just committed (with the old version row) and vanish instead of waiting its turn
@@ -93,20 +106,6 @@ async def get(
     return _agent(row) if row else None
 
 
-async def exists(conn: asyncpg.Connection, tenant_id: str, agent_id: str, *, owner: str | None = None) -> bool:
-    return bool(
-        await conn.fetchval(
-            """
-            SELECT EXISTS (SELECT 1 FROM agents WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL
-                           AND ($3::text IS NULL OR owner_user_id = $3))
-            """,
-            tenant_id,
-            agent_id,
-            owner,
-        )
-    )
-
-
 async def list_(
     conn: asyncpg.Connection,
     tenant_id: str,
@@ -117,7 +116,7 @@ async def list_(
     owner_user_id: str | None,
     limit: int,
     offset: int,
-) -> list[dict[str, Any]]:
+) -> list[Agent]:
     rows = await conn.fetch(
         f"""{_HEAD}
         WHERE a.tenant_id = $1 AND a.deleted_at IS NULL AND ($2::text IS NULL OR a.owner_user_id = $2)
@@ -138,38 +137,32 @@ async def list_(
 
 
 async def add_version(
-    conn: asyncpg.Connection,
-    *,
-    agent: dict[str, Any],
-    fields: dict[str, Any],
-    owner_user_id: str | None,
-    created_by: str,
-) -> dict[str, Any]:
-    """Append version ``agent.version + 1`` and make it current. The caller holds the head row lock."""
-    version = int(agent["version"]) + 1
-    await conn.execute(
-        "INSERT INTO agent_versions (agent_id, version, tenant_id, config, created_by)"
-        " VALUES ($1, $2, $3, $4::jsonb, $5)",
-        agent["id"],
-        version,
-        agent["tenant_id"],
-        json.dumps(fields),
-        created_by,
-    )
+    conn: asyncpg.Connection, *, config: AgentConfig, owner_user_id: str | None, created_by: str
+) -> Agent:
+    """Append ``config`` (the current version + 1) and make it current. The caller holds the head row lock."""
+    await _insert_version(conn, config, created_by)
     await conn.execute(
         """
         UPDATE agents SET current_version = $2, name = $3, is_active = $4, owner_user_id = $5, updated_at = now()
         WHERE id = $1
         """,
-        agent["id"],
-        version,
-        fields["name"],
-        fields["is_active"],
+        config.id,
+        config.version,
+        config.name,
+        config.is_active,
         owner_user_id,
     )
-    updated = await get(conn, agent["tenant_id"], agent["id"])
+    updated = await get(conn, config.tenant_id, config.id)
     assert updated is not None
     return updated
+
+
+async def lock_live(conn: asyncpg.Connection, tenant_id: str, agent_id: str) -> bool:
+    """Whether the agent is live in this tenant; FOR SHARE keeps it from being deleted until the commit."""
+    found = await conn.fetchval(
+        "SELECT 1 FROM agents WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL FOR SHARE", tenant_id, agent_id
+    )
+    return bool(found)
 
 
 async def soft_delete(conn: asyncpg.Connection, tenant_id: str, agent_id: str) -> None:
@@ -182,22 +175,9 @@ async def numbers_routed_to(conn: asyncpg.Connection, agent_id: str) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM phone_numbers WHERE agent_id = $1", agent_id))
 
 
-def _version(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        **json.loads(row["config"]),
-        "agent_id": row["agent_id"],
-        "version": row["version"],
-        "created_at": row["created_at"],
-        "created_by": row["created_by"],
-    }
-
-
-async def list_versions(conn: asyncpg.Connection, agent_id: str, *, limit: int, offset: int) -> list[dict[str, Any]]:
+async def list_versions(conn: asyncpg.Connection, agent_id: str, *, limit: int, offset: int) -> list[AgentVersion]:
     rows = await conn.fetch(
-        """
-        SELECT agent_id, version, config, created_at, created_by FROM agent_versions
-        WHERE agent_id = $1 ORDER BY version DESC LIMIT $2 OFFSET $3
-        """,
+        f"{_VERSION} WHERE agent_id = $1 ORDER BY version DESC LIMIT $2 OFFSET $3",
         agent_id,
         limit,
         offset,
@@ -205,10 +185,9 @@ async def list_versions(conn: asyncpg.Connection, agent_id: str, *, limit: int, 
     return [_version(r) for r in rows]
 
 
-async def get_version(conn: asyncpg.Connection, agent_id: str, version: int) -> dict[str, Any] | None:
+async def get_version(conn: asyncpg.Connection, agent_id: str, version: int) -> AgentVersion | None:
     row = await conn.fetchrow(
-        "SELECT agent_id, version, config, created_at, created_by FROM agent_versions"
-        " WHERE agent_id = $1 AND version = $2",
+        f"{_VERSION} WHERE agent_id = $1 AND version = $2",
         agent_id,
         version,
     )
@@ -218,7 +197,12 @@ async def get_version(conn: asyncpg.Connection, agent_id: str, version: int) -> 
 # ------------------------------------------------------------------ for the KV resync
 async def live_configs(conn: asyncpg.Connection) -> list[AgentConfig]:
     rows = await conn.fetch(f"{_HEAD} WHERE a.deleted_at IS NULL ORDER BY a.id")
-    return [to_config(_agent(r)) for r in rows]
+    return [
+        AgentConfig.model_validate(
+            {**json.loads(r["config"]), "id": r["id"], "tenant_id": r["tenant_id"], "version": r["current_version"]}
+        )
+        for r in rows
+    ]
 
 
 async def all_versions(conn: asyncpg.Connection) -> set[tuple[str, int]]:

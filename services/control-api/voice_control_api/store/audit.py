@@ -1,4 +1,4 @@
-"""Reading the audit log (entries are written by ``voice_control_api.audit``)."""
+"""The audit log: entries are appended in the transaction of the change they record, and read by admins."""
 
 from __future__ import annotations
 
@@ -7,6 +7,37 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+
+from ..models import AuditEntry
+
+
+async def append(
+    conn: asyncpg.Connection,
+    *,
+    tenant_id: str,
+    actor_type: str,
+    actor_id: str | None,
+    action: str,
+    resource_type: str,
+    resource_id: str | None,
+    request_id: str | None,
+    details: dict[str, Any],
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO audit_log (tenant_id, actor_type, actor_id, action, resource_type, resource_id,
+                               request_id, details)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
+        """,
+        tenant_id,
+        actor_type,
+        actor_id,
+        action,
+        resource_type,
+        resource_id,
+        request_id,
+        json.dumps(details, default=str),
+    )
 
 
 async def list_(
@@ -21,7 +52,7 @@ async def list_(
     until: datetime | None,
     limit: int,
     offset: int,
-) -> list[dict[str, Any]]:
+) -> list[AuditEntry]:
     rows = await conn.fetch(
         """
         SELECT id, at, actor_type, actor_id, action, resource_type, resource_id, request_id, details
@@ -41,4 +72,4 @@ async def list_(
         limit,
         offset,
     )
-    return [{**dict(r), "details": json.loads(r["details"])} for r in rows]
+    return [AuditEntry.model_validate({**dict(r), "details": json.loads(r["details"])}) for r in rows]

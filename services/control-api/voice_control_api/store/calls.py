@@ -8,6 +8,9 @@ from typing import Any
 
 import asyncpg
 
+from ..models import Call, Turn
+from . import row_as
+
 COLUMNS = (
     "c.id, c.tenant_id, c.agent_id, c.agent_version, c.channel, c.from_number, c.to_number, c.status, "
     "c.started_at, c.answered_at, c.ended_at, c.end_reason, c.duration_s"
@@ -16,11 +19,11 @@ COLUMNS = (
 _OWNED = "($2::text IS NULL OR c.agent_id IN (SELECT id FROM agents WHERE tenant_id = $1 AND owner_user_id = $2))"
 
 
-async def get(conn: asyncpg.Connection, tenant_id: str, call_id: str, *, owner: str | None) -> dict[str, Any] | None:
+async def get(conn: asyncpg.Connection, tenant_id: str, call_id: str, *, owner: str | None) -> Call | None:
     row = await conn.fetchrow(
         f"SELECT {COLUMNS} FROM calls c WHERE c.tenant_id = $1 AND {_OWNED} AND c.id = $3", tenant_id, owner, call_id
     )
-    return dict(row) if row else None
+    return row_as(Call, row) if row else None
 
 
 async def list_(
@@ -36,7 +39,7 @@ async def list_(
     channel: str | None,
     limit: int,
     offset: int,
-) -> list[dict[str, Any]]:
+) -> list[Call]:
     rows = await conn.fetch(
         f"""
         SELECT {COLUMNS} FROM calls c
@@ -58,7 +61,7 @@ async def list_(
         limit,
         offset,
     )
-    return [dict(r) for r in rows]
+    return [row_as(Call, r) for r in rows]
 
 
 def _latency(raw: Any) -> tuple[float | None, dict[str, float] | None]:
@@ -75,7 +78,7 @@ def _latency(raw: Any) -> tuple[float | None, dict[str, float] | None]:
     return stages.get("voice_to_voice_ms"), stages
 
 
-async def turns(conn: asyncpg.Connection, tenant_id: str, call_id: str) -> list[dict[str, Any]]:
+async def turns(conn: asyncpg.Connection, tenant_id: str, call_id: str) -> list[Turn]:
     rows = await conn.fetch(
         """
         SELECT turn_id, speaker, text, started_at, ended_at, interrupted, latency_ms FROM call_turns
@@ -89,15 +92,15 @@ async def turns(conn: asyncpg.Connection, tenant_id: str, call_id: str) -> list[
     for r in rows:
         headline, stages = _latency(r["latency_ms"])
         out.append(
-            {
-                "turn_id": r["turn_id"],
-                "speaker": r["speaker"],
-                "text": r["text"],
-                "started_at": r["started_at"],
-                "ended_at": r["ended_at"],
-                "interrupted": r["interrupted"],
-                "latency_ms": headline,
-                "latency": stages,
-            }
+            Turn(
+                turn_id=r["turn_id"],
+                speaker=r["speaker"],
+                text=r["text"],
+                started_at=r["started_at"],
+                ended_at=r["ended_at"],
+                interrupted=r["interrupted"],
+                latency_ms=headline,
+                latency=stages,
+            )
         )
     return out

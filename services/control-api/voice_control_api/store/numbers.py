@@ -2,34 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 from voice_schemas.agent import NumberRoute
 
+from ..models import PhoneNumber
+from . import row_as
+
 COLUMNS = "p.id, p.tenant_id, p.number, p.agent_id, p.created_at, p.updated_at, p.version"
+_RETURNING = "RETURNING id, tenant_id, number, agent_id, created_at, updated_at, version"
 _FROM = "FROM phone_numbers p JOIN agents a ON a.id = p.agent_id"
 
 
 async def create(
     conn: asyncpg.Connection, *, number_id: str, tenant_id: str, number: str, agent_id: str
-) -> dict[str, Any]:
+) -> PhoneNumber:
     row = await conn.fetchrow(
-        """
-        INSERT INTO phone_numbers (id, tenant_id, number, agent_id) VALUES ($1, $2, $3, $4)
-        RETURNING id, tenant_id, number, agent_id, created_at, updated_at, version
-        """,
+        f"INSERT INTO phone_numbers (id, tenant_id, number, agent_id) VALUES ($1, $2, $3, $4) {_RETURNING}",
         number_id,
         tenant_id,
         number,
         agent_id,
     )
-    return dict(row)
+    return row_as(PhoneNumber, row)
 
 
 async def get(
     conn: asyncpg.Connection, tenant_id: str, number_id: str, *, owner: str | None = None, for_update: bool = False
-) -> dict[str, Any] | None:
+) -> PhoneNumber | None:
     if for_update:  # lock the row alone (see agents.get), then read it with its agent
         locked = await conn.fetchval(
             "SELECT id FROM phone_numbers WHERE tenant_id = $1 AND id = $2 FOR UPDATE", tenant_id, number_id
@@ -43,7 +42,7 @@ async def get(
         number_id,
         owner,
     )
-    return dict(row) if row else None
+    return row_as(PhoneNumber, row) if row else None
 
 
 async def list_(
@@ -55,7 +54,7 @@ async def list_(
     number: str | None,
     limit: int,
     offset: int,
-) -> list[dict[str, Any]]:
+) -> list[PhoneNumber]:
     rows = await conn.fetch(
         f"""SELECT {COLUMNS} {_FROM}
         WHERE p.tenant_id = $1 AND ($2::text IS NULL OR a.owner_user_id = $2)
@@ -68,24 +67,23 @@ async def list_(
         limit,
         offset,
     )
-    return [dict(r) for r in rows]
+    return [row_as(PhoneNumber, r) for r in rows]
 
 
 async def update(
     conn: asyncpg.Connection, tenant_id: str, number_id: str, *, number: str, agent_id: str
-) -> dict[str, Any]:
+) -> PhoneNumber:
     row = await conn.fetchrow(
-        """
+        f"""
         UPDATE phone_numbers SET number = $3, agent_id = $4, updated_at = now(), version = version + 1
-        WHERE tenant_id = $1 AND id = $2
-        RETURNING id, tenant_id, number, agent_id, created_at, updated_at, version
+        WHERE tenant_id = $1 AND id = $2 {_RETURNING}
         """,
         tenant_id,
         number_id,
         number,
         agent_id,
     )
-    return dict(row)
+    return row_as(PhoneNumber, row)
 
 
 async def delete(conn: asyncpg.Connection, tenant_id: str, number_id: str) -> None:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
+
+from ..models import Tenant
+from . import row_as
 
 COLUMNS = "id, name, created_at, updated_at, version"
 
 
-async def create(conn: asyncpg.Connection, tenant_id: str, name: str) -> dict[str, Any]:
+async def create(conn: asyncpg.Connection, tenant_id: str, name: str) -> Tenant:
     row = await conn.fetchrow(f"INSERT INTO tenants (id, name) VALUES ($1, $2) RETURNING {COLUMNS}", tenant_id, name)
-    return dict(row)
+    return row_as(Tenant, row)
 
 
 async def ensure(conn: asyncpg.Connection, tenant_id: str, name: str) -> bool:
@@ -22,15 +23,15 @@ async def ensure(conn: asyncpg.Connection, tenant_id: str, name: str) -> bool:
     return status.endswith(" 1")
 
 
-async def get(conn: asyncpg.Connection, tenant_id: str, *, for_update: bool = False) -> dict[str, Any] | None:
+async def get(conn: asyncpg.Connection, tenant_id: str, *, for_update: bool = False) -> Tenant | None:
     lock = " FOR UPDATE" if for_update else ""
     row = await conn.fetchrow(f"SELECT {COLUMNS} FROM tenants WHERE id = $1{lock}", tenant_id)
-    return dict(row) if row else None
+    return row_as(Tenant, row) if row else None
 
 
 async def list_(
     conn: asyncpg.Connection, *, only_id: str | None, name: str | None, limit: int, offset: int
-) -> list[dict[str, Any]]:
+) -> list[Tenant]:
     rows = await conn.fetch(
         f"""
         SELECT {COLUMNS} FROM tenants
@@ -43,13 +44,13 @@ async def list_(
         limit,
         offset,
     )
-    return [dict(r) for r in rows]
+    return [row_as(Tenant, r) for r in rows]
 
 
-async def rename(conn: asyncpg.Connection, tenant_id: str, name: str) -> dict[str, Any]:
+async def rename(conn: asyncpg.Connection, tenant_id: str, name: str) -> Tenant:
     row = await conn.fetchrow(
         f"UPDATE tenants SET name = $2, updated_at = now(), version = version + 1 WHERE id = $1 RETURNING {COLUMNS}",
         tenant_id,
         name,
     )
-    return dict(row)
+    return row_as(Tenant, row)

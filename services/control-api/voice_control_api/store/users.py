@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from ..models import User
+from ..security import Role
+from . import pick, row_as, set_clause
+
 COLUMNS = "id, tenant_id, email, name, role, is_active, created_at, updated_at, version"
+_UPDATABLE = frozenset({"name", "role", "is_active", "password_hash"})
+
+
+@dataclass(frozen=True)
+class UserStatus:
+    """What every request re-reads about the user behind an access token."""
+
+    id: str
+    tenant_id: str
+    role: Role
+    is_active: bool
+
+
+@dataclass(frozen=True)
+class Credentials(UserStatus):
+    password_hash: str | None
+
+
+@dataclass(frozen=True)
+class RefreshTokenRow:
+    id: str
+    user_id: str
+    tenant_id: str
+    revoked_at: datetime | None
+    expired: bool
+    role: Role
+    is_active: bool
 
 
 async def create(
@@ -19,7 +51,7 @@ async def create(
     name: str | None,
     role: str,
     password_hash: str,
-) -> dict[str, Any]:
+) -> User:
     row = await conn.fetchrow(
         f"""
         INSERT INTO users (id, tenant_id, email, name, role, password_hash)
@@ -32,21 +64,25 @@ async def create(
         role,
         password_hash,
     )
-    return dict(row)
+    return row_as(User, row)
 
 
-async def get(
-    conn: asyncpg.Connection, tenant_id: str, user_id: str, *, for_update: bool = False
-) -> dict[str, Any] | None:
+async def get(conn: asyncpg.Connection, tenant_id: str, user_id: str, *, for_update: bool = False) -> User | None:
     lock = " FOR UPDATE" if for_update else ""
     row = await conn.fetchrow(f"SELECT {COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2{lock}", tenant_id, user_id)
-    return dict(row) if row else None
+    return row_as(User, row) if row else None
 
 
-async def credentials_by_email(conn: asyncpg.Connection, email: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
+async def status(conn: asyncpg.Connection, user_id: str) -> UserStatus | None:
+    row = await conn.fetchrow("SELECT id, tenant_id, role, is_active FROM users WHERE id = $1", user_id)
+    return row_as(UserStatus, row) if row else None
+
+
+async def credentials_by_email(conn: asyncpg.Connection, email: str) -> Credentials | None:
+    row = await conn.fetchrow(
         "SELECT id, tenant_id, role, is_active, password_hash FROM users WHERE lower(email) = lower($1)", email
     )
+    return row_as(Credentials, row) if row else None
 
 
 async def password_hash(conn: asyncpg.Connection, user_id: str) -> str | None:
@@ -71,7 +107,7 @@ async def list_(
     email: str | None,
     limit: int,
     offset: int,
-) -> list[dict[str, Any]]:
+) -> list[User]:
     rows = await conn.fetch(
         f"""
         SELECT {COLUMNS} FROM users
@@ -86,21 +122,19 @@ async def list_(
         limit,
         offset,
     )
-    return [dict(r) for r in rows]
+    return [row_as(User, r) for r in rows]
 
 
-async def update(conn: asyncpg.Connection, tenant_id: str, user_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"name", "role", "is_active", "password_hash"}
-    cols = [c for c in changes if c in allowed]
-    sets = ", ".join(f"{c} = ${i + 3}" for i, c in enumerate(cols))
-    sets = (sets + ", " if sets else "") + "updated_at = now(), version = version + 1"
+async def update(conn: asyncpg.Connection, tenant_id: str, user_id: str, changes: dict[str, Any]) -> User:
+    """``changes``: column -> new value, of name, role, is_active and password_hash."""
+    cols = pick(changes, _UPDATABLE)
     row = await conn.fetchrow(
-        f"UPDATE users SET {sets} WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}",
+        f"UPDATE users SET {set_clause(cols, 3)} WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}",
         tenant_id,
         user_id,
         *(changes[c] for c in cols),
     )
-    return dict(row)
+    return row_as(User, row)
 
 
 async def delete(conn: asyncpg.Connection, tenant_id: str, user_id: str) -> None:
@@ -128,8 +162,8 @@ async def add_refresh_token(
     )
 
 
-async def refresh_token(conn: asyncpg.Connection, token_hash: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
+async def refresh_token(conn: asyncpg.Connection, token_hash: str) -> RefreshTokenRow | None:
+    row = await conn.fetchrow(
         """
         SELECT t.id, t.user_id, t.tenant_id, t.revoked_at, t.expires_at <= now() AS expired,
                u.role, u.is_active
@@ -138,6 +172,7 @@ async def refresh_token(conn: asyncpg.Connection, token_hash: str) -> asyncpg.Re
         """,
         token_hash,
     )
+    return row_as(RefreshTokenRow, row) if row else None
 
 
 async def revoke_refresh_token(conn: asyncpg.Connection, token_id: str) -> None:

@@ -6,7 +6,11 @@ from typing import Any
 
 import asyncpg
 
+from ..models import Webhook, WebhookWithSecret
+from . import pick, row_as, set_clause
+
 COLUMNS = "id, tenant_id, url, events, description, is_active, created_at, updated_at, version"
+_UPDATABLE = frozenset({"url", "events", "description", "is_active", "secret"})
 
 
 async def create(
@@ -19,7 +23,7 @@ async def create(
     secret: str,
     description: str | None,
     is_active: bool,
-) -> dict[str, Any]:
+) -> WebhookWithSecret:
     row = await conn.fetchrow(
         f"""
         INSERT INTO webhooks (id, tenant_id, url, events, secret, description, is_active)
@@ -33,22 +37,22 @@ async def create(
         description,
         is_active,
     )
-    return dict(row)
+    return row_as(WebhookWithSecret, row)
 
 
 async def get(
     conn: asyncpg.Connection, tenant_id: str, webhook_id: str, *, for_update: bool = False
-) -> dict[str, Any] | None:
+) -> Webhook | None:
     lock = " FOR UPDATE" if for_update else ""
     row = await conn.fetchrow(
         f"SELECT {COLUMNS} FROM webhooks WHERE tenant_id = $1 AND id = $2{lock}", tenant_id, webhook_id
     )
-    return dict(row) if row else None
+    return row_as(Webhook, row) if row else None
 
 
 async def list_(
     conn: asyncpg.Connection, tenant_id: str, *, is_active: bool | None, event: str | None, limit: int, offset: int
-) -> list[dict[str, Any]]:
+) -> list[Webhook]:
     rows = await conn.fetch(
         f"""
         SELECT {COLUMNS} FROM webhooks
@@ -61,21 +65,21 @@ async def list_(
         limit,
         offset,
     )
-    return [dict(r) for r in rows]
+    return [row_as(Webhook, r) for r in rows]
 
 
-async def update(conn: asyncpg.Connection, tenant_id: str, webhook_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"url", "events", "description", "is_active", "secret"}
-    cols = [c for c in changes if c in allowed]
-    sets = ", ".join(f"{c} = ${i + 3}" for i, c in enumerate(cols))
-    sets = (sets + ", " if sets else "") + "updated_at = now(), version = version + 1"
+async def update(
+    conn: asyncpg.Connection, tenant_id: str, webhook_id: str, changes: dict[str, Any]
+) -> WebhookWithSecret:
+    """``changes``: column -> new value, of url, events, description, is_active and secret."""
+    cols = pick(changes, _UPDATABLE)
     row = await conn.fetchrow(
-        f"UPDATE webhooks SET {sets} WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}, secret",
+        f"UPDATE webhooks SET {set_clause(cols, 3)} WHERE tenant_id = $1 AND id = $2 RETURNING {COLUMNS}, secret",
         tenant_id,
         webhook_id,
         *(changes[c] for c in cols),
     )
-    return dict(row)
+    return row_as(WebhookWithSecret, row)
 
 
 async def delete(conn: asyncpg.Connection, tenant_id: str, webhook_id: str) -> None:

@@ -7,10 +7,11 @@ import secrets
 import asyncpg
 from voice_runtime.logging import get_logger
 
-from . import audit
-from .security import key_prefix, new_id, sha256_hex
-from .settings import ControlApiSettings
-from .store import api_keys, tenants
+from ..security import key_prefix, new_id, sha256_hex
+from ..settings import ControlApiSettings
+from ..store import api_keys, tenants
+from ..store import secrets as platform_secrets
+from .audit_log import record
 
 log = get_logger(__name__)
 _LOCK = 0x766F6963_62  # "voicb": one replica bootstraps at a time
@@ -30,7 +31,7 @@ async def bootstrap(pool: asyncpg.Pool, settings: ControlApiSettings) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
         if await tenants.ensure(conn, tenant_id, settings.bootstrap_tenant_name):
-            await audit.record(conn, None, "tenant.create", "tenant", tenant_id, tenant_id=tenant_id, by="bootstrap")
+            await record(conn, None, "tenant.create", "tenant", tenant_id, tenant_id=tenant_id, by="bootstrap")
             log.info("bootstrap_tenant_created", tenant_id=tenant_id)
         existing = await api_keys.by_hash(conn, key_hash)
         if existing is None:
@@ -46,25 +47,25 @@ async def bootstrap(pool: asyncpg.Pool, settings: ControlApiSettings) -> None:
                 source="bootstrap",
                 created_by="bootstrap",
             )
-            await audit.record(
+            await record(
                 conn,
                 None,
                 "api_key.create",
                 "api_key",
-                row["id"],
+                row.id,
                 tenant_id=tenant_id,
                 by="bootstrap",
                 platform_admin=True,
             )
-            log.info("bootstrap_key_created", key_id=row["id"])
-        elif existing["revoked_at"] is not None:
+            log.info("bootstrap_key_created", key_id=row.id)
+        elif existing.revoked_at is not None:
             log.warning(
                 "bootstrap_key_revoked",
-                key_id=existing["id"],
+                key_id=existing.id,
                 hint="set BOOTSTRAP_ADMIN_KEY to a new value to get a working platform-admin key",
             )
         for key_id in await api_keys.revoke_other_bootstrap_keys(conn, key_hash):
-            await audit.record(
+            await record(
                 conn,
                 None,
                 "api_key.revoke",
@@ -82,8 +83,4 @@ async def signing_secret(pool: asyncpg.Pool, settings: ControlApiSettings) -> st
     if settings.jwt_secret is not None and settings.jwt_secret.get_secret_value():
         return settings.jwt_secret.get_secret_value()
     async with pool.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO platform_secrets (name, value) VALUES ('jwt', $1) ON CONFLICT (name) DO NOTHING",
-            secrets.token_urlsafe(48),
-        )
-        return str(await conn.fetchval("SELECT value FROM platform_secrets WHERE name = 'jwt'"))
+        return await platform_secrets.ensure(conn, "jwt", secrets.token_urlsafe(48))

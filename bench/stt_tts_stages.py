@@ -1,6 +1,6 @@
 """Stage latency bench for stt and tts on this machine (not a test).
 
-    .venv/bin/python -m tests.stt.bench_stages [--runs 10]
+    .venv/bin/python -m bench.stt_tts_stages [--runs 10]
 
 - stt: inference time of a ~3 s utterance (piper speech) at beam 1 and beam 5, clean 16 kHz and through an
   8 kHz mu-law phone line, with the service's decoding options and threads.
@@ -17,23 +17,21 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from nats.aio.msg import Msg
+from voice_devstack.speech import phone_line_pcm16, speech_pcm16, word_error_rate
+from voice_devstack.stack import embedded_nats
 from voice_runtime.bus import Bus
 from voice_schemas import make, subjects
 from voice_schemas.audio import AudioFrame
 from voice_schemas.events import ReplyChunk
-from voice_stt.models import resolve_model
-from voice_stt.whisper import DecodeOptions, WhisperSpeechToText
+from voice_stt.engines.whisper import DecodeOptions, WhisperSettings, WhisperSpeechToText
 from voice_tts.calls import CallAudio
 from voice_tts.service import TtsService
 from voice_tts.settings import TtsSettings
 from voice_tts.speaker import ChunkJob, speak_chunk
-
-from .natsd import private_nats
-from .speech import phone_line_pcm16, piper, speech_pcm16, word_error_rate
+from voice_tts.voices import Voices
 
 UTTERANCE = "I would like to book a table for two people tomorrow evening."
 SENTENCE = "Sure, I can book a table for two people tonight."  # 10 words
@@ -54,12 +52,12 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def bench_stt(runs: int, model: str) -> None:
+async def bench_stt(runs: int, model: str) -> None:
     threads = os.cpu_count() or 1
     clean, phone = speech_pcm16(UTTERANCE), phone_line_pcm16(UTTERANCE)
     print(f"stt {model}: utterance {len(clean) / 32000:.2f} s, {threads} threads")
-    stt = WhisperSpeechToText(resolve_model(model, Path(".state")), model, cpu_threads=threads)
-    stt.warm_up()
+    stt = WhisperSpeechToText(WhisperSettings(stt_model=model, stt_cpu_threads=threads), timeout_s=120.0)
+    await stt.start()  # loads and warms up
     cases = [(beam, name, pcm, rate) for beam in (1, 5)
              for name, pcm, rate in (("16 kHz", clean, 16_000), ("8 kHz mu-law", phone, 8_000))]
     wall: dict[int, list[float]] = {i: [] for i in range(len(cases))}
@@ -69,16 +67,17 @@ def bench_stt(runs: int, model: str) -> None:
         for i, (beam, _name, pcm, rate) in enumerate(cases):
             stt.decode = DecodeOptions(beam_size=beam)
             c0, t0 = cpu_s(), time.perf_counter()
-            texts[i] = stt.transcribe(pcm, rate, "en").text
+            texts[i] = (await stt.transcribe(pcm, rate, "en")).text
             wall[i].append(time.perf_counter() - t0)
             cpu[i].append(cpu_s() - c0)
+    stt.close()
     for i, (beam, name, _pcm, _rate) in enumerate(cases):
         print(f"  beam {beam} {name:13s} wall {fmt(wall[i])}  cpu p50 {statistics.median(cpu[i]) * 1000:5.0f} ms"
               f"  WER {word_error_rate(UTTERANCE, texts[i]):.2f}  {texts[i]!r}")
 
 
 async def bench_tts(runs: int) -> None:
-    tts = piper()
+    tts = Voices().get(None)  # the service's default voice, loaded as the service loads it
     for _ in tts.synthesize("Warm up."):
         pass
 
@@ -101,7 +100,7 @@ async def bench_tts(runs: int) -> None:
         print(f"tts engine first frame, {how:18s} ({r.audio_s:.1f} s of audio): {fmt(engine)}"
               f"  cpu per chunk p50 {statistics.median(synth_cpu) * 1000:.0f} ms")
 
-    with private_nats() as url:
+    with embedded_nats() as url:
         svc = TtsService(TtsSettings(nats_url=url, shutdown_grace_s=2.0))
         await svc.start()
         bus = await Bus.connect(url, "bench")
@@ -137,7 +136,7 @@ def main() -> None:
     a = ap.parse_args()
     print(f"load average before: {os.getloadavg()}")
     if not a.skip_stt:
-        bench_stt(a.runs, a.model)
+        asyncio.run(bench_stt(a.runs, a.model))
     if not a.skip_tts:
         asyncio.run(bench_tts(a.runs))
     print(f"load average after: {os.getloadavg()}")

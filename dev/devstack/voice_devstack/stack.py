@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+from voice_runtime.paths import state_dir
+
 DB_NAME = "voice_platform"
 EMBEDDED_PG_PORT = 55432
 LLM_PORT = 8090
@@ -42,12 +43,6 @@ SERVICES: tuple[tuple[str, str, int], ...] = (
     ("tts", "voice_tts", 8084),
     ("analytics", "voice_analytics", 8085),
 )
-
-
-def state_dir() -> Path:
-    p = Path(os.environ.get("STATE_DIR", REPO / ".state")).resolve()
-    p.mkdir(parents=True, exist_ok=True)
-    return p
 
 
 def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
@@ -66,16 +61,22 @@ def wait_port(host: str, port: int, timeout: float) -> bool:
 
 
 # ---------------------------------------------------------------------------- NATS
-async def _jetstream_ok(url: str) -> bool:
+async def jetstream_ok(url: str) -> bool:
+    """A server with JetStream that is new enough for our consumers (an old one is passed over, said once)."""
     import nats
+    from voice_runtime.bus import UnsupportedServer, check_server_version, server_version
 
     try:
         nc = await nats.connect(url, connect_timeout=1, allow_reconnect=False, max_reconnect_attempts=0)
     except Exception:
         return False
     try:
+        check_server_version(server_version(nc))
         await nc.jetstream().account_info()
         return True
+    except UnsupportedServer as e:
+        print(f"note: not using the NATS server at {url}: {e}", file=sys.stderr)
+        return False
     except Exception:
         return False
     finally:
@@ -134,7 +135,7 @@ def resolve_nats() -> tuple[str, list[str] | None]:
     url = os.environ.get("NATS_URL")
     if url:
         return url, None
-    if port_open("127.0.0.1", 4222) and asyncio.run(_jetstream_ok("nats://127.0.0.1:4222")):
+    if port_open("127.0.0.1", 4222) and asyncio.run(jetstream_ok("nats://127.0.0.1:4222")):
         return "nats://127.0.0.1:4222", None
     port = 4222 if not port_open("127.0.0.1", 4222) else 14222
     return f"nats://127.0.0.1:{port}", nats_command(port, state_dir() / "nats")
@@ -340,7 +341,3 @@ def main() -> None:
         raise SystemExit(run())
     r = resolve()
     print(f"NATS_URL={r.nats_url}\nDATABASE_URL={r.database_url}\nLLM_BASE_URL={r.llm_base_url}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,3 @@
+from voice_devstack.stack import main
+
+main()

@@ -1,0 +1,124 @@
+"""Provider ``openai``: any OpenAI-compatible chat-completions endpoint (llama.cpp, vLLM, Ollama, OpenAI...)
+through the ``openai`` client, streamed.
+
+One ``AsyncOpenAI`` client is kept per endpoint (URL and key), at most ``LLM_OPENAI_MAX_CLIENTS`` of them: an
+agent may name its own endpoint, and a client keeps its connection pool warm between turns. Endpoints that
+reject the ``tools`` parameter (HTTP 400) are remembered and called without tools from then on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from openai import AsyncOpenAI, BadRequestError, Timeout
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .base import ChatLimits, ChatModel, ChatRequest, Delta, Endpoint, ToolCall
+
+
+class OpenAIChatSettings(BaseSettings):
+    """Settings of this engine only (environment, prefix ``LLM_OPENAI_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LLM_OPENAI_", env_file=None, extra="ignore")
+
+    # a retry inside the first-token budget only delays the apology; the caller's next turn is the retry
+    max_retries: int = Field(0, ge=0, le=3, description="Client retries of a failed request")
+    connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect bound per request")
+    max_clients: int = Field(64, ge=1, description="Endpoints kept with a live client (oldest dropped first)")
+
+
+@dataclass
+class _Client:
+    client: AsyncOpenAI
+    tools_supported: bool = True
+
+
+class OpenAIChatModel(ChatModel):
+    provider: ClassVar[str] = "openai"
+
+    def __init__(self, client: _Client, model: str, limits: ChatLimits) -> None:
+        super().__init__(model, limits)
+        self._c = client
+
+    async def _stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+        client = self._c.client
+        kw: dict[str, Any] = dict(model=self.model, messages=[dict(m) for m in request.messages],
+                                  temperature=request.temperature, max_tokens=request.max_tokens, stream=True)
+        if request.tools and self._c.tools_supported:
+            kw["tools"] = [dict(t) for t in request.tools]
+        try:
+            stream = await client.chat.completions.create(**kw)
+        except BadRequestError:
+            if "tools" not in kw:
+                raise
+            self._c.tools_supported = False
+            kw.pop("tools")
+            stream = await client.chat.completions.create(**kw)
+        calls: dict[int, dict[str, str]] = {}
+        try:
+            async for chunk in stream:
+                if not chunk.choices:
+                    continue
+                d = chunk.choices[0].delta
+                for tc in d.tool_calls or ():
+                    slot = calls.setdefault(tc.index, {"name": "", "args": ""})
+                    if tc.function and tc.function.name:
+                        slot["name"] += tc.function.name
+                    if tc.function and tc.function.arguments:
+                        slot["args"] += tc.function.arguments
+                if d.content:
+                    yield Delta(text=d.content)
+        finally:
+            await stream.close()
+        if calls:
+            yield Delta(tool_calls=tuple(_tool_call(s["name"], s["args"]) for s in calls.values()))
+
+
+def _tool_call(name: str, raw_args: str) -> ToolCall:
+    try:
+        args = json.loads(raw_args) if raw_args else {}
+    except json.JSONDecodeError:
+        args = {}
+    return ToolCall(name, args if isinstance(args, dict) else {})
+
+
+class OpenAIProvider:
+    name = "openai"
+
+    def __init__(self, limits: ChatLimits, settings: OpenAIChatSettings | None = None) -> None:
+        self.limits = limits
+        self.settings = settings or OpenAIChatSettings()
+        self._clients: OrderedDict[Endpoint, _Client] = OrderedDict()
+
+    def model(self, endpoint: Endpoint, model: str) -> ChatModel:
+        return OpenAIChatModel(self._client(endpoint), model, self.limits)
+
+    def _client(self, endpoint: Endpoint) -> _Client:
+        c = self._clients.get(endpoint)
+        if c is not None:
+            self._clients.move_to_end(endpoint)
+            return c
+        s = self.settings
+        c = self._clients[endpoint] = _Client(AsyncOpenAI(
+            base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=s.max_retries,
+            timeout=Timeout(self.limits.total_timeout_s, connect=s.connect_timeout_s),
+        ))
+        while len(self._clients) > s.max_clients:
+            # not closed here: a reply may still be streaming through it; its pool is freed with it
+            self._clients.popitem(last=False)
+        return c
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), OrderedDict()
+        for c in clients:
+            await c.client.close()
+
+
+def provider(limits: ChatLimits) -> OpenAIProvider:
+    """The registry's entry for ``LLM_PROVIDER=openai``."""
+    return OpenAIProvider(limits)

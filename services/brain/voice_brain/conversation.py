@@ -1,0 +1,231 @@
+"""The conversation of one call as data and pure operations: no bus, no KV, no clock of its own.
+
+``CallHistory`` is what brain keeps per call (in JetStream KV, see ``history.py``, so any replica can take the
+next turn). Its methods are the state changes the handlers make. Each runs inside a compare-and-set retry loop,
+possibly more than once on fresh copies, so each is a deterministic function of the history and its arguments
+(times are passed in) and returns what the caller acts on instead of setting flags in closures.
+
+What the caller heard: a reply is a list of chunks (sentences); ingress reports each chunk that finished
+playing (``mark_heard``) and, when playout ends, the full set (``settle``). A reply cut off by a barge-in
+keeps only the heard chunks, in the turn and in the prompt of the next turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+from voice_schemas import events
+
+GREETING = "greeting"
+
+END_CALL = "end_call"
+END_CALL_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": END_CALL,
+        "description": "Hang up the phone call after saying goodbye, when the caller is done.",
+        "parameters": {"type": "object", "properties": {"reason": {"type": "string"}}},
+    },
+}
+
+
+def iso(wall_ms: float) -> str:
+    """ISO-8601 UTC time of a wall-clock instant in milliseconds."""
+    return datetime.fromtimestamp(wall_ms / 1000, UTC).isoformat()
+
+
+def span_ms(start: float | None, end: float | None) -> float | None:
+    """``end - start`` rounded to 0.1 ms; None when either is unknown (0 counts as unknown)."""
+    return round(end - start, 1) if start and end else None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTimings:
+    """When the model started, produced its first token and its first complete sentence (wall ms / ms)."""
+
+    llm_start_wall_ms: float
+    llm_first_token_ms: float | None
+    llm_first_sentence_ms: float | None
+    first_sentence_wall_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class SentChunk:
+    """One reply chunk as it goes out. ``timings`` only on the first chunk of a reply."""
+
+    index: int
+    text: str
+    final: bool
+    hang_up: bool = False
+    timings: ReplyTimings | None = None
+
+
+class TurnState(BaseModel):
+    turn_id: str
+    epoch: int = 0
+    caller_text: str | None = None
+    caller_started_at: str | None = None
+    caller_ended_at: str | None = None
+    chunks: list[str] = Field(default_factory=list)
+    reply_done: bool = False
+    heard_chunks: list[int] = Field(default_factory=list)
+    interrupted: bool = False
+    completed: bool = False
+    speech_end_wall_ms: float = 0.0
+    end_of_turn_ms: float | None = None
+    stt_ms: float | None = None
+    llm_start_wall_ms: float | None = None
+    llm_first_token_ms: float | None = None
+    llm_first_sentence_ms: float | None = None
+    first_sentence_wall_ms: float | None = None
+    first_audio_wall_ms: float | None = None
+    agent_started_at: str | None = None
+    hangup_after: bool = False
+
+
+class CallHistory(BaseModel):
+    call_id: str
+    tenant_id: str
+    agent_id: str
+    agent_version: int
+    epoch: int = 0
+    ended: bool = False
+    messages: list[dict[str, Any]] = Field(default_factory=list)
+    turns: dict[str, TurnState] = Field(default_factory=dict)
+
+    # ------------------------------------------------------------ reading
+    def heard_text(self, turn: TurnState) -> str:
+        if turn.interrupted:
+            heard = [turn.chunks[i] for i in sorted(set(turn.heard_chunks)) if i < len(turn.chunks)]
+        else:
+            heard = turn.chunks
+        return " ".join(c for c in heard if c)
+
+    def prompt(self, system_prompt: str, max_messages: int) -> list[dict[str, Any]]:
+        """The chat messages for the next completion: the agent's prompt, then the latest ``max_messages``."""
+        recent = self.messages[-max_messages:] if max_messages > 0 else []
+        return [{"role": "system", "content": system_prompt}] + [
+            {"role": m["role"], "content": m["content"]} for m in recent
+        ]
+
+    def open_turn(self, turn_id: str | None) -> TurnState | None:
+        """The turn while it still takes playout reports (None once completed or unknown)."""
+        t = self.turns.get(turn_id) if turn_id else None
+        return t if t is not None and not t.completed else None
+
+    # ------------------------------------------------------------ the agent speaks first
+    def greet(self, text: str, now_ms: float) -> bool:
+        """Record the greeting; False when it was already recorded (a redelivered ``CallAnswered``)."""
+        if GREETING in self.turns:
+            return False
+        self.turns[GREETING] = TurnState(turn_id=GREETING, chunks=[text], reply_done=True,
+                                         agent_started_at=iso(now_ms), first_sentence_wall_ms=now_ms)
+        self.messages.append({"role": "assistant", "content": text, "turn_id": GREETING})
+        return True
+
+    # ------------------------------------------------------------ a caller turn
+    def add_caller_turn(self, turn_id: str, epoch: int, transcript: events.TranscriptFinalized) -> bool:
+        """Add the caller's words as a new turn; False (nothing changed) for a redelivered transcript, an
+        ended call, a stale epoch or empty text."""
+        text = transcript.text.strip()
+        if not text or turn_id in self.turns or self.ended or epoch < self.epoch:
+            return False
+        self.epoch = max(self.epoch, epoch)
+        d = transcript
+        self.turns[turn_id] = TurnState(
+            turn_id=turn_id, epoch=epoch, caller_text=text,
+            caller_started_at=iso(d.speech_end_wall_ms - (d.end_ms - d.start_ms)) if d.speech_end_wall_ms else None,
+            caller_ended_at=iso(d.speech_end_wall_ms) if d.speech_end_wall_ms else None,
+            speech_end_wall_ms=d.speech_end_wall_ms, end_of_turn_ms=d.end_of_turn_ms, stt_ms=d.stt_ms,
+        )
+        self.messages.append({"role": "user", "content": text, "turn_id": turn_id})
+        return True
+
+    def record_chunk(self, turn_id: str, chunk: SentChunk) -> None:
+        """A reply chunk went out (published right after this is stored)."""
+        t = self.turns.get(turn_id)
+        if t is None:
+            return
+        if chunk.index < len(t.chunks):
+            t.chunks[chunk.index] = chunk.text
+        else:
+            t.chunks.append(chunk.text)
+        t.reply_done = chunk.final
+        t.hangup_after = t.hangup_after or (chunk.final and chunk.hang_up)
+        if chunk.timings is not None:
+            x = chunk.timings
+            t.llm_start_wall_ms = x.llm_start_wall_ms
+            t.llm_first_token_ms = x.llm_first_token_ms
+            t.llm_first_sentence_ms = x.llm_first_sentence_ms
+            t.first_sentence_wall_ms = x.first_sentence_wall_ms
+            t.agent_started_at = iso(x.first_sentence_wall_ms)
+
+    # ------------------------------------------------------------ what the caller heard
+    def note_first_audio(self, turn_id: str | None, wall_ms: float) -> None:
+        t = self.open_turn(turn_id)
+        if t is not None and t.first_audio_wall_ms is None:
+            t.first_audio_wall_ms = wall_ms
+
+    def mark_heard(self, turn_id: str | None, chunk: int) -> None:
+        """A chunk finished playing. Ignored once the turn is settled: a mark that arrives after the
+        playout report of a barge-in must not add words the caller never heard to the settled reply."""
+        t = self.open_turn(turn_id)
+        if t is not None:
+            t.heard_chunks.append(chunk)
+
+    def settle(self, turn_id: str | None, heard_chunks: list[int], cleared: bool) -> TurnState | None:
+        """Playout of the turn ended: complete it with what was heard and put that in the prompt history.
+        Returns a copy of the completed turn, or None when there is nothing to complete (already done)."""
+        t = self.open_turn(turn_id)
+        if t is None:
+            return None
+        t.heard_chunks = sorted(set(t.heard_chunks) | set(heard_chunks))
+        if cleared or not t.reply_done:
+            t.interrupted = True
+        t.completed = True
+        heard = self.heard_text(t)
+        for m in self.messages:
+            if m.get("turn_id") == t.turn_id and m["role"] == "assistant":
+                m["content"] = heard
+                break
+        else:
+            self.messages.append({"role": "assistant", "content": heard, "turn_id": t.turn_id})
+        return t.model_copy()
+
+    # ------------------------------------------------------------ notes and the end
+    def add_note(self, text: str) -> None:
+        """An instruction for the model the caller does not hear (whisper, DTMF, a supervisor's decision)."""
+        self.messages.append({"role": "system", "content": text})
+
+    def end(self) -> list[TurnState]:
+        """The call ended: close it to new turns; returns copies of the turns that had started speaking but
+        were never settled (completed now, interrupted unless every chunk was heard)."""
+        self.ended = True
+        unfinished: list[TurnState] = []
+        for t in self.turns.values():
+            if not t.completed and t.chunks:
+                t.completed = True
+                t.interrupted = t.interrupted or not t.reply_done or len(set(t.heard_chunks)) < len(t.chunks)
+                if t.interrupted:
+                    t.heard_chunks = sorted(set(t.heard_chunks))
+                unfinished.append(t.model_copy())
+        return unfinished
+
+
+def turn_completed(h: CallHistory, t: TurnState, now_ms: float) -> events.TurnCompleted:
+    """The ``turn.completed`` fact for a settled turn, with its latency breakdown."""
+    latency = events.LatencyBreakdown(
+        end_of_turn_ms=t.end_of_turn_ms, stt_ms=t.stt_ms, llm_first_token_ms=t.llm_first_token_ms,
+        llm_first_sentence_ms=t.llm_first_sentence_ms,
+        bus_and_playout_ms=span_ms(t.first_sentence_wall_ms, t.first_audio_wall_ms),
+        voice_to_voice_ms=span_ms(t.speech_end_wall_ms, t.first_audio_wall_ms),
+    )
+    started = t.agent_started_at or iso(t.first_audio_wall_ms if t.first_audio_wall_ms else now_ms)
+    return events.TurnCompleted(
+        caller_text=t.caller_text, caller_started_at=t.caller_started_at, caller_ended_at=t.caller_ended_at,
+        agent_text=h.heard_text(t), agent_started_at=started, agent_ended_at=iso(now_ms),
+        interrupted=t.interrupted, latency=latency,
+    )

@@ -1,0 +1,85 @@
+"""Streaming one reply: model deltas in, complete sentences out as soon as each is complete.
+
+``stream_reply`` takes the model's delta stream (a ``ChatModel.stream``, which enforces the first-token and
+total limits) and an ``emit`` callable (the service stores the chunk in history and publishes it). It owns no
+bus and no model, so interruption, limits, tool calls and the apology are unit-testable with a fake model.
+
+Rules:
+
+- Each sentence goes out the moment the chunker completes it (``final=False``); what is left when the stream
+  ends goes out as the final chunk, which may be empty (tts then closes the turn with one silent frame).
+- A reply with no text at all says ``GOODBYE`` after an ``end_call`` tool call, ``SAY_AGAIN`` otherwise.
+- Any failure (the model's, a limit, a failed emit) ends the reply with ``apology`` as the final chunk.
+- Cancellation (a barge-in, a newer caller turn) emits nothing more: the partial sentence is dropped.
+- ``end_call`` sets ``hang_up`` on the final chunk and on the outcome; the service then hangs up after playout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from .chat import Delta
+from .chunking import SentenceChunker
+from .conversation import END_CALL, ReplyTimings, SentChunk, span_ms
+
+GOODBYE = "Goodbye."
+SAY_AGAIN = "Sorry, could you say that again?"
+
+Emit = Callable[[SentChunk], Awaitable[None]]
+Clock = Callable[[], float]  # wall-clock milliseconds
+
+
+def wall_ms() -> float:
+    return time.time() * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyOutcome:
+    chunks: int  # chunks emitted, the final one included
+    hang_up: bool
+    error: Exception | None = None  # why the reply ended in the apology
+
+
+async def stream_reply(deltas: AsyncIterator[Delta], emit: Emit, *, apology: str, clock: Clock = wall_ms,
+                       min_sentence_chars: int | None = None) -> ReplyOutcome:
+    """Turn ``deltas`` into emitted chunks (see the module rules). Closes ``deltas`` when done or cancelled."""
+    chunker = SentenceChunker() if min_sentence_chars is None else SentenceChunker(min_sentence_chars)
+    started = clock()
+    first_token: float | None = None
+    index = 0
+    hang_up = False
+
+    async def send(text: str, final: bool) -> None:
+        nonlocal index
+        i = index
+        index += 1
+        timings = None
+        if i == 0:
+            now = clock()
+            timings = ReplyTimings(llm_start_wall_ms=started, llm_first_token_ms=span_ms(started, first_token),
+                                   llm_first_sentence_ms=span_ms(started, now), first_sentence_wall_ms=now)
+        await emit(SentChunk(index=i, text=text, final=final, hang_up=final and hang_up, timings=timings))
+
+    try:
+        try:
+            async for delta in deltas:
+                if delta.text and first_token is None:
+                    first_token = clock()
+                if any(call.name == END_CALL for call in delta.tool_calls):
+                    hang_up = True
+                for sentence in chunker.push(delta.text):
+                    await send(sentence, final=False)
+        finally:
+            aclose = getattr(deltas, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        rest = chunker.flush()
+        if not rest and index == 0:
+            rest = GOODBYE if hang_up else SAY_AGAIN
+        await send(rest, final=True)
+    except Exception as e:
+        await send(apology, final=True)
+        return ReplyOutcome(chunks=index, hang_up=hang_up, error=e)
+    return ReplyOutcome(chunks=index, hang_up=hang_up)

@@ -1,0 +1,73 @@
+"""The audit log: who changed what, when. Entries are written in the transaction of the change they record.
+
+Details name the fields that changed and the resulting version, never their values (prompts and
+numbers stay out of the log).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ..context import AppContext, request_id_var
+from ..principal import Principal
+from ..store import audit as store
+from ..store.audit import AuditEntryRow
+from .common import Listing, Pagination, connection
+
+
+async def record(
+    conn: asyncpg.Connection,
+    actor: Principal | None,
+    action: str,
+    resource_type: str,
+    resource_id: str | None,
+    *,
+    tenant_id: str | None = None,
+    **details: Any,
+) -> None:
+    """Append an entry; ``actor`` None is the system (start-up chores)."""
+    tenant = tenant_id or (actor.tenant_id if actor else None)
+    if tenant is None:
+        raise ValueError("audit entry needs a tenant")
+    await store.append(
+        conn,
+        tenant_id=tenant,
+        actor_type=actor.actor_type if actor else "system",
+        actor_id=actor.actor_id if actor else None,
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        request_id=request_id_var.get(),
+        details=details,
+    )
+
+
+async def list_entries(
+    ctx: AppContext,
+    principal: Principal,
+    paging: Pagination,
+    *,
+    resource_type: str | None,
+    resource_id: str | None,
+    action: str | None,
+    actor_id: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> Listing[AuditEntryRow]:
+    async with connection(ctx) as conn:
+        rows = await store.list_(
+            conn,
+            principal.tenant_id,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            action=action,
+            actor_id=actor_id,
+            since=since,
+            until=until,
+            limit=paging.fetch,
+            offset=paging.offset,
+        )
+    return paging.page(rows)

@@ -1,0 +1,62 @@
+"""The config mirror in JetStream KV: written after each database commit, and the snapshot a resync compares with.
+
+A KV write that fails is logged and left to the resync the failure requests; it never fails the request,
+whose change is already committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from voice_runtime.logging import get_logger
+
+from ..context import AppContext
+from ..kvsync import Snapshot
+from ..store import agents, numbers
+from ..store.agents import AgentRow
+from ..store.numbers import PhoneNumberRow
+
+log = get_logger(__name__)
+
+
+async def _mirror(ctx: AppContext, write: Callable[[], Awaitable[object]], event: str, **ids: str) -> None:
+    try:
+        await write()
+    except Exception as e:
+        log.warning(event, **ids, error=repr(e)[:300])
+        ctx.request_resync()
+
+
+async def publish_agent(ctx: AppContext, agent: AgentRow) -> None:
+    """The agent's current version, under its version key and (moving forward only) its current key."""
+    await _mirror(ctx, lambda: ctx.publisher.publish_agent(agent.config), "kv_publish_failed", agent_id=agent.id)
+
+
+async def retract_agent(ctx: AppContext, agent_id: str) -> None:
+    await _mirror(ctx, lambda: ctx.publisher.retract_agent(agent_id), "kv_retract_failed", agent_id=agent_id)
+
+
+async def publish_number(ctx: AppContext, row: PhoneNumberRow, *, old_number: str | None = None) -> None:
+    """The number's route; ``old_number``, when the number itself changed, loses its route."""
+
+    async def write() -> None:
+        if old_number is not None and old_number != row.number:
+            await ctx.publisher.retract_number(old_number)
+        await ctx.publisher.publish_number(row.route)
+
+    await _mirror(ctx, write, "kv_publish_failed", number_id=row.id)
+
+
+async def retract_number(ctx: AppContext, row: PhoneNumberRow) -> None:
+    await _mirror(ctx, lambda: ctx.publisher.retract_number(row.number), "kv_retract_failed", number_id=row.id)
+
+
+async def load_snapshot(pool: asyncpg.Pool) -> Snapshot:
+    """What KV should hold, read in one consistent snapshot of PostgreSQL."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        return Snapshot(
+            agents=await agents.live_configs(conn),
+            versions=await agents.all_versions(conn),
+            numbers=await numbers.all_routes(conn),
+        )

@@ -1,0 +1,155 @@
+"""A caller transport: one caller connection in one wire protocol, behind a small interface.
+
+``CallSession`` drives every transport the same way and knows no wire format. A transport decodes the
+protocol's inbound messages into the events below and encodes the call's outbound audio, marks and clears
+into protocol messages that it sends. Adding a protocol is a new module in this package (a ``Transport`` and
+the ``Endpoint`` that accepts its connections), never an edit of the session.
+
+The contract every transport keeps:
+
+- Audio crosses the interface as PCM16 mono 16 kHz frames of 20 ms (``voice_schemas.audio.FRAME_BYTES``), in
+  both directions; codecs, resampling and packetization are the transport's.
+- Outbound order is playout order: audio frames with marks between them. The session paces audio in real
+  time, ``playout_lead_ms`` ahead, so whatever the transport or the far end queues stays that short.
+- ``MarkPlayed`` is the transport's playout clock report: a mark comes back once the audio sent before it has
+  actually played to the caller (Twilio echoes marks; a transport that paces its own sender, RTP or WebRTC,
+  reports a mark when its clock passes it). Marks of cleared audio may come back too; the session ignores them.
+- ``clear`` drops all agent audio queued in the transport or at the far end, at once.
+- ``decode`` raises ``ProtocolError`` for anything the protocol does not allow; that call ends with
+  ``protocol_error`` and the reason, nothing else does.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from fastapi import FastAPI
+from voice_schemas import events
+
+
+# ---------------------------------------------------------------- inbound events
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The connection is up and bound to a call created earlier (by a webhook, an INVITE, an offer)."""
+
+    call_id: str
+    stream_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallerAudio:
+    """Caller audio: zero or more PCM16 16 kHz frames of 20 ms."""
+
+    frames: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfPressed:
+    digit: str  # one of 0-9 * # A-D (the transport checks)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkPlayed:
+    """The audio sent before the mark ``name`` has played to the caller."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallerHungUp:
+    """The caller's side ended the call (Twilio ``stop``, SIP BYE, peer connection closed cleanly)."""
+
+
+Inbound = Started | CallerAudio | DtmfPressed | MarkPlayed | CallerHungUp
+
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+
+
+class ProtocolError(ValueError):
+    """The far end broke its protocol: only that call ends, with ``protocol_error`` and this message."""
+
+
+# ---------------------------------------------------------------- the transport
+class Transport(ABC):
+    """One caller connection. ``decode`` and ``encode_*`` translate; ``send`` and ``close`` do the I/O.
+
+    The session calls ``play``, ``mark``, ``clear`` and ``close``, one at a time, in playout order. A transport
+    that queues and paces audio itself (RTP, a WebRTC track) overrides ``clear`` to drop its queue.
+    """
+
+    channel: ClassVar[events.Channel]
+    media_format: ClassVar[str]  # reported in ``CallAnswered``
+    stream_id: str | None = None
+
+    @abstractmethod
+    def decode(self, message: Any) -> list[Inbound]:
+        """One inbound protocol message -> the events it carries; ``ProtocolError`` when it is not allowed."""
+
+    @abstractmethod
+    def encode_audio(self, pcm: bytes, *, end_of_reply: bool = False) -> list[Any]:
+        """One 20 ms agent frame -> protocol messages; ``end_of_reply`` flushes what the codec holds back."""
+
+    @abstractmethod
+    def encode_mark(self, name: str) -> list[Any]:
+        """A mark after the audio encoded so far, to be reported back as ``MarkPlayed(name)``."""
+
+    @abstractmethod
+    def encode_clear(self) -> list[Any]:
+        """Messages that drop the far end's queued audio; resets outbound codec state."""
+
+    @abstractmethod
+    async def send(self, message: Any) -> None:
+        """Send one protocol message to the caller's side."""
+
+    @abstractmethod
+    async def close(self, reason: events.EndReason) -> None:
+        """Close the connection (idempotent); ``reason`` picks the protocol's close code."""
+
+    async def play(self, pcm: bytes, *, end_of_reply: bool = False) -> None:
+        for m in self.encode_audio(pcm, end_of_reply=end_of_reply):
+            await self.send(m)
+
+    async def mark(self, name: str) -> None:
+        for m in self.encode_mark(name):
+            await self.send(m)
+
+    async def clear(self) -> None:
+        for m in self.encode_clear():
+            await self.send(m)
+
+
+# ---------------------------------------------------------------- where connections come from
+class CallDesk(Protocol):
+    """What an endpoint needs of the ingress service (``IngressService`` provides it)."""
+
+    async def create_call(self, *, channel: events.Channel, to_number: str, from_number: str | None,
+                          provider_call_id: str | None) -> str | None:
+        """Route the called number to its agent and record the call; its call id, or None when no active
+        agent answers the number."""
+
+    async def end_by_provider_id(self, provider_call_id: str, reason: events.EndReason) -> None:
+        """The provider says the call is over (it may be live on another replica)."""
+
+    async def serve(self, transport: Transport, inbound: AsyncIterable[Any]) -> None:
+        """Drive one connection until its call ends: decode ``inbound`` messages, open the session on
+        ``Started``, hand it every other event, end it with the reason."""
+
+
+class Endpoint:
+    """Where callers of one protocol reach ingress: HTTP routes (webhooks, WebSockets), and listeners with a
+    lifetime (a SIP UDP socket) started and stopped with the service."""
+
+    def __init__(self, desk: CallDesk) -> None:
+        self.desk = desk
+
+    def routes(self, app: FastAPI) -> None:
+        """Add this protocol's HTTP routes."""
+
+    async def start(self) -> None:
+        """Start listening (called once the bus is up)."""
+
+    async def stop(self) -> None:
+        """Stop accepting calls (live calls are ended by the service)."""

@@ -1,0 +1,225 @@
+"""Twilio: the voice webhook (TwiML ``<Connect><Stream>``), the status callback and Media Streams over WebSocket.
+
+Wire format (https://www.twilio.com/docs/voice/media-streams/websocket-messages): JSON text messages;
+inbound ``connected``, ``start`` (with our ``call_id`` as a custom parameter), ``media`` (base64 μ-law 8 kHz),
+``dtmf``, ``mark`` (an echo of ours, once the audio before it has played, or at once when cleared), ``stop``;
+outbound ``media``, ``mark``, ``clear``. Every request and the WebSocket upgrade carry ``X-Twilio-Signature``,
+checked when an auth token is configured.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request, Response, WebSocket
+from pydantic import Field
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import Connect, VoiceResponse
+from voice_runtime import metrics
+from voice_runtime.logging import get_logger
+from voice_runtime.settings import TwilioSettings
+from voice_schemas import events
+
+from ..codec import AgentAudioEncoder, CallerAudioDecoder
+from .base import (
+    DTMF_DIGITS,
+    CallDesk,
+    CallerAudio,
+    CallerHungUp,
+    DtmfPressed,
+    Endpoint,
+    Inbound,
+    MarkPlayed,
+    ProtocolError,
+    Started,
+    Transport,
+)
+
+log = get_logger(__name__)
+SVC = "ingress"
+TERMINAL_STATUSES = {"completed", "busy", "no-answer", "failed", "canceled"}
+MEDIA_FORMAT = "audio/x-mulaw;rate=8000"
+
+
+class TwilioStreamSettings(TwilioSettings):
+    """Twilio settings of ingress: the webhook's public URL and auth token, and the media stream's limits."""
+
+    max_ws_message_bytes: int = Field(16 * 1024, description="Larger Twilio messages are a protocol error")
+
+
+def parse_message(raw: str | bytes, limit: int) -> dict[str, Any]:
+    """Parse one Media Streams message; ``ProtocolError`` with a reason for anything malformed."""
+    if len(raw) > limit:
+        raise ProtocolError("message too large")
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProtocolError("malformed JSON") from e
+    if not isinstance(obj, dict) or not isinstance(obj.get("event"), str):
+        raise ProtocolError("message has no event")
+    return obj
+
+
+class TwilioMediaStream(Transport):
+    """One Media Streams WebSocket: μ-law 8 kHz base64 in JSON ⇄ PCM16 16 kHz frames."""
+
+    channel = events.Channel.twilio
+    media_format = MEDIA_FORMAT
+
+    def __init__(self, ws: WebSocket, max_message_bytes: int) -> None:
+        self.ws = ws
+        self.limit = max_message_bytes
+        self.stream_id: str | None = None
+        self.started = False
+        self.closed = False
+        self.decoder = CallerAudioDecoder("ulaw")
+        self.encoder = AgentAudioEncoder("ulaw")
+
+    # ------------------------------------------------------------ inbound
+    def decode(self, message: Any) -> list[Inbound]:
+        msg = parse_message(message, self.limit)
+        event = msg["event"]
+        try:
+            if event == "connected":
+                return []
+            if event == "start":
+                return [self._start(msg)]
+            if not self.started:
+                raise ProtocolError(f"{event!r} before start")
+            if event == "media":
+                media = msg.get("media") or {}
+                if media.get("track", "inbound") != "inbound":
+                    return []
+                ulaw = base64.b64decode(str(media["payload"]), validate=True)
+                return [CallerAudio(tuple(self.decoder.decode(ulaw)))]
+            if event == "dtmf":
+                digit = str((msg.get("dtmf") or {}).get("digit", ""))
+                if digit not in DTMF_DIGITS:
+                    raise ProtocolError(f"invalid DTMF digit {digit[:8]!r}")
+                return [DtmfPressed(digit)]
+            if event == "mark":
+                return [MarkPlayed(str((msg.get("mark") or {}).get("name", "")))]
+            if event == "stop":
+                return [CallerHungUp()]
+        except ProtocolError:
+            raise
+        except (KeyError, TypeError, AttributeError, binascii.Error, ValueError) as e:
+            raise ProtocolError(f"bad {event!r} message: {e!r}"[:200]) from e
+        raise ProtocolError(f"unknown event {event!r}"[:200])
+
+    def _start(self, msg: dict[str, Any]) -> Started:
+        if self.started:
+            raise ProtocolError("duplicate start")
+        start = msg.get("start") or {}
+        fmt = start.get("mediaFormat") or {}
+        if fmt and (fmt.get("encoding") != "audio/x-mulaw" or int(fmt.get("sampleRate", 8000)) != 8000):
+            raise ProtocolError("unsupported media format")
+        params = start.get("customParameters") or {}
+        self.started = True
+        self.stream_id = str(start.get("streamSid") or msg.get("streamSid") or "")
+        return Started(call_id=str(params.get("call_id", "")), stream_id=self.stream_id)
+
+    # ------------------------------------------------------------ outbound
+    def encode_audio(self, pcm: bytes, *, end_of_reply: bool = False) -> list[Any]:
+        payloads = self.encoder.encode(pcm)
+        if end_of_reply:
+            payloads += self.encoder.flush()
+        return [json.dumps({"event": "media", "streamSid": self.stream_id,
+                            "media": {"payload": base64.b64encode(p).decode()}}) for p in payloads]
+
+    def encode_mark(self, name: str) -> list[Any]:
+        return [json.dumps({"event": "mark", "streamSid": self.stream_id, "mark": {"name": name}})]
+
+    def encode_clear(self) -> list[Any]:
+        self.encoder.reset()
+        return [json.dumps({"event": "clear", "streamSid": self.stream_id})]
+
+    async def send(self, message: Any) -> None:
+        await self.ws.send_text(message)
+
+    async def close(self, reason: events.EndReason) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=1008 if reason == events.EndReason.protocol_error else 1000)
+
+
+def _twiml(resp: VoiceResponse) -> Response:
+    return Response(content=str(resp), media_type="application/xml")
+
+
+class TwilioEndpoint(Endpoint):
+    """``POST /twilio/voice`` (TwiML), ``POST /twilio/status``, ``WS /twilio/media``."""
+
+    def __init__(self, desk: CallDesk, settings: TwilioStreamSettings) -> None:
+        super().__init__(desk)
+        self.settings = settings
+        token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
+        self.validator = RequestValidator(token) if token else None
+
+    def public_url(self, path: str) -> str:
+        return self.settings.public_base_url.rstrip("/") + path
+
+    def stream_url(self) -> str:
+        base = self.settings.public_base_url.rstrip("/").split("://", 1)[-1]
+        return f"wss://{base}/twilio/media"
+
+    def signature_ok(self, url: str, params: dict[str, Any], signature: str | None) -> bool:
+        if self.validator is None:
+            return True
+        return bool(signature) and bool(self.validator.validate(url, params, signature))
+
+    async def _signed_form(self, request: Request, path: str) -> dict[str, str] | None:
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        url = self.public_url(path) + (f"?{request.url.query}" if request.url.query else "")
+        if not self.signature_ok(url, form, request.headers.get("x-twilio-signature")):
+            metrics.ERRORS.labels(SVC, "bad_signature").inc()
+            return None
+        return form
+
+    def routes(self, app: FastAPI) -> None:
+        @app.post("/twilio/voice")
+        async def voice(request: Request) -> Response:
+            form = await self._signed_form(request, "/twilio/voice")
+            if form is None:
+                return Response("invalid Twilio signature", status_code=403)
+            return await self.answer(form)
+
+        @app.post("/twilio/status")
+        async def status(request: Request) -> Response:
+            form = await self._signed_form(request, "/twilio/status")
+            if form is None:
+                return Response("invalid Twilio signature", status_code=403)
+            if form.get("CallStatus") in TERMINAL_STATUSES:
+                await self.desk.end_by_provider_id(form.get("CallSid", ""), events.EndReason.status_callback)
+            return Response(status_code=204)
+
+        @app.websocket("/twilio/media")
+        async def media(ws: WebSocket) -> None:
+            if not self.signature_ok(self.stream_url(), {}, ws.headers.get("x-twilio-signature")):
+                metrics.ERRORS.labels(SVC, "bad_signature").inc()
+                await ws.close(code=1008)
+                return
+            await ws.accept()
+            await self.desk.serve(TwilioMediaStream(ws, self.settings.max_ws_message_bytes), ws.iter_text())
+
+    async def answer(self, form: dict[str, str]) -> Response:
+        to = form.get("To", "")
+        call_id = await self.desk.create_call(channel=events.Channel.twilio, to_number=to,
+                                              from_number=form.get("From"),
+                                              provider_call_id=form.get("CallSid") or None)
+        resp = VoiceResponse()
+        if call_id is None:
+            resp.say("Sorry, no agent is configured for this number. Goodbye.")
+            resp.hangup()
+            return _twiml(resp)
+        connect = Connect()
+        stream = connect.stream(url=self.stream_url())
+        stream.parameter(name="call_id", value=call_id)
+        resp.append(connect)
+        return _twiml(resp)

@@ -1,0 +1,157 @@
+"""The conversation of one call as pure operations: turns, chunks, what the caller heard, the end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from voice_brain.conversation import (
+    GREETING,
+    CallHistory,
+    ReplyTimings,
+    SentChunk,
+    turn_completed,
+)
+from voice_schemas import events
+
+pytestmark = pytest.mark.unit
+
+T0 = 1_700_000_000_000.0  # a wall-clock instant, ms
+
+
+def history() -> CallHistory:
+    return CallHistory(call_id="c1", tenant_id="t1", agent_id="a1", agent_version=1)
+
+
+def transcript(text: str = "When do you open?", **kw: Any) -> events.TranscriptFinalized:
+    return events.TranscriptFinalized(utterance_id="u1", text=text, **kw)
+
+
+def speak(h: CallHistory, turn_id: str, *sentences: str, final: bool = True) -> None:
+    for i, s in enumerate(sentences):
+        h.record_chunk(turn_id, SentChunk(index=i, text=s, final=final and i == len(sentences) - 1))
+
+
+def assistant_messages(h: CallHistory, turn_id: str) -> list[str]:
+    return [m["content"] for m in h.messages if m.get("turn_id") == turn_id and m["role"] == "assistant"]
+
+
+def test_greeting_is_recorded_once() -> None:
+    h = history()
+    assert h.greet("Hi, this is the bakery.", T0)
+    assert not h.greet("Hi, this is the bakery.", T0 + 5)  # a redelivered CallAnswered
+    assert assistant_messages(h, GREETING) == ["Hi, this is the bakery."]
+    assert h.turns[GREETING].reply_done and h.turns[GREETING].first_sentence_wall_ms == T0
+
+
+def test_redelivered_transcript_adds_nothing() -> None:
+    h = history()
+    assert h.add_caller_turn("t1", 0, transcript())
+    assert not h.add_caller_turn("t1", 0, transcript())
+    assert [m["content"] for m in h.messages if m["role"] == "user"] == ["When do you open?"]
+    assert list(h.turns) == ["t1"]
+
+
+def test_stale_epoch_empty_text_and_ended_call_add_no_turn() -> None:
+    h = history()
+    assert h.add_caller_turn("t2", 2, transcript())
+    assert not h.add_caller_turn("t1", 1, transcript("an older transcript"))
+    assert not h.add_caller_turn("t3", 2, transcript("   "))
+    h.end()
+    assert not h.add_caller_turn("t4", 3, transcript("hello?"))
+    assert list(h.turns) == ["t2"] and h.epoch == 2
+
+
+def test_caller_turn_keeps_its_timing() -> None:
+    h = history()
+    h.add_caller_turn("t1", 0, transcript(speech_end_wall_ms=T0, start_ms=1000, end_ms=2500, stt_ms=80.0,
+                                          end_of_turn_ms=300.0))
+    t = h.turns["t1"]
+    assert t.caller_ended_at is not None and t.caller_started_at is not None
+    assert t.caller_started_at < t.caller_ended_at and (t.stt_ms, t.end_of_turn_ms) == (80.0, 300.0)
+
+
+def test_interruption_mid_sentence_keeps_only_the_heard_sentences() -> None:
+    h = history()
+    h.add_caller_turn("t1", 0, transcript("Tell me a story"))
+    speak(h, "t1", "Once upon a time there was a baker.", "She baked bread every day.", final=False)
+    h.mark_heard("t1", 0)  # the first sentence played; the second was cut mid-sentence by a barge-in
+    done = h.settle("t1", heard_chunks=[0], cleared=True)
+    assert done is not None and done.interrupted and done.completed
+    assert h.heard_text(done) == "Once upon a time there was a baker."
+    assert assistant_messages(h, "t1") == ["Once upon a time there was a baker."]
+    # the next prompt carries what the caller heard, not what the model wrote
+    assert h.prompt("Be a baker.", 40)[-1] == {"role": "assistant", "content": "Once upon a time there was a baker."}
+
+
+def test_a_mark_arriving_after_the_barge_in_report_changes_nothing() -> None:
+    h = history()
+    h.add_caller_turn("t1", 0, transcript("Tell me a story"))
+    speak(h, "t1", "Once upon a time there was a baker.", "She baked bread every day.", final=False)
+    h.settle("t1", heard_chunks=[0], cleared=True)
+    h.mark_heard("t1", 1)  # late mark of a chunk that was cleared
+    h.note_first_audio("t1", T0)
+    t = h.turns["t1"]
+    assert t.heard_chunks == [0] and t.first_audio_wall_ms is None
+    assert h.settle("t1", heard_chunks=[0, 1], cleared=False) is None  # a redelivered report
+    assert assistant_messages(h, "t1") == ["Once upon a time there was a baker."]
+
+
+def test_a_reply_played_to_the_end_is_heard_whole() -> None:
+    h = history()
+    h.add_caller_turn("t1", 0, transcript())
+    speak(h, "t1", "Sure.", "We open at eight.", "")
+    done = h.settle("t1", heard_chunks=[0, 1, 2], cleared=False)
+    assert done is not None and not done.interrupted
+    assert h.heard_text(done) == "Sure. We open at eight."
+
+
+def test_a_reply_still_streaming_when_playout_ends_is_interrupted() -> None:
+    h = history()
+    h.add_caller_turn("t1", 0, transcript())
+    speak(h, "t1", "Sure.", final=False)
+    done = h.settle("t1", heard_chunks=[0], cleared=False)
+    assert done is not None and done.interrupted
+
+
+def test_first_chunk_carries_the_reply_timings_and_final_the_hang_up() -> None:
+    h = history()
+    h.add_caller_turn("t1", 0, transcript(speech_end_wall_ms=T0))
+    timings = ReplyTimings(llm_start_wall_ms=T0 + 10, llm_first_token_ms=120.0, llm_first_sentence_ms=300.0,
+                           first_sentence_wall_ms=T0 + 310)
+    h.record_chunk("t1", SentChunk(index=0, text="Thanks, goodbye!", final=False, timings=timings))
+    h.record_chunk("t1", SentChunk(index=1, text="", final=True, hang_up=True))
+    t = h.turns["t1"]
+    assert (t.llm_first_token_ms, t.llm_first_sentence_ms, t.first_sentence_wall_ms) == (120.0, 300.0, T0 + 310)
+    assert t.reply_done and t.hangup_after and t.chunks == ["Thanks, goodbye!", ""]
+    h.note_first_audio("t1", T0 + 400)
+    h.note_first_audio("t1", T0 + 900)  # only the first report counts
+    done = h.settle("t1", heard_chunks=[0, 1], cleared=False)
+    assert done is not None
+    fact = turn_completed(h, done, T0 + 2000)
+    assert fact.latency.voice_to_voice_ms == 400.0 and fact.latency.bus_and_playout_ms == 90.0
+    assert fact.latency.llm_first_token_ms == 120.0 and fact.agent_text == "Thanks, goodbye!"
+    assert fact.caller_text == "When do you open?" and not fact.interrupted
+
+
+def test_end_of_call_completes_the_turns_that_were_speaking() -> None:
+    h = history()
+    h.add_caller_turn("t1", 0, transcript())
+    speak(h, "t1", "Sure.", "We open at eight.")
+    h.mark_heard("t1", 0)
+    h.add_caller_turn("t2", 0, transcript("And on Sunday?"))  # no reply chunk yet: nothing to complete
+    unfinished = h.end()
+    assert h.ended and [t.turn_id for t in unfinished] == ["t1"]
+    assert unfinished[0].interrupted and h.heard_text(unfinished[0]) == "Sure."
+    assert h.end() == []  # a redelivered CallEnded
+
+
+def test_notes_reach_the_prompt_and_old_messages_drop_out() -> None:
+    h = history()
+    for i in range(5):
+        h.add_caller_turn(f"t{i}", 0, transcript(f"question {i}"))
+    h.add_note("The caller pressed the key 1.")
+    prompt = h.prompt("Be a baker.", 3)
+    assert prompt[0] == {"role": "system", "content": "Be a baker."}
+    assert prompt[1:] == [{"role": "user", "content": "question 3"}, {"role": "user", "content": "question 4"},
+                          {"role": "system", "content": "The caller pressed the key 1."}]

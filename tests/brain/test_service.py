@@ -1,0 +1,231 @@
+"""BrainService wired to a bus, with a fake chat model: the same test bodies on the in-memory bus and on a
+real NATS server of the test's own (``any_bus``); a few more on the in-memory bus only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from voice_brain.chat import ToolCall
+from voice_brain.service import BrainService
+from voice_brain.settings import BrainSettings
+from voice_runtime.bus import Bus
+from voice_runtime.handlers import Handlers
+from voice_runtime.memory import InMemoryBus
+from voice_runtime.ports import BusPort
+from voice_schemas import Envelope, events, subjects
+from voice_schemas.agent import LlmSettings
+from voice_schemas.streams import BRAIN_TURNS
+
+from .calls import Call, make_agent
+from .fakes import FakeChatProvider, FakeReply
+
+PLATFORM_LLM = "http://platform-llm.test/v1"
+
+
+@pytest.fixture(params=[pytest.param("memory", marks=pytest.mark.unit),
+                        pytest.param("nats", marks=pytest.mark.integration)])
+async def any_bus(request: pytest.FixtureRequest) -> AsyncIterator[BusPort]:
+    if request.param == "memory":
+        yield InMemoryBus("test")
+        return
+    b = await Bus.connect(request.getfixturevalue("private_nats_url"), "test")
+    await b.provision()
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+async def memory_bus() -> InMemoryBus:
+    return InMemoryBus("test")
+
+
+@pytest.fixture
+def llm() -> FakeChatProvider:
+    return FakeChatProvider()
+
+
+async def start_brain(bus: BusPort, llm: FakeChatProvider) -> BrainService:
+    nats_url = ",".join(u.geturl() for u in bus.nc.servers) if isinstance(bus, Bus) else "nats://unused:4222"
+    svc = BrainService(BrainSettings(nats_url=nats_url, llm_base_url=PLATFORM_LLM, shutdown_grace_s=2.0), chat=llm)
+    # the in-memory bus is shared with the test; on NATS the service opens its own connection, as in production
+    await svc.start(bus if isinstance(bus, InMemoryBus) else None)
+    return svc
+
+
+@pytest.fixture
+async def brain(any_bus: BusPort, llm: FakeChatProvider) -> AsyncIterator[BrainService]:
+    svc = await start_brain(any_bus, llm)
+    yield svc
+    await svc.stop()
+
+
+@pytest.fixture
+async def memory_brain(memory_bus: InMemoryBus, llm: FakeChatProvider) -> AsyncIterator[BrainService]:
+    svc = await start_brain(memory_bus, llm)
+    yield svc
+    await svc.stop()
+
+
+# ---------------------------------------------------------------- on both buses
+async def test_greeting_then_a_turn_in_sentences(any_bus: BusPort, brain: BrainService,
+                                                 llm: FakeChatProvider) -> None:
+    agent = await make_agent(any_bus, system_prompt="Be a baker.")
+    async with Call(any_bus, agent) as call:
+        greeting = await call.wait(events.ReplyChunk, "greeting")
+        assert greeting[0].data.text == "Hi, this is the bakery." and greeting[0].data.final
+        await call.pub(events.TranscriptFinalized(utterance_id="u1", text="When do you open?",
+                                                  speech_end_wall_ms=1.0), turn_id="t1")
+        chunks = [e.data for e in await call.wait(events.ReplyChunk, "t1", final=True)]
+        assert [c.text for c in chunks] == ["Sure. We open at eight in the morning.", "See you then!"]
+        assert [c.index for c in chunks] == [0, 1] and chunks[-1].final and not chunks[0].final
+        endpoint, model, request = llm.requests[-1]
+        assert endpoint.base_url == PLATFORM_LLM and model == "smollm2"
+        assert request.messages[0] == {"role": "system", "content": "Be a baker."}
+        assert request.messages[1] == {"role": "assistant", "content": "Hi, this is the bakery."}
+        assert request.messages[-1] == {"role": "user", "content": "When do you open?"}
+        await call.pub(events.PlayoutStarted(first_audio_wall_ms=2.0), turn_id="t1")
+        await call.pub(events.PlayoutMarked(chunk=0), turn_id="t1")
+        await call.pub(events.PlayoutFinished(heard_chunks=[0, 1]), turn_id="t1")
+        done = (await call.wait(events.TurnCompleted, "t1"))[0].data
+        assert done.agent_text == "Sure. We open at eight in the morning. See you then!" and not done.interrupted
+        assert done.caller_text == "When do you open?" and done.latency.llm_first_sentence_ms is not None
+
+
+async def test_barge_in_cancels_the_reply_and_keeps_what_was_heard(any_bus: BusPort, brain: BrainService,
+                                                                  llm: FakeChatProvider) -> None:
+    llm.default = FakeReply(content="One fine sentence here. Two fine sentences here. Three fine sentences here.",
+                            token_delay_s=0.05)
+    agent = await make_agent(any_bus)
+    async with Call(any_bus, agent) as call:
+        await call.wait(events.ReplyChunk, "greeting")
+        await call.pub(events.TranscriptFinalized(utterance_id="u1", text="Tell me a story"), turn_id="t1")
+        await call.wait(events.ReplyChunk, "t1")
+        await call.pub(events.PlayoutStarted(first_audio_wall_ms=0), turn_id="t1")
+        await call.pub(events.BargeIn(at_ms=100, speech_ms=400), epoch=1)
+        await call.pub(events.PlayoutFinished(cleared=True, heard_chunks=[0]), turn_id="t1")
+        done = (await call.wait(events.TurnCompleted, "t1"))[0].data
+        assert done.interrupted and done.agent_text == "One fine sentence here."
+        await asyncio.sleep(0.5)  # a cancelled stream publishes nothing more
+        assert not any(c.data.final for c in call.of(events.ReplyChunk, "t1"))
+        assert brain.history is not None
+        h = await brain.history.get(call.call_id)
+        assert h is not None and h.messages[-1] == {"role": "assistant", "content": "One fine sentence here.",
+                                                    "turn_id": "t1"}
+
+
+# ---------------------------------------------------------------- in memory only
+
+
+@pytest.mark.unit
+async def test_a_redelivered_transcript_does_not_start_a_second_reply(memory_bus: InMemoryBus,
+                                                                     memory_brain: BrainService,
+                                                                     llm: FakeChatProvider) -> None:
+    agent = await make_agent(memory_bus)
+    async with Call(memory_bus, agent) as call:
+        await call.wait(events.ReplyChunk, "greeting")
+        env = await call.pub(events.TranscriptFinalized(utterance_id="u1", text="Hello?"), turn_id="t1")
+        await call.wait(events.ReplyChunk, "t1", final=True)
+        await memory_bus.publish(env.model_copy(update={"id": subjects.new_id()}))  # as a redelivery arrives
+        await memory_bus.settle()
+        assert len(llm.requests) == 1 and len(call.of(events.ReplyChunk, "t1")) == 2
+
+
+@pytest.mark.unit
+async def test_end_call_hangs_up_after_the_goodbye(memory_bus: InMemoryBus, memory_brain: BrainService,
+                                                   llm: FakeChatProvider) -> None:
+    llm.default = FakeReply(content="Thanks for calling, goodbye!", tool_calls=(ToolCall("end_call"),))
+    agent = await make_agent(memory_bus)
+    async with Call(memory_bus, agent) as call:
+        await call.wait(events.ReplyChunk, "greeting")
+        await call.pub(events.TranscriptFinalized(utterance_id="u1", text="That's all, bye"), turn_id="t1")
+        hang = (await call.wait(events.HangUp, "t1"))[0]
+        assert hang.data.after_playout
+        chunks = [e.data for e in call.of(events.ReplyChunk, "t1")]
+        assert chunks[0].text == "Thanks for calling, goodbye!" and chunks[-1].final
+        assert [t["function"]["name"] for t in llm.requests[-1][2].tools] == ["end_call"]
+
+
+@pytest.mark.unit
+async def test_llm_timeout_is_an_apology_not_dead_air(memory_bus: InMemoryBus, memory_brain: BrainService,
+                                                     llm: FakeChatProvider) -> None:
+    llm.default = FakeReply(ttft_s=5.0)  # past the fake's first-token limit (0.5 s)
+    agent = await make_agent(memory_bus)
+    async with Call(memory_bus, agent) as call:
+        await call.wait(events.ReplyChunk, "greeting")
+        await call.pub(events.TranscriptFinalized(utterance_id="u1", text="Hello?"), turn_id="t1")
+        chunks = await call.wait(events.ReplyChunk, "t1", final=True)
+        assert [c.data.text for c in chunks] == [memory_brain.settings.apology]
+
+
+@pytest.mark.unit
+async def test_an_agent_with_its_own_endpoint_is_served_there(memory_bus: InMemoryBus, memory_brain: BrainService,
+                                                              llm: FakeChatProvider) -> None:
+    agent = await make_agent(memory_bus, llm=LlmSettings(base_url="http://agent-llm.test/v1", model="big"))
+    async with Call(memory_bus, agent) as call:
+        await call.wait(events.ReplyChunk, "greeting")
+        await call.pub(events.TranscriptFinalized(utterance_id="u1", text="Hello?"), turn_id="t1")
+        await call.wait(events.ReplyChunk, "t1", final=True)
+        endpoint, model, _ = llm.requests[-1]
+        assert (endpoint.base_url, model) == ("http://agent-llm.test/v1", "big")
+
+
+@pytest.mark.unit
+async def test_notes_reach_the_next_prompt(memory_bus: InMemoryBus, memory_brain: BrainService,
+                                           llm: FakeChatProvider) -> None:
+    agent = await make_agent(memory_bus)
+    async with Call(memory_bus, agent) as call:
+        await call.wait(events.ReplyChunk, "greeting")
+        await call.pub(events.SupervisorWhispered(text="Offer the croissant deal.", from_user="sup"))
+        await call.pub(events.DtmfReceived(digit="5"))
+        await call.pub(events.ToolApprovalDecided(tool_call_id="tc1", approved=False, decided_by="sup",
+                                                  comment="not today"))
+        await memory_bus.settle()
+        await call.pub(events.TranscriptFinalized(utterance_id="u1", text="Any deals?"), turn_id="t1")
+        await call.wait(events.ReplyChunk, "t1", final=True)
+        notes = [m["content"] for m in llm.requests[-1][2].messages if m["role"] == "system"][1:]
+        assert sorted(notes) == sorted([
+            "Instruction from your supervisor (the caller cannot hear this): Offer the croissant deal.",
+            "The caller pressed the key 5.",
+            "A supervisor rejected the tool call tc1. Comment: not today",
+        ])
+        assert not memory_bus.dead_letters
+
+
+@pytest.mark.unit
+async def test_call_end_completes_a_reply_still_playing_and_drops_the_history(
+        memory_bus: InMemoryBus, memory_brain: BrainService, llm: FakeChatProvider) -> None:
+    agent = await make_agent(memory_bus)
+    async with Call(memory_bus, agent) as call:
+        await call.wait(events.ReplyChunk, "greeting")
+        await call.pub(events.TranscriptFinalized(utterance_id="u1", text="When do you open?"), turn_id="t1")
+        await call.wait(events.ReplyChunk, "t1", final=True)
+        await call.pub(events.PlayoutMarked(chunk=0), turn_id="t1")
+        await memory_bus.settle()
+        await call.pub(events.CallEnded(reason="caller_hangup"))
+        done = {e.turn_id: e.data for e in await call.wait(events.TurnCompleted, n=2)}
+        assert done["t1"].interrupted and done["t1"].agent_text == "Sure. We open at eight in the morning."
+        assert done["greeting"].agent_text == ""  # no playout report for it: nothing counts as heard
+        await memory_bus.settle()
+        assert memory_brain.history is not None and await memory_brain.history.get(call.call_id) is None
+
+
+@pytest.mark.unit
+def test_brain_handles_exactly_what_its_consumer_filters() -> None:
+    (turns,) = BrainService.consumers()
+    assert turns.declared is BRAIN_TURNS and turns.drift() is None
+
+
+@pytest.mark.unit
+async def test_a_service_missing_a_handler_refuses_to_start(memory_bus: InMemoryBus) -> None:
+    class Partial(BrainService):
+        turns = Handlers(BRAIN_TURNS)
+
+        @turns.on(events.CallStarted)
+        async def started(self, env: Envelope[Any]) -> None: ...
+
+    svc = Partial(BrainSettings(), chat=FakeChatProvider())
+    with pytest.raises(RuntimeError, match="filtered without a handler"):
+        await svc.start(memory_bus)
