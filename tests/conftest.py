@@ -13,6 +13,25 @@ from voice_devstack.stack import EmbeddedPostgres, embedded_nats, free_port, jet
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The suite is hermetic: settings a developer may have exported for `make run` or a real deployment (a Twilio
+# token, a public URL, an LLM endpoint, keys) would change what the services under test do. Only the
+# infrastructure locations below are honoured (the fixtures use them on purpose); tests that need a setting
+# pass it explicitly.
+HONOURED = {"NATS_URL", "DATABASE_URL", "LLM_BASE_URL", "LLM_MODEL", "STATE_DIR"}
+PLATFORM_PREFIXES = ("TWILIO_", "PUBLIC_BASE_URL", "LLM_", "SECRETS_KEY", "EGRESS_", "BOOTSTRAP_", "LOG_",
+                     "OTEL_", "JWT_", "INGRESS_", "MEDIA_", "STT_", "BRAIN_", "TTS_", "ANALYTICS_", "CONTROL_API_",
+                     "HTTP_", "VAD_", "TURN_")
+
+
+def scrub_environment(env: dict[str, str]) -> list[str]:
+    removed = [k for k in env if k.upper().startswith(PLATFORM_PREFIXES) and k.upper() not in HONOURED]
+    for k in removed:
+        del env[k]
+    return removed
+
+
+scrub_environment(os.environ)  # type: ignore[arg-type]
+
 
 @pytest.fixture(scope="session")
 def nats_url() -> Iterator[str]:

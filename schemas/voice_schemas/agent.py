@@ -7,7 +7,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class LlmSettings(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; platform default when unset")
+    base_url: str | None = Field(
+        None, max_length=2048,
+        description="OpenAI-compatible endpoint of the tenant's own; the platform's endpoint (and key) when unset. "
+        "Internal addresses are refused unless the operator allow-lists them (EGRESS_ALLOW).",
+    )
+    api_key_secret: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Name of the tenant secret holding the API key for base_url (the platform key never goes to "
+        "an agent's own endpoint)",
+    )
     model: str | None = Field(None, description="Model name; platform default when unset")
     temperature: float = Field(0.6, ge=0.0, le=2.0)
     max_tokens: int = Field(160, ge=1, le=4096)

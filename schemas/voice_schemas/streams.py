@@ -94,7 +94,11 @@ KV_HISTORY = KvDef(
     "history", "Conversation history per call (any brain replica takes the next turn)", ttl_s=24 * 3600,
     history=1, max_value_size=1024 * 1024,
 )
-KV_BUCKETS: tuple[KvDef, ...] = (KV_AGENTS, KV_NUMBERS, KV_CALLS, KV_HISTORY)
+KV_SECRETS = KvDef(
+    "secrets", "Tenant secrets, sealed (AES-GCM under SECRETS_KEY, which only the services using them hold): "
+    "s.<tenant_id>.<name>", max_value_size=16 * 1024,
+)
+KV_BUCKETS: tuple[KvDef, ...] = (KV_AGENTS, KV_NUMBERS, KV_CALLS, KV_HISTORY, KV_SECRETS)
 
 
 def _p(cls: type[Payload]) -> str:

@@ -132,3 +132,21 @@ def parse_agent_key(key: str) -> tuple[str, int | None] | None:
 
 def call_key(call_id: str) -> str:
     return check_id(call_id, "call_id")
+
+
+def provider_key(provider_sid: str) -> str:
+    """KV ``calls`` key mapping a provider's call id (Twilio CallSid) to ours: 'p.<sid>'."""
+    return "p." + check_id(provider_sid, "provider call id")
+
+
+def secret_key(tenant_id: str, name: str) -> str:
+    """KV ``secrets`` key of a sealed tenant secret: 's.<tenant>.<name>'."""
+    return f"s.{check_id(tenant_id, 'tenant_id')}.{check_id(name, 'secret name')}"
+
+
+def parse_secret_key(key: str) -> tuple[str, str] | None:
+    """(tenant_id, name) of a ``secret_key``; None for any other key."""
+    parts = key.split(".")
+    if len(parts) != 3 or parts[0] != "s" or not all(_ID.fullmatch(p) for p in parts[1:]):
+        return None
+    return parts[1], parts[2]

@@ -409,7 +409,7 @@ async def test_webhooks_secret_shown_on_create_and_rotate_only(client: httpx.Asy
     patched = await ok(
         await client.patch(f"/v1/webhooks/{hook['id']}", json={"is_active": False, "events": ["*"]}, headers=admin)
     )
-    assert patched["events"] == ["*"] and not patched["is_active"]
+    assert patched["events"] == ["*"] and not patched["is_active"] and "secret" not in patched
     filtered = await ok(await client.get("/v1/webhooks", params={"event": "*"}, headers=admin))
     assert [h["id"] for h in filtered["items"]] == [hook["id"]]
     await ok(await client.delete(f"/v1/webhooks/{hook['id']}", headers=admin), 204)

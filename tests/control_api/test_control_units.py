@@ -12,6 +12,7 @@ from voice_control_api import kvsync, security
 from voice_control_api.fields import normalize_e164
 from voice_control_api.models import (
     AgentCreate,
+    AgentFields,
     AgentPatch,
     LlmPatch,
     PhoneNumberCreate,
@@ -28,7 +29,7 @@ from voice_control_api.store.calls import _latency
 from voice_control_api.usecases.common import ExpectedVersion
 from voice_control_api.usecases.errors import PreconditionFailed, StaleVersion
 from voice_schemas import subjects
-from voice_schemas.agent import LlmSettings, SttSettings, TurnSettings
+from voice_schemas.agent import AgentConfig, LlmSettings, SttSettings, TurnSettings
 
 pytestmark = pytest.mark.unit
 
@@ -164,6 +165,8 @@ def test_patch_models_take_their_fields_and_bounds_from_the_schema() -> None:
             for bound in ("minimum", "maximum"):
                 assert allowed.get(bound) == declared.get(bound), (patch.__name__, name, bound)
     assert set(AgentPatch.model_fields) == {*AgentCreate.model_fields, "version"}
+    # a version is stored as the data plane's AgentConfig: every field an agent is made of must be one of its own
+    assert set(AgentFields.model_fields) == set(AgentConfig.model_fields) - {"id", "tenant_id", "version"}
     for body in ({"turn": {"end_of_turn_ms": 50}}, {"llm": {"max_tokens": 4097}}, {"turn": {"unknown": 1}}):
         with pytest.raises(ValidationError):
             AgentPatch.model_validate(body)

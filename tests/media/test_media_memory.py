@@ -43,6 +43,9 @@ def controls(call: Call) -> list[str]:
 
 async def caller_speaks_over_the_agent(call: Call, speech_ms: int) -> None:
     """The agent is playing (``call.agent_starts_speaking`` or a greeting) and the caller says something."""
+    if call.call_id not in call.media.calls:
+        await call.start()
+        await call.agent_starts_speaking()
     await call.speak(np.concatenate([quiet(300), tone(speech_ms), quiet(800)]), realtime=False)
     await call.wait_for(events.UtteranceCaptured if speech_ms >= 400 else events.ResumePlayout)
 
@@ -82,8 +85,6 @@ async def test_speech_over_the_agent_pauses_then_barges_in(
         media: tuple[MediaService, InMemoryBus, FixedTurnModel]) -> None:
     svc, bus, _ = media
     call = Call(bus, svc)
-    await call.start()
-    await call.agent_starts_speaking()
     await caller_speaks_over_the_agent(call, 900)
     await call.end()
     assert controls(call) == ["control.pause", "control.barge_in"]
@@ -98,8 +99,6 @@ async def test_a_backchannel_resumes_the_agent_and_is_no_turn(
         media: tuple[MediaService, InMemoryBus, FixedTurnModel]) -> None:
     svc, bus, _ = media
     call = Call(bus, svc)
-    await call.start()
-    await call.agent_starts_speaking()
     await caller_speaks_over_the_agent(call, 200)
     await bus.settle()  # every frame scored: nothing more comes of it
     await call.end()
@@ -113,7 +112,7 @@ async def test_agent_audio_that_started_before_the_claim_counts_as_playing(
     call = Call(bus, svc)
     await bus.publish(make(events.PlayoutStarted(), tenant_id="default", call_id=call.call_id,
                            turn_id="greeting", epoch=0))
-    await call.start()
+    await call.start()  # claimed with the greeting already playing
     await caller_speaks_over_the_agent(call, 900)
     await call.end()
     assert controls(call) == ["control.pause", "control.barge_in"]

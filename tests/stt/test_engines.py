@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 import voice_stt
+from voice_runtime.engines import Registry, UnknownEngine
 from voice_runtime.memory import InMemoryBus
 from voice_schemas import make, subjects
 from voice_schemas.events import TranscriptFinalized, UtteranceCaptured
 from voice_stt.engines import ENGINES
-from voice_stt.registry import Registry, UnknownEngine
 from voice_stt.service import SttService
 from voice_stt.settings import SttSettings
 
@@ -140,7 +140,7 @@ def test_discovery_skips_helpers_and_reports_modules_that_do_not_import(tmp_path
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     pkg = tmp_path / "voice_test_role"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text("from voice_stt.registry import Registry\n"
+    (pkg / "__init__.py").write_text("from voice_runtime.engines import Registry\n"
                                      "ENGINES = Registry('test role', __name__, 'voice.test_role')\n")
     (pkg / "good.py").write_text("from . import ENGINES\nENGINES.register('good', len)\n")
     (pkg / "_helper.py").write_text("raise RuntimeError('helpers are not engines and are not imported')\n")

@@ -39,6 +39,7 @@ async def stage() -> AsyncIterator[tuple[SttService, InMemoryBus, FakeSTT]]:
     svc, bus = await running(stt, stt_language="en")
     yield svc, bus, stt
     await svc.stop()
+    stt.close()
 
 
 def transcripts(bus: InMemoryBus) -> list[Envelope[Any]]:
@@ -98,3 +99,4 @@ async def test_a_replica_transcribes_at_most_stt_concurrency_utterances_at_once(
     finally:
         gate.set()
         await svc.stop()
+        stt.close()

@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from voice_runtime.engines import UnknownEngine
 from voice_runtime.memory import InMemoryBus
 from voice_schemas import make, subjects
 from voice_schemas.audio import AudioFrame
 from voice_schemas.events import BargeIn, CallEnded, EndReason, ReplyChunk
 from voice_tts.engines import ENGINES
 from voice_tts.engines.piper import PiperTextToSpeech
-from voice_tts.registry import UnknownEngine
 from voice_tts.service import TtsService
 from voice_tts.settings import TtsSettings
 
@@ -44,14 +44,15 @@ class Stage:
 @pytest.fixture
 async def stage() -> AsyncIterator[Stage]:
     voice = FakeTTS([tone(0.1, 16_000) for _ in range(3)])  # 3 sentences of 5 frames each
-    bus = InMemoryBus("tts")
-    svc = TtsService(TtsSettings(shutdown_grace_s=1.0), engine=FakeEngine(voice))
+    bus, engine = InMemoryBus("tts"), FakeEngine(voice)
+    svc = TtsService(TtsSettings(shutdown_grace_s=1.0), engine=engine)
     await svc.start(bus=bus)
     voice.texts.clear()
     yield Stage(svc, bus, voice)
     if voice.gate is not None:
         voice.gate.set()
     await svc.stop()
+    engine.close()
 
 
 async def test_a_reply_chunk_becomes_tagged_frames_first_clause_first(stage: Stage) -> None:

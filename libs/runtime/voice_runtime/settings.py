@@ -64,3 +64,18 @@ class BootstrapSettings(_Settings):
     """The first admin key (control-api)."""
 
     bootstrap_admin_key: SecretStr | None = None
+
+
+class SecretsSettings(_Settings):
+    """The key that seals tenant secrets (control-api, and the services that dial tenant endpoints)."""
+
+    secrets_key: SecretStr | None = Field(
+        None, description="32 random bytes, base64 (openssl rand -base64 32). Unset: tenant secrets are refused"
+    )
+
+
+class EgressSettings(_Settings):
+    """Which internal host:port entries tenant-controlled URLs may reach (every other internal address is
+    refused; see voice_runtime.egress)."""
+
+    egress_allow: str = Field("", description="Comma-separated host:port entries tenant URLs may reach")

@@ -1,4 +1,5 @@
-"""Request and response models of the API: one create / update / public model per resource.
+"""Request and response models of the API: one create / update / public model per resource. The public
+models are also the typed rows the stores return; their OpenAPI examples are in ``openapi_examples``.
 
 Request models forbid unknown fields, so ids, tenant, versions and timestamps can never be set
 through a body (a client that sends them gets a 422 naming the field instead of a silent ignore).

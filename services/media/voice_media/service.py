@@ -291,8 +291,7 @@ class MediaService(Service):
         super().__init__(settings)
         self.settings: MediaSettings = settings
         self.calls_durable = calls_durable
-        # the service closes the models it made; models passed in belong to the caller
-        self._made: list[TurnModel] = []
+        self._made: list[TurnModel] = []  # closed on stop; models passed in belong to the caller
         self.vad = vad if vad is not None else VOICE_ACTIVITY.get(settings.vad_engine)(settings)
         self.turn_model = turn_model
         if turn_model is None and settings.turn_model_enabled:

@@ -50,6 +50,7 @@ class SttService(Service):
         super().__init__(settings)
         self.settings: SttSettings = settings
         self.stt = stt if stt is not None else ENGINES.get(settings.stt_engine)(settings)
+        self._owns_engine = stt is None  # an engine passed in belongs to the caller
         self.ended = EndedCalls()
         self.languages = CallLanguages(self._agent_language, default=settings.stt_language or None)
         self._agents: AgentDirectory | None = None
@@ -67,7 +68,8 @@ class SttService(Service):
 
     async def stop(self) -> None:
         await super().stop()
-        self.stt.close()
+        if self._owns_engine:
+            self.stt.close()
 
     async def check_ready(self) -> bool:
         return self.stt.loaded

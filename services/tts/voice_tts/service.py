@@ -43,6 +43,7 @@ class TtsService(Service):
         super().__init__(settings)
         self.settings: TtsSettings = settings
         self.engine = engine if engine is not None else ENGINES.get(settings.tts_engine)(settings)
+        self._owns_engine = engine is None  # an engine passed in belongs to the caller
         self.calls = CallAudioRegistry()
 
     # ------------------------------------------------------------ lifecycle
@@ -54,7 +55,8 @@ class TtsService(Service):
 
     async def stop(self) -> None:
         await super().stop()
-        self.engine.close()
+        if self._owns_engine:
+            self.engine.close()
 
     async def check_ready(self) -> bool:
         return self.engine.loaded

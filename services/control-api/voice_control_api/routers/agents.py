@@ -7,9 +7,7 @@ from fastapi import APIRouter, Path, Response
 from ..deps import AUTHED, Auth, Ctx, Paging, QueryText, errors
 from ..models import Agent, AgentCreate, AgentDeployment, AgentPatch, AgentReplace, AgentVersion, Page
 from ..rest import IdPath, IfMatch, expected_version, set_etag
-from ..store.agents import AgentRow, AgentVersionRow
 from ..usecases import agents
-from ..usecases.agents import fields_of
 from ..usecases.common import Listing
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], responses=AUTHED)
@@ -17,35 +15,9 @@ router = APIRouter(prefix="/v1/agents", tags=["agents"], responses=AUTHED)
 VersionPath = Path(ge=1, le=2_000_000_000, description="Version number")
 
 
-def _agent(row: AgentRow) -> Agent:
-    return Agent.model_validate(
-        {
-            **fields_of(row.config),
-            "id": row.id,
-            "tenant_id": row.tenant_id,
-            "version": row.version,
-            "owner_user_id": row.owner_user_id,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-        }
-    )
-
-
-def _version(row: AgentVersionRow) -> AgentVersion:
-    return AgentVersion.model_validate(
-        {
-            **fields_of(row.config),
-            "agent_id": row.agent_id,
-            "version": row.version,
-            "created_at": row.created_at,
-            "created_by": row.created_by,
-        }
-    )
-
-
-def _current(response: Response, row: AgentRow) -> Agent:
-    set_etag(response, row.version)
-    return _agent(row)
+def _current(response: Response, agent: Agent) -> Agent:
+    set_etag(response, agent.version)
+    return agent
 
 
 @router.post(
@@ -56,9 +28,9 @@ def _current(response: Response, row: AgentRow) -> Agent:
     description="The new agent's config is written to JetStream KV (`agents` bucket, `a.<id>` and `a.<id>.v1`).",
 )
 async def create_agent(body: AgentCreate, principal: Auth, ctx: Ctx, response: Response) -> Agent:
-    row = await agents.create_agent(ctx, principal, body)
-    response.headers["Location"] = f"/v1/agents/{row.id}"
-    return _current(response, row)
+    agent = await agents.create_agent(ctx, principal, body)
+    response.headers["Location"] = f"/v1/agents/{agent.id}"
+    return _current(response, agent)
 
 
 @router.get(
@@ -75,10 +47,7 @@ async def list_agents(
     name: QueryText = None,
     owner_user_id: QueryText = None,
 ) -> Listing[Agent]:
-    listing = await agents.list_agents(
-        ctx, principal, paging, is_active=is_active, name=name, owner_user_id=owner_user_id
-    )
-    return listing.map(_agent)
+    return await agents.list_agents(ctx, principal, paging, is_active=is_active, name=name, owner_user_id=owner_user_id)
 
 
 @router.get(
@@ -107,8 +76,8 @@ async def replace_agent(
     response: Response,
     if_match: IfMatch = None,
 ) -> Agent:
-    row = await agents.replace_agent(ctx, principal, agent_id, body, expected_version(if_match, body.version))
-    return _current(response, row)
+    agent = await agents.replace_agent(ctx, principal, agent_id, body, expected_version(if_match, body.version))
+    return _current(response, agent)
 
 
 @router.patch(
@@ -127,8 +96,8 @@ async def patch_agent(
     response: Response,
     if_match: IfMatch = None,
 ) -> Agent:
-    row = await agents.patch_agent(ctx, principal, agent_id, body, expected_version(if_match, body.version))
-    return _current(response, row)
+    agent = await agents.patch_agent(ctx, principal, agent_id, body, expected_version(if_match, body.version))
+    return _current(response, agent)
 
 
 @router.delete(
@@ -151,7 +120,7 @@ async def delete_agent(agent_id: IdPath, principal: Auth, ctx: Ctx, if_match: If
     summary="List an agent's versions (newest first)",
 )
 async def list_versions(agent_id: IdPath, principal: Auth, ctx: Ctx, paging: Paging) -> Listing[AgentVersion]:
-    return (await agents.list_versions(ctx, principal, agent_id, paging)).map(_version)
+    return await agents.list_versions(ctx, principal, agent_id, paging)
 
 
 @router.get(
@@ -161,7 +130,7 @@ async def list_versions(agent_id: IdPath, principal: Auth, ctx: Ctx, paging: Pag
     summary="Get one version of an agent",
 )
 async def get_version(agent_id: IdPath, principal: Auth, ctx: Ctx, version: int = VersionPath) -> AgentVersion:
-    return _version(await agents.get_version(ctx, principal, agent_id, version))
+    return await agents.get_version(ctx, principal, agent_id, version)
 
 
 @router.post(
@@ -178,8 +147,8 @@ async def restore_version(
     version: int = VersionPath,
     if_match: IfMatch = None,
 ) -> Agent:
-    row = await agents.restore_version(ctx, principal, agent_id, version, expected_version(if_match))
-    return _current(response, row)
+    agent = await agents.restore_version(ctx, principal, agent_id, version, expected_version(if_match))
+    return _current(response, agent)
 
 
 @router.get(

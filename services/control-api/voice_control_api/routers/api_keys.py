@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from fastapi import APIRouter, Response
 
 from ..deps import AUTHED, Admin, Ctx, Paging, errors
 from ..models import ApiKey, ApiKeyCreate, ApiKeyCreated, Page
 from ..rest import IdPath
 from ..security import Role
-from ..store.api_keys import ApiKeyRow
 from ..usecases import api_keys
 from ..usecases.common import Listing
 
@@ -27,19 +24,19 @@ router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"], responses=AUTHED)
 )
 async def create_api_key(body: ApiKeyCreate, principal: Admin, ctx: Ctx, response: Response) -> ApiKeyCreated:
     created = await api_keys.create_api_key(ctx, principal, body)
-    response.headers["Location"] = f"/v1/api-keys/{created.row.id}"
-    return ApiKeyCreated.model_validate({**asdict(created.row), "key": created.key})
+    response.headers["Location"] = f"/v1/api-keys/{created.id}"
+    return created
 
 
 @router.get("", response_model=Page[ApiKey], summary="List API keys")
 async def list_api_keys(
     principal: Admin, ctx: Ctx, paging: Paging, include_revoked: bool = False, role: Role | None = None
-) -> Listing[ApiKeyRow]:
+) -> Listing[ApiKey]:
     return await api_keys.list_api_keys(ctx, principal, paging, include_revoked=include_revoked, role=role)
 
 
 @router.get("/{key_id}", response_model=ApiKey, responses=errors(404), summary="Get an API key")
-async def get_api_key(key_id: IdPath, principal: Admin, ctx: Ctx) -> ApiKeyRow:
+async def get_api_key(key_id: IdPath, principal: Admin, ctx: Ctx) -> ApiKey:
     return await api_keys.get_api_key(ctx, principal, key_id)
 
 

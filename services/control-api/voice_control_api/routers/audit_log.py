@@ -6,7 +6,6 @@ from fastapi import APIRouter
 
 from ..deps import AUTHED, Admin, Ctx, Paging, QueryText, QueryTime
 from ..models import AuditEntry, Page
-from ..store.audit import AuditEntryRow
 from ..usecases import audit_log
 from ..usecases.common import Listing
 
@@ -30,7 +29,7 @@ async def list_audit_log(
     actor_id: QueryText = None,
     since: QueryTime = None,
     until: QueryTime = None,
-) -> Listing[AuditEntryRow]:
+) -> Listing[AuditEntry]:
     return await audit_log.list_entries(
         ctx,
         principal,

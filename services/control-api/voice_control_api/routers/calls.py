@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from fastapi import APIRouter
 
 from ..deps import AUTHED, Auth, Ctx, Paging, QueryText, QueryTime, errors
 from ..models import Call, CallDetail, CallStatus, Page
 from ..rest import IdPath
-from ..store.calls import CallRow
 from ..usecases import calls
 from ..usecases.common import Listing
 
@@ -34,7 +31,7 @@ async def list_calls(
     channel: QueryText = None,
     started_after: QueryTime = None,
     started_before: QueryTime = None,
-) -> Listing[CallRow]:
+) -> Listing[Call]:
     return await calls.list_calls(
         ctx,
         principal,
@@ -57,5 +54,4 @@ async def list_calls(
     "to the agent's first audio) and `latency` its per-stage breakdown in milliseconds.",
 )
 async def get_call(call_id: IdPath, principal: Auth, ctx: Ctx) -> CallDetail:
-    found = await calls.get_call(ctx, principal, call_id)
-    return CallDetail.model_validate({**asdict(found.call), "turns": [asdict(t) for t in found.turns]})
+    return await calls.get_call(ctx, principal, call_id)

@@ -7,7 +7,6 @@ from fastapi import APIRouter, Response
 from ..deps import AUTHED, Admin, Auth, Ctx, Paging, QueryText, errors
 from ..models import Page, PhoneNumber, PhoneNumberCreate, PhoneNumberUpdate
 from ..rest import IdPath, IfMatch, expected_version, set_etag
-from ..store.numbers import PhoneNumberRow
 from ..usecases import phone_numbers
 from ..usecases.common import Listing
 
@@ -22,7 +21,7 @@ router = APIRouter(prefix="/v1/phone-numbers", tags=["phone-numbers"], responses
     summary="Route a phone number to an agent",
     description="The number is normalised to E.164. Its route is written to JetStream KV (`numbers` bucket).",
 )
-async def create_number(body: PhoneNumberCreate, principal: Admin, ctx: Ctx, response: Response) -> PhoneNumberRow:
+async def create_number(body: PhoneNumberCreate, principal: Admin, ctx: Ctx, response: Response) -> PhoneNumber:
     row = await phone_numbers.create_number(ctx, principal, body)
     response.headers["Location"] = f"/v1/phone-numbers/{row.id}"
     set_etag(response, row.version)
@@ -37,12 +36,12 @@ async def create_number(body: PhoneNumberCreate, principal: Admin, ctx: Ctx, res
 )
 async def list_numbers(
     principal: Auth, ctx: Ctx, paging: Paging, agent_id: QueryText = None, number: QueryText = None
-) -> Listing[PhoneNumberRow]:
+) -> Listing[PhoneNumber]:
     return await phone_numbers.list_numbers(ctx, principal, paging, agent_id=agent_id, number=number)
 
 
 @router.get("/{number_id}", response_model=PhoneNumber, responses=errors(404), summary="Get a phone number")
-async def get_number(number_id: IdPath, principal: Auth, ctx: Ctx, response: Response) -> PhoneNumberRow:
+async def get_number(number_id: IdPath, principal: Auth, ctx: Ctx, response: Response) -> PhoneNumber:
     row = await phone_numbers.get_number(ctx, principal, number_id)
     set_etag(response, row.version)
     return row
@@ -61,7 +60,7 @@ async def update_number(
     ctx: Ctx,
     response: Response,
     if_match: IfMatch = None,
-) -> PhoneNumberRow:
+) -> PhoneNumber:
     row = await phone_numbers.update_number(ctx, principal, number_id, body, expected_version(if_match, body.version))
     set_etag(response, row.version)
     return row

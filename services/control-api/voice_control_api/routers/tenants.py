@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from fastapi import APIRouter, Response
 
 from ..deps import AUTHED, Auth, Ctx, Paging, PlatformAdmin, QueryText, errors
 from ..models import Page, Tenant, TenantCreate, TenantCreated, TenantUpdate
 from ..rest import IdPath, IfMatch, expected_version, set_etag
-from ..store.tenants import TenantRow
 from ..usecases import tenants
 from ..usecases.common import Listing
 
@@ -25,15 +22,9 @@ router = APIRouter(prefix="/v1/tenants", tags=["tenants"], responses=AUTHED)
 )
 async def create_tenant(body: TenantCreate, principal: PlatformAdmin, ctx: Ctx, response: Response) -> TenantCreated:
     created = await tenants.create_tenant(ctx, principal, body)
-    response.headers["Location"] = f"/v1/tenants/{created.tenant.id}"
-    set_etag(response, created.tenant.version)
-    return TenantCreated.model_validate(
-        {
-            **asdict(created.tenant),
-            "admin_api_key": created.admin_api_key,
-            "admin_api_key_id": created.admin_api_key_id,
-        }
-    )
+    response.headers["Location"] = f"/v1/tenants/{created.id}"
+    set_etag(response, created.version)
+    return created
 
 
 @router.get(
@@ -42,12 +33,12 @@ async def create_tenant(body: TenantCreate, principal: PlatformAdmin, ctx: Ctx, 
     summary="List tenants",
     description="A platform admin sees every tenant; anyone else sees their own.",
 )
-async def list_tenants(principal: Auth, ctx: Ctx, paging: Paging, name: QueryText = None) -> Listing[TenantRow]:
+async def list_tenants(principal: Auth, ctx: Ctx, paging: Paging, name: QueryText = None) -> Listing[Tenant]:
     return await tenants.list_tenants(ctx, principal, paging, name=name)
 
 
 @router.get("/{tenant_id}", response_model=Tenant, responses=errors(404), summary="Get a tenant")
-async def get_tenant(tenant_id: IdPath, principal: Auth, ctx: Ctx, response: Response) -> TenantRow:
+async def get_tenant(tenant_id: IdPath, principal: Auth, ctx: Ctx, response: Response) -> Tenant:
     tenant = await tenants.get_tenant(ctx, principal, tenant_id)
     set_etag(response, tenant.version)
     return tenant
@@ -66,7 +57,7 @@ async def update_tenant(
     ctx: Ctx,
     response: Response,
     if_match: IfMatch = None,
-) -> TenantRow:
+) -> Tenant:
     tenant = await tenants.update_tenant(ctx, principal, tenant_id, body, expected_version(if_match, body.version))
     set_etag(response, tenant.version)
     return tenant

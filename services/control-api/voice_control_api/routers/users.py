@@ -8,7 +8,6 @@ from ..deps import AUTHED, Admin, Ctx, Paging, QueryText, errors
 from ..models import Page, User, UserCreate, UserUpdate
 from ..rest import IdPath, IfMatch, expected_version, set_etag
 from ..security import Role
-from ..store.users import UserRow
 from ..usecases import users
 from ..usecases.common import Listing
 
@@ -16,7 +15,7 @@ router = APIRouter(prefix="/v1/users", tags=["users"], responses=AUTHED)
 
 
 @router.post("", status_code=201, response_model=User, responses=errors(409), summary="Create a user")
-async def create_user(body: UserCreate, principal: Admin, ctx: Ctx, response: Response) -> UserRow:
+async def create_user(body: UserCreate, principal: Admin, ctx: Ctx, response: Response) -> User:
     user = await users.create_user(ctx, principal, body)
     response.headers["Location"] = f"/v1/users/{user.id}"
     set_etag(response, user.version)
@@ -31,12 +30,12 @@ async def list_users(
     role: Role | None = None,
     is_active: bool | None = None,
     email: QueryText = None,
-) -> Listing[UserRow]:
+) -> Listing[User]:
     return await users.list_users(ctx, principal, paging, role=role, is_active=is_active, email=email)
 
 
 @router.get("/{user_id}", response_model=User, responses=errors(404), summary="Get a user")
-async def get_user(user_id: IdPath, principal: Admin, ctx: Ctx, response: Response) -> UserRow:
+async def get_user(user_id: IdPath, principal: Admin, ctx: Ctx, response: Response) -> User:
     user = await users.get_user(ctx, principal, user_id)
     set_etag(response, user.version)
     return user
@@ -57,7 +56,7 @@ async def update_user(
     ctx: Ctx,
     response: Response,
     if_match: IfMatch = None,
-) -> UserRow:
+) -> User:
     user = await users.update_user(ctx, principal, user_id, body, expected_version(if_match, body.version))
     set_etag(response, user.version)
     return user

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Query, Response
 from ..deps import AUTHED, Admin, Ctx, Paging, errors
 from ..models import Page, Webhook, WebhookCreate, WebhookEvent, WebhookUpdate, WebhookWithSecret
 from ..rest import IdPath, IfMatch, expected_version, set_etag
-from ..store.webhooks import WebhookRow
 from ..usecases import webhooks
 from ..usecases.common import Listing
 
@@ -23,7 +22,7 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=AUTHED)
     summary="Register a webhook endpoint",
     description="The signing secret is returned here and by rotate-secret only.",
 )
-async def create_webhook(body: WebhookCreate, principal: Admin, ctx: Ctx, response: Response) -> WebhookRow:
+async def create_webhook(body: WebhookCreate, principal: Admin, ctx: Ctx, response: Response) -> WebhookWithSecret:
     row = await webhooks.create_webhook(ctx, principal, body)
     response.headers["Location"] = f"/v1/webhooks/{row.id}"
     set_etag(response, row.version)
@@ -37,12 +36,12 @@ async def list_webhooks(
     paging: Paging,
     is_active: bool | None = None,
     event: Annotated[WebhookEvent | None, Query(description="Endpoints subscribed to this event")] = None,
-) -> Listing[WebhookRow]:
+) -> Listing[Webhook]:
     return await webhooks.list_webhooks(ctx, principal, paging, is_active=is_active, event=event)
 
 
 @router.get("/{webhook_id}", response_model=Webhook, responses=errors(404), summary="Get a webhook endpoint")
-async def get_webhook(webhook_id: IdPath, principal: Admin, ctx: Ctx, response: Response) -> WebhookRow:
+async def get_webhook(webhook_id: IdPath, principal: Admin, ctx: Ctx, response: Response) -> Webhook:
     row = await webhooks.get_webhook(ctx, principal, webhook_id)
     set_etag(response, row.version)
     return row
@@ -58,7 +57,7 @@ async def update_webhook(
     ctx: Ctx,
     response: Response,
     if_match: IfMatch = None,
-) -> WebhookRow:
+) -> Webhook:
     row = await webhooks.update_webhook(ctx, principal, webhook_id, body, expected_version(if_match, body.version))
     set_etag(response, row.version)
     return row
@@ -70,7 +69,7 @@ async def update_webhook(
     responses=errors(404),
     summary="Replace the signing secret",
 )
-async def rotate_webhook_secret(webhook_id: IdPath, principal: Admin, ctx: Ctx) -> WebhookRow:
+async def rotate_webhook_secret(webhook_id: IdPath, principal: Admin, ctx: Ctx) -> WebhookWithSecret:
     return await webhooks.rotate_secret(ctx, principal, webhook_id)
 
 

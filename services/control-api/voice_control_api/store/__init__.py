@@ -1,5 +1,6 @@
-"""PostgreSQL access per resource (asyncpg). Every query that reads tenant data filters by tenant; every
-function returns typed rows (frozen dataclasses), never records or dicts."""
+"""PostgreSQL access per resource (asyncpg). Every query that reads tenant data filters by tenant. Rows come
+back typed: as the API's public models (``models``) where a resource is read, as frozen dataclasses where
+only a use case needs them (credentials, token state), never as records or dicts."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ R = TypeVar("R")
 
 
 def row_as(cls: type[R], record: asyncpg.Record) -> R:
-    """A record whose columns are exactly the fields of ``cls``, as that dataclass."""
+    """A record whose columns are exactly the fields of ``cls`` (a model or a dataclass), as a ``cls``."""
     return cls(**dict(record))
 
 

@@ -3,44 +3,28 @@
 from __future__ import annotations
 
 import json
+from typing import TypeVar
 
 import asyncpg
+from pydantic import BaseModel
 from voice_schemas.agent import AgentConfig
 
 from ..models import Agent, AgentVersion
 
+M = TypeVar("M", bound=BaseModel)
+
 _HEAD = """
-    SELECT a.id, a.tenant_id, a.owner_user_id, a.current_version, a.created_at, a.updated_at, v.config
+    SELECT a.id, a.tenant_id, a.current_version AS version, a.owner_user_id, a.created_at, a.updated_at, v.config
     FROM agents a JOIN agent_versions v ON v.agent_id = a.id AND v.version = a.current_version
 """
-_VERSION = "SELECT agent_id, version, config, created_at, created_by FROM agent_versions"
+_VERSION = "SELECT agent_id, version, created_at, created_by, config FROM agent_versions"
 _NOT_STORED = {"id", "tenant_id", "version"}  # columns of their own, not part of the stored config
 
 
-def _agent(row: asyncpg.Record) -> Agent:
-    return Agent.model_validate(
-        {
-            **json.loads(row["config"]),
-            "id": row["id"],
-            "tenant_id": row["tenant_id"],
-            "version": row["current_version"],
-            "owner_user_id": row["owner_user_id"],
-            "created_at": row["created_at"],
-            "updated_at": row["updated_at"],
-        }
-    )
-
-
-def _version(row: asyncpg.Record) -> AgentVersion:
-    return AgentVersion.model_validate(
-        {
-            **json.loads(row["config"]),
-            "agent_id": row["agent_id"],
-            "version": row["version"],
-            "created_at": row["created_at"],
-            "created_by": row["created_by"],
-        }
-    )
+def _with_config(model: type[M], row: asyncpg.Record) -> M:
+    """A row whose columns are fields of ``model``, with ``config`` (the stored version) spread among them."""
+    columns = dict(row)
+    return model.model_validate({**json.loads(columns.pop("config")), **columns})
 
 
 async def _insert_version(conn: asyncpg.Connection, config: AgentConfig, created_by: str) -> None:
@@ -55,9 +39,7 @@ async def _insert_version(conn: asyncpg.Connection, config: AgentConfig, created
     )
 
 
-async def create(
-    conn: asyncpg.Connection, *, config: AgentConfig, owner_user_id: str | None, created_by: str
-) -> Agent:
+async def create(conn: asyncpg.Connection, *, config: AgentConfig, owner_user_id: str | None, created_by: str) -> Agent:
     """A new agent whose first version is ``config``."""
     await conn.execute(
         """
@@ -103,7 +85,7 @@ async def get(
         agent_id,
         owner,
     )
-    return _agent(row) if row else None
+    return _with_config(Agent, row) if row else None
 
 
 async def list_(
@@ -133,7 +115,7 @@ async def list_(
         limit,
         offset,
     )
-    return [_agent(r) for r in rows]
+    return [_with_config(Agent, r) for r in rows]
 
 
 async def add_version(
@@ -182,7 +164,7 @@ async def list_versions(conn: asyncpg.Connection, agent_id: str, *, limit: int, 
         limit,
         offset,
     )
-    return [_version(r) for r in rows]
+    return [_with_config(AgentVersion, r) for r in rows]
 
 
 async def get_version(conn: asyncpg.Connection, agent_id: str, version: int) -> AgentVersion | None:
@@ -191,18 +173,13 @@ async def get_version(conn: asyncpg.Connection, agent_id: str, version: int) -> 
         agent_id,
         version,
     )
-    return _version(row) if row else None
+    return _with_config(AgentVersion, row) if row else None
 
 
 # ------------------------------------------------------------------ for the KV resync
 async def live_configs(conn: asyncpg.Connection) -> list[AgentConfig]:
     rows = await conn.fetch(f"{_HEAD} WHERE a.deleted_at IS NULL ORDER BY a.id")
-    return [
-        AgentConfig.model_validate(
-            {**json.loads(r["config"]), "id": r["id"], "tenant_id": r["tenant_id"], "version": r["current_version"]}
-        )
-        for r in rows
-    ]
+    return [_with_config(AgentConfig, r) for r in rows]
 
 
 async def all_versions(conn: asyncpg.Connection) -> set[tuple[str, int]]:

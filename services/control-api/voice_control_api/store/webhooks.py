@@ -40,9 +40,7 @@ async def create(
     return row_as(WebhookWithSecret, row)
 
 
-async def get(
-    conn: asyncpg.Connection, tenant_id: str, webhook_id: str, *, for_update: bool = False
-) -> Webhook | None:
+async def get(conn: asyncpg.Connection, tenant_id: str, webhook_id: str, *, for_update: bool = False) -> Webhook | None:
     lock = " FOR UPDATE" if for_update else ""
     row = await conn.fetchrow(
         f"SELECT {COLUMNS} FROM webhooks WHERE tenant_id = $1 AND id = $2{lock}", tenant_id, webhook_id

@@ -16,26 +16,25 @@ from voice_schemas.agent import AgentConfig
 from voice_schemas.streams import KV_AGENTS
 
 from ..context import AppContext
-from ..models import AgentCreate, AgentDeployment, AgentFields, AgentPatch, AgentReplace
+from ..models import Agent, AgentCreate, AgentDeployment, AgentFields, AgentPatch, AgentReplace, AgentVersion
 from ..principal import Principal
 from ..security import new_id
 from ..store import agents as store
 from ..store import users as user_store
-from ..store.agents import AgentRow, AgentVersionRow
 from . import audit_log, dataplane
-from .common import ExpectedVersion, Listing, Pagination, connection, transaction
-from .errors import Conflict, Forbidden, InvalidField, InvalidFields, NotFound
+from .common import ExpectedVersion, Listing, Pagination, connection, fetch_page, found, transaction
+from .errors import Conflict, Forbidden, InvalidField, InvalidFields
 
-FIELDS = frozenset(AgentFields.model_fields)
+_FIELDS = set(AgentFields.model_fields)
 _NESTED = ("llm", "stt", "turn")
 
 Fields = dict[str, Any]  # an agent's fields (AgentFields), as JSON values
 MakeFields = Callable[[asyncpg.Connection, Fields], Awaitable[Fields]]
 
 
-def fields_of(config: AgentConfig) -> Fields:
-    """What a version is made of, without the agent's id, tenant and version number."""
-    return config.model_dump(mode="json", include=set(FIELDS))
+def _fields_of(version: AgentFields) -> Fields:
+    """What a version is made of, without the agent's id, owner, version number and times."""
+    return version.model_dump(mode="json", include=_FIELDS)
 
 
 def _validated(fields: Fields) -> Fields:
@@ -75,11 +74,9 @@ async def _owner(
     return requested
 
 
-async def _visible(conn: asyncpg.Connection, principal: Principal, agent_id: str, *, lock: bool = False) -> AgentRow:
+async def _visible(conn: asyncpg.Connection, principal: Principal, agent_id: str, *, lock: bool = False) -> Agent:
     agent = await store.get(conn, principal.tenant_id, agent_id, owner=principal.owner_filter, for_update=lock)
-    if agent is None:
-        raise NotFound("agent")
-    return agent
+    return found(agent, "agent")
 
 
 async def _new_version(
@@ -91,11 +88,11 @@ async def _new_version(
     requested_owner: str | None,
     action: str,
     **details: Any,
-) -> AgentRow:
+) -> Agent:
     async with transaction(ctx) as conn:
         agent = await _visible(conn, principal, agent_id, lock=True)
         expected.check(agent.version)
-        before = fields_of(agent.config)
+        before = _fields_of(agent)
         fields = _validated(await make_fields(conn, before))
         owner = await _owner(conn, principal, requested_owner, agent.owner_user_id)
         config = AgentConfig(id=agent.id, tenant_id=agent.tenant_id, version=agent.version + 1, **fields)
@@ -108,7 +105,7 @@ async def _new_version(
     return updated
 
 
-async def create_agent(ctx: AppContext, principal: Principal, body: AgentCreate) -> AgentRow:
+async def create_agent(ctx: AppContext, principal: Principal, body: AgentCreate) -> Agent:
     fields = _validated(body.model_dump(exclude={"owner_user_id"}))
     agent_id = new_id()
     async with transaction(ctx) as conn:
@@ -128,29 +125,27 @@ async def list_agents(
     is_active: bool | None,
     name: str | None,
     owner_user_id: str | None,
-) -> Listing[AgentRow]:
-    async with connection(ctx) as conn:
-        rows = await store.list_(
-            conn,
-            principal.tenant_id,
-            owner=principal.owner_filter,
-            is_active=is_active,
-            name=name,
-            owner_user_id=owner_user_id,
-            limit=paging.fetch,
-            offset=paging.offset,
-        )
-    return paging.page(rows)
+) -> Listing[Agent]:
+    return await fetch_page(
+        ctx,
+        paging,
+        store.list_,
+        principal.tenant_id,
+        owner=principal.owner_filter,
+        is_active=is_active,
+        name=name,
+        owner_user_id=owner_user_id,
+    )
 
 
-async def get_agent(ctx: AppContext, principal: Principal, agent_id: str) -> AgentRow:
+async def get_agent(ctx: AppContext, principal: Principal, agent_id: str) -> Agent:
     async with connection(ctx) as conn:
         return await _visible(conn, principal, agent_id)
 
 
 async def replace_agent(
     ctx: AppContext, principal: Principal, agent_id: str, body: AgentReplace, expected: ExpectedVersion
-) -> AgentRow:
+) -> Agent:
     """A new version made of ``body`` alone: fields it leaves out take their defaults."""
     new_fields = body.model_dump(exclude={"owner_user_id", "version"})
 
@@ -162,7 +157,7 @@ async def replace_agent(
 
 async def patch_agent(
     ctx: AppContext, principal: Principal, agent_id: str, body: AgentPatch, expected: ExpectedVersion
-) -> AgentRow:
+) -> Agent:
     """A new version: the current one with the fields ``body`` sets (nested objects merged)."""
     patch = body.model_dump(exclude_unset=True, exclude={"owner_user_id", "version"})
 
@@ -175,14 +170,11 @@ async def patch_agent(
 
 async def restore_version(
     ctx: AppContext, principal: Principal, agent_id: str, version: int, expected: ExpectedVersion
-) -> AgentRow:
+) -> Agent:
     """A new version made of an old one's fields."""
 
     async def make(conn: asyncpg.Connection, _: Fields) -> Fields:
-        old = await store.get_version(conn, agent_id, version)
-        if old is None:
-            raise NotFound("agent version")
-        return fields_of(old.config)
+        return _fields_of(found(await store.get_version(conn, agent_id, version), "agent version"))
 
     return await _new_version(ctx, principal, agent_id, expected, make, None, "agent.restore", restored_from=version)
 
@@ -201,20 +193,17 @@ async def delete_agent(ctx: AppContext, principal: Principal, agent_id: str, exp
 
 async def list_versions(
     ctx: AppContext, principal: Principal, agent_id: str, paging: Pagination
-) -> Listing[AgentVersionRow]:
+) -> Listing[AgentVersion]:
     async with connection(ctx) as conn:
         await _visible(conn, principal, agent_id)
         rows = await store.list_versions(conn, agent_id, limit=paging.fetch, offset=paging.offset)
     return paging.page(rows)
 
 
-async def get_version(ctx: AppContext, principal: Principal, agent_id: str, version: int) -> AgentVersionRow:
+async def get_version(ctx: AppContext, principal: Principal, agent_id: str, version: int) -> AgentVersion:
     async with connection(ctx) as conn:
         await _visible(conn, principal, agent_id)
-        row = await store.get_version(conn, agent_id, version)
-    if row is None:
-        raise NotFound("agent version")
-    return row
+        return found(await store.get_version(conn, agent_id, version), "agent version")
 
 
 async def deployment(ctx: AppContext, principal: Principal, agent_id: str) -> AgentDeployment:

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ..context import AppContext
-from ..models import ApiKeyCreate
+from ..models import ApiKey, ApiKeyCreate, ApiKeyCreated
 from ..principal import Principal
 from ..security import Role, generate_api_key, new_id
 from ..store import api_keys as store
 from ..store import users as user_store
-from ..store.api_keys import ApiKeyRow
 from . import audit_log
-from .common import Listing, Pagination, connection, transaction
+from .common import Listing, Pagination, connection, fetch_page, found, transaction
 from .errors import Forbidden, InvalidField, NotFound
-
-
-@dataclass(frozen=True)
-class NewApiKey:
-    row: ApiKeyRow
-    key: str  # the secret, shown once
 
 
 def _check_grant(principal: Principal, body: ApiKeyCreate) -> None:
@@ -34,8 +26,8 @@ def _check_grant(principal: Principal, body: ApiKeyCreate) -> None:
         raise InvalidField("expires_at", "must be in the future")
 
 
-async def create_api_key(ctx: AppContext, principal: Principal, body: ApiKeyCreate) -> NewApiKey:
-    """A supervisor key acts as the supervisor user it names."""
+async def create_api_key(ctx: AppContext, principal: Principal, body: ApiKeyCreate) -> ApiKeyCreated:
+    """The key, with its secret (returned once). A supervisor key acts as the supervisor user it names."""
     _check_grant(principal, body)
     key = generate_api_key()
     async with transaction(ctx) as conn:
@@ -61,30 +53,18 @@ async def create_api_key(ctx: AppContext, principal: Principal, body: ApiKeyCrea
         await audit_log.record(
             conn, principal, "api_key.create", "api_key", row.id, role=body.role, platform_admin=body.platform_admin
         )
-    return NewApiKey(row=row, key=key.key)
+    return ApiKeyCreated(**row.model_dump(), key=key.key)
 
 
 async def list_api_keys(
     ctx: AppContext, principal: Principal, paging: Pagination, *, include_revoked: bool, role: Role | None
-) -> Listing[ApiKeyRow]:
-    async with connection(ctx) as conn:
-        rows = await store.list_(
-            conn,
-            principal.tenant_id,
-            include_revoked=include_revoked,
-            role=role,
-            limit=paging.fetch,
-            offset=paging.offset,
-        )
-    return paging.page(rows)
+) -> Listing[ApiKey]:
+    return await fetch_page(ctx, paging, store.list_, principal.tenant_id, include_revoked=include_revoked, role=role)
 
 
-async def get_api_key(ctx: AppContext, principal: Principal, key_id: str) -> ApiKeyRow:
+async def get_api_key(ctx: AppContext, principal: Principal, key_id: str) -> ApiKey:
     async with connection(ctx) as conn:
-        row = await store.get(conn, principal.tenant_id, key_id)
-    if row is None:
-        raise NotFound("API key")
-    return row
+        return found(await store.get(conn, principal.tenant_id, key_id), "API key")
 
 
 async def revoke_api_key(ctx: AppContext, principal: Principal, key_id: str) -> None:

@@ -12,10 +12,10 @@ from typing import Any
 import asyncpg
 
 from ..context import AppContext, request_id_var
+from ..models import AuditEntry
 from ..principal import Principal
 from ..store import audit as store
-from ..store.audit import AuditEntryRow
-from .common import Listing, Pagination, connection
+from .common import Listing, Pagination, fetch_page
 
 
 async def record(
@@ -56,18 +56,16 @@ async def list_entries(
     actor_id: str | None,
     since: datetime | None,
     until: datetime | None,
-) -> Listing[AuditEntryRow]:
-    async with connection(ctx) as conn:
-        rows = await store.list_(
-            conn,
-            principal.tenant_id,
-            resource_type=resource_type,
-            resource_id=resource_id,
-            action=action,
-            actor_id=actor_id,
-            since=since,
-            until=until,
-            limit=paging.fetch,
-            offset=paging.offset,
-        )
-    return paging.page(rows)
+) -> Listing[AuditEntry]:
+    return await fetch_page(
+        ctx,
+        paging,
+        store.list_,
+        principal.tenant_id,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        action=action,
+        actor_id=actor_id,
+        since=since,
+        until=until,
+    )

@@ -76,7 +76,6 @@ class ExpectedVersion:
             raise StaleVersion(self.version, current)
 
 
-
 async def fetch_page(
     ctx: AppContext, paging: Pagination, query: Callable[..., Awaitable[list[T]]], *args: Any, **filters: Any
 ) -> Listing[T]:

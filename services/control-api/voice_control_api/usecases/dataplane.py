@@ -10,12 +10,12 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 from voice_runtime.logging import get_logger
+from voice_schemas.agent import AgentConfig, NumberRoute
 
 from ..context import AppContext
 from ..kvsync import Snapshot
+from ..models import Agent, PhoneNumber
 from ..store import agents, numbers
-from ..store.agents import AgentRow
-from ..store.numbers import PhoneNumberRow
 
 log = get_logger(__name__)
 
@@ -28,27 +28,30 @@ async def _mirror(ctx: AppContext, write: Callable[[], Awaitable[object]], event
         ctx.request_resync()
 
 
-async def publish_agent(ctx: AppContext, agent: AgentRow) -> None:
+async def publish_agent(ctx: AppContext, agent: Agent) -> None:
     """The agent's current version, under its version key and (moving forward only) its current key."""
-    await _mirror(ctx, lambda: ctx.publisher.publish_agent(agent.config), "kv_publish_failed", agent_id=agent.id)
+    config = AgentConfig.model_validate(agent.model_dump())
+    await _mirror(ctx, lambda: ctx.publisher.publish_agent(config), "kv_publish_failed", agent_id=agent.id)
 
 
 async def retract_agent(ctx: AppContext, agent_id: str) -> None:
     await _mirror(ctx, lambda: ctx.publisher.retract_agent(agent_id), "kv_retract_failed", agent_id=agent_id)
 
 
-async def publish_number(ctx: AppContext, row: PhoneNumberRow, *, old_number: str | None = None) -> None:
+async def publish_number(ctx: AppContext, row: PhoneNumber, *, old_number: str | None = None) -> None:
     """The number's route; ``old_number``, when the number itself changed, loses its route."""
 
     async def write() -> None:
         if old_number is not None and old_number != row.number:
             await ctx.publisher.retract_number(old_number)
-        await ctx.publisher.publish_number(row.route)
+        await ctx.publisher.publish_number(
+            NumberRoute(number=row.number, tenant_id=row.tenant_id, agent_id=row.agent_id)
+        )
 
     await _mirror(ctx, write, "kv_publish_failed", number_id=row.id)
 
 
-async def retract_number(ctx: AppContext, row: PhoneNumberRow) -> None:
+async def retract_number(ctx: AppContext, row: PhoneNumber) -> None:
     await _mirror(ctx, lambda: ctx.publisher.retract_number(row.number), "kv_retract_failed", number_id=row.id)
 
 

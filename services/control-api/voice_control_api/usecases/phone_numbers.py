@@ -9,15 +9,14 @@ import asyncpg
 
 from ..context import AppContext
 from ..fields import normalize_e164
-from ..models import PhoneNumberCreate, PhoneNumberUpdate
+from ..models import PhoneNumber, PhoneNumberCreate, PhoneNumberUpdate
 from ..principal import Principal
 from ..security import new_id
 from ..store import agents as agent_store
 from ..store import numbers as store
-from ..store.numbers import PhoneNumberRow
 from . import audit_log, dataplane
-from .common import ExpectedVersion, Listing, Pagination, connection, transaction
-from .errors import Conflict, InvalidField, NotFound
+from .common import ExpectedVersion, Listing, Pagination, connection, fetch_page, found, transaction
+from .errors import Conflict, InvalidField
 
 _TAKEN = "this number is already registered"
 
@@ -28,14 +27,11 @@ async def _lock_agent(conn: asyncpg.Connection, tenant_id: str, agent_id: str) -
         raise InvalidField("agent_id", "no such agent in this tenant")
 
 
-async def _locked(conn: asyncpg.Connection, principal: Principal, number_id: str) -> PhoneNumberRow:
-    current = await store.get(conn, principal.tenant_id, number_id, for_update=True)
-    if current is None:
-        raise NotFound("phone number")
-    return current
+async def _locked(conn: asyncpg.Connection, principal: Principal, number_id: str) -> PhoneNumber:
+    return found(await store.get(conn, principal.tenant_id, number_id, for_update=True), "phone number")
 
 
-async def create_number(ctx: AppContext, principal: Principal, body: PhoneNumberCreate) -> PhoneNumberRow:
+async def create_number(ctx: AppContext, principal: Principal, body: PhoneNumberCreate) -> PhoneNumber:
     number_id = new_id()
     async with transaction(ctx) as conn:
         await _lock_agent(conn, principal.tenant_id, body.agent_id)
@@ -54,36 +50,27 @@ async def create_number(ctx: AppContext, principal: Principal, body: PhoneNumber
 
 async def list_numbers(
     ctx: AppContext, principal: Principal, paging: Pagination, *, agent_id: str | None, number: str | None
-) -> Listing[PhoneNumberRow]:
+) -> Listing[PhoneNumber]:
     if number is not None:
         try:
             number = normalize_e164(number)
         except ValueError:
             return paging.page([])  # not a phone number: no number is stored so
+    return await fetch_page(
+        ctx, paging, store.list_, principal.tenant_id, owner=principal.owner_filter, agent_id=agent_id, number=number
+    )
+
+
+async def get_number(ctx: AppContext, principal: Principal, number_id: str) -> PhoneNumber:
     async with connection(ctx) as conn:
-        rows = await store.list_(
-            conn,
-            principal.tenant_id,
-            owner=principal.owner_filter,
-            agent_id=agent_id,
-            number=number,
-            limit=paging.fetch,
-            offset=paging.offset,
+        return found(
+            await store.get(conn, principal.tenant_id, number_id, owner=principal.owner_filter), "phone number"
         )
-    return paging.page(rows)
-
-
-async def get_number(ctx: AppContext, principal: Principal, number_id: str) -> PhoneNumberRow:
-    async with connection(ctx) as conn:
-        row = await store.get(conn, principal.tenant_id, number_id, owner=principal.owner_filter)
-    if row is None:
-        raise NotFound("phone number")
-    return row
 
 
 async def update_number(
     ctx: AppContext, principal: Principal, number_id: str, body: PhoneNumberUpdate, expected: ExpectedVersion
-) -> PhoneNumberRow:
+) -> PhoneNumber:
     """Change the number, or route it to another agent."""
     async with transaction(ctx) as conn:
         current = await _locked(conn, principal, number_id)

@@ -40,7 +40,9 @@ async def create_tenant(ctx: AppContext, principal: Principal, body: TenantCreat
     return TenantCreated(**tenant.model_dump(), admin_api_key=key.key, admin_api_key_id=row.id)
 
 
-async def list_tenants(ctx: AppContext, principal: Principal, paging: Pagination, *, name: str | None) -> Listing[Tenant]:
+async def list_tenants(
+    ctx: AppContext, principal: Principal, paging: Pagination, *, name: str | None
+) -> Listing[Tenant]:
     only = None if principal.platform_admin else principal.tenant_id
     return await fetch_page(ctx, paging, store.list_, only_id=only, name=name)
 

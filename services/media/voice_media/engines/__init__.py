@@ -3,12 +3,13 @@ an end-of-turn model (``TURN_MODEL`` picks one).
 
 A new model is a new module in this package that calls ``VOICE_ACTIVITY.register`` or ``TURN_MODELS.register``,
 or an installed distribution with an entry point in the group ``voice.vad_engines`` or ``voice.turn_models``
-(see ``registry.py``).
+(see ``voice_runtime.engines``).
 """
 
 from __future__ import annotations
 
-from ..registry import Registry
+from voice_runtime.engines import Registry
+
 from ..turn_model import TurnModelFactory
 from ..vad import VadFactory
 

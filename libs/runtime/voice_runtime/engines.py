@@ -1,4 +1,5 @@
-"""Engines of one vendor role by name, found without editing the service that uses them.
+"""Engines of one vendor role by name, found without editing the service that uses them (stt, tts and media
+use it; one registry per role).
 
 Two sources, searched on the first lookup:
 
