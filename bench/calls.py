@@ -4,8 +4,13 @@ Timing conventions (all on the caller's monotonic clock):
 - voice-to-voice: last caller speech frame sent → first agent audio frame received after it
   (``v2v_audible_ms``: → first agent frame that is not near-silence, i.e. what the ear notices);
 - greeting: the stream's ``start`` → first agent audio frame;
-- barge-in: first frame of the interrupting speech sent → ``clear`` received, and → the last frame of
-  the interrupted reply received (after it, the caller hears nothing of that reply).
+- barge-in: first frame of the interrupting speech sent → ``clear`` received; → the caller stops hearing the
+  interrupted reply, on the caller's playout clock (the last of its audio finishes playing: what was queued
+  at the onset and what came after it, less what a `clear` dropped before it played); and, arrival-based,
+  → the last frame of the interrupted reply received.
+
+A measurement that could not be made is None (never 0) and is left out of every statistic; the report counts
+how many are missing.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .events import PlatformEvents
+from .events import ControlEvent, PlatformEvents
 from .speech import Utterance
-from .stats import ms, percentile
-from .twilio_caller import Received, TwilioCaller
+from .stats import ms, summary
+from .twilio_caller import PlayedFrame, Received, TwilioCaller, replay
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -62,7 +67,7 @@ class TurnResult:
     speech_s: float
     v2v_ms: float | None = None
     v2v_audible_ms: float | None = None
-    reply_audio_s: float = 0.0
+    reply_audio_s: float | None = None  # None: no reply
     reply_capped: bool = False
     stages: dict[str, float | None] | None = None  # from turn.completed
     platform_v2v_ms: float | None = None
@@ -77,7 +82,7 @@ class Playout:
     late_frames: int = 0  # inter-arrival gap > frame duration + tolerance
     underruns: int = 0  # audio ran dry mid-reply and resumed: an audible gap
     underrun_ms: float = 0.0
-    jitter_ms: dict[str, float | None] = field(default_factory=dict)  # |gap - frame duration|
+    jitter_ms: dict[str, Any] = field(default_factory=dict)  # |gap - frame duration|: n, p50, p95, p99, max
     odd_sizes: int = 0  # media payloads that are not whole 20 ms frames
 
 
@@ -89,8 +94,8 @@ class CallResult:
     greeting_ms: float | None = None
     turns: list[TurnResult] = field(default_factory=list)
     playout: Playout = field(default_factory=Playout)
-    send_lag_max_ms: float = 0.0
-    connected_s: float = 0.0
+    send_lag_max_ms: float | None = None  # None: the caller never sent a frame
+    connected_s: float | None = None  # None: the media stream never started
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -123,13 +128,9 @@ def analyse_playout(received: list[Received], tolerance_s: float = 0.02, reply_g
         play_until = max(play_until, r.at) + dur
         prev = r
     p.underrun_ms = round(p.underrun_ms, 1)
-    p.jitter_ms = {"p50": _r(percentile(jitter, 50)), "p95": _r(percentile(jitter, 95)),
-                   "p99": _r(percentile(jitter, 99)), "max": _r(max(jitter) if jitter else None)}
+    js = summary(jitter)
+    p.jitter_ms = {k: js[k] for k in ("n", "p50", "p95", "p99", "max", "omitted") if k in js}
     return p
-
-
-def _r(v: float | None) -> float | None:
-    return None if v is None else round(v, 1)
 
 
 async def dial(c: TwilioCaller, attempts: int = 3, wait_s: float = 2.0) -> str:
@@ -206,8 +207,8 @@ async def conversation(target: Target, questions: list[Utterance], t: Timeouts,
     except Exception as e:
         res.error = f"{type(e).__name__}: {e}"[:300]
     finally:
-        res.connected_s = round(time.monotonic() - c.timings.stream_started, 1) if c.timings.stream_started else 0.0
-        res.send_lag_max_ms = round(c.timings.send_lag_max_s * 1000, 1)
+        res.connected_s = round(time.monotonic() - c.timings.stream_started, 1) if c.timings.stream_started else None
+        res.send_lag_max_ms = ms(c.timings.send_lag_max_s)
         res.playout = analyse_playout(c.received)
         if hangup:
             await c.hangup()
@@ -252,15 +253,20 @@ async def _attach_breakdown(tr: TurnResult, ev: PlatformEvents, call_id: str, en
 # --------------------------------------------------------------------------- barge-in
 @dataclass
 class BargeInTrial:
-    onset_to_clear_ms: float | None = None
-    onset_to_last_frame_ms: float | None = None
+    onset_to_clear_ms: float | None = None  # None: no `clear` came
+    # the caller's playout clock: the interrupted reply's last audio finishes playing (None: none was playing)
+    onset_to_stop_hearing_ms: float | None = None
+    onset_to_last_frame_received_ms: float | None = None  # arrival-based; None: no frame of it after the onset
     onset_to_platform_barge_in_ms: float | None = None  # control.barge_in seen on the bus
-    frames_after_clear: int = 0
-    audio_heard_after_onset_ms: float = 0.0  # agent audio the caller got while (and after) speaking over it
+    frames_after_clear: int | None = None  # frames of the old reply received after the `clear`; None: no clear
+    audio_dropped_by_clear_ms: float | None = None  # old-reply audio received but never played; None: no clear
+    audio_played_after_onset_ms: float = 0.0  # old-reply audio the caller heard from the onset on (playout clock)
+    audio_received_after_onset_ms: float = 0.0  # old-reply audio received from the onset on (arrival)
     resumed_after_pause_ms: float | None = None  # agent audio came back after a silence > 0.25 s, at this time
     new_reply_while_speaking_ms: float = 0.0  # audio of a new reply that began before the caller had finished
     agent_was_speaking: bool = True
-    platform_controls: list[tuple[str, float]] = field(default_factory=list)  # (kind, ms after onset), 3 s
+    # (kind, ms after onset) of control.* events within 3 s; None: the target publishes none (the peer)
+    platform_controls: list[tuple[str, float]] | None = None
     error: str | None = None
 
 
@@ -268,9 +274,13 @@ class BargeInTrial:
 class BackchannelTrial:
     speech_ms: float
     cleared: bool = False  # the reply was cut off: a false barge-in
-    paused_ms: float = 0.0  # longest silence in the agent's audio right after the backchannel
-    continued: bool | None = None  # agent audio still came ≥ 1 s after the backchannel; None: reply ended
-    platform_pause: bool = False  # control.pause published (suspected barge-in)
+    # longest gap between agent frames received around the backchannel (arrival); None: < 2 frames to compare
+    paused_ms: float | None = None
+    # longest silence the caller heard in the agent's audio after the onset, between two stretches of it
+    # (playout clock); None: nothing of the agent played after the onset
+    silence_heard_ms: float | None = None
+    continued: bool | None = None  # agent audio still came ≥ 1 s after the backchannel; None: not speaking
+    platform_pause: bool | None = None  # control.pause published (suspected barge-in); None: not observable
     agent_was_speaking: bool = True
 
 
@@ -283,7 +293,7 @@ class BargeInResult:
     error: str | None = None
 
 
-def interrupted_reply_frames(c: TwilioCaller, onset: float, speech_end: float,
+def interrupted_reply_frames(received: list[Received], onset: float, speech_end: float,
                              clear: float | None) -> tuple[list[Received], list[Received]]:
     """Agent frames received from ``onset`` on: (those of the interrupted reply, those of a new reply that
     started while the caller was still speaking).
@@ -294,7 +304,8 @@ def interrupted_reply_frames(c: TwilioCaller, onset: float, speech_end: float,
     old reply is what came before it and what was in flight (no gap > 0.1 s) right after it; audio that
     comes later while the caller still speaks is a new reply to the first words of the interruption.
     """
-    window = [r for r in c.received if onset <= r.at <= max(speech_end + 0.2, (clear or 0.0) + 0.1)]
+    until = speech_end + 0.2 if clear is None else max(speech_end + 0.2, clear + 0.1)
+    window = [r for r in received if onset <= r.at <= until]
     if clear is None:
         return window, []
     old = [r for r in window if r.at <= clear]
@@ -305,6 +316,95 @@ def interrupted_reply_frames(c: TwilioCaller, onset: float, speech_end: float,
         last = rest[i].at
         i += 1
     return old + rest[:i], rest[i:]
+
+
+def _audio_ms(frames: list[Received]) -> float:
+    return round(sum(len(r.payload) for r in frames) / 8.0, 1)
+
+
+def interrupted_playout(played: list[PlayedFrame], onset: float, after_onset: list[Received]) -> list[PlayedFrame]:
+    """The interrupted reply on the caller's playout clock: frames received before the onset that were still
+    queued (or playing) at it, and ``after_onset`` (its frames received from the onset on)."""
+    mine = {id(r) for r in after_onset}
+    out: list[PlayedFrame] = []
+    for p in played:
+        if id(p.frame) in mine:
+            out.append(p)
+        elif p.frame.at < onset and p.start + len(p.frame.payload) / 8000 > onset \
+                and (p.cleared_at is None or p.cleared_at >= onset):
+            out.append(p)
+    return out
+
+
+def measure_barge_in(received: list[Received], clears: list[float], onset: float, speech_end: float,
+                     controls: list[ControlEvent] | None = None, agent_was_speaking: bool = True) -> BargeInTrial:
+    """One interruption measured from what the caller received: the interruption's first speech frame went out
+    at ``onset``, its last at ``speech_end``; ``controls``: the platform's control.* events for the call (None
+    when the target publishes none)."""
+    trial = BargeInTrial(agent_was_speaking=agent_was_speaking)
+    after = [x for x in clears if x >= onset]
+    clear = after[0] if after else None
+    run, early = interrupted_reply_frames(received, onset, speech_end, clear)
+    trial.new_reply_while_speaking_ms = _audio_ms(early)
+    trial.onset_to_clear_ms = ms(clear - onset) if clear is not None else None
+    trial.onset_to_last_frame_received_ms = ms(run[-1].at - onset) if run else None
+    trial.audio_received_after_onset_ms = _audio_ms(run)
+    first_gap = next((b.at for a, b in itertools.pairwise(run) if b.at - a.at > 0.25), None)
+    trial.resumed_after_pause_ms = ms(first_gap - onset) if first_gap is not None else None
+    if clear is not None:
+        trial.frames_after_clear = sum(1 for r in run if r.at > clear)
+    old = interrupted_playout(replay(received, clears), onset, run)
+    heard = [p for p in old if not p.dropped and p.end > onset]
+    trial.onset_to_stop_hearing_ms = ms(max(p.end for p in heard) - onset) if heard else None
+    trial.audio_played_after_onset_ms = round(sum(p.end - max(p.start, onset) for p in heard) * 1000, 1)
+    if clear is not None:
+        trial.audio_dropped_by_clear_ms = round(sum(len(p.frame.payload) for p in old if p.dropped) / 8.0, 1)
+    if controls is not None:
+        ctl = [e for e in controls if onset <= e.received_at <= onset + 3]
+        seen = [e.received_at for e in ctl if e.kind == "barge_in"]
+        trial.onset_to_platform_barge_in_ms = ms(seen[0] - onset) if seen else None
+        trial.platform_controls = [(e.kind, round((e.received_at - onset) * 1000, 1)) for e in ctl]
+    stop = trial.onset_to_stop_hearing_ms
+    resumed_silently = any(k == "resume" for k, _ in trial.platform_controls or []) \
+        and (stop is None or stop < 300)  # paused at the onset, resumed, nothing left to play
+    if clear is None and (stop is None or resumed_silently):  # the reply had (all but) finished: nothing to cut
+        trial.agent_was_speaking = False
+        trial.error = "the agent's reply ended at the onset"
+    return trial
+
+
+def measure_backchannel(received: list[Received], clears: list[float], onset: float, speech_end: float,
+                        speech_ms: float, agent_was_speaking: bool, observe_s: float = 2.0,
+                        controls: list[ControlEvent] | None = None) -> BackchannelTrial:
+    """A backchannel said over the agent from ``onset`` to ``speech_end``, observed until ``observe_s`` after."""
+    until = speech_end + observe_s
+    bc = BackchannelTrial(speech_ms=speech_ms, agent_was_speaking=agent_was_speaking)
+    bc.cleared = any(onset <= x <= until for x in clears)
+    before = [r for r in received if r.at < onset][-1:]  # a gap that spans the onset counts too
+    window = [r for r in received if onset <= r.at <= until]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(before + window)]
+    bc.paused_ms = round(max(gaps) * 1000, 1) if gaps else None
+    bc.continued = any(r.at >= speech_end + 1.0 for r in window) if agent_was_speaking else None
+    bc.silence_heard_ms = longest_silence_heard(replay(received, clears), onset, until)
+    if controls is not None:
+        bc.platform_pause = any(e.kind == "pause" and e.received_at >= onset for e in controls)
+    return bc
+
+
+def longest_silence_heard(played: list[PlayedFrame], start: float, end: float) -> float | None:
+    """Longest silence (ms) on the playout clock between two stretches of agent audio, counted from ``start``
+    on, up to audio that begins by ``end``. 0.0: the audio went on without a break; None: no agent audio
+    played after ``start`` (nothing to measure)."""
+    spans = sorted((p.start, p.end) for p in played if not p.dropped and p.end > p.start and p.start <= end)
+    if not any(s1 > start for _s0, s1 in spans):
+        return None
+    longest = 0.0
+    heard_until: float | None = None
+    for s0, s1 in spans:
+        if heard_until is not None and s0 > start:
+            longest = max(longest, s0 - max(heard_until, start))
+        heard_until = s1 if heard_until is None else max(heard_until, s1)
+    return round(longest * 1000, 1)
 
 
 async def _until_playing(c: TwilioCaller, reply_start: float, into_s: float) -> bool:
@@ -320,6 +420,10 @@ async def barge_in_session(target: Target, questions: list[Utterance], interrupt
     res = BargeInResult(target.name)
     c = target.caller()
     q_iter = iter(questions * 10)
+
+    def controls() -> list[ControlEvent] | None:
+        return None if target.events is None else list(target.events.controls.get(res.call_id, []))
+
     try:
         res.call_id = await dial(c)
         await c.connect()
@@ -338,18 +442,11 @@ async def barge_in_session(target: Target, questions: list[Utterance], interrupt
                     break
             # 1. backchannel while the agent speaks
             playing = await _until_playing(c, reply.at, into_reply_s)
-            bc = BackchannelTrial(speech_ms=round(backchannel.seconds * 1000), agent_was_speaking=playing)
             onset, bc_end = await c.speak(backchannel.ulaw)
             await asyncio.sleep(max(0.0, bc_end + observe_s - time.monotonic()))
-            window = [r for r in c.received if onset <= r.at <= bc_end + observe_s]
-            bc.cleared = any(onset <= x <= bc_end + observe_s for x in c.timings.clears)
-            gaps = [b.at - a.at for a, b in itertools.pairwise(window)]
-            bc.paused_ms = round(max(gaps, default=0.0) * 1000, 1)
-            bc.continued = any(r.at >= bc_end + 1.0 for r in window) if playing else None
-            if target.events is not None:
-                bc.platform_pause = any(e.kind == "pause" and e.received_at >= onset
-                                        for e in target.events.controls.get(res.call_id, []))
-            res.backchannels.append(bc)
+            res.backchannels.append(measure_backchannel(
+                list(c.received), list(c.timings.clears), onset, bc_end, round(backchannel.seconds * 1000),
+                playing, observe_s, controls()))
             # 2. a real interruption
             if not c.agent_audible():
                 _s, end = await c.speak(next(q_iter).ulaw)
@@ -358,31 +455,12 @@ async def barge_in_session(target: Target, questions: list[Utterance], interrupt
                     res.error = "no reply to a question"
                     break
                 await _until_playing(c, reply.at, into_reply_s)
-            trial = BargeInTrial(agent_was_speaking=c.agent_audible())
+            speaking = c.agent_audible()
             utter = interruptions[n % len(interruptions)]
             onset, end = await c.speak(utter.ulaw)
             await asyncio.sleep(max(0.0, end + 0.3 - time.monotonic()))
-            clears = [x for x in c.timings.clears if x >= onset]
-            run, early = interrupted_reply_frames(c, onset, end, clears[0] if clears else None)
-            trial.new_reply_while_speaking_ms = round(sum(len(r.payload) for r in early) / 8.0, 1)
-            trial.onset_to_clear_ms = ms(clears[0] - onset) if clears else None
-            trial.onset_to_last_frame_ms = ms(run[-1].at - onset) if run else 0.0
-            trial.audio_heard_after_onset_ms = round(sum(len(r.payload) for r in run) / 8.0, 1)
-            first_gap = next((b.at for a, b in itertools.pairwise(run) if b.at - a.at > 0.25), None)
-            trial.resumed_after_pause_ms = ms(first_gap - onset) if first_gap is not None else None
-            if clears:
-                trial.frames_after_clear = sum(1 for r in run if r.at > clears[0])
-            if target.events is not None:
-                ctl = [e for e in target.events.controls.get(res.call_id, []) if onset <= e.received_at <= onset + 3]
-                seen = [e.received_at for e in ctl if e.kind == "barge_in"]
-                trial.onset_to_platform_barge_in_ms = ms(seen[0] - onset) if seen else None
-                trial.platform_controls = [(e.kind, ms(e.received_at - onset) or 0.0) for e in ctl]
-            resumed_silently = any(k == "resume" for k, _ in trial.platform_controls) and bool(run) \
-                and run[-1].at - onset < 0.3  # paused at the onset, resumed, nothing left to play
-            if not clears and (not run or resumed_silently):  # the reply had (all but) finished: nothing to cut
-                trial.agent_was_speaking = False
-                trial.error = "the agent's reply ended at the onset"
-            res.trials.append(trial)
+            res.trials.append(measure_barge_in(list(c.received), list(c.timings.clears), onset, end, controls(),
+                                               agent_was_speaking=speaking))
             reply = await wait_audio_after(c, end, t.reply_s)  # the interruption's answer
             if reply is None:
                 res.error = "no reply to an interruption"

@@ -18,8 +18,12 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-STAGES = ("end_of_turn_ms", "stt_ms", "llm_first_token_ms", "llm_first_sentence_ms", "tts_first_audio_ms",
-          "bus_and_playout_ms", "voice_to_voice_ms")
+# The stages of `turn.completed`'s latency breakdown that the platform fills. Its schema also has
+# `tts_first_audio_ms`, which no service fills (the brain builds the breakdown and never learns when TTS made
+# its first audio; `bus_and_playout_ms` covers TTS + hops): it is not listed, so no report shows an always-empty
+# row. Any other stage an event does carry a number for is kept as well (see `_latency`).
+STAGES = ("end_of_turn_ms", "stt_ms", "llm_first_token_ms", "llm_first_sentence_ms", "bus_and_playout_ms",
+          "voice_to_voice_ms")
 
 
 @dataclass
@@ -47,6 +51,15 @@ def _wall(iso: str | None) -> float | None:
     with contextlib.suppress(ValueError):
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
     return None
+
+
+def _latency(lat: dict[str, Any]) -> dict[str, float | None]:
+    """The breakdown's listed stages (None where absent), plus any other stage that has a number."""
+    out: dict[str, float | None] = {k: lat.get(k) for k in STAGES}
+    for k, v in lat.items():
+        if k not in out and isinstance(v, int | float) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
 
 
 @dataclass
@@ -81,7 +94,7 @@ class PlatformEvents:
             call_id=call_id, turn_id=env.get("turn_id"), received_at=time.monotonic(),
             caller_text=d.get("caller_text"), agent_text=d.get("agent_text") or "",
             caller_ended_wall=_wall(d.get("caller_ended_at")), interrupted=bool(d.get("interrupted")),
-            latency={k: lat.get(k) for k in STAGES},
+            latency=_latency(lat),
         ))
 
     async def _on_control(self, msg: Msg) -> None:

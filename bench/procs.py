@@ -125,10 +125,10 @@ class ProcessWatch:
         total_cpu = 0.0
         total_rss_delta = 0
         for name, ss in self.samples.items():
-            if len(ss) < 2:
+            dt = ss[-1].at - ss[0].at if len(ss) >= 2 else 0.0
+            if dt <= 0:  # one sample, or none apart in time: no CPU figure (not 0 %)
                 continue
-            dt = ss[-1].at - ss[0].at
-            cpu_pct = 100.0 * (ss[-1].cpu_s - ss[0].cpu_s) / dt if dt > 0 else 0.0
+            cpu_pct = 100.0 * (ss[-1].cpu_s - ss[0].cpu_s) / dt
             peak = max(s.rss for s in ss)
             base = baseline[name].rss if baseline and name in baseline else ss[0].rss
             if not name.startswith("_"):  # the bench's own process is shown, not counted

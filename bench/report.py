@@ -1,4 +1,8 @@
-"""Aggregation of call results into figures, and the JSON + markdown report files."""
+"""Aggregation of call results into figures, and the JSON + markdown report files.
+
+Every percentile printed comes with its n; p95 needs n >= 20 and p99 n >= 100 (see stats.min_samples), else
+the report says "n too small". Measurements that could not be made are counted as missing, never as 0.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,15 @@ from .events import STAGES
 from .stats import summary
 
 
+def stage_names(turns: list[TurnResult]) -> list[str]:
+    """The breakdown stages to report: the listed ones, and any other a `turn.completed` carried a number for."""
+    extra = sorted({k for tr in turns for k, v in (tr.stages or {}).items() if v is not None and k not in STAGES})
+    return [*STAGES, *extra]
+
+
 def turn_figures(turns: list[TurnResult]) -> dict[str, Any]:
     stages: dict[str, Any] = {}
-    for st in STAGES:
+    for st in stage_names(turns):
         stages[st] = summary((tr.stages or {}).get(st) for tr in turns)
     # what the breakdown does not explain: platform v2v minus the stages it names
     other: list[float] = []
@@ -49,16 +59,21 @@ def call_figures(calls: list[CallResult]) -> dict[str, Any]:
     out["errors"] = sorted({c.error for c in calls if c.error})[:10]
     out["greeting_ms"] = summary(c.greeting_ms for c in calls)
     frames = sum(c.playout.frames for c in calls)
+    jitter_p99 = [c.playout.jitter_ms.get("p99") for c in calls]
     out["playout"] = {
+        "calls": len(calls),
         "frames": frames,
         "late_frames": sum(c.playout.late_frames for c in calls),
         "late_frames_pct": round(100.0 * sum(c.playout.late_frames for c in calls) / frames, 2) if frames else None,
         "underruns": sum(c.playout.underruns for c in calls),
         "underrun_ms": round(sum(c.playout.underrun_ms for c in calls), 1),
-        "jitter_p99_ms_worst_call": max((c.playout.jitter_ms.get("p99") or 0.0 for c in calls), default=None),
+        "jitter_p99_ms_worst_call": max((x for x in jitter_p99 if x is not None), default=None),
+        "calls_without_jitter_p99": sum(1 for x in jitter_p99 if x is None),  # no audio, or n < 100 gaps
         "odd_sized_frames": sum(c.playout.odd_sizes for c in calls),
     }
-    out["caller_send_lag_max_ms"] = max((c.send_lag_max_ms for c in calls), default=0.0)
+    lags = [c.send_lag_max_ms for c in calls]
+    out["caller_send_lag_max_ms"] = max((x for x in lags if x is not None), default=None)
+    out["calls_without_send_lag"] = sum(1 for x in lags if x is None)  # the caller never sent a frame
     return out
 
 
@@ -72,10 +87,16 @@ def barge_in_figures(results: list[BargeInResult]) -> dict[str, Any]:
         "trials_during_agent_speech": len(valid),
         "clear_received": sum(1 for t in valid if t.onset_to_clear_ms is not None),
         "onset_to_clear_ms": summary(t.onset_to_clear_ms for t in valid),
-        "onset_to_last_agent_frame_ms": summary(t.onset_to_last_frame_ms for t in valid),
-        "onset_to_platform_barge_in_event_ms": summary(t.onset_to_platform_barge_in_ms for t in valid),
-        "frames_after_clear_max": max((t.frames_after_clear for t in valid), default=None),
-        "agent_audio_heard_after_onset_ms": summary(t.audio_heard_after_onset_ms for t in valid),
+        "onset_to_caller_stops_hearing_ms": summary(t.onset_to_stop_hearing_ms for t in valid),
+        "onset_to_last_agent_frame_received_ms": summary(t.onset_to_last_frame_received_ms for t in valid),
+        "onset_to_platform_barge_in_event_ms": summary(t.onset_to_platform_barge_in_ms for t in valid
+                                                       if t.platform_controls is not None),
+        "frames_after_clear_max": max((t.frames_after_clear for t in valid if t.frames_after_clear is not None),
+                                      default=None),
+        "agent_audio_played_after_onset_ms": summary(t.audio_played_after_onset_ms for t in valid),
+        "agent_audio_received_after_onset_ms": summary(t.audio_received_after_onset_ms for t in valid),
+        "agent_audio_dropped_by_clear_ms": summary(t.audio_dropped_by_clear_ms for t in valid
+                                                   if t.onset_to_clear_ms is not None),
         "resumed_after_a_pause": sum(1 for t in valid if t.resumed_after_pause_ms is not None),
         "new_reply_while_caller_spoke": sum(1 for t in valid if t.new_reply_while_speaking_ms > 0),
         "backchannel": {
@@ -86,13 +107,25 @@ def barge_in_figures(results: list[BargeInResult]) -> dict[str, Any]:
             "reply_continued": sum(1 for b in valid_bc if b.continued),
             "reply_ended_by_itself": sum(1 for b in valid_bc if b.continued is False and not b.cleared),
             "platform_paused": sum(1 for b in valid_bc if b.platform_pause),
-            "longest_gap_after_ms": summary(b.paused_ms for b in valid_bc),
+            "platform_pause_observed": sum(1 for b in valid_bc if b.platform_pause is not None),
+            "longest_silence_heard_ms": summary(b.silence_heard_ms for b in valid_bc),
+            "longest_gap_received_ms": summary(b.paused_ms for b in valid_bc),
         },
         "errors": [r.error for r in results if r.error],
     }
 
 
+def knee_statistic(base: dict[str, Any], step: dict[str, Any]) -> tuple[str, float | None, float | None]:
+    """The percentile the concurrency knee compares a sweep step with the one-call baseline by: p95 when both
+    have enough turns for it, else p50. (name, baseline value, step value)."""
+    q = "p95" if base.get("p95") is not None and step.get("p95") is not None else "p50"
+    return q, base.get(q), step.get(q)
+
+
 # --------------------------------------------------------------------------- markdown
+TOO_SMALL = "n too small"
+
+
 def _f(v: Any, unit: str = "") -> str:
     if v is None:
         return "-"
@@ -101,23 +134,148 @@ def _f(v: Any, unit: str = "") -> str:
     return f"{v}{unit}"
 
 
+def _q(s: dict[str, Any] | None, q: str, unit: str = " ms") -> str:
+    """One statistic of a summary: its value, "n too small" when there are too few values for it, "-" for none."""
+    s = s or {}
+    if s.get(q) is None and q in (s.get("omitted") or {}):
+        return TOO_SMALL
+    return _f(s.get(q), unit)
+
+
+def _n(s: dict[str, Any] | None) -> str:
+    """n, and how many measurements were missing (not counted in n or in any statistic)."""
+    s = s or {}
+    missing = s.get("missing") or 0
+    return f"{_f(s.get('n'))}" + (f" (+{missing} missing)" if missing else "")
+
+
+def _p(s: dict[str, Any] | None, unit: str = " ms", qs: tuple[str, ...] = ("p50", "p95")) -> str:
+    """E.g. "p50 2,234 ms, p95 n too small (n=4; 1 missing)"."""
+    s = s or {}
+    if not s.get("n"):
+        return f"no measurement (n=0{'; ' + str(s['missing']) + ' missing' if s.get('missing') else ''})"
+    missing = s.get("missing") or 0
+    return ", ".join(f"{q} {_q(s, q, unit)}" for q in qs) + f" (n={s['n']}" + (
+        f"; {missing} missing)" if missing else ")")
+
+
 def _pct_row(name: str, s: dict[str, Any], unit: str = " ms") -> str:
-    return (f"| {name} | {_f(s.get('n'))} | {_f(s.get('p50'), unit)} | {_f(s.get('p95'), unit)} | "
-            f"{_f(s.get('p99'), unit)} | {_f(s.get('max'), unit)} |")
+    return (f"| {name} | {_n(s)} | {_q(s, 'p50', unit)} | {_q(s, 'p95', unit)} | "
+            f"{_q(s, 'p99', unit)} | {_q(s, 'max', unit)} |")
 
 
 HEAD = "| | n | p50 | p95 | p99 | max |\n|---|---:|---:|---:|---:|---:|"
+
+# peer figures: (key, label); lower is better for all of them
+PEER_FIGURES = (("voice_to_voice_ms", "voice-to-voice"),
+                ("voice_to_voice_audible_ms", "voice-to-voice (audible)"),
+                ("greeting_ms", "greeting"),
+                ("onset_to_caller_stops_hearing_ms", "barge-in → caller stops hearing (playout clock)"),
+                ("onset_to_clear_ms", "barge-in → clear"),
+                ("onset_to_last_agent_frame_received_ms", "barge-in → last frame received"),
+                ("agent_audio_played_after_onset_ms", "barge-in: agent audio heard after onset"))
+
+
+def _playout_line(pl: dict[str, Any]) -> str:
+    return (f"late frames {_f(pl.get('late_frames_pct'), '%')} ({pl.get('late_frames')} of {pl.get('frames')} frames "
+            f"over {pl.get('calls', '?')} calls); underruns {pl.get('underruns')} totalling "
+            f"{_f(pl.get('underrun_ms'), ' ms')}")
+
+
+def _peer_rows(pe: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Rows (ours vs pipecat, who is ahead) for the headline, and the labels of the figures where we are behind."""
+    rows: list[str] = []
+    lose: list[str] = []
+    o_all, p_all = pe.get("ours", {}), pe.get("pipecat", {})
+
+    def row(label: str, o: float | None, p: float | None, o_txt: str, p_txt: str) -> None:
+        ahead = "-" if o is None or p is None else "ours" if o < p else "pipecat" if p < o else "tie"
+        if ahead == "pipecat":
+            lose.append(label)
+            label = f"**{label}**"
+        rows.append(f"| {label} | {o_txt} | {p_txt} | {ahead} |")
+
+    for key, label in PEER_FIGURES:
+        o, p = o_all.get(key) or {}, p_all.get(key) or {}
+        if not o.get("n") and not p.get("n"):
+            continue
+        for q in ("p50", "p95"):
+            row(f"{label} {q}", o.get(q), p.get(q), f"{_q(o, q)} (n={_n(o)})", f"{_q(p, q)} (n={_n(p)})")
+    for name_key, label, unit in (("late_frames_pct", "late frames", "%"), ("underruns", "underruns", ""),
+                                  ("underrun_ms", "underrun total", " ms")):
+        o, p = (o_all.get("playout") or {}).get(name_key), (p_all.get("playout") or {}).get(name_key)
+        of, pf = (o_all.get("playout") or {}).get("frames"), (p_all.get("playout") or {}).get("frames")
+        row(label, o, p, f"{_f(o, unit)} (frames={_f(of)})", f"{_f(p, unit)} (frames={_f(pf)})")
+    ob, pb = o_all.get("backchannel") or {}, p_all.get("backchannel") or {}
+    if ob or pb:
+        for key, label in (("longest_silence_heard_ms", "backchannel: silence heard after it p50"),
+                           ("longest_gap_received_ms", "backchannel: longest gap between frames received p50")):
+            o, p = ob.get(key) or {}, pb.get(key) or {}
+            row(label, o.get("p50"), p.get("p50"), f"{_q(o, 'p50')} (n={_n(o)})", f"{_q(p, 'p50')} (n={_n(p)})")
+        row("backchannel: false barge-ins", ob.get("false_barge_ins"), pb.get("false_barge_ins"),
+            f"{ob.get('false_barge_ins')} of {ob.get('during_agent_speech')}",
+            f"{pb.get('false_barge_ins')} of {pb.get('during_agent_speech')}")
+    return rows, lose
+
+
+def headline(rep: dict[str, Any]) -> list[str]:
+    """The figures a summary of this run must quote, good and bad alike, each with its n, from this run only."""
+    lines = ["## Headline (this run only; every figure with its n)", ""]
+    v, b, sw, pe, so = (rep.get(k) for k in ("voice_to_voice", "barge_in", "sweep", "peer", "soak"))
+    if v:
+        lines += [f"- voice-to-voice (one call at a time): {_p(v['voice_to_voice_ms'])}; "
+                  f"{v['turns_without_reply']} of {v['turns']} turns got no reply",
+                  f"- greeting: {_p(v['greeting_ms'])}",
+                  f"- playout at the caller: {_playout_line(v['playout'])}"]
+    if b:
+        bc = b["backchannel"]
+        lines += [f"- barge-in, speech onset → caller stops hearing the agent (playout clock): "
+                  f"{_p(b['onset_to_caller_stops_hearing_ms'])}; {b['trials_during_agent_speech']} interruptions "
+                  f"during agent speech",
+                  f"- barge-in, speech onset → `clear`: {_p(b['onset_to_clear_ms'])}; "
+                  f"{b['clear_received']} of {b['trials_during_agent_speech']} got a `clear`",
+                  f"- backchannel ({_f(bc['speech_ms'])} ms 'mm-hmm'): silence heard in the agent's audio after it "
+                  f"{_p(bc['longest_silence_heard_ms'], qs=('p50',))}; longest gap between frames received "
+                  f"{_p(bc['longest_gap_received_ms'], qs=('p50',))}; {bc['false_barge_ins']} false barge-ins in "
+                  f"{bc['during_agent_speech']} trials"]
+    if sw:
+        k = sw["knee"]
+        lines.append(f"- concurrency knee: up to {k['last_good_calls']} simultaneous call(s)"
+                     + (f" (at {k['first_bad_calls']}: {k['reason']})" if k.get("first_bad_calls")
+                        else f" ({k['reason']})"))
+    if so:
+        lines.append(f"- soak: {so['calls']} calls ({so['calls_failed']} failed) over {so['minutes']} min at "
+                     f"{so['concurrency']} concurrent; voice-to-voice {_p(so['voice_to_voice_ms'])}"
+                     + (f"; {_playout_line(so['playout'])}" if so.get("playout") else ""))
+    if pe:
+        rows, lose = _peer_rows(pe)
+        lines += ["- peer (stock Pipecat, same models, same caller, alternating runs): "
+                  + (f"**behind Pipecat on {len(lose)} figure(s): {'; '.join(lose)}**" if lose
+                     else "ahead or level on every figure below"), "",
+                  "| figure (lower is better) | ours | pipecat | ahead |", "|---|---:|---:|---|", *rows]
+    if not (v or b or sw or pe or so):
+        lines.append("- no call figures in this run")
+    missing_parts = [name for name, present in (("voice-to-voice", v or pe or so), ("barge-in", b or pe),
+                                                ("peer comparison", pe)) if not present]
+    if missing_parts:
+        lines += ["", f"Not measured in this run: {', '.join(missing_parts)} (see the other `latest*.md` reports)."]
+    return [*lines, ""]
 
 
 def markdown(rep: dict[str, Any]) -> str:
     m = rep["machine"]
     lines = [f"# Voice platform benchmark — {rep['started_at']}", ""]
     lines += [f"Machine: {m['cpu_model']}, {m['cores_logical']} cores, {m['memory_gb']} GB RAM, "
-              f"load average at start {m['load_average_at_start']}; commit `{(m['git'].get('commit') or '?')[:12]}`"
+              f"load average at start {m['load_average_at_start']}"
+              f"{', at end ' + str(m['load_average_at_end']) if m.get('load_average_at_end') else ''}; "
+              f"commit `{(m['git'].get('commit') or '?')[:12]}`"
               f"{' (dirty tree)' if m['git'].get('dirty') else ''}.",
               f"Models: STT {m['models']['services'].get('stt')}, TTS {m['models']['services'].get('tts')}, "
               f"LLM served {m['models'].get('llm_served')}. Target {rep['config']['url']}. "
               f"Duration {rep.get('duration_s')} s.", ""]
+    lines += headline(rep)
+    lines += ["Percentiles: p95 needs n ≥ 20 values and p99 n ≥ 100, else \"n too small\"; \"missing\" counts "
+              "measurements that could not be made (left out of n and of every statistic).", ""]
     v = rep.get("voice_to_voice")
     if v:
         lines += ["## Voice-to-voice (one call at a time)", "",
@@ -131,61 +289,68 @@ def markdown(rep: dict[str, Any]) -> str:
         lines.append(_pct_row("caller v2v minus platform v2v", v["caller_minus_platform_v2v_ms"]))
         lines += ["", f"{v['turns']} turns over {v['calls']} calls; {v['turns_without_reply']} without reply; "
                   f"{v['turns_with_breakdown']} matched to a `turn.completed`; replies "
-                  f"{_f(v['reply_audio_s']['p50'])} s (p50) of audio; playout: {v['playout']['late_frames']} late "
-                  f"frames of {v['playout']['frames']}, {v['playout']['underruns']} underruns.", ""]
+                  f"{_q(v['reply_audio_s'], 'p50', ' s')} (p50, n={_n(v['reply_audio_s'])}) of audio; playout: "
+                  f"{_playout_line(v['playout'])}.", ""]
         if v.get("errors"):
             lines += [f"Errors: {v['errors']}", ""]
     b = rep.get("barge_in")
     if b:
         bc = b["backchannel"]
         lines += ["## Barge-in", "", HEAD,
+                  _pct_row("speech onset → caller stops hearing the agent (playout clock)",
+                           b["onset_to_caller_stops_hearing_ms"]),
                   _pct_row("speech onset → `clear` received", b["onset_to_clear_ms"]),
-                  _pct_row("speech onset → last agent frame received", b["onset_to_last_agent_frame_ms"]),
+                  _pct_row("speech onset → last agent frame received (arrival)",
+                           b["onset_to_last_agent_frame_received_ms"]),
                   _pct_row("speech onset → `control.barge_in` on the bus", b["onset_to_platform_barge_in_event_ms"]),
-                  _pct_row("agent audio received after the onset", b["agent_audio_heard_after_onset_ms"]),
+                  _pct_row("agent audio heard after the onset (playout clock)", b["agent_audio_played_after_onset_ms"]),
+                  _pct_row("agent audio received after the onset", b["agent_audio_received_after_onset_ms"]),
+                  _pct_row("agent audio received but dropped by the `clear`", b["agent_audio_dropped_by_clear_ms"]),
+                  _pct_row("backchannel: silence heard after it (playout clock)", bc["longest_silence_heard_ms"]),
+                  _pct_row("backchannel: longest gap between frames received", bc["longest_gap_received_ms"]),
                   "", f"{b['clear_received']}/{b['trials_during_agent_speech']} interruptions during agent speech "
-                  f"got a `clear`; in {b['resumed_after_a_pause']} the agent's audio stopped, then came back "
-                  "before the barge-in committed (the caller heard more of the old reply); in "
+                  f"got a `clear` ({b['trials']} tried); in {b['resumed_after_a_pause']} the agent's audio stopped, "
+                  "then came back before the barge-in committed (the caller heard more of the old reply); in "
                   f"{b['new_reply_while_caller_spoke']} a new reply began before the caller had finished "
                   "(the turn ended mid-sentence). "
                   f"Backchannel ({_f(bc['speech_ms'])} ms 'mm-hmm'): {bc['false_barge_ins']} false "
                   f"barge-ins in {bc['during_agent_speech']} trials during agent speech; reply continued "
                   f"{bc['reply_continued']}, ended by itself {bc['reply_ended_by_itself']}, playout paused "
-                  f"{bc['platform_paused']}; longest gap after the backchannel p50 "
-                  f"{_f(bc['longest_gap_after_ms']['p50'], ' ms')}.", ""]
+                  f"{bc['platform_paused']} (of {bc['platform_pause_observed']} observable).", ""]
     bus = rep.get("bus")
     if bus:
         lines += ["## Bus overhead (one NATS hop, publish → receive)", "",
-                  "| phase | load | audio p50 | audio p99 | event ack p50 | event ack p99 | "
+                  "| phase | load | audio n | audio p50 | audio p99 | events n | event ack p50 | event ack p99 | "
                   "event → pull (1) p50 | p99 | event → pull (8, 1 s) p50 | p99 |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for p in bus["phases"]:
             a, e = p["audio"]["latency_ms"], p["events"]
+            f1, f8 = e["publish_to_receive_ms_fetch_1"], e["publish_to_receive_ms_fetch_8_timeout_1s"]
             lines.append(
                 f"| {p['phase']} | {p['audio_msgs_per_s']} frames/s + {p['events_per_s']:.0f} events/s | "
-                f"{_f(a['p50'], ' ms')} | {_f(a['p99'], ' ms')} | {_f(e['publish_to_ack_ms']['p50'], ' ms')} | "
-                f"{_f(e['publish_to_ack_ms']['p99'], ' ms')} | "
-                f"{_f(e['publish_to_receive_ms_fetch_1']['p50'], ' ms')} | "
-                f"{_f(e['publish_to_receive_ms_fetch_1']['p99'], ' ms')} | "
-                f"{_f(e['publish_to_receive_ms_fetch_8_timeout_1s']['p50'], ' ms')} | "
-                f"{_f(e['publish_to_receive_ms_fetch_8_timeout_1s']['p99'], ' ms')} |")
+                f"{_n(a)} | {_q(a, 'p50')} | {_q(a, 'p99')} | {_n(e['publish_to_ack_ms'])} | "
+                f"{_q(e['publish_to_ack_ms'], 'p50')} | {_q(e['publish_to_ack_ms'], 'p99')} | "
+                f"{_q(f1, 'p50')} | {_q(f1, 'p99')} (n={_n(f1)}) | {_q(f8, 'p50')} | {_q(f8, 'p99')} (n={_n(f8)}) |")
         lines.append("")
     sw = rep.get("sweep")
     if sw:
         lines += ["## Concurrency sweep", "",
-                  "| calls | turns | no reply | v2v p50 | v2v p95 | v2v p99 | greeting p50 | late frames | underruns | "
-                  "CPU % (services, of one core) | CPU %/call | RSS growth/call | machine busy (all cores) |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| calls | turns | no reply | v2v n | v2v p50 | v2v p95 | v2v p99 | greeting p50 (n) | late frames "
+                  "| underruns | CPU % (services, of one core) | CPU %/call | RSS growth/call "
+                  "| machine busy (all cores) |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for st in sw["steps"]:
             tot = st["resources"].get("_total", {})
             v2 = st["voice_to_voice_ms"]
+            pl = st["playout"]
             lines.append(
-                f"| {st['calls']} | {st['turns']} | {st['turns_without_reply']} | {_f(v2['p50'], ' ms')} | "
-                f"{_f(v2['p95'], ' ms')} | {_f(v2['p99'], ' ms')} | {_f(st['greeting_ms']['p50'], ' ms')} | "
-                f"{st['playout']['late_frames']} ({_f(st['playout']['late_frames_pct'], '%')}) | "
-                f"{st['playout']['underruns']} | {_f(tot.get('cpu_pct'))} | {_f(tot.get('cpu_pct_per_call'))} | "
+                f"| {st['calls']} | {st['turns']} | {st['turns_without_reply']} | {_n(v2)} | {_q(v2, 'p50')} | "
+                f"{_q(v2, 'p95')} | {_q(v2, 'p99')} | {_q(st['greeting_ms'], 'p50')} ({_n(st['greeting_ms'])}) | "
+                f"{pl['late_frames']} ({_f(pl['late_frames_pct'], '%')}) | "
+                f"{pl['underruns']} ({_f(pl.get('underrun_ms'), ' ms')}) | {_f(tot.get('cpu_pct'))} | "
+                f"{_f(tot.get('cpu_pct_per_call'))} | "
                 f"{_f(tot.get('rss_growth_per_call_mb'), ' MB')} | {_f(tot.get('machine_cpu_pct_all_cores'), '%')} |")
-        lines += ["", "Where the time goes per step (p50 / p95 of the platform's stages):", "",
+        lines += ["", "Where the time goes per step (p50 / p95 of the platform's stages, n):", "",
                   "| calls | end of turn | stt | LLM first token | LLM first sentence | bus and playout | "
                   "not in any stage (queues, hops) |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -194,21 +359,23 @@ def markdown(rep: dict[str, Any]) -> str:
 
             def pp(name: str, sm: dict[str, Any] = sm) -> str:
                 x = sm.get(name, {})
-                return f"{_f(x.get('p50'))} / {_f(x.get('p95'))} ms"
+                return f"{_q(x, 'p50')} / {_q(x, 'p95')} (n={_n(x)})"
 
             lines.append(f"| {st['calls']} | {pp('end_of_turn_ms')} | {pp('stt_ms')} | {pp('llm_first_token_ms')} | "
                          f"{pp('llm_first_sentence_ms')} | {pp('bus_and_playout_ms')} | {pp('between_stages_ms')} |")
         k = sw["knee"]
-        lines += ["", f"Knee: up to **{k['last_good_calls']}** simultaneous calls voice-to-voice p95 stays under twice "
-                  f"the one-call p95 ({_f(k['baseline_p95_ms'], ' ms')}); "
+        q = k.get("percentile", "p95")
+        lines += ["", f"Knee: up to **{k['last_good_calls']}** simultaneous calls voice-to-voice stays under twice "
+                  f"the one-call figure ({q} {_f(k.get('baseline_ms'), ' ms')}, n={_f(k.get('baseline_n'))}; p50 is "
+                  "compared where a step has too few turns for p95); "
                   + (f"at {k['first_bad_calls']} calls: {k['reason']}." if k["first_bad_calls"] else f"{k['reason']}.")
                   + " Late frames: agent audio arriving more than 20 ms after the previous frame's due time "
                   "(bursts); underruns: the caller's playout ran dry mid-reply (audible).", ""]
     so = rep.get("soak")
     if so:
         lines += ["## Soak", "", f"{so['calls']} calls ({so['calls_failed']} failed), {so['call_minutes']} "
-                  f"call-minutes over {so['minutes']} min at {so['concurrency']} concurrent; v2v p50 "
-                  f"{_f(so['voice_to_voice_ms']['p50'], ' ms')}, p95 {_f(so['voice_to_voice_ms']['p95'], ' ms')}.", "",
+                  f"call-minutes over {so['minutes']} min at {so['concurrency']} concurrent; voice-to-voice "
+                  f"{_p(so['voice_to_voice_ms'])}.", "",
                   "| service | RSS start | RSS end | MB per call-minute | fds start | fds end |",
                   "|---|---:|---:|---:|---:|---:|"]
         for name, s in so["services"].items():
@@ -222,31 +389,38 @@ def markdown(rep: dict[str, Any]) -> str:
                          f"{', '.join(c['durable_removed']) or '-'} | {c['ephemeral_created_during_run']} | "
                          f"{', '.join(f'{x:.0f} s' for x in c['ephemeral_inactive_threshold_s']) or '-'} |")
         lines += ["", "| KV bucket | entries before | after | left by the soak's calls |", "|---|---:|---:|---:|"]
-        for name, k in so["kv"].items():
-            lines.append(f"| {name} | {_f(k['before'])} | {_f(k['after'])} | {k['left_by_soak_calls']} |")
+        for name, kv in so["kv"].items():
+            lines.append(f"| {name} | {_f(kv['before'])} | {_f(kv['after'])} | {kv['left_by_soak_calls']} |")
         lines.append("")
     pe = rep.get("peer")
     if pe:
         lines += ["## Peer comparison: stock Pipecat pipeline, same models, same caller, alternating runs", "",
-                  "| | ours p50 | ours p95 | pipecat p50 | pipecat p95 | ratio p50 (pipecat/ours) | ratio p95 |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for key, label in (("voice_to_voice_ms", "voice-to-voice"),
-                           ("voice_to_voice_audible_ms", "voice-to-voice (audible)"),
-                           ("greeting_ms", "greeting"), ("onset_to_clear_ms", "barge-in → clear"),
-                           ("onset_to_last_agent_frame_ms", "barge-in → last frame"),
-                           ("agent_audio_heard_after_onset_ms", "barge-in: agent audio after onset")):
-            o, p, r = pe["ours"].get(key, {}), pe["pipecat"].get(key, {}), pe["ratio"].get(key, {})
-            lines.append(f"| {label} | {_f(o.get('p50'), ' ms')} | {_f(o.get('p95'), ' ms')} | "
-                         f"{_f(p.get('p50'), ' ms')} | {_f(p.get('p95'), ' ms')} | {_f(r.get('p50'))} | "
-                         f"{_f(r.get('p95'))} |")
+                  "| | ours n | ours p50 | ours p95 | pipecat n | pipecat p50 | pipecat p95 | ratio p50 "
+                  "(pipecat/ours) | ratio p95 |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for key, label in PEER_FIGURES:
+            o, p, r = pe["ours"].get(key) or {}, pe["pipecat"].get(key) or {}, pe["ratio"].get(key) or {}
+            ratio95 = _f(r.get("p95")) if r.get("p95") is not None else (
+                TOO_SMALL if "p95" in (o.get("omitted") or {}) or "p95" in (p.get("omitted") or {}) else "-")
+            lines.append(f"| {label} | {_n(o)} | {_q(o, 'p50')} | {_q(o, 'p95')} | {_n(p)} | {_q(p, 'p50')} | "
+                         f"{_q(p, 'p95')} | {_f(r.get('p50'))} | {ratio95} |")
         lines += ["", f"Turns: ours {pe['ours'].get('turns')}, pipecat {pe['pipecat'].get('turns')}; without reply: "
-                  f"ours {pe['ours'].get('turns_without_reply')}, pipecat {pe['pipecat'].get('turns_without_reply')}."]
+                  f"ours {pe['ours'].get('turns_without_reply')}, pipecat {pe['pipecat'].get('turns_without_reply')}. "
+                  f"Playout: ours {_playout_line(pe['ours'].get('playout') or {})}; pipecat "
+                  f"{_playout_line(pe['pipecat'].get('playout') or {})}."]
         for name in ("ours", "pipecat"):
-            bc = pe[name].get("backchannel")
+            side = pe[name]
+            if "trials_during_agent_speech" in side:
+                lines.append(f"Barge-in on {name}: {side.get('clear_received')}/{side['trials_during_agent_speech']} "
+                             f"interruptions got a `clear`; agent audio stopped and came back before the barge-in "
+                             f"committed in {side.get('resumed_after_a_pause')}; a new reply began before the caller "
+                             f"had finished in {side.get('new_reply_while_caller_spoke')}.")
+            bc = side.get("backchannel")
             if bc:
                 lines.append(f"Backchannel on {name}: {bc['false_barge_ins']} false barge-ins in "
-                             f"{bc['during_agent_speech']}; longest gap in the agent's audio after it p50 "
-                             f"{_f(bc['longest_gap_after_ms']['p50'], ' ms')}.")
+                             f"{bc['during_agent_speech']}; silence heard after it "
+                             f"{_p(bc['longest_silence_heard_ms'], qs=('p50',))}; longest gap between frames "
+                             f"received {_p(bc['longest_gap_received_ms'], qs=('p50',))}.")
         if pe.get("notes"):
             lines += ["", *[f"- {n}" for n in pe["notes"]]]
         lines.append("")

@@ -86,8 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--sweep", default="2,5,10,20", help="concurrency steps after 1 (the voice-to-voice phase)")
     g.add_argument("--sweep-max", type=int, default=20, help="cap on concurrent calls")
     g.add_argument("--sweep-turns", type=int, default=2, help="questions per call in each sweep step (at least)")
-    g.add_argument("--sweep-min-samples", type=int, default=8,
-                   help="more questions per call at small steps so each step has this many turns")
+    g.add_argument("--sweep-min-samples", type=int, default=20,
+                   help="more questions per call at small steps so each step has this many turns "
+                        "(p95 is reported from 20 on; below, the knee compares p50)")
     g.add_argument("--minutes", type=float, default=5.0, help="soak duration")
     g.add_argument("--soak-concurrency", type=int, default=2)
     g.add_argument("--soak-turns", type=int, default=2)
@@ -152,8 +153,9 @@ async def phase_barge_in(target: Target, voice: Voice, qs: list[Utterance], tria
                          t: Timeouts) -> BargeInResult:
     inter = [voice.utter(x) for x in INTERRUPTIONS]
     r = await barge_in_session(target, qs, inter, voice.backchannel(), trials, t)
-    log(f"  {len(r.trials)} interruptions: clear after {[x.onset_to_clear_ms for x in r.trials]} ms, last frame "
-        f"after {[x.onset_to_last_frame_ms for x in r.trials]} ms; backchannels cleared "
+    log(f"  {len(r.trials)} interruptions: clear after {[x.onset_to_clear_ms for x in r.trials]} ms, caller stops "
+        f"hearing after {[x.onset_to_stop_hearing_ms for x in r.trials]} ms (last frame received after "
+        f"{[x.onset_to_last_frame_received_ms for x in r.trials]} ms); backchannels cleared "
         f"{[b.cleared for b in r.backchannels]}" + (f"; error: {r.error}" if r.error else ""))
     return r
 
@@ -161,10 +163,12 @@ async def phase_barge_in(target: Target, voice: Voice, qs: list[Utterance], tria
 async def phase_sweep(target: Target, qs: list[Utterance], args: argparse.Namespace, t: Timeouts,
                       base_calls: list[CallResult], pids: dict[str, int]) -> dict[str, Any]:
     base = report.call_figures(base_calls)
-    base_p95 = base["voice_to_voice_ms"]["p95"]
+    base_v2v = base["voice_to_voice_ms"]
     steps = [{"calls": 1, **_step_figures(base_calls), "resources": base.get("resources", {})}]
-    knee = {"baseline_p95_ms": base_p95, "last_good_calls": 1, "first_bad_calls": None, "reason": None}
-    if base_p95 is None:
+    q0, base_ms, _ = report.knee_statistic(base_v2v, base_v2v)
+    knee: dict[str, Any] = {"percentile": q0, "baseline_ms": base_ms, "baseline_n": base_v2v["n"],
+                            "last_good_calls": 1, "first_bad_calls": None, "reason": None}
+    if base_ms is None:
         knee["reason"] = "no one-call baseline (no turn got a reply): sweep skipped"
         return {"steps": steps, "knee": knee}
     levels = sorted({int(x) for x in args.sweep.split(",") if x.strip() and 1 < int(x) <= args.sweep_max})
@@ -177,19 +181,21 @@ async def phase_sweep(target: Target, qs: list[Utterance], args: argparse.Namesp
         await watch.stop()
         step = {"calls": n, **_step_figures(calls), "resources": watch.usage(n, idle)}
         steps.append(step)
-        p95 = step["voice_to_voice_ms"]["p95"]
+        v2 = step["voice_to_voice_ms"]
+        q, b_ms, s_ms = report.knee_statistic(base_v2v, v2)  # p95 where both have n >= 20, else p50
+        step["knee_percentile"] = q
         cpu = step["resources"]["_total"]["cpu_pct"]
-        log(f"  {n} calls: v2v p50 {step['voice_to_voice_ms']['p50']} p95 {p95} ms, "
+        log(f"  {n} calls: v2v p50 {v2['p50']} p95 {v2['p95']} ms (n={v2['n']}), "
             f"{step['turns_without_reply']}/{step['turns']} without reply, CPU {cpu}%")
         failed = step["turns"] == 0 or step["turns_without_reply"] > step["turns"] / 2
-        if base_p95 is not None and (failed or p95 is None or p95 >= 2 * base_p95):
+        if failed or s_ms is None or b_ms is None or s_ms >= 2 * b_ms:
             knee["first_bad_calls"] = n
-            knee["reason"] = ("over half the turns got no reply" if failed or p95 is None
-                              else f"p95 {p95:.0f} ms >= 2 x {base_p95:.0f} ms")
+            knee["reason"] = ("over half the turns got no reply" if failed or s_ms is None or b_ms is None
+                              else f"{q} {s_ms:.0f} ms (n={v2['n']}) >= 2 x {b_ms:.0f} ms (n={base_v2v['n']})")
             break
         knee["last_good_calls"] = n
     if knee["first_bad_calls"] is None:
-        knee["reason"] = f"p95 stayed under 2 x baseline up to the cap ({max(levels, default=1)} calls)"
+        knee["reason"] = f"stayed under 2 x baseline up to the cap ({max(levels, default=1)} calls)"
     return {"steps": steps, "knee": knee}
 
 
@@ -253,13 +259,14 @@ async def phase_peer(ours: Target, voice: Voice, qs: list[Utterance], args: argp
     for name in ("ours", "pipecat"):
         f = report.call_figures(runs[name])
         b = report.barge_in_figures(barge[name]) if barge[name] else {}
-        out[name] = {**f, **{k: b[k] for k in ("onset_to_clear_ms", "onset_to_last_agent_frame_ms",
-                                               "agent_audio_heard_after_onset_ms", "resumed_after_a_pause",
-                                               "new_reply_while_caller_spoke", "backchannel") if k in b}}
+        out[name] = {**f, **{k: b[k] for k in (
+            "trials_during_agent_speech", "clear_received", "onset_to_clear_ms", "onset_to_caller_stops_hearing_ms",
+            "onset_to_last_agent_frame_received_ms", "agent_audio_played_after_onset_ms",
+            "agent_audio_received_after_onset_ms", "agent_audio_dropped_by_clear_ms", "resumed_after_a_pause",
+            "new_reply_while_caller_spoke", "backchannel") if k in b}}
         out[name]["barge_in_detail"] = [asdict(x) for x in barge[name]]
     ratio: dict[str, Any] = {}
-    for key in ("voice_to_voice_ms", "voice_to_voice_audible_ms", "greeting_ms", "onset_to_clear_ms",
-                "onset_to_last_agent_frame_ms", "agent_audio_heard_after_onset_ms"):
+    for key, _label in report.PEER_FIGURES:
         o, p = out["ours"].get(key) or {}, out["pipecat"].get(key) or {}
         ratio[key] = {q: (round(p[q] / o[q], 2) if o.get(q) and p.get(q) is not None else None)
                       for q in ("p50", "p95")}

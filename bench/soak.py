@@ -17,6 +17,7 @@ from typing import Any
 from . import natsinfo
 from .calls import CallResult, Target, Timeouts, conversation
 from .procs import ProcessWatch
+from .report import call_figures
 from .speech import Utterance
 from .stats import linear_slope, summary
 
@@ -91,6 +92,7 @@ async def soak(target: Target, questions: list[Utterance], minutes: float, concu
             "threads_end": a.threads if a else None,
         }
     turns_all = [tr for r in results for tr in r.turns]
+    figures = call_figures(results)
     return {
         "minutes": minutes,
         "concurrency": concurrency,
@@ -100,6 +102,8 @@ async def soak(target: Target, questions: list[Utterance], minutes: float, concu
         "turns": len(turns_all),
         "turns_without_reply": sum(1 for tr in turns_all if tr.v2v_ms is None),
         "voice_to_voice_ms": summary(tr.v2v_ms for tr in turns_all),
+        "greeting_ms": figures["greeting_ms"],
+        "playout": figures["playout"],
         "services": services,
         "nats_consumers": natsinfo.consumer_diff(before, after, since),
         "kv": {bucket: {"before": before["kv"].get(bucket, {}).get("entries"),

@@ -1,4 +1,10 @@
-"""Small statistics helpers: percentiles and summaries that serialize to JSON."""
+"""Small statistics helpers: percentiles and summaries that serialize to JSON.
+
+A percentile is only reported when the sample can support it: the q-th percentile needs at least
+``min_samples(q)`` values (p95: 20, p99: 100), i.e. enough that some of them lie above it. Below that, a
+summary leaves the percentile out (None) and says why under ``omitted``; a report prints "n too small".
+Missing measurements (None) are never counted as a value: ``missing`` says how many there were.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,25 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+QUANTILES = (50, 95, 99)
+
+
+def min_samples(q: float) -> int:
+    """Fewest values a q-th percentile is reported from: 100 / (100 - q) for q above the median (p95: 20,
+    p99: 100), 1 for the median and below."""
+    if q <= 50:
+        return 1
+    return math.ceil(100.0 / (100.0 - q) - 1e-9)
+
+
+def too_small(n: int, q: float) -> str | None:
+    """Why the q-th percentile of n values is not reported, or None when it is."""
+    need = min_samples(q)
+    return f"n too small ({n} < {need})" if 0 < n < need else None
+
 
 def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear-interpolated percentile (q in 0..100); None for no data."""
+    """Linear-interpolated percentile (q in 0..100); None for no data. Not gated: see ``reported_percentile``."""
     xs = sorted(values)
     if not xs:
         return None
@@ -19,24 +41,39 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return float(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo))
 
 
+def reported_percentile(values: Sequence[float], q: float) -> float | None:
+    """The percentile, or None when there are too few values to report it (see ``min_samples``)."""
+    return None if len(values) < min_samples(q) else percentile(values, q)
+
+
 def summary(values: Iterable[float | None], *, ndigits: int = 1) -> dict[str, Any]:
-    """n, mean, min, p50, p95, p99, max of the non-None values (rounded)."""
-    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    """n, missing, mean, min, p50, p95, p99, max of the non-None values (rounded).
+
+    ``missing``: how many values were None (no measurement), not counted anywhere else. p95/p99 are None when
+    n is too small for them, with the reason in ``omitted`` (e.g. ``{"p95": "n too small (4 < 20)"}``)."""
+    xs: list[float] = []
+    missing = 0
+    for v in values:
+        if v is None or math.isnan(float(v)):
+            missing += 1
+        else:
+            xs.append(float(v))
 
     def r(v: float | None) -> float | None:
         return None if v is None else round(v, ndigits)
 
-    if not xs:
-        return {"n": 0, "mean": None, "min": None, "p50": None, "p95": None, "p99": None, "max": None}
-    return {
-        "n": len(xs),
-        "mean": r(sum(xs) / len(xs)),
-        "min": r(min(xs)),
-        "p50": r(percentile(xs, 50)),
-        "p95": r(percentile(xs, 95)),
-        "p99": r(percentile(xs, 99)),
-        "max": r(max(xs)),
-    }
+    out: dict[str, Any] = {"n": len(xs), "missing": missing, "mean": r(sum(xs) / len(xs)) if xs else None,
+                           "min": r(min(xs)) if xs else None}
+    omitted: dict[str, str] = {}
+    for q in QUANTILES:
+        out[f"p{q}"] = r(reported_percentile(xs, q))
+        why = too_small(len(xs), q)
+        if why:
+            omitted[f"p{q}"] = why
+    out["max"] = r(max(xs)) if xs else None
+    if omitted:
+        out["omitted"] = omitted
+    return out
 
 
 def linear_slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:

@@ -28,22 +28,21 @@ from voice_schemas.audio import AudioFrame
 from voice_schemas.events import ReplyChunk
 from voice_stt.engines.whisper import DecodeOptions, WhisperSettings, WhisperSpeechToText
 from voice_tts.calls import CallAudio
+from voice_tts.engines.piper import PiperTextToSpeech
 from voice_tts.service import TtsService
 from voice_tts.settings import TtsSettings
 from voice_tts.speaker import ChunkJob, speak_chunk
-from voice_tts.voices import Voices
+
+from .stats import reported_percentile, too_small
 
 UTTERANCE = "I would like to book a table for two people tomorrow evening."
 SENTENCE = "Sure, I can book a table for two people tonight."  # 10 words
 
 
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
-
-
 def fmt(xs: list[float]) -> str:
-    return f"p50 {statistics.median(xs) * 1000:6.0f} ms  p90 {pct(xs, 90) * 1000:6.0f} ms  (n={len(xs)})"
+    p90 = reported_percentile(xs, 90)
+    p90_txt = f"{p90 * 1000:6.0f} ms" if p90 is not None else (too_small(len(xs), 90) or "-")
+    return f"p50 {statistics.median(xs) * 1000:6.0f} ms  p90 {p90_txt}  (n={len(xs)})"
 
 
 def cpu_s() -> float:
@@ -77,7 +76,8 @@ async def bench_stt(runs: int, model: str) -> None:
 
 
 async def bench_tts(runs: int) -> None:
-    tts = Voices().get(None)  # the service's default voice, loaded as the service loads it
+    piper = PiperTextToSpeech()
+    tts = piper.voices.get(None)  # the service's default voice, loaded as the service loads it
     for _ in tts.synthesize("Warm up."):
         pass
 
@@ -99,6 +99,7 @@ async def bench_tts(runs: int) -> None:
         how = "first clause split" if split else "whole sentence"
         print(f"tts engine first frame, {how:18s} ({r.audio_s:.1f} s of audio): {fmt(engine)}"
               f"  cpu per chunk p50 {statistics.median(synth_cpu) * 1000:.0f} ms")
+    piper.close()
 
     with embedded_nats() as url:
         svc = TtsService(TtsSettings(nats_url=url, shutdown_grace_s=2.0))

@@ -52,6 +52,68 @@ class Received:
 
 
 @dataclass
+class PlayedFrame:
+    """One received frame on the caller's playout clock: it starts playing when it arrives or when the audio
+    queued ahead of it has played, whichever is later. A `clear` discards what has not played yet (Twilio
+    drops buffered audio): ``cleared_at`` is then set, and the frame plays nothing (``dropped``) or stops early."""
+
+    frame: Received
+    start: float
+    end: float  # when it stops playing: start + its duration, or the `clear` that cut it (dropped: == start)
+    cleared_at: float | None = None
+
+    @property
+    def dropped(self) -> bool:
+        """Discarded by a `clear` before it began to play: the caller never heard any of it."""
+        return self.cleared_at is not None and self.cleared_at <= self.start
+
+
+class PlayoutClock:
+    """The caller's virtual playout of agent audio (μ-law 8 kHz, so bytes / 8000 = seconds): frames play back to
+    back in arrival order, never before they arrive; `clear` empties the queue at once. The live caller and the
+    offline analysis (``replay``) share it, so both see the same clock."""
+
+    def __init__(self) -> None:
+        self.play_until = 0.0  # when the audio queued so far has played
+        self.frames: list[PlayedFrame] = []
+
+    def media(self, frame: Received) -> PlayedFrame:
+        start = max(self.play_until, frame.at)
+        self.play_until = start + len(frame.payload) / 8000
+        played = PlayedFrame(frame, start, self.play_until)
+        self.frames.append(played)
+        return played
+
+    def clear(self, at: float) -> list[PlayedFrame]:
+        """Drop what has not played by ``at`` (and cut the frame playing then); returns the frames affected."""
+        hit: list[PlayedFrame] = []
+        for p in reversed(self.frames):
+            if p.end <= at or p.cleared_at is not None:
+                break
+            p.cleared_at = at
+            p.end = at if p.start < at else p.start  # cut short, or dropped (never played: end == start)
+            hit.append(p)
+        self.play_until = at
+        return hit[::-1]
+
+
+def replay(received: list[Received], clears: list[float]) -> list[PlayedFrame]:
+    """The caller's playout clock run again over a call's received frames and `clear` times (a `clear` that
+    arrived at the same instant as a frame is taken to come after it)."""
+    clock = PlayoutClock()
+    pending = sorted(clears)
+    i = 0
+    for r in received:
+        while i < len(pending) and pending[i] < r.at:
+            clock.clear(pending[i])
+            i += 1
+        clock.media(r)
+    for at in pending[i:]:
+        clock.clear(at)
+    return clock.frames
+
+
+@dataclass
 class CallTimings:
     stream_started: float = 0.0
     greeting_first_audio: float | None = None
@@ -60,7 +122,7 @@ class CallTimings:
     first_audio_after: list[float | None] = field(default_factory=list)  # per utterance
     clears: list[float] = field(default_factory=list)
     speech_ended_wall: list[float] = field(default_factory=list)  # the same instants, epoch seconds
-    send_lag_max_s: float = 0.0  # worst lateness of our own 20 ms frame clock (caller overloaded?)
+    send_lag_max_s: float | None = None  # worst lateness of our own 20 ms frame clock; None: nothing sent
 
 
 class TwilioCaller:
@@ -80,7 +142,7 @@ class TwilioCaller:
         self._ws: Any = None
         self._speech: asyncio.Queue[bytes] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
-        self._play_until = 0.0  # virtual playout clock of received audio
+        self.playout = PlayoutClock()  # virtual playout clock of received audio
         self._pending_marks: list[tuple[float, str]] = []
         self._speaking = False
         self._closed = asyncio.Event()
@@ -167,8 +229,8 @@ class TwilioCaller:
                             self.timings.speech_started.append(time.monotonic())
                 except asyncio.QueueEmpty:
                     payload = SILENCE
-                self.timings.send_lag_max_s = max(self.timings.send_lag_max_s,
-                                                  time.monotonic() - (t0 + chunk_no * FRAME_S))
+                lag, worst = time.monotonic() - (t0 + chunk_no * FRAME_S), self.timings.send_lag_max_s
+                self.timings.send_lag_max_s = lag if worst is None else max(worst, lag)
                 seq += 1
                 chunk_no += 1
                 await self._send({"event": "media", "sequenceNumber": str(seq), "streamSid": self.stream_sid,
@@ -206,7 +268,7 @@ class TwilioCaller:
     def agent_audible(self, at: float | None = None, slack_s: float = 0.1) -> bool:
         """Is agent audio playing at ``at`` (default now) on the caller's virtual playout clock?"""
         now = time.monotonic() if at is None else at
-        return self._play_until + slack_s >= now and bool(self.received)
+        return self.playout.play_until + slack_s >= now and bool(self.received)
 
     def _echo_due_marks(self) -> None:
         now = time.monotonic()
@@ -228,18 +290,19 @@ class TwilioCaller:
                 ev = msg.get("event")
                 if ev == "media":
                     payload = base64.b64decode(msg["media"]["payload"])
-                    self.received.append(Received(now, payload))
+                    frame = Received(now, payload)
+                    self.received.append(frame)
                     if self.timings.greeting_first_audio is None:
                         self.timings.greeting_first_audio = now
                     if self.timings.first_audio_after and self.timings.first_audio_after[-1] is None \
                             and now > self.timings.speech_ended[-1]:
                         self.timings.first_audio_after[-1] = now
-                    self._play_until = max(self._play_until, now) + len(payload) / 8000
+                    self.playout.media(frame)
                 elif ev == "mark":
-                    self._pending_marks.append((max(self._play_until, now), msg["mark"]["name"]))
+                    self._pending_marks.append((max(self.playout.play_until, now), msg["mark"]["name"]))
                 elif ev == "clear":
                     self.timings.clears.append(now)
-                    self._play_until = now
+                    self.playout.clear(now)
                     for _, name in self._pending_marks:  # Twilio returns marks of cleared audio at once
                         await self._safe_send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
                     self._pending_marks.clear()

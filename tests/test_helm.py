@@ -278,3 +278,45 @@ def test_broken_manifest_is_reported(check: ModuleType) -> None:
     result.documents = list(check.documents(manifests))
     check.validate(result)
     assert any("bogus" in p for p in result.problems)
+
+
+def _twilio_view(check: ModuleType, values: dict[str, Any] | None) -> tuple[set[str], dict[str, Any]]:
+    """The Ingress paths routed to the ingress service, and the ingress container's env by name."""
+    docs = [doc for _, doc in check.documents(check.render(values))]
+    paths = {
+        p["path"]
+        for doc in docs
+        if doc["kind"] == "Ingress"
+        for rule in doc["spec"]["rules"]
+        for p in rule["http"]["paths"]
+        if p["backend"]["service"]["name"].endswith("-ingress")
+    }
+    [ingress] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-ingress")]
+    env = {e["name"]: e for e in ingress["spec"]["template"]["spec"]["containers"][0]["env"]}
+    return paths, env
+
+
+@pytest.mark.integration
+def test_twilio_routes_render_only_with_a_token_secret(check: ModuleType) -> None:
+    # enabled without a token: ingress would refuse every request (or an operator would reach for the dev flag)
+    with pytest.raises(Exception, match=r"twilio\.existingSecret"):
+        check.render({"twilio": {"enabled": True}})
+    # not enabled (the default): no public Twilio route
+    paths, env = _twilio_view(check, None)
+    assert not paths and "TWILIO_AUTH_TOKEN" not in env
+    # enabled with a Secret: the route, and the token from that Secret
+    paths, env = _twilio_view(check, {"twilio": {"enabled": True, "existingSecret": "tw"}})
+    assert paths == {"/twilio"}
+    assert env["TWILIO_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "tw", "key": "TWILIO_AUTH_TOKEN"}
+    assert "TWILIO_ALLOW_UNSIGNED" not in env
+    production = check.scenarios()["production"].values
+    paths, env = _twilio_view(check, production)
+    assert paths == {"/twilio"} and env["TWILIO_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"]
+    # the chart owns the route: a hand-written one (as older values had) is refused rather than doubled
+    with pytest.raises(Exception, match="remove the path /twilio"):
+        check.render({"ingress": {"hosts": [{"host": "a.example.com", "paths": [
+            {"path": "/twilio", "pathType": "Prefix", "service": "ingress"}]}]}})
+    # the local-development flag is never rendered into a cluster
+    with pytest.raises(Exception, match="TWILIO_ALLOW_UNSIGNED"):
+        check.render({"twilio": {"enabled": True, "existingSecret": "tw"},
+                      "services": {"ingress": {"env": {"TWILIO_ALLOW_UNSIGNED": "true"}}}})

@@ -29,8 +29,7 @@ async def bus(private_nats_url: str) -> AsyncIterator[Bus]:
 
 @pytest.fixture
 async def brain(private_nats_url: str, bus: Bus, openai_double: FakeOpenAI) -> AsyncIterator[BrainService]:
-    openai_double.script = Script()
-    openai_double.requests.clear()
+    openai_double.reset()
     svc = BrainService(BrainSettings(nats_url=private_nats_url, llm_base_url=openai_double.base_url,
                                      llm_first_token_timeout_s=1.0))
     await svc.start()
@@ -44,17 +43,25 @@ async def finish_playout(probe: Call, turn_id: str, chunks: int, cleared: bool =
 
 
 async def test_greets_then_answers_in_sentences(bus: Bus, brain: BrainService, openai_double: FakeOpenAI) -> None:
+    # the endpoint holds the rest of its stream after the first sentence until the test has seen that sentence
+    # on the bus: a brain that held sentences back until the stream ended would see the hold time out
+    openai_double.reset(Script(hold_after_words=8))  # "Sure. We open at eight in the morning. " | "See you then!"
     agent = await make_agent(bus, system_prompt="Be a baker.")
     async with Call(bus, agent) as p:
         greet = await p.wait(events.ReplyChunk, "greeting")
         assert greet[0].data.text == "Hi, this is the bakery." and greet[0].turn_id == "greeting"
         await p.pub(events.TranscriptFinalized(utterance_id="u1", text="When do you open?",
                                                speech_end_wall_ms=1.0), turn_id="turn1")
+        first = (await p.wait(events.ReplyChunk, "turn1"))[0].data
+        # the first sentence was published while the model was still streaming
+        assert not openai_double.stream_finished.is_set() and openai_double.hold_timeouts == 0
+        assert first.index == 0 and first.text == "Sure. We open at eight in the morning." and not first.final
+        openai_double.release.set()
         turn = [c.data for c in await p.wait(events.ReplyChunk, "turn1", final=True)]
+        assert openai_double.stream_finished.is_set() and openai_double.hold_timeouts == 0
         # sentences go out as soon as they are complete; an empty final chunk closes the turn
         assert [c.text for c in turn] == ["Sure. We open at eight in the morning.", "See you then!", ""]
         assert [c.index for c in turn] == [0, 1, 2] and turn[-1].final and not turn[1].final
-        # the first sentence went out before the stream ended (it is not held back)
         sent = openai_double.requests[-1]["messages"]
         assert sent[0] == {"role": "system", "content": "Be a baker."}
         assert sent[1]["role"] == "assistant" and sent[-1] == {"role": "user", "content": "When do you open?"}
@@ -82,7 +89,7 @@ async def test_redelivered_transcript_does_not_duplicate_the_turn(bus: Bus, brai
 
 
 async def test_end_call_tool_hangs_up_after_goodbye(bus: Bus, brain: BrainService, openai_double: FakeOpenAI) -> None:
-    openai_double.script = Script(text="Thanks for calling, goodbye!", tool="end_call")
+    openai_double.reset(Script(text="Thanks for calling, goodbye!", tool="end_call"))
     agent = await make_agent(bus)
     async with Call(bus, agent) as p:
         await p.wait(events.ReplyChunk, "greeting")
@@ -97,7 +104,7 @@ async def test_end_call_tool_hangs_up_after_goodbye(bus: Bus, brain: BrainServic
 @pytest.mark.parametrize("script", [Script(status=500), Script(stall_s=3.0)], ids=["http-500", "timeout"])
 async def test_llm_failure_is_an_apology_not_dead_air(bus: Bus, brain: BrainService, openai_double: FakeOpenAI,
                                                       script: Script) -> None:
-    openai_double.script = script
+    openai_double.reset(script)
     agent = await make_agent(bus)
     async with Call(bus, agent) as p:
         await p.wait(events.ReplyChunk, "greeting")

@@ -85,7 +85,7 @@ async def collect(model: ChatModel, request: ChatRequest) -> list[Delta]:
 
 @pytest.mark.integration
 async def test_openai_adapter_streams_text_and_a_tool_call(openai_double: FakeOpenAI) -> None:
-    openai_double.script = Script(text="Thanks for calling, goodbye!", tool="end_call")
+    openai_double.reset(Script(text="Thanks for calling, goodbye!", tool="end_call"))
     p = OpenAIProvider(LIMITS)
     request = ChatRequest(messages=[{"role": "user", "content": "bye"}], tools=(END_CALL_TOOL,))
     deltas = await collect(p.model(Endpoint(openai_double.base_url, "sk-test"), "smollm2"), request)
@@ -97,8 +97,7 @@ async def test_openai_adapter_streams_text_and_a_tool_call(openai_double: FakeOp
 
 @pytest.mark.integration
 async def test_openai_adapter_calls_an_endpoint_that_rejects_tools_without_them(openai_double: FakeOpenAI) -> None:
-    openai_double.script = Script(text="Hello there.", reject_tools=True)
-    openai_double.requests.clear()
+    openai_double.reset(Script(text="Hello there.", reject_tools=True))
     p = OpenAIProvider(LIMITS)
     model = p.model(Endpoint(openai_double.base_url, "sk-test"), "smollm2")
     request = ChatRequest(messages=[{"role": "user", "content": "hi"}], tools=(END_CALL_TOOL,))
@@ -110,7 +109,7 @@ async def test_openai_adapter_calls_an_endpoint_that_rejects_tools_without_them(
 
 @pytest.mark.integration
 async def test_openai_adapter_http_error_is_a_chat_model_error(openai_double: FakeOpenAI) -> None:
-    openai_double.script = Script(status=500)
+    openai_double.reset(Script(status=500))
     p = OpenAIProvider(LIMITS)
     with pytest.raises(ChatModelError):
         await collect(p.model(Endpoint(openai_double.base_url, "sk-test"), "m"), ChatRequest(messages=[]))

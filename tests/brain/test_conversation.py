@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 from voice_brain.conversation import (
     GREETING,
+    SUMMARY_TITLE,
     CallHistory,
+    HistoryLimits,
     ReplyTimings,
     SentChunk,
     turn_completed,
@@ -81,7 +83,7 @@ def test_interruption_mid_sentence_keeps_only_the_heard_sentences() -> None:
     assert h.heard_text(done) == "Once upon a time there was a baker."
     assert assistant_messages(h, "t1") == ["Once upon a time there was a baker."]
     # the next prompt carries what the caller heard, not what the model wrote
-    assert h.prompt("Be a baker.", 40)[-1] == {"role": "assistant", "content": "Once upon a time there was a baker."}
+    assert h.prompt("Be a baker.")[-1] == {"role": "assistant", "content": "Once upon a time there was a baker."}
 
 
 def test_a_mark_arriving_after_the_barge_in_report_changes_nothing() -> None:
@@ -93,8 +95,11 @@ def test_a_mark_arriving_after_the_barge_in_report_changes_nothing() -> None:
     h.note_first_audio("t1", T0)
     t = h.turns["t1"]
     assert t.heard_chunks == [0] and t.first_audio_wall_ms is None
-    assert h.settle("t1", heard_chunks=[0, 1], cleared=False) is None  # a redelivered report
+    again = h.settle("t1", heard_chunks=[0, 1], cleared=False)  # a redelivered report: the same turn, unchanged
+    assert again is not None and again.heard_chunks == [0] and again.interrupted
     assert assistant_messages(h, "t1") == ["Once upon a time there was a baker."]
+    h.forget("t1")  # its turn.completed is published
+    assert h.settle("t1", heard_chunks=[0, 1], cleared=False) is None and "t1" not in h.turns
 
 
 def test_a_reply_played_to_the_end_is_heard_whole() -> None:
@@ -146,12 +151,67 @@ def test_end_of_call_completes_the_turns_that_were_speaking() -> None:
     assert h.end() == []  # a redelivered CallEnded
 
 
-def test_notes_reach_the_prompt_and_old_messages_drop_out() -> None:
+def test_notes_reach_the_prompt_and_old_messages_move_to_the_summary() -> None:
     h = history()
     for i in range(5):
-        h.add_caller_turn(f"t{i}", 0, transcript(f"question {i}"))
+        h.add_caller_turn(f"t{i}", 0, transcript(f"Question {i}. And some detail that is not kept."))
     h.add_note("The caller pressed the key 1.")
-    prompt = h.prompt("Be a baker.", 3)
+    h.compact(HistoryLimits(window_messages=3))
+    prompt = h.prompt("Be a baker.")
     assert prompt[0] == {"role": "system", "content": "Be a baker."}
-    assert prompt[1:] == [{"role": "user", "content": "question 3"}, {"role": "user", "content": "question 4"},
+    assert prompt[1] == {"role": "system", "content": "\n".join(
+        [SUMMARY_TITLE, "Caller: Question 0.", "Caller: Question 1.", "Caller: Question 2."])}
+    assert prompt[2:] == [{"role": "user", "content": "Question 3. And some detail that is not kept."},
+                          {"role": "user", "content": "Question 4. And some detail that is not kept."},
                           {"role": "system", "content": "The caller pressed the key 1."}]
+
+
+def test_compaction_bounds_the_window_the_summary_and_the_turns() -> None:
+    limits = HistoryLimits(window_messages=6, window_chars=400, message_chars=100, summary_chars=300,
+                           summary_line_chars=40, turns=3, recent_turn_ids=5)
+    h = history()
+    h.add_note("x" * 500)  # one long note: cut to message_chars
+    h.compact(limits)
+    assert len(h.messages[0]["content"]) == 100 and h.messages[0]["content"].endswith("…")
+    for i in range(100):
+        h.add_caller_turn(f"t{i}", 0, transcript(f"Question number {i} is about the opening hours of the shop?"))
+        h.compact(limits)
+        assert len(h.messages) <= 6 and sum(len(m["content"]) for m in h.messages) <= 400
+        assert sum(len(x) + 1 for x in h.summary) <= 300 and all(len(x) <= 40 for x in h.summary)
+        assert len(h.turns) <= 3 and "t%d" % i in h.turns and len(h.recent_turn_ids) <= 5
+    summary = h.summary_text()
+    assert summary is not None
+    # the call's opening lines stay; the middle is dropped (and counted); the latest evicted lines are there
+    assert h.summary[0].startswith("Note: xxx") and h.summary[1].startswith("Caller: Question number 0 ")
+    assert f"[{h.summary_omitted} more lines omitted]" in summary and h.summary_omitted > 0
+    assert h.summary[-1].startswith(f"Caller: Question number {99 - 6} ")
+    assert h.knows_turn("t99") and h.knows_turn("t95") and not h.knows_turn("t10")
+
+
+def test_a_forgotten_turn_is_still_known_to_a_redelivered_transcript() -> None:
+    h = history()
+    h.greet("Hi, this is the bakery.", T0)
+    h.add_caller_turn("t1", 0, transcript())
+    speak(h, "t1", "Sure.")
+    for turn_id in (GREETING, "t1"):
+        assert h.settle(turn_id, heard_chunks=[0], cleared=False) is not None
+        h.forget(turn_id)
+    assert h.turns == {} and h.recent_turn_ids == [GREETING, "t1"]
+    assert not h.add_caller_turn("t1", 0, transcript()) and not h.greet("Hi, this is the bakery.", T0)
+    assert [m["content"] for m in h.messages] == ["Hi, this is the bakery.", "When do you open?", "Sure."]
+
+
+def test_a_newer_turn_supersedes_the_reply_and_its_close_keeps_what_went_out() -> None:
+    h = history()
+    h.add_caller_turn("t1", 0, transcript("Tell me a story"))
+    assert h.record_chunk("t1", SentChunk(index=0, text="Once upon a time there was a baker.", final=False))
+    h.add_caller_turn("t2", 0, transcript("Actually, when do you open?"))
+    assert h.current_turn == "t2" and h.is_superseded("t1") and not h.is_superseded("t2")
+    assert not h.record_chunk("t1", SentChunk(index=1, text="She baked bread.", final=False))  # nothing recorded
+    h.close_superseded("t1", 1)
+    t = h.turns["t1"]
+    assert t.chunks == ["Once upon a time there was a baker.", ""] and t.reply_done and t.interrupted
+    done = h.settle("t1", heard_chunks=[0, 1], cleared=False)
+    assert done is not None and h.heard_text(done) == "Once upon a time there was a baker."
+    h.end()
+    assert h.is_superseded("t2")  # the call ended: no reply goes on

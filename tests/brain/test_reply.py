@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from voice_brain.chat import ChatLimits, ChatRequest, ChatTimeout, Delta, Endpoint, ToolCall
 from voice_brain.conversation import SentChunk
-from voice_brain.reply import GOODBYE, SAY_AGAIN, ReplyOutcome, stream_reply
+from voice_brain.reply import GOODBYE, SAY_AGAIN, ReplyOutcome, ReplySuperseded, stream_reply
 
 from .fakes import FakeChatProvider, FakeReply
 
@@ -146,3 +146,43 @@ async def test_a_failed_emit_still_ends_the_turn_with_the_apology() -> None:
 
     outcome = await stream_reply(model.stream(REQUEST), emit, apology=APOLOGY)
     assert [c.text for c in sent] == [APOLOGY] and sent[0].final and isinstance(outcome.error, ConnectionError)
+
+
+async def test_a_reply_superseded_on_this_replica_stops_at_once_and_closes_with_an_empty_final_chunk() -> None:
+    provider = FakeChatProvider(default=FakeReply(content="Once upon a time there was a baker. She baked",
+                                                  stall_after_chars=44))  # then the model stalls mid-sentence
+    model = provider.model(Endpoint("http://llm.test/v1"), "m")
+    sink, stop, closed = Sink(), asyncio.Event(), asyncio.Event()
+
+    async def deltas() -> AsyncIterator[Delta]:
+        try:
+            async for d in model.stream(REQUEST):
+                yield d
+        finally:
+            closed.set()
+
+    task = asyncio.create_task(stream_reply(deltas(), sink, apology=APOLOGY, stop=stop))
+    await asyncio.wait_for(sink.first.wait(), 2)
+    stop.set()  # a newer caller turn
+    outcome = await asyncio.wait_for(task, 2)  # not the model's limits: the pending read is cancelled
+    assert sink.texts == ["Once upon a time there was a baker.", ""] and closed.is_set()
+    assert [(c.index, c.final, c.superseded, c.hang_up) for c in sink.chunks] == [(0, False, False, False),
+                                                                                (1, True, True, False)]
+    assert outcome.superseded and outcome.error is None and outcome.chunks == 2
+
+
+async def test_a_reply_superseded_elsewhere_is_found_at_its_next_chunk_and_closed_in_its_place() -> None:
+    provider = FakeChatProvider(default=FakeReply(content="One fine sentence here. Two fine sentences here. "
+                                                  "Three fine sentences here.", tool_calls=(ToolCall("end_call"),)))
+    model = provider.model(Endpoint("http://llm.test/v1"), "m")
+    sent: list[SentChunk] = []
+
+    async def emit(chunk: SentChunk) -> None:
+        if chunk.index == 1 and not chunk.superseded:
+            raise ReplySuperseded  # the history names another turn now: nothing of this chunk went out
+        sent.append(chunk)
+
+    outcome = await stream_reply(model.stream(REQUEST), emit, apology=APOLOGY)
+    assert [(c.index, c.text, c.final, c.superseded) for c in sent] == [(0, "One fine sentence here.", False, False),
+                                                                       (1, "", True, True)]
+    assert outcome.superseded and not outcome.hang_up and not sent[-1].hang_up

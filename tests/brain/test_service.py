@@ -17,7 +17,7 @@ from voice_runtime.memory import InMemoryBus
 from voice_runtime.ports import BusPort
 from voice_schemas import Envelope, events, subjects
 from voice_schemas.agent import LlmSettings
-from voice_schemas.streams import BRAIN_TURNS
+from voice_schemas.streams import BRAIN_TURNS, KV_HISTORY
 
 from .calls import Call, make_agent
 from .fakes import FakeChatProvider, FakeReply
@@ -83,6 +83,8 @@ async def test_greeting_then_a_turn_in_sentences(any_bus: BusPort, brain: BrainS
         assert [c.index for c in chunks] == [0, 1] and chunks[-1].final and not chunks[0].final
         endpoint, model, request = llm.requests[-1]
         assert endpoint.base_url == PLATFORM_LLM and model == "smollm2"
+        # the operator's endpoint: the platform key, no egress guard
+        assert endpoint.api_key == brain.settings.llm_api_key.get_secret_value() and endpoint.egress is None
         assert request.messages[0] == {"role": "system", "content": "Be a baker."}
         assert request.messages[1] == {"role": "assistant", "content": "Hi, this is the bakery."}
         assert request.messages[-1] == {"role": "user", "content": "When do you open?"}
@@ -170,6 +172,8 @@ async def test_an_agent_with_its_own_endpoint_is_served_there(memory_bus: InMemo
         await call.wait(events.ReplyChunk, "t1", final=True)
         endpoint, model, _ = llm.requests[-1]
         assert (endpoint.base_url, model) == ("http://agent-llm.test/v1", "big")
+        # an agent's own endpoint: never the platform key (no secret named: no key), always through the guard
+        assert endpoint.api_key == "" and endpoint.egress is not None
 
 
 @pytest.mark.unit
@@ -229,3 +233,43 @@ async def test_a_service_missing_a_handler_refuses_to_start(memory_bus: InMemory
     svc = Partial(BrainSettings(), chat=FakeChatProvider())
     with pytest.raises(RuntimeError, match="filtered without a handler"):
         await svc.start(memory_bus)
+
+
+@pytest.mark.unit
+async def test_a_long_call_keeps_a_bounded_history(memory_bus: InMemoryBus, memory_brain: BrainService,
+                                                   llm: FakeChatProvider) -> None:
+    """200 turns: the stored history stays under a fixed size (every mark rewrites it whole, and a KV value is
+    limited), nothing is dead-lettered, the prompt keeps the agent's prompt, a summary of the early call and the
+    recent window, and a recent transcript redelivered is still recognised."""
+    llm.default = FakeReply(content="Yes, we have rye bread with seeds. It costs four dollars and fifty cents today.",
+                            chunk_chars=16)
+    agent = await make_agent(memory_bus, system_prompt="Be a baker.")
+    kv = memory_bus.kv[KV_HISTORY.bucket]
+    largest = 0
+    async with Call(memory_bus, agent) as call:
+        await call.wait(events.ReplyChunk, "greeting")
+        for i in range(200):
+            turn = f"t{i}"
+            last = await call.pub(events.TranscriptFinalized(
+                utterance_id=f"u{i}", text=f"Question number {i}: do you have rye bread with seeds today?"),
+                turn_id=turn)
+            chunks = await call.wait(events.ReplyChunk, turn, final=True)
+            await call.pub(events.PlayoutStarted(first_audio_wall_ms=1.0), turn_id=turn)
+            for c in chunks:
+                await call.pub(events.PlayoutMarked(chunk=c.data.index), turn_id=turn)
+            await call.pub(events.PlayoutFinished(heard_chunks=[c.data.index for c in chunks]), turn_id=turn)
+            await call.wait(events.TurnCompleted, turn)
+            largest = max(largest, len((await kv.get(subjects.call_key(call.call_id))).value or b""))
+        assert largest < 64 * 1024
+        assert not memory_bus.dead_letters
+        prompt = llm.requests[-1][2].messages
+        assert prompt[0] == {"role": "system", "content": "Be a baker."}
+        assert prompt[1]["role"] == "system" and "Question number 0:" in prompt[1]["content"]  # the summary
+        assert prompt[-1] == {"role": "user", "content": "Question number 199: do you have rye bread with seeds today?"}
+        assert prompt[-3]["content"].startswith("Question number 198:") and len(prompt) < 60
+        # a redelivery of a recent transcript (as JetStream redelivers it) starts no second reply
+        requests = len(llm.requests)
+        await memory_bus.publish(last.model_copy(update={"id": subjects.new_id()}))
+        await memory_bus.settle()
+        assert len(llm.requests) == requests and len(call.of(events.ReplyChunk, "t199")) == 2
+        assert not memory_bus.dead_letters

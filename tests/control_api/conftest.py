@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from voice_control_api.settings import ControlApiSettings
 from voice_devstack.stack import embedded_nats
 
 from ..conftest import free_port
-from .helpers import BOOTSTRAP_KEY, TenantCreds, bearer, insert_call, ok, populate, unique_number
+from .helpers import BOOTSTRAP_KEY, SECRETS_KEY, TenantCreds, bearer, insert_call, ok, populate, unique_number
 
 
 def make_settings(database_url: str, nats_url: str, **overrides: Any) -> ControlApiSettings:
@@ -28,6 +29,7 @@ def make_settings(database_url: str, nats_url: str, **overrides: Any) -> Control
         "database_url": database_url,
         "nats_url": nats_url,
         "bootstrap_admin_key": SecretStr(BOOTSTRAP_KEY),
+        "secrets_key": SecretStr(SECRETS_KEY),
         "rate_limit_per_s": 10_000.0,
         "rate_limit_burst": 1_000_000,
         "kv_reconcile_interval_s": 0.0,
@@ -64,7 +66,7 @@ def platform_key() -> str:
 @pytest.fixture(scope="session")
 async def world(client: httpx.AsyncClient, database_url: str) -> dict[str, TenantCreds]:
     """Tenants A and B, each with users, keys, two agents (admin-owned and supervisor-owned), numbers,
-    a webhook and calls."""
+    a webhook, a secret and calls."""
 
     out: dict[str, TenantCreds] = {}
     for name in ("A", "B"):
@@ -93,6 +95,8 @@ async def world(client: httpx.AsyncClient, database_url: str) -> dict[str, Tenan
             201,
         )
         key = await ok(await client.post("/v1/api-keys", json={"name": "spare"}, headers=admin), 201)
+        secret = f"llm_{name}_{uuid.uuid4().hex[:8]}"  # names are per tenant: unique only to tell them apart
+        await ok(await client.put(f"/v1/secrets/{secret}", json={"value": f"sk-{name}-value"}, headers=admin), 201)
         t.resources.update(
             tenant=t.id,
             user=t.sup_user,
@@ -104,6 +108,8 @@ async def world(client: httpx.AsyncClient, database_url: str) -> dict[str, Tenan
             number_sup=num_sup["id"],
             number_admin=num_admin["id"],
             webhook=hook["id"],
+            secret=secret,
+            sup_email=t.sup_email,
         )
         t.resources["call_sup"] = await insert_call(
             database_url, tenant_id=t.id, agent_id=agent_sup["id"], to_number=num_sup["number"]
@@ -131,6 +137,7 @@ def live_server(database_url: str, nats_url: str) -> Iterator[LiveServer]:
         DATABASE_URL=database_url,
         CONTROL_API_HTTP_PORT=str(port),
         BOOTSTRAP_ADMIN_KEY=BOOTSTRAP_KEY,
+        SECRETS_KEY=SECRETS_KEY,
         RATE_LIMIT_PER_S="10000",
         RATE_LIMIT_BURST="1000000",
         PASSWORD_HASH_TIME_COST="1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import uuid
@@ -13,6 +14,7 @@ import asyncpg
 import httpx
 
 BOOTSTRAP_KEY = "test-bootstrap-" + secrets.token_hex(12)
+SECRETS_KEY = base64.b64encode(secrets.token_bytes(32)).decode()  # seals tenant secrets (SECRETS_KEY)
 PASSWORD = "correct horse battery staple"
 
 

@@ -88,6 +88,33 @@ async def test_expired_keys_and_inactive_supervisors_are_refused(client: httpx.A
     assert_problem(await client.post("/v1/auth/refresh", json={"refresh_token": t.sup_refresh}), 401)
 
 
+async def test_keys_of_a_deactivated_user_are_refused_whatever_their_role(client: httpx.AsyncClient) -> None:
+    t = await populate(client, "deactivated")
+    admin = bearer(t.admin_key)
+    owner = await create_user(client, t.admin_key, "admin", "keyowner")
+    admin_key = await ok(
+        await client.post("/v1/api-keys", json={"name": "own", "role": "admin", "user_id": owner["id"]}, headers=admin),
+        201,
+    )
+    await ok(await client.get("/v1/users", headers=bearer(admin_key["key"])))
+    await ok(await client.get("/v1/auth/me", headers=bearer(t.sup_key)))
+
+    for user_id in (owner["id"], t.sup_user):
+        await ok(await client.patch(f"/v1/users/{user_id}", json={"is_active": False}, headers=admin))
+    for key in (admin_key["key"], t.sup_key):
+        for path in ("/v1/users", "/v1/agents", "/v1/auth/me"):
+            body = assert_problem(await client.get(path, headers=bearer(key)), 401)
+            assert "inactive" in body["detail"], (path, body)
+    r = await client.post("/v1/api-keys", json={"name": "escape"}, headers=bearer(admin_key["key"]))
+    assert_problem(r, 401)
+
+    # reactivated: the same keys work again (nothing was revoked)
+    await ok(await client.patch(f"/v1/users/{owner['id']}", json={"is_active": True}, headers=admin))
+    await ok(await client.get("/v1/users", headers=bearer(admin_key["key"])))
+    # keys without a user (the tenant's root key) are unaffected
+    await ok(await client.get("/v1/users", headers=admin))
+
+
 async def test_supervisor_keys_need_a_supervisor_user_of_the_tenant(client: httpx.AsyncClient) -> None:
     t = await populate(client, "supkeys")
     admin = bearer(t.admin_key)
@@ -222,6 +249,38 @@ async def test_rate_limit_per_credential_with_retry_after(database_url: str, nat
                 for _ in range(4)
             ]
             assert codes[:3] == [401, 401, 401] and codes[3] == 429
+
+
+async def test_login_rate_limit_keys_on_the_client_behind_trusted_proxies(database_url: str, nats_url: str) -> None:
+    settings = make_settings(
+        database_url, nats_url, rate_limit_per_s=0.1, rate_limit_burst=3, trusted_proxies="10.1.2.3, 10.9.0.0/16"
+    )
+    svc = ControlApiService(settings)
+    app = svc.app()
+
+    def client_at(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://limited")
+
+    async def logins(c: httpx.AsyncClient, n: int, headers: dict[str, str] | None = None) -> list[int]:
+        body = {"email": "a@b.example", "password": "x"}
+        return [(await c.post("/v1/auth/login", json=body, headers=headers)).status_code for _ in range(n)]
+
+    async with app.router.lifespan_context(app), client_at("10.1.2.3") as proxy, client_at("203.0.113.7") as direct:
+        # two clients behind the same trusted proxy have a bucket each
+        assert await logins(proxy, 4, {"X-Forwarded-For": "198.51.100.1"}) == [401, 401, 401, 429]
+        assert await logins(proxy, 3, {"X-Forwarded-For": "198.51.100.2"}) == [401, 401, 401]
+        # through a second trusted hop, and with a forged address prepended: still the same client
+        assert await logins(proxy, 1, {"X-Forwarded-For": "198.51.100.1, 10.9.4.5"}) == [429]
+        assert await logins(proxy, 1, {"X-Forwarded-For": "192.0.2.99, 198.51.100.1"}) == [429]
+        # the proxy's own address is a client like any other
+        assert await logins(proxy, 1) == [401]
+
+        # a client that is not a trusted proxy cannot escape its limit by naming another address
+        assert await logins(direct, 4) == [401, 401, 401, 429]
+        for i in range(3):
+            spoofed = {"X-Forwarded-For": f"192.0.2.{i}", "Forwarded": f"for=192.0.2.{i}", "X-Real-IP": f"192.0.2.{i}"}
+            assert await logins(direct, 1, spoofed) == [429]
 
 
 async def _scratch_pool(postgres_server: str, suffix: str) -> tuple[asyncpg.Pool, str]:

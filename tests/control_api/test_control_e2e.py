@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -145,3 +146,23 @@ def test_readme_walkthrough(live_server: LiveServer, nats_url: str, database_url
         # the documentation is served
         assert http.get("/docs").status_code == 200
         assert http.get("/openapi.json").json()["info"]["title"] == "Voice platform control API"
+
+
+def test_chunked_bodies_over_the_limit_are_refused_by_the_running_server(live_server: LiveServer) -> None:
+    """Through uvicorn's real chunked framing (Transfer-Encoding: chunked, no Content-Length)."""
+    with httpx.Client(base_url=live_server.url, timeout=10) as http:
+        r = http.post("/v1/tenants", json={"name": "chunked"}, headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"})
+        assert r.status_code == 201, r.text
+        auth = {"Authorization": f"Bearer {r.json()['admin_api_key']}", "Content-Type": "application/json"}
+
+        def chunks() -> Iterator[bytes]:
+            yield b'{"name": "big"'
+            for _ in range(20):
+                yield b" " * 65536
+            yield b"}"
+
+        r = http.post("/v1/agents", content=chunks(), headers=auth)
+        assert r.request.headers.get("transfer-encoding") == "chunked"
+        assert r.status_code == 413, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert http.get("/v1/agents", headers=auth).json()["items"] == []

@@ -8,7 +8,12 @@ new route cannot ship without an isolation check. For every route:
 - another tenant: each of its credentials (and a platform admin from a third tenant), pointed at this
   tenant's resources, gets exactly the answer it gets for ids that do not exist (403 or 404 for items,
   a 4xx for creates that reference them), and lists never contain this tenant's ids;
-- no credentials, or a bogus one: 401.
+- no credentials, or a bogus one: 401;
+- after every attempt that must not touch this tenant (no credentials, another tenant's), its data is read
+  back from PostgreSQL and KV and compared: an answer that looks right but changed data fails;
+- public routes (the OpenAPI document declares no security for them) answer without credentials as
+  documented, and the same with any tenant's credentials attached (a bearer token neither grants nor changes
+  anything there).
 """
 
 from __future__ import annotations
@@ -20,8 +25,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import asyncpg
 import httpx
 import pytest
+from nats.js.errors import KeyNotFoundError
+from voice_control_api.service import ControlApiService
+from voice_schemas import subjects
 
 from .helpers import BOOTSTRAP_KEY, PASSWORD, TenantCreds, bearer, ok, unique_email, unique_number
 
@@ -35,7 +44,8 @@ Fresh = Callable[[httpx.AsyncClient, TenantCreds, str], Awaitable[Ids]]
 
 @dataclass
 class Case:
-    kind: Literal["item", "list", "create", "self", "public"]
+    # upsert: PUT to a name scoped to the caller's tenant (another tenant's PUT writes its own resource)
+    kind: Literal["item", "list", "create", "upsert", "self", "public"]
     roles: dict[str, int] = field(default_factory=dict)  # same-tenant expected status per role
     params: dict[str, str] = field(default_factory=dict)  # path param -> resource name (or a literal "=value")
     body: Callable[[Ids], dict[str, Any]] | None = None
@@ -45,6 +55,7 @@ class Case:
     fresh: Fresh | None = None  # make a new target per same-tenant call (destructive routes)
     platform: int | None = None  # the platform admin's legitimate status on another tenant's resource
     reason: str = ""
+    anonymous: int | None = None  # public routes: the documented answer without credentials, for ``body``
 
 
 def all_ok(status: int) -> dict[str, int]:
@@ -98,14 +109,35 @@ async def fresh_webhook(client: httpx.AsyncClient, t: TenantCreds, role: str) ->
     return {"webhook_id": body["id"]}
 
 
+async def fresh_secret(client: httpx.AsyncClient, t: TenantCreds, role: str) -> Ids:
+    name = "gone_" + uuid.uuid4().hex[:12]
+    await ok(await client.put(f"/v1/secrets/{name}", json={"value": "v-" + name}, headers=bearer(t.admin_key)))
+    return {"name": name}
+
+
 AGENT = {"agent_id": "agent_sup"}
 HIDDEN_AGENT = {"agent_id": "agent_admin"}
 
 CASES: dict[tuple[str, str], Case] = {
     # auth
-    ("POST", "/v1/auth/login"): Case("public", reason="authenticates by email and password, not by a credential"),
-    ("POST", "/v1/auth/refresh"): Case("public", reason="authenticates by the refresh token in the body"),
-    ("POST", "/v1/auth/logout"): Case("public", reason="acts only on the refresh token in the body"),
+    ("POST", "/v1/auth/login"): Case(
+        "public",
+        reason="authenticates by email and password, not by a credential",
+        body=lambda ids: {"email": ids["sup_email"], "password": "wrong-password"},
+        anonymous=401,
+    ),
+    ("POST", "/v1/auth/refresh"): Case(
+        "public",
+        reason="authenticates by the refresh token in the body",
+        body=lambda ids: {"refresh_token": "vr_" + "x" * 43},
+        anonymous=401,
+    ),
+    ("POST", "/v1/auth/logout"): Case(
+        "public",
+        reason="acts only on the refresh token in the body (an unknown one is ignored)",
+        body=lambda ids: {"refresh_token": "vr_" + "x" * 43},
+        anonymous=204,
+    ),
     ("GET", "/v1/auth/me"): Case("self", all_ok(200)),
     ("POST", "/v1/auth/password"): Case(
         "self", all_ok(403), body=lambda ids: {"current_password": "wrong-password", "new_password": PASSWORD}
@@ -191,6 +223,12 @@ CASES: dict[tuple[str, str], Case] = {
         "item", admin_only(204), {"webhook_id": "webhook"}, fresh=fresh_webhook
     ),
     ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"): Case("item", admin_only(200), {"webhook_id": "webhook"}),
+    # tenant secrets
+    ("PUT", "/v1/secrets/{name}"): Case(
+        "upsert", admin_only(200), {"name": "secret"}, body=lambda ids: {"value": "replaced-" + uuid.uuid4().hex}
+    ),
+    ("GET", "/v1/secrets"): Case("list", admin_only(200)),
+    ("DELETE", "/v1/secrets/{name}"): Case("item", admin_only(204), {"name": "secret"}, fresh=fresh_secret),
     # audit log
     ("GET", "/v1/audit-log"): Case("list", admin_only(200), query=lambda ids: {"resource_id": ids["agent_sup"]}),
 }
@@ -235,25 +273,92 @@ def _detail(r: httpx.Response) -> Any:
     return None
 
 
+TENANT_TABLES = (
+    "users",
+    "api_keys",
+    "refresh_tokens",
+    "agents",
+    "agent_versions",
+    "phone_numbers",
+    "webhooks",
+    "tenant_secrets",
+    "calls",
+    "call_turns",
+    "audit_log",
+)
+
+
+async def tenant_state(database_url: str, service: ControlApiService, tenant_id: str) -> dict[str, Any]:
+    """Everything the tenant holds: its rows in PostgreSQL (a key's last use aside) and its keys in KV."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        state: dict[str, Any] = {
+            "tenants": await conn.fetchval("SELECT to_jsonb(t)::text FROM tenants t WHERE id = $1", tenant_id)
+        }
+        for table in TENANT_TABLES:
+            rows = await conn.fetch(
+                f"SELECT (to_jsonb(t) - 'last_used_at')::text AS row FROM {table} t WHERE tenant_id = $1", tenant_id
+            )
+            state[table] = sorted(r["row"] for r in rows)
+        keys = [("agents", subjects.agent_key(r["id"])) for r in await conn.fetch(
+            "SELECT id FROM agents WHERE tenant_id = $1", tenant_id
+        )]
+        keys += [("numbers", subjects.number_key(r["number"])) for r in await conn.fetch(
+            "SELECT number FROM phone_numbers WHERE tenant_id = $1", tenant_id
+        )]
+        keys += [("secrets", subjects.secret_key(tenant_id, r["name"])) for r in await conn.fetch(
+            "SELECT name FROM tenant_secrets WHERE tenant_id = $1", tenant_id
+        )]
+    finally:
+        await conn.close()
+    for bucket, key in keys:
+        try:
+            entry = await service.kv[bucket].get(key)
+            state[f"kv {bucket} {key}"] = entry.value
+        except KeyNotFoundError:
+            state[f"kv {bucket} {key}"] = None
+    return state
+
+
 def test_every_route_has_an_isolation_check(service: Any) -> None:
     ops = _operations(service.test_app)
     missing = [op for op in ops if op not in CASES]
     stale = [op for op in CASES if op not in ops]
     assert not missing, f"routes without an isolation check: {missing}"
     assert not stale, f"isolation checks for routes that no longer exist: {stale}"
+    doc = service.test_app.openapi()
     for op, case in CASES.items():
+        operation = doc["paths"][op[1]][op[0].lower()]
         if case.kind == "public":
-            assert case.reason, op
+            assert case.reason and case.anonymous is not None, op
+            assert "security" not in operation, (op, "a public route must be documented without security")
+            assert str(case.anonymous) in operation["responses"], (op, "its answer must be documented")
         else:
             assert set(case.roles) == set(ROLES), op
+            assert operation.get("security") == [{"bearer": []}], op
 
 
 @pytest.mark.parametrize("op", sorted(CASES), ids=lambda op: f"{op[0]} {op[1]}")
-async def test_route_isolation(op: tuple[str, str], client: httpx.AsyncClient, world: dict[str, TenantCreds]) -> None:
+async def test_route_isolation(
+    op: tuple[str, str],
+    client: httpx.AsyncClient,
+    service: ControlApiService,
+    database_url: str,
+    world: dict[str, TenantCreds],
+) -> None:
     method, template = op
     case = CASES[op]
     a, b = world["A"], world["B"]
+
+    async def unchanged(before: dict[str, Any], *why: object) -> None:
+        after = await tenant_state(database_url, service, a.id)
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        assert not changed, (op, *why, "changed tenant A's data", changed)
+
+    before = await tenant_state(database_url, service, a.id)
     if case.kind == "public":
+        await _check_public(client, op, case, a, b)
+        await unchanged(before, "public route")
         return
 
     # -------- no or bogus credentials
@@ -261,6 +366,7 @@ async def test_route_isolation(op: tuple[str, str], client: httpx.AsyncClient, w
         r = await _call(client, method, _path(template, case.params, a.resources), token, case, a.resources)
         assert r.status_code == 401, (op, token, r.status_code, r.text)
         assert r.headers["content-type"].startswith("application/problem+json")
+        await unchanged(before, token)
 
     # -------- same tenant, every role
     for role in ROLES:
@@ -271,7 +377,7 @@ async def test_route_isolation(op: tuple[str, str], client: httpx.AsyncClient, w
         assert r.status_code == case.roles[role], (op, role, r.status_code, r.text)
         if r.status_code < 300 and r.content:
             body = r.json()
-            if case.kind == "create" and "tenant_id" in body:
+            if case.kind in ("create", "upsert") and "tenant_id" in body:
                 assert body["tenant_id"] == a.id
             if case.kind == "self":
                 assert body["tenant_id"] == a.id
@@ -286,36 +392,84 @@ async def test_route_isolation(op: tuple[str, str], client: httpx.AsyncClient, w
     # -------- another tenant's credentials (and a platform admin of a third tenant) on A's resources
     a_ids = {v for v in a.resources.values()} | {a.id, a.admin_user, a.sup_user, a.sup2_user}
     others = {f"B {role}": b.token(role) for role in ROLES} | {"platform admin": BOOTSTRAP_KEY}
+    before = await tenant_state(database_url, service, a.id)
     for who, token in others.items():
         real = await _call(client, method, _path(template, case.params, a.resources), token, case, a.resources)
         if who == "platform admin" and case.platform is not None:
             assert real.status_code == case.platform, (op, who, real.status_code, real.text)
+            before = await tenant_state(database_url, service, a.id)  # a legitimate change
             continue
-        if case.kind == "self":
-            assert real.status_code in (200, 403), (op, who, real.status_code)
-            if real.status_code == 200:
-                assert real.json()["tenant_id"] != a.id
-            continue
-        if case.kind == "list":
-            assert real.status_code in (200, 403), (op, who, real.status_code, real.text)
-            leaked = [i for i in a_ids if i in real.text]
-            assert not leaked, (op, who, "leaks", leaked)
-            continue
-        fake_ids = _random_ids()
-        fake = await _call(client, method, _path(template, case.params, fake_ids), token, case, fake_ids)
-        assert (real.status_code, _detail(real)) == (fake.status_code, _detail(fake)), (
-            op,
-            who,
-            "answers differ for another tenant's id and a random id",
-            real.text,
-            fake.text,
-        )
-        if case.kind == "item":
-            assert real.status_code in (403, 404), (op, who, real.status_code, real.text)
-        elif case.kind == "create":
-            if real.status_code < 300:
-                created = real.json()
-                assert created.get("tenant_id", "") != a.id, (op, who, created)
-                assert not any(i in json.dumps(created) for i in a_ids), (op, who, "references A", created)
+        await _check_other_tenant(client, op, case, who, token, real, a, a_ids)
+        await unchanged(before, who)
+
+
+async def _check_other_tenant(
+    client: httpx.AsyncClient,
+    op: tuple[str, str],
+    case: Case,
+    who: str,
+    token: str,
+    real: httpx.Response,
+    a: TenantCreds,
+    a_ids: set[str],
+) -> None:
+    """The answer another tenant's credential ``token`` got (``real``) for A's resource of route ``op``."""
+    method, template = op
+    if case.kind == "self":
+        assert real.status_code in (200, 403), (op, who, real.status_code)
+        if real.status_code == 200:
+            assert real.json()["tenant_id"] != a.id
+        return
+    if case.kind == "list":
+        assert real.status_code in (200, 403), (op, who, real.status_code, real.text)
+        leaked = [i for i in a_ids if i in real.text]
+        assert not leaked, (op, who, "leaks", leaked)
+        return
+    fake_ids = _random_ids()
+    fake = await _call(client, method, _path(template, case.params, fake_ids), token, case, fake_ids)
+    if case.kind == "upsert":
+        # the name is the caller's own: it wrote (and now removes) its own resource, never A's
+        me = await ok(await client.get("/v1/auth/me", headers=bearer(token)))
+        for r in (real, fake):
+            if r.status_code < 300:
+                assert r.json()["tenant_id"] == me["tenant_id"] != a.id, (op, who, r.text)
+                await ok(await client.delete(str(r.request.url), headers=bearer(token)), 204)
             else:
-                assert real.status_code in (403, 404, 422), (op, who, real.status_code, real.text)
+                assert (r.status_code, _detail(r)) == (fake.status_code, _detail(fake)), (op, who, r.text)
+        return
+    assert (real.status_code, _detail(real)) == (fake.status_code, _detail(fake)), (
+        op,
+        who,
+        "answers differ for another tenant's id and a random id",
+        real.text,
+        fake.text,
+    )
+    if case.kind == "item":
+        assert real.status_code in (403, 404), (op, who, real.status_code, real.text)
+    elif case.kind == "create":
+        if real.status_code < 300:
+            created = real.json()
+            assert created.get("tenant_id", "") != a.id, (op, who, created)
+            assert not any(i in json.dumps(created) for i in a_ids), (op, who, "references A", created)
+        else:
+            assert real.status_code in (403, 404, 422), (op, who, real.status_code, real.text)
+
+
+async def _check_public(
+    client: httpx.AsyncClient,
+    op: tuple[str, str],
+    case: Case,
+    a: TenantCreds,
+    b: TenantCreds,
+) -> None:
+    """A public route answers without credentials as documented, and identically whatever credential is sent."""
+    method, template = op
+    path = _path(template, case.params, a.resources)
+    r = await _call(client, method, path, None, case, a.resources)
+    assert r.status_code == case.anonymous, (op, "without credentials", r.status_code, r.text)
+    if r.status_code >= 400:
+        assert r.headers["content-type"].startswith("application/problem+json"), (op, r.headers)
+    tokens = [a.token(role) for role in ROLES] + [b.token(role) for role in ROLES] + [BOOTSTRAP_KEY, "garbage-token"]
+    for token in tokens:
+        with_token = await _call(client, method, path, token, case, a.resources)
+        assert (with_token.status_code, _detail(with_token)) == (r.status_code, _detail(r)), (op, token[:12])

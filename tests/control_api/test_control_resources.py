@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -523,4 +525,28 @@ async def test_oversized_bodies_are_refused(client: httpx.AsyncClient, tenant: T
         content=b"{" + b" " * (1024 * 1024) + b"}",
         headers={**bearer(tenant.admin_key), "content-type": "application/json"},
     )
+    problem(r, 413)
+
+
+async def test_chunked_bodies_are_limited_by_the_bytes_read(client: httpx.AsyncClient, tenant: TenantCreds) -> None:
+    """No Content-Length (chunked transfer): the limit applies to the bytes actually received."""
+    headers = {**bearer(tenant.admin_key), "content-type": "application/json"}
+
+    async def chunks(body: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+        for i in range(0, len(body), size):
+            yield body[i : i + size]
+
+    name = f"chunked-{uuid.uuid4().hex[:8]}"
+    big = b'{"name": "' + name.encode() + b'"' + b" " * (1024 * 1024) + b"}"
+    r = await client.post("/v1/agents", content=chunks(big), headers=headers)
+    assert "content-length" not in {k.lower() for k in r.request.headers}
+    assert "1048576" in problem(r, 413)["detail"]
+    listed = await ok(await client.get("/v1/agents", params={"name": name}, headers=bearer(tenant.admin_key)))
+    assert listed["items"] == []  # refused, not created
+
+    small = b'{"name": "' + name.encode() + b'"' + b" " * 200_000 + b"}"
+    created = await ok(await client.post("/v1/agents", content=chunks(small), headers=headers), 201)
+    assert created["name"] == name
+    # a Content-Length that understates the body does not let the rest through either
+    r = await client.post("/v1/agents", content=chunks(big), headers={**headers, "content-length": "10"})
     problem(r, 413)

@@ -93,6 +93,39 @@ def test_token_bucket_forgets_the_least_recent_keys() -> None:
     assert rl.acquire("a") == 0.0  # "a" was evicted, so it starts with a full bucket
 
 
+def test_client_address_is_taken_from_forwarded_headers_of_trusted_proxies_only() -> None:
+    from voice_control_api.proxies import TrustedProxies
+
+    p = TrustedProxies.parse("10.0.0.1, 10.9.0.0/16, 2001:db8::/32")
+    assert p.client_address("203.0.113.5", ["198.51.100.1"]) == "203.0.113.5"  # not a proxy: header ignored
+    assert p.client_address("10.0.0.1", ["198.51.100.1"]) == "198.51.100.1"
+    assert p.client_address("10.0.0.1", []) == "10.0.0.1"  # the proxy's own request
+    # rightmost address no trusted proxy added: what the client wrote on the left is not believed
+    assert p.client_address("10.0.0.1", ["1.1.1.1, 198.51.100.1, 10.9.3.4"]) == "198.51.100.1"
+    assert p.client_address("10.0.0.1", ["1.1.1.1", "198.51.100.1"]) == "198.51.100.1"  # two header lines
+    assert p.client_address("10.0.0.1", ["10.9.0.8, 10.9.0.7"]) == "10.9.0.8"  # all trusted: the leftmost
+    assert p.client_address("10.0.0.1", ["garbage, 10.9.0.7"]) == "10.9.0.7"  # stops at what it cannot read
+    assert p.client_address("10.0.0.1", ["198.51.100.1:4711"]) == "198.51.100.1"
+    assert p.client_address("10.0.0.1", ["[2001:db9::1]:443"]) == "2001:db9::1"
+    assert p.client_address("::ffff:10.0.0.1", ["198.51.100.1"]) == "198.51.100.1"  # IPv4-mapped peer
+    assert p.client_address("2001:db8::5", ["198.51.100.1"]) == "198.51.100.1"
+    assert p.client_address(None, ["198.51.100.1"]) == "unknown"
+
+    f = TrustedProxies.parse("10.0.0.1", header="forwarded")
+    value = 'for=192.0.2.60;proto=http;by=203.0.113.43, For="[2001:db8:cafe::17]:4711"'
+    assert f.client_address("10.0.0.1", [value]) == "2001:db8:cafe::17"
+    assert f.client_address("10.0.0.1", ["for=192.0.2.60, for=unknown"]) == "10.0.0.1"
+    assert f.client_address("10.0.0.1", ["for=192.0.2.60"]) == "192.0.2.60"
+
+    nobody = TrustedProxies.parse("")
+    assert nobody.client_address("10.0.0.1", ["198.51.100.1"]) == "10.0.0.1"
+    for bad in ("10.0.0.300", "example.com", "10.0.0.0/33"):
+        with pytest.raises(ValueError):
+            TrustedProxies.parse(bad)
+    with pytest.raises(ValidationError):
+        ControlApiSettings(trusted_proxies="not-an-address")
+
+
 @pytest.mark.parametrize(
     "raw,e164",
     [

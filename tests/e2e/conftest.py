@@ -80,6 +80,7 @@ def platform(database_url: str) -> Iterator[Platform]:
     p = Platform(f"nats://127.0.0.1:{nats_port}", database_url, llm_url, {n: free_port() for n in STACK})
     base_env = dict(os.environ, NATS_URL=p.nats_url, DATABASE_URL=database_url, LLM_BASE_URL=llm_url,
                     LLM_MODEL=os.environ.get("LLM_MODEL", "smollm2"), TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
+                    TWILIO_ALLOW_UNSIGNED="false",  # every Twilio request is signed, as in production
                     PUBLIC_BASE_URL=PUBLIC, LOG_FORMAT="json", SHUTDOWN_GRACE_S="3", STATE_DIR=str(tmp))
     module = {n: m for n, m, _ in SERVICES}
     for name in STACK:

@@ -28,6 +28,10 @@ async def test_bench_smoke_one_call_two_turns(platform: Platform, platform_bus: 
         assert turn["error"] is None, turn
         assert 0 < turn["v2v_ms"] < 30_000, turn
     assert v["voice_to_voice_ms"]["n"] == 2
+    assert v["voice_to_voice_ms"]["p95"] is None and "p95" in v["voice_to_voice_ms"]["omitted"]  # n too small
+    assert call["connected_s"] is not None and call["send_lag_max_ms"] is not None
+    # no row for a stage the platform never fills (tts_first_audio_ms, today)
+    assert all(s["n"] >= 1 for name, s in v["stages_ms"].items() if name != "between_stages_ms"), v["stages_ms"]
     # the platform's own view of the same turns arrived and was joined to the caller's measurement
     assert v["turns_with_breakdown"] >= 1, call["turns"]
     assert v["stages_ms"]["voice_to_voice_ms"]["n"] >= 1

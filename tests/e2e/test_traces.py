@@ -32,7 +32,7 @@ from bench.twilio_caller import TwilioCaller
 
 from ..brain.fake_openai import FakeOpenAI, Script
 from ..conftest import free_port
-from .conftest import speech
+from .conftest import PUBLIC, TWILIO_TOKEN, speech
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -55,7 +55,9 @@ async def stack(private_nats_url: str) -> AsyncIterator[dict[str, Any]]:
     for s in services:
         await s.start()
     port = free_port()
-    ingress = IngressService(IngressSettings(**common, http_port=port))
+    # Twilio requests signed as in production (ingress refuses unsigned ones unless told otherwise)
+    ingress = IngressService(IngressSettings(**common, http_port=port, twilio_auth_token=TWILIO_TOKEN,
+                                             public_base_url=PUBLIC, twilio_allow_unsigned=False))
     server = uvicorn.Server(uvicorn.Config(ingress.app(), host="127.0.0.1", port=port, log_level="error"))
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -75,7 +77,7 @@ async def test_each_turn_is_one_trace_through_every_stage(stack: dict[str, Any])
     before_v2v = metric("voice_turn_stage_seconds_count", service="brain", stage="voice_to_voice")
     before_in = metric("voice_audio_frames_total", service="ingress", direction="in", outcome="ok")
     questions = [speech("What time do you open tomorrow?"), speech("Do you have fresh bread?")]
-    c = TwilioCaller(stack["url"], to="+15550300")
+    c = TwilioCaller(stack["url"], auth_token=TWILIO_TOKEN, public_base_url=PUBLIC, to="+15550300")
     await c.dial()
     await c.connect()
     try:

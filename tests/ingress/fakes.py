@@ -26,6 +26,21 @@ NUMBER = "+15550100"
 _END = object()
 
 
+class VirtualClock:
+    """A playout clock that moves only when playout sleeps: pacing is checked exactly, whatever the machine's
+    load (``IngressService.clock``)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
 @dataclass(frozen=True)
 class Sent:
     at: float
@@ -146,7 +161,9 @@ class Ingress:
 
     def __init__(self, **settings: Any) -> None:
         self.bus = InMemoryBus("ingress")
+        # explicit Twilio settings: no token and unsigned requests refused, unless a test says otherwise
         self.service = IngressService(IngressSettings(**{"playout_lead_ms": 60, "start_timeout_s": 2.0,
+                                                         "twilio_auth_token": None, "twilio_allow_unsigned": False,
                                                          **settings}))
 
     async def start(self) -> None:

@@ -17,7 +17,7 @@ from voice_runtime.memory import MemoryMessage
 from voice_schemas import events, make, subjects
 from voice_schemas.audio import FRAME_BYTES, AudioFrame
 
-from .fakes import FRAME_S, FakeTransport, Ingress, reply, tag
+from .fakes import FRAME_S, NUMBER, FakeTransport, Ingress, VirtualClock, reply, tag
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
@@ -77,13 +77,40 @@ async def test_agent_audio_reaches_the_transport_in_chunk_order_paced_with_marks
         + [("audio", f"t1/1/{i}") for i in range(15)] + [("mark", "t1:0:1:f")]
     assert kinds == expected
     assert [s.end_of_reply for s in t.of("audio")] == [False] * 24 + [True]
-    # real time: never more than the lead (3 frames) plus the one being sent queued at the far end
+    # never more than the lead (3 frames) plus the one being sent queued at the far end (a loaded machine only
+    # queues less); the exact pace is checked on a virtual clock below
     lead = ingress.service.settings.playout_lead_ms // 20
     assert t.max_queued_frames <= lead + 1
-    audio = t.of("audio")
-    assert audio[-1].at - audio[0].at >= (len(audio) - lead - 2) * FRAME_S
     started = ingress.events(events.PlayoutStarted, call_id=call_id)
     assert [e.turn_id for e in started] == ["t1"]
+
+
+async def test_playout_runs_at_real_time_pace_with_its_lead_on_a_virtual_clock(ingress: Ingress) -> None:
+    clock = VirtualClock()
+    ingress.service.clock = clock
+    t = FakeTransport()
+    call_id, _ = await ingress.call(t)
+    sent_at: list[float] = []
+    send = t.send
+
+    async def timed(message: Any) -> None:
+        if message[0] == "audio":
+            sent_at.append(clock.now)
+        await send(message)
+
+    t.send = timed  # type: ignore[method-assign]
+    for chunk in reply("t1", [25, 25]):  # 1 s of audio, all of it here at once
+        await ingress.send_agent_audio(call_id, chunk)
+    await ingress.bus.wait_for(lambda: finished(ingress, call_id, "t1"), timeout=10)
+    lead = ingress.service.settings.playout_lead_ms // 20
+    assert len(sent_at) == 50 and lead == 3
+    start = sent_at[0]
+    # the far end starts playing frame 0 at `start` and plays one frame per 20 ms: after frame k is sent, it holds
+    # the frames not played yet, never more than the lead plus the frame just sent
+    queued = [k + 1 - (at - start) / FRAME_S for k, at in enumerate(sent_at)]
+    assert max(queued) == pytest.approx(lead + 1)
+    # and no faster than real time: the first lead + 1 frames at once, then exactly one frame per 20 ms
+    assert sent_at == pytest.approx([start + max(0, k - lead) * FRAME_S for k in range(50)])
 
 
 async def test_marks_that_come_back_become_heard_chunks(ingress: Ingress) -> None:
@@ -141,6 +168,30 @@ async def test_pause_holds_audio_and_resume_continues_where_it_paused(ingress: I
     await control(ingress, call_id, events.ResumePlayout())
     await ingress.bus.wait_for(lambda: finished(ingress, call_id, "t1"), timeout=5)
     assert [tag(s.data) for s in t.of("audio")] == [f"t1/0/{i}" for i in range(5)]
+
+
+async def test_a_backchannel_pause_then_resume_continues_the_same_reply() -> None:
+    i = Ingress(playout_gap_ms=200)
+    await i.start()
+    try:
+        t = FakeTransport()
+        call_id, _ = await i.call(t)
+        for chunk in reply("t1", [5] * 10):  # 1 s of audio
+            await i.send_agent_audio(call_id, chunk)
+        await i.bus.wait_for(lambda: len(t.of("audio")) >= 15, timeout=10)
+        # media hears the caller start to speak: it pauses playout until it knows whether this is a barge-in
+        await control(i, call_id, events.PausePlayout())
+        await i.bus.settle()
+        held = len(t.of("audio"))
+        await asyncio.sleep(0.4)  # a backchannel ("mm-hmm"), longer than the playout gap
+        assert len(t.of("audio")) == held < 50
+        await control(i, call_id, events.ResumePlayout())  # not a barge-in: the agent goes on
+        await i.bus.wait_for(lambda: finished(i, call_id, "t1"), timeout=10)
+        assert [tag(s.data) for s in t.of("audio")] == [f"t1/{c}/{n}" for c in range(10) for n in range(5)]
+        assert not t.of("clear")
+        assert finished(i, call_id, "t1") == [events.PlayoutFinished(cleared=False, heard_chunks=list(range(10)))]
+    finally:
+        await i.stop()
 
 
 async def test_caller_hang_up_ends_the_call_and_frees_its_state(ingress: Ingress) -> None:
@@ -245,3 +296,139 @@ async def test_stopping_the_service_ends_live_calls() -> None:
     await i.stop()
     await asyncio.wait_for(task, 5)
     assert i.events(events.CallEnded, call_id=call_id)[0].data.reason == events.EndReason.shutdown
+
+
+async def test_a_call_whose_answer_cannot_be_published_ends_and_frees_everything(
+        ingress: Ingress, monkeypatch: pytest.MonkeyPatch) -> None:
+    publish = ingress.bus.publish
+
+    async def failing(env: Any, **kw: Any) -> int:
+        if isinstance(env.data, events.CallAnswered):
+            raise ConnectionError("bus down")
+        return await publish(env, **kw)
+
+    monkeypatch.setattr(ingress.bus, "publish", failing)
+    call_id = await ingress.service.create_call(channel=events.Channel.test, to_number=NUMBER,
+                                                from_number="+15550199", provider_call_id=None)
+    assert call_id is not None
+    t = FakeTransport()
+    t.push(Started(call_id=call_id, stream_id=t.stream_id))
+    await asyncio.wait_for(ingress.service.serve(t, t.messages()), 5)
+    await ingress.bus.settle()
+    assert call_id not in ingress.service.sessions
+    assert not [s for s in ingress.bus._subs if call_id in s.subject]
+    assert not [task for task in asyncio.all_tasks() if task.get_name() == f"playout:{call_id}" and not task.done()]
+    [ended] = ingress.events(events.CallEnded, call_id=call_id)
+    assert ended.data.reason == events.EndReason.error and "bus down" in (ended.data.detail or "")
+    assert t.closed_with == events.EndReason.error
+
+
+async def test_a_connection_cancelled_while_its_call_opens_ends_the_call_and_frees_everything(
+        ingress: Ingress, monkeypatch: pytest.MonkeyPatch) -> None:
+    publish = ingress.bus.publish
+    answering = asyncio.Event()
+
+    async def stuck(env: Any, **kw: Any) -> int:
+        if isinstance(env.data, events.CallAnswered):
+            answering.set()
+            await asyncio.sleep(3600)  # the bus never acknowledges
+        return await publish(env, **kw)
+
+    monkeypatch.setattr(ingress.bus, "publish", stuck)
+    call_id = await ingress.service.create_call(channel=events.Channel.test, to_number=NUMBER,
+                                                from_number="+15550199", provider_call_id=None)
+    assert call_id is not None
+    t = FakeTransport()
+    t.push(Started(call_id=call_id, stream_id=t.stream_id))
+    task = asyncio.create_task(ingress.service.serve(t, t.messages()))
+    await asyncio.wait_for(answering.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await ingress.bus.settle()
+    assert call_id not in ingress.service.sessions
+    assert not [s for s in ingress.bus._subs if call_id in s.subject]
+    assert not [x for x in asyncio.all_tasks() if x.get_name() == f"playout:{call_id}" and not x.done()]
+    [ended] = ingress.events(events.CallEnded, call_id=call_id)
+    assert ended.data.reason == events.EndReason.shutdown
+    assert t.closed_with == events.EndReason.shutdown
+
+
+async def test_a_reply_whose_last_frame_never_comes_is_closed_after_the_gap_and_the_next_reply_plays() -> None:
+    i = Ingress(playout_gap_ms=300)
+    await i.start()
+    try:
+        t = FakeTransport()
+        call_id, _ = await i.call(t)
+        lost = reply("t1", [4, 4])
+        await i.send_agent_audio(call_id, lost[0] + lost[1][:-1])  # the final frame is lost on the way
+        await i.bus.wait_for(lambda: finished(i, call_id, "t1"), timeout=5)
+        # the caller heard chunk 0 (marked) and most of chunk 1 (never ended, so not marked)
+        assert finished(i, call_id, "t1") == [events.PlayoutFinished(cleared=False, heard_chunks=[0])]
+        assert [tag(s.data) for s in t.of("audio")] == [f"t1/0/{n}" for n in range(4)] + [f"t1/1/{n}" for n in range(3)]
+        for chunk in reply("t2", [3]):
+            await i.send_agent_audio(call_id, chunk)
+        await i.bus.wait_for(lambda: finished(i, call_id, "t2"), timeout=5)
+        assert [tag(s.data) for s in t.of("audio")][7:] == [f"t2/0/{n}" for n in range(3)]
+        assert finished(i, call_id, "t2") == [events.PlayoutFinished(cleared=False, heard_chunks=[0])]
+    finally:
+        await i.stop()
+
+
+async def test_a_reply_superseded_by_a_newer_turn_does_not_hold_its_audio() -> None:
+    i = Ingress(playout_gap_ms=10_000)  # far longer than the test: the newer turn's audio alone moves playout on
+    await i.start()
+    try:
+        t = FakeTransport()
+        call_id, _ = await i.call(t)
+        # brain superseded t1 after its first sentence: no final chunk will ever come
+        await i.send_agent_audio(call_id, reply("t1", [4, 4, 4])[0])
+        await i.bus.wait_for(lambda: marked(i, call_id, "t1") == [0], timeout=5)
+        for chunk in reply("t2", [3, 3]):
+            await i.send_agent_audio(call_id, chunk)
+        await i.bus.wait_for(lambda: finished(i, call_id, "t2"), timeout=5)
+        assert [tag(s.data) for s in t.of("audio")] == [f"t1/0/{n}" for n in range(4)] \
+            + [f"t2/{c}/{n}" for c in range(2) for n in range(3)]
+        assert finished(i, call_id, "t2") == [events.PlayoutFinished(cleared=False, heard_chunks=[0, 1])]
+        await i.bus.wait_for(lambda: finished(i, call_id, "t1"), timeout=5)
+        assert finished(i, call_id, "t1") == [events.PlayoutFinished(cleared=False, heard_chunks=[0])]
+        # a newer epoch's reply (its barge-in not seen yet) is not held behind an unfinished older one either
+        await i.send_agent_audio(call_id, reply("t3", [4, 4])[0])
+        await i.bus.wait_for(lambda: marked(i, call_id, "t3") == [0], timeout=5)
+        for chunk in reply("t4", [2], epoch=1):
+            await i.send_agent_audio(call_id, chunk)
+        await i.bus.wait_for(lambda: finished(i, call_id, "t4"), timeout=5)
+        assert [tag(s.data) for s in t.of("audio")][-2:] == ["t4/0/0", "t4/0/1"]
+    finally:
+        await i.stop()
+
+
+async def test_a_call_ended_while_it_opens_keeps_nothing_of_what_opening_still_set_up(
+        ingress: Ingress, monkeypatch: pytest.MonkeyPatch) -> None:
+    subscribe = ingress.bus.subscribe
+    subscribing, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow(subject: str, cb: Any) -> Any:
+        if subject.endswith(".control.>"):
+            subscribing.set()
+            await go_on.wait()
+        return await subscribe(subject, cb)
+
+    monkeypatch.setattr(ingress.bus, "subscribe", slow)
+    call_id = await ingress.service.create_call(channel=events.Channel.test, to_number=NUMBER,
+                                                from_number="+15550199", provider_call_id="CA77")
+    assert call_id is not None
+    t = FakeTransport()
+    t.push(Started(call_id=call_id, stream_id=t.stream_id))
+    task = asyncio.create_task(ingress.service.serve(t, t.messages()))
+    await asyncio.wait_for(subscribing.wait(), 5)
+    await ingress.service.end_by_provider_id("CA77", events.EndReason.status_callback)  # Twilio says it is over
+    go_on.set()
+    await asyncio.wait_for(task, 5)
+    await ingress.bus.settle()
+    assert call_id not in ingress.service.sessions
+    assert not [s for s in ingress.bus._subs if call_id in s.subject]
+    assert not [x for x in asyncio.all_tasks() if x.get_name() == f"playout:{call_id}" and not x.done()]
+    assert not ingress.events(events.CallAnswered, call_id=call_id)
+    [ended] = ingress.events(events.CallEnded, call_id=call_id)
+    assert ended.data.reason == events.EndReason.status_callback

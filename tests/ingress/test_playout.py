@@ -1,9 +1,10 @@
-"""Playout ordering: chunks in order across tts replicas, turns queued, clear and stale epochs."""
+"""Playout ordering: chunks in order across tts replicas, turns queued, clear and stale epochs, and turns whose
+audio stops arriving (the gap) or that a newer turn supersedes. Time is passed in: no clock, no sleeping."""
 
 from __future__ import annotations
 
 import pytest
-from voice_ingress.playout import PlayoutBuffer
+from voice_ingress.playout import Outgoing, PlayoutBuffer, TurnClosed
 from voice_schemas.audio import FRAME_BYTES, AudioFrame
 
 pytestmark = pytest.mark.unit
@@ -14,42 +15,111 @@ def f(turn: str, chunk: int, seq: int, *, last: bool = False, final: bool = Fals
                       last_in_chunk=last, final=final)
 
 
-def drain(b: PlayoutBuffer) -> list[tuple[int, bool, bool]]:
-    out = []
-    while (o := b.next()) is not None:
-        out.append((o.frame.seq, o.end_of_chunk, o.end_of_turn))
+def drain(b: PlayoutBuffer, now: float = 0.0) -> list[tuple[int, bool, bool] | TurnClosed]:
+    """Frames as (seq, end of chunk, end of turn), and turns given up, until nothing is playable at ``now``."""
+    out: list[tuple[int, bool, bool] | TurnClosed] = []
+    while (o := b.next(now)) is not None:
+        out.append((o.frame.seq, o.end_of_chunk, o.end_of_turn) if isinstance(o, Outgoing) else o)
     return out
 
 
 def test_chunks_play_in_order_even_when_frames_interleave() -> None:
     b = PlayoutBuffer()
-    b.add(f("t1", 1, 10))
-    b.add(f("t1", 1, 11, last=True, final=True))
-    assert b.next() is None  # chunk 0 not here yet
-    b.add(f("t1", 0, 1))
-    b.add(f("t1", 0, 2, last=True))
+    b.add(f("t1", 1, 10), 0)
+    b.add(f("t1", 1, 11, last=True, final=True), 0)
+    assert b.next(0) is None  # chunk 0 not here yet
+    b.add(f("t1", 0, 1), 0)
+    b.add(f("t1", 0, 2, last=True), 0)
     assert drain(b) == [(1, False, False), (2, True, False), (10, False, False), (11, True, True)]
     assert not b.pending()
 
 
 def test_first_frame_of_turn_is_flagged_and_turns_queue() -> None:
     b = PlayoutBuffer()
-    b.add(f("a", 0, 1, last=True, final=True))
-    b.add(f("b", 0, 2, last=True, final=True))
-    first = b.next()
-    assert first is not None and first.first_of_turn and first.end_of_turn
-    second = b.next()
-    assert second is not None and second.first_of_turn and second.frame.turn_id == "b"
+    b.add(f("a", 0, 1, last=True, final=True), 0)
+    b.add(f("b", 0, 2, last=True, final=True), 0)
+    first = b.next(0)
+    assert isinstance(first, Outgoing) and first.first_of_turn and first.end_of_turn
+    second = b.next(0)
+    assert isinstance(second, Outgoing) and second.first_of_turn and second.frame.turn_id == "b"
 
 
 def test_barge_in_clears_and_refuses_stale_epochs() -> None:
     b = PlayoutBuffer()
-    b.add(f("t1", 0, 1))
-    b.add(f("t1", 0, 2))
-    assert b.next() is not None
-    assert b.clear(1) == ["t1"]
-    assert b.next() is None
-    assert not b.add(f("t1", 0, 3))  # late frame of the cancelled reply
+    b.add(f("t1", 0, 1), 0)
+    b.add(f("t1", 0, 2), 0)
+    b.add(f("t2", 0, 3, last=True, final=True), 0)  # queued behind t1: dropped too
+    assert b.next(0) is not None
+    assert b.clear(1) == [("t1", 0), ("t2", 0)]
+    assert b.next(0) is None
+    assert not b.add(f("t1", 0, 3), 0)  # late frame of the cancelled reply
     assert b.dropped_stale == 1
-    assert b.add(f("t2", 0, 4, last=True, final=True, epoch=1))
+    assert b.add(f("t3", 0, 4, last=True, final=True, epoch=1), 0)
     assert drain(b) == [(4, True, True)]
+
+
+def test_audio_of_the_new_epoch_that_arrived_before_the_barge_in_stays() -> None:
+    b = PlayoutBuffer()
+    b.add(f("old", 0, 1), 0)
+    b.add(f("new", 0, 2, last=True, final=True, epoch=1), 0)
+    assert b.clear(1) == [("old", 0)]
+    assert drain(b) == [(2, True, True)]
+
+
+def test_a_turn_whose_audio_stops_is_closed_after_the_gap_while_it_plays() -> None:
+    b = PlayoutBuffer(gap_s=2.0)
+    b.add(f("t1", 0, 1, last=True), 10.0)  # chunk 1 (the final one) never comes
+    assert drain(b, 10.0) == [(1, True, False)]
+    assert b.next(11.0) is None and b.wake_at() == 12.0
+    assert b.next(11.99) is None
+    assert b.next(12.0) == TurnClosed("t1", 0, started=True, superseded=False)
+    assert not b.pending() and b.wake_at() is None
+    assert not b.add(f("t1", 1, 2, last=True, final=True), 12.5)  # too late: it was given up
+    b.add(f("t2", 0, 3, last=True, final=True), 13.0)
+    assert drain(b, 13.0) == [(3, True, True)]
+
+
+def test_the_gap_counts_only_while_the_turn_is_played() -> None:
+    b = PlayoutBuffer(gap_s=2.0)
+    b.add(f("t1", 0, 1, last=True), 0.0)
+    b.add(f("t2", 1, 2), 0.5)  # waits behind t1, with nothing playable (its chunk 0 is late)
+    assert drain(b, 1.0) == [(1, True, False)]
+    # a frame of the playing turn restarts its gap
+    b.add(f("t1", 1, 3), 2.5)
+    assert drain(b, 2.5) == [(3, False, False)]
+    assert b.next(4.4) is None and b.wake_at() == 4.5
+    # a pause holds playout: the gap counts again from the resume
+    b.resume(9.0)
+    assert b.next(10.9) is None
+    # t2 becomes the turn being played only now: its gap starts now, not when its frame arrived
+    assert drain(b, 11.0) == [TurnClosed("t1", 0, started=True, superseded=False)]
+    assert b.next(12.9) is None
+    assert b.next(13.0) == TurnClosed("t2", 0, started=False, superseded=False)
+
+
+def test_a_newer_turn_with_audio_supersedes_a_stalled_one_at_once() -> None:
+    b = PlayoutBuffer(gap_s=60.0)
+    b.add(f("t1", 0, 1, last=True), 0)
+    b.add(f("t1", 1, 2), 0)  # more of t1 is queued: it keeps playing while it has audio
+    b.add(f("t2", 0, 3, last=True, final=True), 0)
+    assert drain(b) == [(1, True, False), (2, False, False), TurnClosed("t1", 0, started=True, superseded=True),
+                        (3, True, True)]
+
+
+def test_a_turn_not_started_is_superseded_too_and_older_epochs_never_supersede_newer_ones() -> None:
+    b = PlayoutBuffer(gap_s=60.0)
+    b.add(f("t1", 1, 1, last=True, final=True, epoch=1), 0)  # its chunk 0 was lost
+    b.add(f("t0", 0, 2, last=True, final=True, epoch=0), 0)  # an older epoch's reply (its barge-in not seen yet)
+    assert b.next(0) is None  # t0 is older: it does not move t1 on
+    b.add(f("t2", 0, 3, last=True, final=True, epoch=1), 0)
+    # a newer epoch's audio ends the older epoch's turns (their barge-in is on its way)
+    assert drain(b) == [TurnClosed("t1", 1, started=False, superseded=True),
+                        TurnClosed("t0", 0, started=False, superseded=True), (3, True, True)]
+
+
+def test_a_finished_turn_refuses_late_frames() -> None:
+    b = PlayoutBuffer()
+    b.add(f("t1", 0, 1, last=True, final=True), 0)
+    assert drain(b) == [(1, True, True)]
+    assert not b.add(f("t1", 0, 9), 0)  # a straggler would otherwise open a turn that waits for chunk 0
+    assert not b.pending()

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+import websockets
+from twilio.request_validator import RequestValidator
 from voice_schemas import events, make
 
 from bench.twilio_caller import TwilioCaller
@@ -23,10 +26,11 @@ TOKEN = "twilio-test-token"
 PUBLIC = "https://voice.example.test"
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[Ingress, str]]:
+@contextlib.asynccontextmanager
+async def serving(**settings: Any) -> AsyncIterator[tuple[Ingress, str]]:
+    """Ingress on loopback with exactly these Twilio settings (nothing comes from the environment)."""
     port = free_port()
-    ingress = Ingress(twilio_auth_token=TOKEN, public_base_url=PUBLIC, start_timeout_s=5.0)
+    ingress = Ingress(**{"public_base_url": PUBLIC, "start_timeout_s": 5.0, **settings})
     await ingress.start()
     server = uvicorn.Server(uvicorn.Config(ingress.service.app(), host="127.0.0.1", port=port, log_level="error",
                                            lifespan="off"))
@@ -40,6 +44,12 @@ async def served() -> AsyncIterator[tuple[Ingress, str]]:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
         await ingress.stop()
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[Ingress, str]]:
+    async with serving(twilio_auth_token=TOKEN) as s:
+        yield s
 
 
 def caller(base_url: str, to: str = NUMBER) -> TwilioCaller:
@@ -115,14 +125,74 @@ async def test_signatures_are_checked_and_unknown_numbers_hear_goodbye(served: t
         assert r.status_code == 403
         assert (await client.post("/twilio/status", data={"CallSid": "CA1", "CallStatus": "completed"})).status_code \
             == 403
-    import websockets
-
-    with pytest.raises(websockets.InvalidStatus):
-        async with websockets.connect(url.replace("http", "ws") + "/twilio/media",
-                                      additional_headers={"X-Twilio-Signature": "bad"}):
-            pass
+    assert await refused_upgrade(url, {"X-Twilio-Signature": "bad"}) == 403
     c = caller(url, to="+15550999")
     with pytest.raises(RuntimeError):
         await c.dial()
     assert "<Say>" in c.twiml and "<Hangup" in c.twiml and "<Stream" not in c.twiml
+    assert not ingress.events(events.CallStarted)
+
+
+async def refused_upgrade(url: str, headers: dict[str, str] | None = None) -> int:
+    """The HTTP status a Media Streams WebSocket upgrade is refused with (fails if it is accepted)."""
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(url.replace("http", "ws", 1) + "/twilio/media", additional_headers=headers):
+            pass
+    return refused.value.response.status_code
+
+
+async def test_the_stream_upgrade_without_a_signature_header_is_refused(served: tuple[Ingress, str]) -> None:
+    _, url = served
+    assert await refused_upgrade(url) == 403
+    signed = {"X-Twilio-Signature": RequestValidator(TOKEN).compute_signature(PUBLIC.replace("https", "wss", 1)
+                                                                              + "/twilio/media", {})}
+    async with websockets.connect(url.replace("http", "ws", 1) + "/twilio/media", additional_headers=signed):
+        pass  # the same upgrade, signed, is accepted
+
+
+async def test_without_a_token_unsigned_requests_are_refused_unless_explicitly_allowed() -> None:
+    params = {"CallSid": "CA" + "2" * 32, "From": "+15550111", "To": NUMBER}
+    async with serving() as (ingress, url):  # no token, no allow flag: fail closed
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.post("/twilio/voice", data=params)).status_code == 403
+            r = await client.post("/twilio/voice", data=params, headers={"X-Twilio-Signature": "anything"})
+            assert r.status_code == 403
+            assert (await client.post("/twilio/status", data={"CallSid": "CA1", "CallStatus": "completed"})
+                    ).status_code == 403
+        assert await refused_upgrade(url) == 403
+        assert await refused_upgrade(url, {"X-Twilio-Signature": "anything"}) == 403
+        assert not ingress.events(events.CallStarted)
+    async with serving(twilio_allow_unsigned=True) as (ingress, url):  # local development, said explicitly
+        c = TwilioCaller(url, public_base_url=PUBLIC, to=NUMBER)  # signs nothing
+        call_id = await c.dial()
+        await c.connect()
+        try:
+            await ingress.bus.wait_for(lambda: ingress.events(events.CallAnswered, call_id=call_id))
+        finally:
+            await c.hangup()
+    async with serving(twilio_auth_token=TOKEN, twilio_allow_unsigned=True) as (ingress, url):  # a token wins
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.post("/twilio/voice", data=params)).status_code == 403
+        assert await refused_upgrade(url) == 403
+
+
+async def test_an_oversized_webhook_body_is_refused_before_it_is_read_in_full(served: tuple[Ingress, str]) -> None:
+    ingress, url = served
+    limit = 64 * 1024  # the default of max_webhook_body_bytes
+    big = b"Junk=" + b"x" * limit
+
+    async def chunked(total: int) -> AsyncIterator[bytes]:  # no Content-Length: chunked transfer encoding
+        sent = 0
+        while sent < total:
+            sent += 4096
+            yield b"x" * 4096
+
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with httpx.AsyncClient(base_url=url) as client:
+        for path in ("/twilio/voice", "/twilio/status"):
+            assert (await client.post(path, content=big, headers=form)).status_code == 413
+            r = await client.post(path, content=chunked(limit + 8192), headers=form)
+            assert r.status_code == 413 and "content-length" not in r.request.headers
+        # within the limit the body is read and its signature checked as before
+        assert (await client.post("/twilio/voice", content=b"Junk=" + b"x" * 1000, headers=form)).status_code == 403
     assert not ingress.events(events.CallStarted)

@@ -8,10 +8,21 @@ possibly more than once on fresh copies, so each is a deterministic function of 
 What the caller heard: a reply is a list of chunks (sentences); ingress reports each chunk that finished
 playing (``mark_heard``) and, when playout ends, the full set (``settle``). A reply cut off by a barge-in
 keeps only the heard chunks, in the turn and in the prompt of the next turn.
+
+The latest caller turn (``current_turn``) is recorded here, not in a replica's memory: a reply of an older turn,
+on whichever replica streams it, finds itself superseded at its next chunk (``record_chunk`` returns False) and
+is closed with an empty final chunk (``close_superseded``).
+
+Bounded (every mark rewrites the whole value, and a KV value is limited to 1 MiB): ``compact`` (applied by the
+store on every write) keeps a window of recent messages and folds older ones into a running extractive summary
+(the first sentence of each message, the call's opening lines and the most recent ones within a character
+budget); a turn's bookkeeping (``TurnState``) is dropped once its ``turn.completed`` is published (``forget``),
+leaving its id in a bounded list so a redelivered transcript is still recognised.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +54,47 @@ def span_ms(start: float | None, end: float | None) -> float | None:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryLimits:
+    """What brain keeps per call. With these defaults a stored history is a few KiB in a typical call; the worst
+    case is the window (``window_chars`` plus JSON per message) + the summary + ``turns`` unsettled turns (each at
+    most the agent's ``max_tokens`` of reply) + ``recent_turn_ids`` ids: well under the 1 MiB KV value limit."""
+
+    window_messages: int = 40  # MAX_HISTORY_MESSAGES: recent messages kept verbatim (and sent in every prompt)
+    window_chars: int = 16_000  # and at most this much text in them
+    message_chars: int = 2_000  # one message longer than this is cut (a very long transcript or note)
+    summary_chars: int = 4_000  # the summary of older messages
+    summary_line_chars: int = 160  # one summary line: the first sentence of a message, cut at a word
+    turns: int = 8  # TurnStates kept: the open turns (normally 1-2); the oldest beyond this are dropped
+    recent_turn_ids: int = 64  # ids of dropped turns, for redelivery detection
+
+
+SUMMARY_HEAD_LINES = 4  # the call's opening lines stay in the summary (why the caller called)
+SUMMARY_TITLE = "Summary of the earlier part of this call (first sentence of each message, oldest first):"
+_ROLE_LABEL = {"user": "Caller", "assistant": "Agent", "system": "Note"}
+_FIRST_SENTENCE = re.compile(r"^.*?[.!?…](?=\s|$)", re.S)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters, cut with an ellipsis (at a word boundary unless that loses half)."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    at_word = head.rsplit(" ", 1)[0]
+    return (at_word if len(at_word) >= limit // 2 else head) + "…"
+
+
+def summary_line(message: dict[str, Any], limit: int) -> str | None:
+    """A message as one summary line: who said it and its first sentence; None when it says nothing."""
+    text = " ".join(str(message.get("content") or "").split())
+    if not text:
+        return None
+    m = _FIRST_SENTENCE.match(text)
+    first = m.group(0) if m else text
+    label = _ROLE_LABEL.get(str(message.get("role")), "Note")
+    return _cut(f"{label}: {first}", limit)
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyTimings:
     """When the model started, produced its first token and its first complete sentence (wall ms / ms)."""
 
@@ -61,6 +113,7 @@ class SentChunk:
     final: bool
     hang_up: bool = False
     timings: ReplyTimings | None = None
+    superseded: bool = False  # the empty final chunk that closes a superseded reply
 
 
 class TurnState(BaseModel):
@@ -93,8 +146,12 @@ class CallHistory(BaseModel):
     agent_version: int
     epoch: int = 0
     ended: bool = False
-    messages: list[dict[str, Any]] = Field(default_factory=list)
-    turns: dict[str, TurnState] = Field(default_factory=dict)
+    current_turn: str | None = None  # the latest caller turn: a reply of any other turn is superseded
+    messages: list[dict[str, Any]] = Field(default_factory=list)  # the recent window
+    summary: list[str] = Field(default_factory=list)  # lines for the messages that left the window
+    summary_omitted: int = 0  # lines dropped from the middle of the summary (its budget)
+    turns: dict[str, TurnState] = Field(default_factory=dict)  # turns not yet completed and published
+    recent_turn_ids: list[str] = Field(default_factory=list)  # turns forgotten since (redelivery detection)
 
     # ------------------------------------------------------------ reading
     def heard_text(self, turn: TurnState) -> str:
@@ -104,12 +161,26 @@ class CallHistory(BaseModel):
             heard = turn.chunks
         return " ".join(c for c in heard if c)
 
-    def prompt(self, system_prompt: str, max_messages: int) -> list[dict[str, Any]]:
-        """The chat messages for the next completion: the agent's prompt, then the latest ``max_messages``."""
-        recent = self.messages[-max_messages:] if max_messages > 0 else []
-        return [{"role": "system", "content": system_prompt}] + [
-            {"role": m["role"], "content": m["content"]} for m in recent
-        ]
+    def summary_text(self) -> str | None:
+        if not self.summary:
+            return None
+        lines = list(self.summary)
+        if self.summary_omitted:
+            lines.insert(min(len(lines), SUMMARY_HEAD_LINES), f"[{self.summary_omitted} more lines omitted]")
+        return "\n".join([SUMMARY_TITLE, *lines])
+
+    def prompt(self, system_prompt: str) -> list[dict[str, Any]]:
+        """The chat messages for the next completion: the agent's prompt, the summary of the earlier call (once
+        there is one), then the recent window."""
+        head = [{"role": "system", "content": system_prompt}]
+        summary = self.summary_text()
+        if summary:
+            head.append({"role": "system", "content": summary})
+        return head + [{"role": m["role"], "content": m["content"]} for m in self.messages]
+
+    def knows_turn(self, turn_id: str) -> bool:
+        """The turn was added (it may since have been completed and forgotten)."""
+        return turn_id in self.turns or turn_id in self.recent_turn_ids
 
     def open_turn(self, turn_id: str | None) -> TurnState | None:
         """The turn while it still takes playout reports (None once completed or unknown)."""
@@ -119,7 +190,7 @@ class CallHistory(BaseModel):
     # ------------------------------------------------------------ the agent speaks first
     def greet(self, text: str, now_ms: float) -> bool:
         """Record the greeting; False when it was already recorded (a redelivered ``CallAnswered``)."""
-        if GREETING in self.turns:
+        if self.knows_turn(GREETING):
             return False
         self.turns[GREETING] = TurnState(turn_id=GREETING, chunks=[text], reply_done=True,
                                          agent_started_at=iso(now_ms), first_sentence_wall_ms=now_ms)
@@ -131,9 +202,10 @@ class CallHistory(BaseModel):
         """Add the caller's words as a new turn; False (nothing changed) for a redelivered transcript, an
         ended call, a stale epoch or empty text."""
         text = transcript.text.strip()
-        if not text or turn_id in self.turns or self.ended or epoch < self.epoch:
+        if not text or self.knows_turn(turn_id) or self.ended or epoch < self.epoch:
             return False
         self.epoch = max(self.epoch, epoch)
+        self.current_turn = turn_id
         d = transcript
         self.turns[turn_id] = TurnState(
             turn_id=turn_id, epoch=epoch, caller_text=text,
@@ -144,11 +216,18 @@ class CallHistory(BaseModel):
         self.messages.append({"role": "user", "content": text, "turn_id": turn_id})
         return True
 
-    def record_chunk(self, turn_id: str, chunk: SentChunk) -> None:
-        """A reply chunk went out (published right after this is stored)."""
+    def is_superseded(self, turn_id: str) -> bool:
+        """A newer caller turn was added, or the call ended: the reply of ``turn_id`` must stop."""
+        return self.ended or (self.current_turn is not None and self.current_turn != turn_id)
+
+    def record_chunk(self, turn_id: str, chunk: SentChunk) -> bool:
+        """A reply chunk goes out (published right after this is stored). False, and nothing recorded, when the
+        turn is superseded: the chunk must not be published."""
+        if self.is_superseded(turn_id):
+            return False
         t = self.turns.get(turn_id)
         if t is None:
-            return
+            return True
         if chunk.index < len(t.chunks):
             t.chunks[chunk.index] = chunk.text
         else:
@@ -162,6 +241,17 @@ class CallHistory(BaseModel):
             t.llm_first_sentence_ms = x.llm_first_sentence_ms
             t.first_sentence_wall_ms = x.first_sentence_wall_ms
             t.agent_started_at = iso(x.first_sentence_wall_ms)
+        return True
+
+    def close_superseded(self, turn_id: str, index: int) -> None:
+        """The superseded reply ends with an empty final chunk at ``index`` (the chunks before it went out); the
+        turn counts as interrupted, so only what the caller heard of it stays."""
+        t = self.turns.get(turn_id)
+        if t is None or t.completed:
+            return
+        t.chunks = [*t.chunks[:index], ""]
+        t.reply_done = True
+        t.interrupted = True
 
     # ------------------------------------------------------------ what the caller heard
     def note_first_audio(self, turn_id: str | None, wall_ms: float) -> None:
@@ -178,10 +268,13 @@ class CallHistory(BaseModel):
 
     def settle(self, turn_id: str | None, heard_chunks: list[int], cleared: bool) -> TurnState | None:
         """Playout of the turn ended: complete it with what was heard and put that in the prompt history.
-        Returns a copy of the completed turn, or None when there is nothing to complete (already done)."""
-        t = self.open_turn(turn_id)
+        Returns a copy of the completed turn to publish; for a turn already completed but not yet forgotten (its
+        publication may have failed) the same turn again, unchanged; None once forgotten or unknown."""
+        t = self.turns.get(turn_id) if turn_id else None
         if t is None:
             return None
+        if t.completed:
+            return t.model_copy()
         t.heard_chunks = sorted(set(t.heard_chunks) | set(heard_chunks))
         if cleared or not t.reply_done:
             t.interrupted = True
@@ -194,6 +287,13 @@ class CallHistory(BaseModel):
         else:
             self.messages.append({"role": "assistant", "content": heard, "turn_id": t.turn_id})
         return t.model_copy()
+
+    def forget(self, turn_id: str) -> None:
+        """The turn's ``turn.completed`` is published: drop its bookkeeping, remember its id."""
+        t = self.turns.get(turn_id)
+        if t is not None and t.completed:
+            del self.turns[turn_id]
+            self.recent_turn_ids.append(turn_id)
 
     # ------------------------------------------------------------ notes and the end
     def add_note(self, text: str) -> None:
@@ -213,6 +313,29 @@ class CallHistory(BaseModel):
                     t.heard_chunks = sorted(set(t.heard_chunks))
                 unfinished.append(t.model_copy())
         return unfinished
+
+    # ------------------------------------------------------------ bounds
+    def compact(self, limits: HistoryLimits) -> None:
+        """Bring the history within ``limits`` (see the module docstring). Deterministic and idempotent."""
+        for m in self.messages:
+            if isinstance(m.get("content"), str) and len(m["content"]) > limits.message_chars:
+                m["content"] = _cut(m["content"], limits.message_chars)
+        chars = sum(len(str(m.get("content") or "")) for m in self.messages)
+        while self.messages and (len(self.messages) > limits.window_messages or chars > limits.window_chars):
+            old = self.messages.pop(0)
+            chars -= len(str(old.get("content") or ""))
+            line = summary_line(old, limits.summary_line_chars)
+            if line is not None:
+                self.summary.append(line)
+        size = sum(len(x) + 1 for x in self.summary)
+        while size > limits.summary_chars and len(self.summary) > SUMMARY_HEAD_LINES:
+            size -= len(self.summary.pop(SUMMARY_HEAD_LINES)) + 1  # the oldest line after the call's opening
+            self.summary_omitted += 1
+        for turn_id in list(self.turns)[: max(len(self.turns) - limits.turns, 0)]:
+            if turn_id != self.current_turn:
+                del self.turns[turn_id]  # never settled (no playout report came): given up
+                self.recent_turn_ids.append(turn_id)
+        del self.recent_turn_ids[: max(len(self.recent_turn_ids) - limits.recent_turn_ids, 0)]
 
 
 def turn_completed(h: CallHistory, t: TurnState, now_ms: float) -> events.TurnCompleted:

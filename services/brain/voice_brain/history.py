@@ -2,7 +2,8 @@
 
 Updates use the KV revision (compare-and-set) and retry on conflict, so two replicas handling events of one
 call never lose each other's writes. The state changes themselves are ``CallHistory`` methods
-(``conversation.py``); this module only loads, applies and stores.
+(``conversation.py``); this module only loads, applies, bounds (``CallHistory.compact`` before every write, so
+no operation can grow a call's value past ``HistoryLimits``) and stores.
 
 A KV that cannot be reached (timeout, lost connection) raises ``Transient``: the event is redelivered later
 rather than dead-lettered, and an unknown outcome is never read as an answer (a failed ``create`` is not
@@ -20,7 +21,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from voice_runtime.bus import Transient
 from voice_schemas import subjects
 
-from .conversation import CallHistory
+from .conversation import CallHistory, HistoryLimits
 
 T = TypeVar("T")
 
@@ -33,9 +34,10 @@ class ConflictRetriesExhausted(Exception):
 
 
 class HistoryStore:
-    def __init__(self, kv: Any) -> None:
+    def __init__(self, kv: Any, limits: HistoryLimits | None = None) -> None:
         """``kv``: a ``nats.js.kv.KeyValue`` (or ``voice_runtime.memory.MemoryKV``)."""
         self.kv = kv
+        self.limits = limits or HistoryLimits()
 
     async def get(self, call_id: str) -> CallHistory | None:
         try:
@@ -48,6 +50,7 @@ class HistoryStore:
 
     async def create(self, h: CallHistory) -> bool:
         """False when the call already has history (a redelivered ``CallStarted``)."""
+        h.compact(self.limits)
         try:
             await self.kv.create(subjects.call_key(h.call_id), h.model_dump_json().encode())
         except KeyWrongLastSequenceError:
@@ -77,6 +80,7 @@ class HistoryStore:
                     return None
                 h = CallHistory.model_validate_json(e.value)
                 result = fn(h)
+                h.compact(self.limits)
                 try:
                     await self.kv.update(key, h.model_dump_json().encode(), last=e.revision)
                     return h, result

@@ -10,15 +10,21 @@ Rules:
   ends goes out as the final chunk, which may be empty (tts then closes the turn with one silent frame).
 - A reply with no text at all says ``GOODBYE`` after an ``end_call`` tool call, ``SAY_AGAIN`` otherwise.
 - Any failure (the model's, a limit, a failed emit) ends the reply with ``apology`` as the final chunk.
-- Cancellation (a barge-in, a newer caller turn) emits nothing more: the partial sentence is dropped.
+- Superseded (a newer caller turn): ``stop`` set (on the replica streaming the reply: at once, the pending read
+  of the model is cancelled) or ``emit`` raising ``ReplySuperseded`` (found in the call's history at the next
+  chunk, whichever replica took the newer turn) ends the reading and closes the reply with an empty final chunk
+  marked ``superseded`` at the next index, so downstream playout closes the turn. No hang-up.
+- Cancellation (a barge-in) emits nothing more: the partial sentence is dropped (the new epoch drops the rest).
 - ``end_call`` sets ``hang_up`` on the final chunk and on the outcome; the service then hangs up after playout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .chat import Delta
 from .chunking import SentenceChunker
@@ -35,23 +41,52 @@ def wall_ms() -> float:
     return time.time() * 1000
 
 
+class ReplySuperseded(Exception):
+    """Raised by ``emit`` when the reply's turn is no longer the call's latest (nothing of the chunk went out)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReplyOutcome:
     chunks: int  # chunks emitted, the final one included
     hang_up: bool
     error: Exception | None = None  # why the reply ended in the apology
+    superseded: bool = False  # closed early by a newer caller turn
+
+
+async def _next(deltas: AsyncIterator[Delta], halt: asyncio.Future[Any] | None) -> Delta | None:
+    """The next delta, None at the end; ``ReplySuperseded`` as soon as ``halt`` is done (the read is cancelled and
+    unwound first, so the stream can be closed)."""
+    if halt is None:
+        return await anext(deltas, None)
+    if halt.done():
+        raise ReplySuperseded
+
+    async def read() -> Delta | None:
+        return await anext(deltas, None)
+
+    reading = asyncio.ensure_future(read())
+    try:
+        await asyncio.wait({reading, halt}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not reading.done():
+            reading.cancel()
+            await asyncio.wait({reading})
+    if halt.done():
+        raise ReplySuperseded
+    return reading.result()
 
 
 async def stream_reply(deltas: AsyncIterator[Delta], emit: Emit, *, apology: str, clock: Clock = wall_ms,
-                       min_sentence_chars: int | None = None) -> ReplyOutcome:
+                       min_sentence_chars: int | None = None, stop: asyncio.Event | None = None) -> ReplyOutcome:
     """Turn ``deltas`` into emitted chunks (see the module rules). Closes ``deltas`` when done or cancelled."""
     chunker = SentenceChunker() if min_sentence_chars is None else SentenceChunker(min_sentence_chars)
     started = clock()
     first_token: float | None = None
     index = 0
     hang_up = False
+    error: Exception | None = None
 
-    async def send(text: str, final: bool) -> None:
+    async def send(text: str, final: bool, superseded: bool = False) -> None:
         nonlocal index
         i = index
         index += 1
@@ -60,11 +95,18 @@ async def stream_reply(deltas: AsyncIterator[Delta], emit: Emit, *, apology: str
             now = clock()
             timings = ReplyTimings(llm_start_wall_ms=started, llm_first_token_ms=span_ms(started, first_token),
                                    llm_first_sentence_ms=span_ms(started, now), first_sentence_wall_ms=now)
-        await emit(SentChunk(index=i, text=text, final=final, hang_up=final and hang_up, timings=timings))
-
-    try:
         try:
-            async for delta in deltas:
+            await emit(SentChunk(index=i, text=text, final=final, hang_up=final and hang_up and not superseded,
+                                 timings=timings, superseded=superseded))
+        except ReplySuperseded:
+            index = i  # nothing of it went out: the closing chunk takes its index
+            raise
+
+    async def speak() -> None:
+        nonlocal first_token, hang_up
+        halt: asyncio.Future[Any] | None = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        try:
+            while (delta := await _next(deltas, halt)) is not None:
                 if delta.text and first_token is None:
                     first_token = clock()
                 if any(call.name == END_CALL for call in delta.tool_calls):
@@ -72,14 +114,27 @@ async def stream_reply(deltas: AsyncIterator[Delta], emit: Emit, *, apology: str
                 for sentence in chunker.push(delta.text):
                     await send(sentence, final=False)
         finally:
+            if halt is not None:
+                halt.cancel()
             aclose = getattr(deltas, "aclose", None)
             if aclose is not None:
                 await aclose()
+        if stop is not None and stop.is_set():
+            raise ReplySuperseded
         rest = chunker.flush()
         if not rest and index == 0:
             rest = GOODBYE if hang_up else SAY_AGAIN
         await send(rest, final=True)
-    except Exception as e:
-        await send(apology, final=True)
-        return ReplyOutcome(chunks=index, hang_up=hang_up, error=e)
-    return ReplyOutcome(chunks=index, hang_up=hang_up)
+
+    try:
+        try:
+            await speak()
+        except ReplySuperseded:
+            raise
+        except Exception as e:
+            error = e
+            await send(apology, final=True)
+    except ReplySuperseded:
+        await send("", final=True, superseded=True)
+        return ReplyOutcome(chunks=index, hang_up=False, error=error, superseded=True)
+    return ReplyOutcome(chunks=index, hang_up=hang_up, error=error)

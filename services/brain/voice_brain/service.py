@@ -1,11 +1,12 @@
 """The brain service: wiring only. Each handler loads the call's history, applies one conversation operation
 (``conversation.py``), and publishes what follows; a caller turn streams its reply through ``reply.py`` with
-the agent's chat model (``chat/``)."""
+the agent's chat model (``chat/``) at the endpoint ``endpoints.py`` picks for it."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,16 +14,27 @@ from opentelemetry import trace
 from voice_runtime import metrics
 from voice_runtime.agents import AgentDirectory
 from voice_runtime.bus import Transient
+from voice_runtime.egress import EgressPolicy
 from voice_runtime.handlers import Handlers
 from voice_runtime.logging import get_logger
+from voice_runtime.secretbox import SecretBox, parse_key
 from voice_runtime.service import Service
 from voice_schemas import AgentConfig, Envelope, events, make, subjects
-from voice_schemas.streams import BRAIN_TURNS, KV_HISTORY
+from voice_schemas.streams import BRAIN_TURNS, KV_HISTORY, KV_SECRETS
 
-from .chat import ChatLimits, ChatModel, ChatModelProvider, ChatRequest, Endpoint, load_provider
-from .conversation import END_CALL_TOOL, GREETING, CallHistory, SentChunk, TurnState, turn_completed
+from .chat import ChatLimits, ChatModelProvider, ChatRequest, Delta, Endpoint, load_provider
+from .conversation import (
+    END_CALL_TOOL,
+    GREETING,
+    CallHistory,
+    HistoryLimits,
+    SentChunk,
+    TurnState,
+    turn_completed,
+)
+from .endpoints import AgentEndpoints, refusal_reason
 from .history import HistoryStore
-from .reply import stream_reply
+from .reply import ReplySuperseded, stream_reply
 from .settings import BrainSettings
 
 log = get_logger(__name__)
@@ -38,6 +50,13 @@ class _ActiveReply:
     turn_id: str
     epoch: int
     task: asyncio.Task[None]
+    superseded: asyncio.Event  # set: a newer caller turn; the reply closes with a final chunk
+
+
+async def _failing(error: Exception) -> AsyncIterator[Delta]:
+    """A completion that fails at once (the endpoint was refused): the reply apologizes."""
+    raise error
+    yield Delta()  # an async generator
 
 
 class BrainService(Service):
@@ -53,10 +72,16 @@ class BrainService(Service):
         self.active: dict[str, _ActiveReply] = {}  # call id -> the reply this replica is streaming
         self.history: HistoryStore | None = None
         self.directory: AgentDirectory | None = None
+        self.endpoints: AgentEndpoints | None = None
+        self._egress = EgressPolicy.parse(settings.egress_allow)
+        self._box = SecretBox(parse_key(settings.secrets_key.get_secret_value())) if settings.secrets_key else None
 
     async def on_start(self) -> None:
-        self.history = HistoryStore(self.kv[KV_HISTORY.bucket])
-        self.directory = AgentDirectory(self.kv["agents"], self.kv["numbers"], self.settings)
+        s = self.settings
+        self.history = HistoryStore(self.kv[KV_HISTORY.bucket], HistoryLimits(window_messages=s.max_history_messages))
+        self.directory = AgentDirectory(self.kv["agents"], self.kv["numbers"], s)
+        self.endpoints = AgentEndpoints(platform=Endpoint(s.llm_base_url, s.llm_api_key.get_secret_value()),
+                                        egress=self._egress, box=self._box, secrets=self.kv[KV_SECRETS.bucket])
         # every replica hears barge-ins: whichever streams the call's reply cancels it
         await self.on_events(events.BargeIn.subject_pattern(), self._on_barge_in)
 
@@ -75,12 +100,6 @@ class BrainService(Service):
         if agent is None:
             raise Transient(f"agent {h.agent_id} v{h.agent_version} not in KV yet")
         return agent
-
-    def _chat_model(self, agent: AgentConfig) -> ChatModel:
-        """The agent's model at the agent's endpoint, or the platform's."""
-        s = self.settings
-        endpoint = Endpoint(agent.llm.base_url or s.llm_base_url, s.llm_api_key.get_secret_value())
-        return self.chat.model(endpoint, agent.llm.model or s.llm_model)
 
     async def _publish(self, env: Envelope[Any], data: Any, *, turn_id: str | None, epoch: int,
                        event_id: str | None = None) -> None:
@@ -137,10 +156,15 @@ class BrainService(Service):
         h, fresh = applied
         if not fresh:
             return  # redelivered transcript, ended call or a stale epoch
-        self._cancel_reply(env.call_id)  # a newer caller turn supersedes an unfinished reply
+        # a newer caller turn supersedes an unfinished reply: here at once; on another replica at its next chunk
+        # (the history now names this turn as the call's latest)
+        previous = self.active.get(env.call_id)
+        if previous is not None:
+            previous.superseded.set()
         agent = await self._agent(h)
-        task = asyncio.create_task(self._reply(env, h, agent, turn_id))
-        self.active[env.call_id] = _ActiveReply(turn_id, env.epoch, task)
+        superseded = asyncio.Event()
+        task = asyncio.create_task(self._reply(env, h, agent, turn_id, superseded))
+        self.active[env.call_id] = _ActiveReply(turn_id, env.epoch, task, superseded)
         try:
             await asyncio.wait({task})  # the transcript is acked once its reply is out (or cancelled)
         finally:
@@ -148,13 +172,12 @@ class BrainService(Service):
             if active is not None and active.turn_id == turn_id:
                 self.active.pop(env.call_id, None)
 
-    async def _reply(self, env: Envelope[Any], h: CallHistory, agent: AgentConfig, turn_id: str) -> None:
-        history = self.history
-        assert history is not None
-        model = self._chat_model(agent)
-        request = ChatRequest(messages=h.prompt(agent.system_prompt, self.settings.max_history_messages),
-                              temperature=agent.llm.temperature, max_tokens=agent.llm.max_tokens,
-                              tools=(END_CALL_TOOL,))
+    async def _reply(self, env: Envelope[Any], h: CallHistory, agent: AgentConfig, turn_id: str,
+                     superseded: asyncio.Event) -> None:
+        history, endpoints = self.history, self.endpoints
+        assert history is not None and endpoints is not None
+        request = ChatRequest(messages=h.prompt(agent.system_prompt), temperature=agent.llm.temperature,
+                              max_tokens=agent.llm.max_tokens, tools=(END_CALL_TOOL,))
         speech_end_wall_ms = h.turns[turn_id].speech_end_wall_ms
         with tracer.start_as_current_span("brain llm", attributes={
             "call_id": env.call_id, "tenant_id": env.tenant_id, "turn_id": turn_id, "agent_id": agent.id,
@@ -162,7 +185,12 @@ class BrainService(Service):
         }) as span:
 
             async def emit(chunk: SentChunk) -> None:
-                await history.update(env.call_id, lambda x: x.record_chunk(turn_id, chunk))
+                if chunk.superseded:
+                    await history.update(env.call_id, lambda x: x.close_superseded(turn_id, chunk.index))
+                else:
+                    applied = await history.update(env.call_id, lambda x: x.record_chunk(turn_id, chunk))
+                    if applied is None or not applied[1]:
+                        raise ReplySuperseded  # a newer caller turn (any replica's) or the call ended
                 await self._publish(env, events.ReplyChunk(index=chunk.index, text=chunk.text, final=chunk.final,
                                                            voice=agent.voice, speech_end_wall_ms=speech_end_wall_ms),
                                     turn_id=turn_id, epoch=env.epoch, event_id=f"{env.call_id}-{turn_id}-{chunk.index}")
@@ -172,12 +200,22 @@ class BrainService(Service):
                         (chunk.timings.first_sentence_wall_ms - chunk.timings.llm_start_wall_ms) / 1000)
 
             try:
-                outcome = await stream_reply(model.stream(request), emit, apology=self.settings.apology)
+                endpoint = await endpoints.for_agent(env.tenant_id, agent.llm)
+            except Exception as e:  # EndpointRefused: no key to be had
+                deltas = _failing(e)
+            else:
+                deltas = self.chat.model(endpoint, agent.llm.model or self.settings.llm_model).stream(request)
+            try:
+                outcome = await stream_reply(deltas, emit, apology=self.settings.apology, stop=superseded)
             except asyncio.CancelledError:
                 span.add_event("cancelled")
                 raise
+            if outcome.superseded:
+                span.add_event("superseded")
+                log.info("reply_superseded", call_id=env.call_id, turn_id=turn_id, chunks=outcome.chunks)
             if outcome.error is not None:
-                log.warning("reply_failed", call_id=env.call_id, turn_id=turn_id, error=repr(outcome.error)[:200])
+                log.warning("reply_failed", call_id=env.call_id, turn_id=turn_id, agent_id=agent.id,
+                            error_type=type(outcome.error).__name__, reason=refusal_reason(outcome.error))
                 span.record_exception(outcome.error)
         if outcome.hang_up:
             await self._publish(env, events.HangUp(after_playout=True), turn_id=turn_id, epoch=env.epoch,
@@ -208,10 +246,12 @@ class BrainService(Service):
             return
         h, turn = applied
         if turn is None:
-            return  # already settled (a redelivered report)
+            return  # completed and published before (a redelivered report)
         if d.cleared:
             self._cancel_reply(env.call_id, turn_id=turn.turn_id)
         await self._turn_completed(env, h, turn)
+        # published: keep only its id (redelivery detection), so a call's history does not grow with its turns
+        await self.history.update(env.call_id, lambda x: x.forget(turn.turn_id))
 
     async def _turn_completed(self, env: Envelope[Any], h: CallHistory, t: TurnState) -> None:
         done = turn_completed(h, t, _now_ms())

@@ -18,7 +18,18 @@ from voice_runtime.service import Service, health_routes
 from .context import AppContext
 from .middleware import RequestContextMiddleware
 from .problems import PROBLEM_JSON, FieldError, Problem, install_problem_handlers, problem_response
-from .routers import agents, api_keys, audit_log, auth, calls, phone_numbers, tenants, users, webhooks
+from .routers import (
+    agents,
+    api_keys,
+    audit_log,
+    auth,
+    calls,
+    phone_numbers,
+    tenant_secrets,
+    tenants,
+    users,
+    webhooks,
+)
 from .settings import ControlApiSettings
 
 log = get_logger(__name__)
@@ -50,10 +61,11 @@ TAGS = [
     {"name": "phone-numbers", "description": "E.164 numbers routed to agents; mirrored to JetStream KV"},
     {"name": "calls", "description": "Calls and transcripts (read-only)"},
     {"name": "webhooks", "description": "Webhook endpoints (admin)"},
+    {"name": "secrets", "description": "Tenant secrets, e.g. an agent's LLM API key: write-only, sealed (admin)"},
     {"name": "audit-log", "description": "Who changed what, when (admin)"},
 ]
 
-ROUTERS = (auth, tenants, users, api_keys, agents, phone_numbers, calls, webhooks, audit_log)
+ROUTERS = (auth, tenants, users, api_keys, agents, phone_numbers, calls, webhooks, tenant_secrets, audit_log)
 
 
 def create_app(

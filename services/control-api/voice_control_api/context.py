@@ -7,8 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
+from voice_runtime.egress import EgressPolicy
+from voice_runtime.secretbox import SecretBox
 
 from .kvsync import ConfigPublisher
+from .proxies import TrustedProxies
 from .ratelimit import RateLimiter
 from .security import AccessTokens, Passwords
 from .settings import ControlApiSettings
@@ -25,3 +28,6 @@ class AppContext:
     passwords: Passwords
     limiter: RateLimiter
     request_resync: Callable[[], None]
+    proxies: TrustedProxies
+    egress: EgressPolicy  # what tenant URLs (an agent's LLM endpoint) may reach
+    secret_box: SecretBox | None  # None without SECRETS_KEY: tenant secrets are refused

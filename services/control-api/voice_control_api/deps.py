@@ -91,6 +91,7 @@ _DESCRIPTIONS = {
     412: "If-Match does not match the current ETag",
     422: "Validation failed; `errors` names each field",
     429: "Rate limit exceeded; retry after `Retry-After` seconds",
+    503: "Not configured on this deployment (e.g. tenant secrets without `SECRETS_KEY`)",
 }
 
 

@@ -1,8 +1,10 @@
-"""Agent and number configuration pushed to JetStream KV, where the data plane reads it.
+"""Agent and number configuration, and sealed tenant secrets, pushed to JetStream KV, where the data plane
+reads them.
 
 Layout (bucket ``agents``): ``a.<id>`` holds the current version's AgentConfig JSON, ``a.<id>.v<n>``
 every version ever published (calls pinned to a version keep reading it). Bucket ``numbers``:
-``n<digits>`` holds the NumberRoute JSON.
+``n<digits>`` holds the NumberRoute JSON. Bucket ``secrets``: ``s.<tenant>.<name>`` holds the SecretBox
+ciphertext as stored in PostgreSQL (only the services holding SECRETS_KEY can open it).
 
 PostgreSQL is the record; KV is derived from it. Writes happen after the database commit; a write
 that fails is repaired by the next resync (at start, periodically, and soon after any failure).
@@ -13,7 +15,8 @@ replicas writing concurrently, or a resync holding an older snapshot, cannot rol
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+import operator
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
@@ -32,12 +35,14 @@ class Snapshot:
     agents: list[AgentConfig]  # current version of every live agent
     versions: set[tuple[str, int]]  # every (agent_id, version) that exists, live agent or not
     numbers: list[NumberRoute]
+    secrets: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (tenant_id, name) -> sealed value
 
 
 @dataclass
 class ResyncReport:
     agents_written: int = 0
     numbers_written: int = 0
+    secrets_written: int = 0
     keys_deleted: list[str] = field(default_factory=list)
 
 
@@ -52,9 +57,10 @@ def _version_of(value: bytes | None) -> int | None:
 
 
 class ConfigPublisher:
-    def __init__(self, agents: KeyValue, numbers: KeyValue) -> None:
+    def __init__(self, agents: KeyValue, numbers: KeyValue, secrets: KeyValue) -> None:
         self.agents = agents
         self.numbers = numbers
+        self.secrets = secrets
 
     # ------------------------------------------------------------------ agents
     async def publish_agent(self, cfg: AgentConfig) -> bool:
@@ -110,6 +116,13 @@ class ConfigPublisher:
             return None
         return json.loads(entry.value) if entry.value else None
 
+    # ------------------------------------------------------------------ tenant secrets
+    async def publish_secret(self, tenant_id: str, name: str, sealed: bytes) -> None:
+        await self.secrets.put(subjects.secret_key(tenant_id, name), sealed)
+
+    async def retract_secret(self, tenant_id: str, name: str) -> None:
+        await self.secrets.delete(subjects.secret_key(tenant_id, name))
+
     # ------------------------------------------------------------------ full resync
     async def resync(self, load: Callable[[], Awaitable[Snapshot]]) -> ResyncReport:
         """Make KV match PostgreSQL.
@@ -121,18 +134,20 @@ class ConfigPublisher:
         """
         agent_entries = await _entries(self.agents)
         number_entries = await _entries(self.numbers)
+        secret_entries = await _entries(self.secrets)
         snap = await load()
         report = ResyncReport()
-        # A database without a single agent version next to a KV full of routes is far more likely a wrong
-        # DATABASE_URL than a platform whose every agent was deleted (deletes retract their keys anyway):
+        # A database without a single agent version or secret next to a KV full of routes is far more likely a
+        # wrong DATABASE_URL than a platform whose every agent was deleted (deletes retract their keys anyway):
         # write what there is, delete nothing.
-        may_delete = bool(snap.versions) or not (agent_entries or number_entries)
+        may_delete = bool(snap.versions or snap.secrets) or not (agent_entries or number_entries or secret_entries)
         if not may_delete:
             log.error(
                 "kv_resync_deletes_skipped",
-                reason="database has no agents but KV has keys",
+                reason="database has no agents or secrets but KV has keys",
                 agent_keys=len(agent_entries),
                 number_keys=len(number_entries),
+                secret_keys=len(secret_entries),
             )
 
         live = {a.id for a in snap.agents}
@@ -152,28 +167,57 @@ class ConfigPublisher:
             if stale and may_delete and await _delete_if_unchanged(self.agents, key, entry.revision):
                 report.keys_deleted.append(key)
 
-        wanted = {subjects.number_key(r.number): r for r in snap.numbers}
-        for key, route in wanted.items():
-            data = route.model_dump_json().encode()
-            seen = number_entries.get(key)
-            if seen is not None and seen.value and _same_json(seen.value, data):
-                continue
-            try:
-                if seen is None:
-                    await self.numbers.create(key, data)
-                else:
-                    await self.numbers.update(key, data, last=seen.revision)
-                report.numbers_written += 1
-            except KeyWrongLastSequenceError:
-                pass  # changed since we looked: that change is at least as new as our snapshot
-        for key in sorted(number_entries.keys() - wanted.keys()):
-            if (
-                may_delete
-                and subjects.parse_number_key(key) is not None
-                and await _delete_if_unchanged(self.numbers, key, number_entries[key].revision)
-            ):
-                report.keys_deleted.append(key)
+        routes = {subjects.number_key(r.number): r.model_dump_json().encode() for r in snap.numbers}
+        report.numbers_written = await _converge(
+            self.numbers,
+            number_entries,
+            routes,
+            same=_same_json,
+            ours=lambda key: subjects.parse_number_key(key) is not None,
+            deleted=report.keys_deleted if may_delete else None,
+        )
+        sealed = {subjects.secret_key(tenant, name): value for (tenant, name), value in snap.secrets.items()}
+        report.secrets_written = await _converge(
+            self.secrets,
+            secret_entries,
+            sealed,
+            same=operator.eq,
+            ours=lambda key: subjects.parse_secret_key(key) is not None,
+            deleted=report.keys_deleted if may_delete else None,
+        )
         return report
+
+
+async def _converge(
+    kv: KeyValue,
+    seen: Mapping[str, KeyValue.Entry],
+    wanted: Mapping[str, bytes],
+    *,
+    same: Callable[[bytes, bytes], bool],
+    ours: Callable[[str], bool],
+    deleted: list[str] | None,
+) -> int:
+    """Write each ``wanted`` value that ``seen`` (the bucket, read before the snapshot) lacks or holds otherwise,
+    conditionally on the revision seen; delete the keys of ours nothing wants, into ``deleted`` (None: delete
+    nothing). Returns the number of values written."""
+    written = 0
+    for key, data in wanted.items():
+        entry = seen.get(key)
+        if entry is not None and entry.value and same(entry.value, data):
+            continue
+        try:
+            if entry is None:
+                await kv.create(key, data)
+            else:
+                await kv.update(key, data, last=entry.revision)
+            written += 1
+        except KeyWrongLastSequenceError:
+            pass  # changed since we looked: that change is at least as new as our snapshot
+    if deleted is not None:
+        for key in sorted(seen.keys() - wanted.keys()):
+            if ours(key) and await _delete_if_unchanged(kv, key, seen[key].revision):
+                deleted.append(key)
+    return written
 
 
 def _same_json(a: bytes, b: bytes) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter, Histogram
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from voice_runtime.logging import get_logger
@@ -33,10 +34,22 @@ REQUEST_SECONDS = Histogram(
 )
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """The request body grew past MAX_BODY_BYTES while it was read (an HTTPException, so the problem handlers
+    answer it wherever the read happens)."""
+
+    def __init__(self) -> None:
+        super().__init__(413, f"request body over {MAX_BODY_BYTES} bytes")
+
+
 class RequestContextMiddleware:
     """Takes X-Request-Id from the caller (when sane) or makes one, returns it, binds it to every log line
     of the request, refuses bodies over MAX_BODY_BYTES (413), and answers an unhandled error with a
-    problem+json 500 carrying the id."""
+    problem+json 500 carrying the id.
+
+    The body limit counts the bytes actually received: a chunked body has no Content-Length, and a
+    Content-Length is only the client's claim. A declared length over the limit is refused before reading.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -53,6 +66,17 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status: dict[str, Any] = {"code": 500, "sent": False}
 
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    raise BodyTooLarge()
+            return message
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
@@ -65,10 +89,13 @@ class RequestContextMiddleware:
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 if _too_large(headers):
-                    response = problem_response(Request(scope), 413, f"request body over {MAX_BODY_BYTES} bytes")
-                    await response(scope, receive, send_with_id)
-                    return
-                await self.app(scope, receive, send_with_id)
+                    raise BodyTooLarge()
+                await self.app(scope, receive_limited, send_with_id)
+            except BodyTooLarge as exc:
+                if status["sent"]:
+                    raise
+                response = problem_response(Request(scope), exc.status_code, exc.detail)
+                await response(scope, receive, send_with_id)
             except Exception as exc:
                 log.error("unhandled_error", path=scope.get("path"), error=repr(exc)[:500], exc_info=exc)
                 if status["sent"]:

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, WithJsonSchema, create_model
 from pydantic.fields import FieldInfo
 from voice_schemas import REGISTRY
 from voice_schemas.agent import LlmSettings, SttSettings, TurnSettings
@@ -29,6 +29,7 @@ from .fields import (
     Password,
     ShortText,
     UtcDatetime,
+    clean_text,
 )
 from .openapi_examples import examples
 from .security import Role
@@ -420,6 +421,38 @@ class Webhook(BaseModel):
 class WebhookWithSecret(Webhook):
     model_config = examples(ex.WEBHOOK_WITH_SECRET)
     secret: str = Field(description="HMAC signing secret of deliveries. Shown on create and rotate only.")
+
+
+# ------------------------------------------------------------------ tenant secrets
+SECRET_VALUE_MAX_BYTES = 8192  # sealed, it must fit the KV bucket's value limit (16 KiB)
+
+
+def _check_secret_value(value: SecretStr) -> SecretStr:
+    raw = clean_text(value.get_secret_value())
+    if not raw:
+        raise ValueError("must not be empty")
+    if len(raw.encode("utf-8")) > SECRET_VALUE_MAX_BYTES:
+        raise ValueError(f"must be at most {SECRET_VALUE_MAX_BYTES} bytes (UTF-8)")
+    return value
+
+
+class SecretPut(RequestModel):
+    model_config = ConfigDict(hide_input_in_errors=True, **examples(ex.SECRET_PUT))
+    value: Annotated[SecretStr, AfterValidator(_check_secret_value)] = Field(
+        description=f"The secret (e.g. an API key), 1 to {SECRET_VALUE_MAX_BYTES} bytes. Stored sealed; never "
+        "returned.",
+        json_schema_extra={"minLength": 1, "maxLength": SECRET_VALUE_MAX_BYTES},
+    )
+
+
+class TenantSecret(BaseModel):
+    """A tenant secret's name and times; its value is never returned."""
+
+    model_config = examples(ex.TENANT_SECRET)
+    tenant_id: str
+    name: str
+    created_at: datetime
+    updated_at: datetime
 
 
 # ------------------------------------------------------------------ audit

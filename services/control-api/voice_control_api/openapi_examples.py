@@ -241,6 +241,10 @@ WEBHOOK: Example = {
 }
 WEBHOOK_WITH_SECRET: Example = {**WEBHOOK, "events": ["call.ended"], "secret": "whsec_Qm9...kept-secret..."}
 
+# ------------------------------------------------------------------ tenant secrets
+SECRET_PUT: Example = {"value": "sk-live-5Kq...kept-secret..."}
+TENANT_SECRET: Example = {"tenant_id": TENANT_ID, "name": "openai_key", "created_at": AT, "updated_at": AT}
+
 # ------------------------------------------------------------------ audit
 AUDIT_ENTRY: Example = {
     "id": 42,

@@ -20,6 +20,7 @@ from .usecases.errors import (
     Forbidden,
     InvalidField,
     InvalidFields,
+    NotConfigured,
     NotFound,
     PreconditionFailed,
     StaleVersion,
@@ -157,6 +158,8 @@ def refusal(error: UseCaseError) -> ApiError:
             return forbidden(str(error))
         case Conflict():
             return conflict(str(error))
+        case NotConfigured():
+            return ApiError(503, str(error), kind="not-configured")
         case InvalidField():
             return invalid(f"body.{error.field}", error.message)
         case InvalidFields():

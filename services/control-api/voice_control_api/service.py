@@ -11,13 +11,16 @@ import asyncpg
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 from voice_runtime import db
+from voice_runtime.egress import EgressPolicy
 from voice_runtime.logging import get_logger
+from voice_runtime.secretbox import SecretBox, parse_key
 from voice_runtime.service import Service
-from voice_schemas.streams import KV_AGENTS, KV_NUMBERS
+from voice_schemas.streams import KV_AGENTS, KV_NUMBERS, KV_SECRETS
 
 from .app import create_app
 from .context import AppContext
 from .kvsync import ConfigPublisher, ResyncReport
+from .proxies import TrustedProxies
 from .ratelimit import RateLimiter
 from .security import AccessTokens, Passwords
 from .settings import ControlApiSettings
@@ -66,7 +69,9 @@ class ControlApiService(Service):
     async def _prepare(self, pool: asyncpg.Pool) -> None:
         s = self.settings
         await bootstrap(pool, s)
-        self.publisher = ConfigPublisher(self.kv[KV_AGENTS.bucket], self.kv[KV_NUMBERS.bucket])
+        self.publisher = ConfigPublisher(
+            self.kv[KV_AGENTS.bucket], self.kv[KV_NUMBERS.bucket], self.kv[KV_SECRETS.bucket]
+        )
         self._resync_wanted = asyncio.Event()
         self.ctx = AppContext(
             settings=s,
@@ -78,12 +83,16 @@ class ControlApiService(Service):
             ),
             limiter=RateLimiter(s.rate_limit_per_s, s.rate_limit_burst),
             request_resync=self._resync_wanted.set,
+            proxies=TrustedProxies.parse(s.trusted_proxies, s.forwarded_header),
+            egress=EgressPolicy.parse(s.egress_allow),
+            secret_box=SecretBox(parse_key(s.secrets_key.get_secret_value())) if s.secrets_key else None,
         )
         report = await self.resync()
         log.info(
             "kv_resynced",
             agents=report.agents_written,
             numbers=report.numbers_written,
+            secrets=report.secrets_written,
             deleted=len(report.keys_deleted),
         )
 
@@ -102,11 +111,12 @@ class ControlApiService(Service):
             self._resync_wanted.clear()
             try:
                 report = await self.resync()
-                if report.agents_written or report.numbers_written or report.keys_deleted:
+                if report.agents_written or report.numbers_written or report.secrets_written or report.keys_deleted:
                     log.info(
                         "kv_repaired",
                         agents=report.agents_written,
                         numbers=report.numbers_written,
+                        secrets=report.secrets_written,
                         deleted=len(report.keys_deleted),
                     )
             except Exception as e:

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
-from voice_runtime.settings import BootstrapSettings, CommonSettings, DatabaseSettings
+from typing import Annotated
+
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+from voice_runtime.egress import EgressPolicy
+from voice_runtime.secretbox import parse_key
+from voice_runtime.settings import (
+    BootstrapSettings,
+    CommonSettings,
+    DatabaseSettings,
+    EgressSettings,
+    SecretsSettings,
+)
+
+from .proxies import ForwardedHeader, TrustedProxies
 
 
-class ControlApiSettings(DatabaseSettings, BootstrapSettings, CommonSettings):
+class ControlApiSettings(DatabaseSettings, BootstrapSettings, SecretsSettings, EgressSettings, CommonSettings):
+    # an error names the setting and what is wrong, never the value it refused (keys, DSNs with passwords)
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
+
     service_name: str = "control-api"
     http_port: int = Field(8000, validation_alias=AliasChoices("CONTROL_API_HTTP_PORT", "HTTP_PORT"))
 
@@ -33,11 +49,38 @@ class ControlApiSettings(DatabaseSettings, BootstrapSettings, CommonSettings):
     )
     rate_limit_burst: int = Field(100, ge=1, description="Requests a credential may burst above the rate")
     db_pool_max: int = Field(10, ge=1, le=200, description="PostgreSQL pool size")
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated IP addresses and CIDR networks of the reverse proxies whose forwarded "
+        "header names the client (login rate limit per client address); empty: the connection's address",
+    )
+    forwarded_header: Annotated[ForwardedHeader, BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)] = (
+        Field("x-forwarded-for", description="The header the trusted proxies append to: x-forwarded-for or forwarded")
+    )
 
     # config to the data plane
     kv_reconcile_interval_s: float = Field(
         300.0, ge=0.0, description="Periodic full KV resync (anti-entropy); 0 = only at start"
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        TrustedProxies.parse(value)
+        return value
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _egress(cls, value: str) -> str:
+        EgressPolicy.parse(value)
+        return value
+
+    @field_validator("secrets_key")
+    @classmethod
+    def _secrets_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_key(value.get_secret_value())
+        return value
 
     @property
     def cors_origin_list(self) -> list[str]:

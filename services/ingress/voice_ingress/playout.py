@@ -1,8 +1,14 @@
 """What the caller hears next: agent audio ordered by turn and chunk, with epochs and marks.
 
-Pure logic (no I/O). tts replicas may synthesize the chunks of one reply in parallel, so frames can
-arrive interleaved; the buffer plays chunk n+1 only after chunk n's last frame. Frames of an epoch
-older than the call's current epoch are dropped (barge-in cancelled them).
+Pure logic (no I/O, time passed in). tts replicas may synthesize the chunks of one reply in parallel, so frames
+can arrive interleaved; the buffer plays chunk n+1 only after chunk n's last frame. Frames of an epoch older than
+the call's current epoch are dropped (barge-in cancelled them).
+
+A turn whose audio stops arriving never holds the call: its final frame may be lost, or brain may supersede the
+reply without a final chunk (a newer transcript; with several brain replicas the older reply may even go on). The
+turn being played is given up (``TurnClosed``) when another turn of the same epoch has audio ready while it has
+none, when a turn of a newer epoch has audio ready (that epoch's barge-in is on its way), or after ``gap_s``
+without a frame of it (counted only while it is the turn being played).
 """
 
 from __future__ import annotations
@@ -12,16 +18,23 @@ from dataclasses import dataclass, field
 
 from voice_schemas.audio import AudioFrame
 
+_Key = tuple[str, int]  # (turn id, epoch)
+MAX_REMEMBERED_TURNS = 64  # finished or closed turns whose late frames are refused
+
 
 @dataclass
 class _Turn:
     turn_id: str
     epoch: int
+    progress_at: float  # the last time a frame of it arrived or played, or it became the turn being played
     chunks: dict[int, deque[AudioFrame]] = field(default_factory=dict)
     next_chunk: int = 0
     final_chunk: int | None = None
     started: bool = False
-    done: bool = False
+    playing: bool = False  # it is the turn being played (the oldest unfinished one)
+
+    def playable(self) -> bool:
+        return bool(self.chunks.get(self.next_chunk))
 
 
 @dataclass(frozen=True)
@@ -32,63 +45,102 @@ class Outgoing:
     end_of_turn: bool
 
 
+@dataclass(frozen=True)
+class TurnClosed:
+    """The turn being played was given up before its final frame: the rest of it is dropped.
+
+    ``superseded``: a later turn had audio ready while this one had none; otherwise its audio stopped arriving
+    for the gap. ``started``: some of its audio was sent to the caller.
+    """
+
+    turn_id: str
+    epoch: int
+    started: bool
+    superseded: bool
+
+
 class PlayoutBuffer:
-    def __init__(self) -> None:
+    def __init__(self, gap_s: float = 2.0) -> None:
         self.epoch = 0
-        self._turns: OrderedDict[str, _Turn] = OrderedDict()
+        self.gap_s = gap_s
+        self._turns: OrderedDict[_Key, _Turn] = OrderedDict()
+        self._over: OrderedDict[_Key, None] = OrderedDict()  # finished, closed or cleared turns
         self.dropped_stale = 0
 
-    def add(self, f: AudioFrame) -> bool:
-        if f.epoch < self.epoch or f.turn_id is None or f.chunk is None:
+    def add(self, f: AudioFrame, now: float) -> bool:
+        if f.epoch < self.epoch or f.turn_id is None or f.chunk is None or (f.turn_id, f.epoch) in self._over:
             self.dropped_stale += 1
             return False
-        t = self._turns.get(f.turn_id)
+        key = (f.turn_id, f.epoch)
+        t = self._turns.get(key)
         if t is None:
-            t = self._turns[f.turn_id] = _Turn(f.turn_id, f.epoch)
-        if t.done or f.chunk < t.next_chunk:
+            t = self._turns[key] = _Turn(f.turn_id, f.epoch, now)
+        if f.chunk < t.next_chunk:
             self.dropped_stale += 1
             return False
         t.chunks.setdefault(f.chunk, deque()).append(f)
+        t.progress_at = now
         if f.final:
             t.final_chunk = f.chunk
         return True
 
-    def next(self) -> Outgoing | None:
-        """The next frame to send, or None when nothing is playable yet."""
-        while self._turns:
-            t = next(iter(self._turns.values()))
-            if t.done:
-                self._turns.popitem(last=False)
-                continue
-            q = t.chunks.get(t.next_chunk)
-            if not q:
-                return None
-            f = q.popleft()
-            first = not t.started
-            t.started = True
-            end_chunk = f.last_in_chunk
-            end_turn = end_chunk and (f.final or t.final_chunk == t.next_chunk)
-            if end_chunk:
-                del t.chunks[t.next_chunk]
-                t.next_chunk += 1
-            if end_turn:
-                t.done = True
-            return Outgoing(f, first, end_chunk, end_turn)
-        return None
+    def next(self, now: float) -> Outgoing | TurnClosed | None:
+        """The next frame to send, a turn given up, or None when nothing is playable yet (see ``wake_at``)."""
+        if not self._turns:
+            return None
+        key, t = next(iter(self._turns.items()))
+        if not t.playing:
+            t.playing, t.progress_at = True, now
+        q = t.chunks.get(t.next_chunk)
+        # a later turn with audio ready takes over from one that has none; a newer epoch's, from any older one
+        superseded = any(o.playable() and (o.epoch > t.epoch or (not q and o.epoch == t.epoch))
+                         for o in self._turns.values() if o is not t)
+        if superseded or (not q and now >= t.progress_at + self.gap_s):  # the same sum as wake_at's
+            self._finish(key)
+            return TurnClosed(t.turn_id, t.epoch, t.started, superseded)
+        if not q:
+            return None
+        f = q.popleft()
+        first = not t.started
+        t.started, t.progress_at = True, now
+        end_chunk = f.last_in_chunk
+        end_turn = end_chunk and (f.final or t.final_chunk == t.next_chunk)
+        if end_chunk:
+            del t.chunks[t.next_chunk]
+            t.next_chunk += 1
+        if end_turn:
+            self._finish(key)
+        return Outgoing(f, first, end_chunk, end_turn)
+
+    def wake_at(self) -> float | None:
+        """When ``next`` gives up the turn being played if no frame of it arrives first; None when no turn waits
+        (or audio is ready now)."""
+        t = next(iter(self._turns.values()), None)
+        if t is None or not t.playing or t.playable():
+            return None
+        return t.progress_at + self.gap_s
+
+    def resume(self, now: float) -> None:
+        """Playout was held (paused): the gap of the turn being played counts from now."""
+        for t in self._turns.values():
+            t.progress_at = max(t.progress_at, now)
 
     def pending(self) -> bool:
         """True while a turn has started or has frames waiting."""
-        return any(not t.done for t in self._turns.values())
+        return bool(self._turns)
 
-    def current_turn(self) -> tuple[str, int] | None:
-        for t in self._turns.values():
-            if not t.done:
-                return t.turn_id, t.epoch
-        return None
-
-    def clear(self, new_epoch: int) -> list[str]:
-        """Barge-in: drop everything queued; frames of older epochs are refused from now on."""
+    def clear(self, new_epoch: int) -> list[tuple[str, int]]:
+        """Barge-in: drop every turn older than ``new_epoch`` (started or queued), in playout order, as
+        (turn id, epoch); frames of older epochs are refused from now on. Turns of ``new_epoch`` or later whose
+        audio arrived before the barge-in stay."""
         self.epoch = max(self.epoch, new_epoch)
-        cleared = [t.turn_id for t in self._turns.values() if not t.done and t.started]
-        self._turns.clear()
-        return cleared
+        dropped = [key for key, t in self._turns.items() if t.epoch < self.epoch]
+        for key in dropped:
+            self._finish(key)
+        return dropped
+
+    def _finish(self, key: _Key) -> None:
+        self._turns.pop(key, None)
+        self._over[key] = None
+        while len(self._over) > MAX_REMEMBERED_TURNS:
+            self._over.popitem(last=False)

@@ -22,17 +22,12 @@ from voice_runtime.service import Service
 from voice_schemas import CallRecord, events, make, subjects
 from voice_schemas.streams import KV_CALLS
 
-from .session import CallSession
+from .session import CallSession, Clock, LoopClock
 from .settings import IngressSettings
 from .transports.base import Endpoint, ProtocolError, Started, Transport
 from .transports.twilio import TwilioEndpoint
 
 log = get_logger(__name__)
-
-
-def provider_key(provider_call_id: str) -> str:
-    """The KV ``calls`` key mapping a provider's call id to ours (``InvalidSubjectToken`` if it is unsafe)."""
-    return "p." + subjects.check_id(provider_call_id, "provider call id")
 
 
 class IngressService(Service):
@@ -44,6 +39,7 @@ class IngressService(Service):
         self.sessions: dict[str, CallSession] = {}
         self.directory: AgentDirectory | None = None
         self.endpoints: list[Endpoint] = [TwilioEndpoint(self, settings)]
+        self.clock: Clock = LoopClock()  # what playout is paced by
 
     async def on_start(self) -> None:
         self.directory = AgentDirectory(self.kv["agents"], self.kv["numbers"], self.settings)
@@ -72,7 +68,7 @@ class IngressService(Service):
             return None
         call_id = subjects.new_call_id()
         try:
-            pkey = provider_key(provider_call_id) if provider_call_id else None
+            pkey = subjects.provider_key(provider_call_id) if provider_call_id else None
         except subjects.InvalidSubjectToken:
             pkey = None
         record = CallRecord(call_id=call_id, tenant_id=route.tenant_id, agent_id=agent.id,
@@ -95,7 +91,7 @@ class IngressService(Service):
         assert self.bus is not None
         kv = self.kv[KV_CALLS.bucket]
         try:
-            entry = await kv.get(provider_key(provider_call_id))
+            entry = await kv.get(subjects.provider_key(provider_call_id))
         except (KeyNotFoundError, subjects.InvalidSubjectToken):
             return
         call_id = (entry.value or b"").decode()
@@ -113,7 +109,8 @@ class IngressService(Service):
 
     async def serve(self, transport: Transport, inbound: AsyncIterable[Any]) -> None:
         """Drive one caller connection until its call ends. The connection must bind to a call (``Started``)
-        within ``start_timeout_s``; a protocol error ends only this call, with the reason."""
+        within ``start_timeout_s``; a protocol error ends only this call, with the reason. Cancelled (the server
+        is stopping), it ends the call with ``shutdown`` before it lets the cancellation through."""
         session: CallSession | None = None
         reason, detail = events.EndReason.connection_lost, None  # the messages simply stopped
         messages = aiter(inbound)
@@ -145,6 +142,14 @@ class IngressService(Service):
             metrics.ERRORS.labels(self.name, "stream_error").inc()
             log.error("transport_error", channel=transport.channel.value, error=detail,
                       call_id=session.call_id if session else None)
+        except asyncio.CancelledError:
+            await self._finish(session, transport, events.EndReason.shutdown, None)
+            raise
+        await self._finish(session, transport, reason, detail)
+
+    @staticmethod
+    async def _finish(session: CallSession | None, transport: Transport, reason: events.EndReason,
+                      detail: str | None) -> None:
         if session is not None:
             await session.end(reason, detail)
         else:
@@ -163,10 +168,16 @@ class IngressService(Service):
         if record is None or started.call_id in self.sessions:
             raise ProtocolError("unknown or already connected call_id")
         session = CallSession(record, transport, bus=self.bus, subscriber=self,
-                              lead_ms=self.settings.playout_lead_ms, on_closed=self._closed)
+                              lead_ms=self.settings.playout_lead_ms, gap_ms=self.settings.playout_gap_ms,
+                              on_closed=self._closed, clock=self.clock)
+        # registered while it opens, so that a shutdown or a provider's end reaches it; every way out of
+        # open() that is not success ends it (end() frees what open() set up, and what it still sets up)
         self.sessions[record.call_id] = session
         try:
             await session.open()
+        except asyncio.CancelledError:
+            await session.end(events.EndReason.shutdown, "cancelled while the call was opening")
+            raise
         except Exception as e:
             await session.end(events.EndReason.error, f"the call could not be opened: {e!r}"[:200])
             raise
@@ -183,7 +194,7 @@ class IngressService(Service):
         kv = self.kv[KV_CALLS.bucket]
         keys = [subjects.call_key(record.call_id)]
         if record.provider_call_id:
-            keys.append(provider_key(record.provider_call_id))
+            keys.append(subjects.provider_key(record.provider_call_id))
         for key in keys:
             with contextlib.suppress(Exception):
                 await kv.delete(key)

@@ -23,7 +23,7 @@ from voice_runtime.ports import Publisher, Unsubscribable
 from voice_schemas import CallRecord, Envelope, events, make, subjects
 from voice_schemas.audio import AudioFrame
 
-from .playout import Outgoing, PlayoutBuffer
+from .playout import Outgoing, PlayoutBuffer, TurnClosed
 from .transports.base import CallerAudio, CallerHungUp, DtmfPressed, Inbound, MarkPlayed, Started, Transport
 
 log = get_logger(__name__)
@@ -34,6 +34,24 @@ HANGUP_PLAYOUT_LIMIT_S = 20.0  # an agent hang-up waits at most this long for it
 # per-call bounds: marks in flight stay within the playout lead (a few); turns are remembered briefly
 MAX_PENDING_MARKS = 256
 MAX_REMEMBERED_TURNS = 16
+
+
+class Clock(Protocol):
+    """The time playout is paced by (seconds, monotonic); tests pass a virtual one."""
+
+    def time(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class LoopClock:
+    """The event loop's monotonic clock."""
+
+    def time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class Subscriber(Protocol):
@@ -49,7 +67,7 @@ class Subscriber(Protocol):
 class _Mark:
     turn_id: str
     epoch: int
-    chunk: int
+    chunk: int | None  # None: the end of a turn given up before its final chunk (nothing more was heard)
     end_of_turn: bool
 
 
@@ -70,17 +88,20 @@ class CallSession:
     """Owns one live call on this ingress replica."""
 
     def __init__(self, record: CallRecord, transport: Transport, *, bus: Publisher, subscriber: Subscriber,
-                 lead_ms: int, on_closed: Callable[[CallSession], Awaitable[None]]) -> None:
+                 lead_ms: int, gap_ms: int, on_closed: Callable[[CallSession], Awaitable[None]],
+                 clock: Clock | None = None) -> None:
         self.record, self.transport, self.bus, self._subscriber = record, transport, bus, subscriber
+        self.clock: Clock = clock or LoopClock()
         self.call_id, self.tenant_id = record.call_id, record.tenant_id
         self.lead_frames = max(0, lead_ms // 20)
         self._on_closed = on_closed
-        self.buffer = PlayoutBuffer()
+        self.buffer = PlayoutBuffer(gap_s=gap_ms / 1000)
         self.seq_in = 0
         self.media_ms = 0
         self.paused = False
         self.hangup_pending = False
         self.ended = False
+        self._counted = False  # counted in ACTIVE_CALLS
         self.end_reason: events.EndReason | None = None
         self.started_at = time.monotonic()
         self._wake = asyncio.Event()
@@ -97,33 +118,52 @@ class CallSession:
 
     # ------------------------------------------------------------ setup / teardown
     async def open(self) -> None:
-        """Follow the call on the bus, start playout, announce the call answered. On failure, ``end`` frees
-        whatever was set up."""
+        """Follow the call on the bus, start playout, announce the call answered.
+
+        When it fails or is cancelled, the owner calls ``end``, which frees whatever was set up. The call may also
+        end while a step is in progress (a shutdown, a status callback): what that step sets up afterwards is
+        freed at once, and the call is not announced.
+        """
+        if self.ended:
+            return
         metrics.ACTIVE_CALLS.labels(SVC).inc()
+        self._counted = True
         on = self._subscriber
-        self._subs.append(await on.on_raw(subjects.audio_out(self.call_id), self._on_agent_audio, per_call=True))
-        self._subs.append(await on.on_events(subjects.call_filter(self.call_id, "control", ">"), self._on_control,
-                                             per_call=True))
-        self._subs.append(await on.on_events(events.CallEnded.subject_for(self.call_id), self._on_call_ended,
-                                             per_call=True))
+        await self._follow(on.on_raw(subjects.audio_out(self.call_id), self._on_agent_audio, per_call=True))
+        await self._follow(on.on_events(subjects.call_filter(self.call_id, "control", ">"), self._on_control,
+                                        per_call=True))
+        await self._follow(on.on_events(events.CallEnded.subject_for(self.call_id), self._on_call_ended,
+                                        per_call=True))
+        if self.ended:
+            return
         self._sender = asyncio.create_task(self._playout_loop(), name=f"playout:{self.call_id}")
         await self._publish(events.CallAnswered(stream_id=self.transport.stream_id,
                                                 media_format=self.transport.media_format))
+
+    async def _follow(self, subscribing: Awaitable[Unsubscribable]) -> None:
+        sub = await subscribing
+        if self.ended:  # ended while subscribing: end() has already released the others
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        else:
+            self._subs.append(sub)
 
     async def end(self, reason: events.EndReason, detail: str | None = None, *, announce: bool = True) -> None:
         """End the call once: stop playout, unsubscribe, publish CallEnded, close the transport, free state."""
         if self.ended:
             return
         self.ended, self.end_reason = True, reason
-        metrics.ACTIVE_CALLS.labels(SVC).dec()
+        if self._counted:
+            metrics.ACTIVE_CALLS.labels(SVC).dec()
         current = asyncio.current_task()
         if self._hangup_timer is not None and self._hangup_timer is not current:
             self._hangup_timer.cancel()
-        for s in self._subs:
-            with contextlib.suppress(Exception):
-                await s.unsubscribe()
         if self._sender and self._sender is not current:
             self._sender.cancel()
+        subs, self._subs = self._subs, []
+        for s in subs:
+            with contextlib.suppress(Exception):
+                await s.unsubscribe()
         if announce:
             duration = round(time.monotonic() - self.started_at, 3)
             with contextlib.suppress(Exception):
@@ -162,21 +202,24 @@ class CallSession:
         mark = self._marks.pop(name, None)
         if mark is None:
             return  # cleared by a barge-in (the caller did not hear it), or never ours
-        self._heard.setdefault(mark.turn_id, []).append(mark.chunk)
-        await self._publish(events.PlayoutMarked(chunk=mark.chunk), turn_id=mark.turn_id, epoch=mark.epoch)
+        if mark.chunk is not None:
+            self._heard.setdefault(mark.turn_id, []).append(mark.chunk)
+            await self._publish(events.PlayoutMarked(chunk=mark.chunk), turn_id=mark.turn_id, epoch=mark.epoch)
         if mark.end_of_turn:
-            self._played[mark.turn_id] = True
-            await self._publish(
-                events.PlayoutFinished(cleared=False, heard_chunks=self._heard.pop(mark.turn_id, [])),
-                turn_id=mark.turn_id, epoch=mark.epoch,
-            )
-            if self.hangup_pending and not self.buffer.pending() and self._hangup_turn in (None, mark.turn_id):
-                await self.end(self._hangup_reason)
+            await self._turn_played(mark.turn_id, mark.epoch)
+
+    async def _turn_played(self, turn_id: str, epoch: int) -> None:
+        """All of the turn that will ever play has played (or it was given up before any of it played)."""
+        self._played[turn_id] = True
+        await self._publish(events.PlayoutFinished(cleared=False, heard_chunks=self._heard.pop(turn_id, [])),
+                            turn_id=turn_id, epoch=epoch)
+        if self.hangup_pending and not self.buffer.pending() and self._hangup_turn in (None, turn_id):
+            await self.end(self._hangup_reason)
 
     # ------------------------------------------------------------ platform -> caller
     async def _on_agent_audio(self, msg: Message) -> None:
         frame = AudioFrame.from_message(msg.data, msg.headers)
-        if self.buffer.add(frame):
+        if self.buffer.add(frame, self.clock.time()):
             if frame.turn_id and msg.headers and "traceparent" in msg.headers \
                     and frame.turn_id not in self._trace:
                 self._trace[frame.turn_id] = telemetry.extract(msg.headers)
@@ -190,6 +233,7 @@ class CallSession:
             self.paused = True
         elif isinstance(data, events.ResumePlayout):
             self.paused = False
+            self.buffer.resume(self.clock.time())
             self._wake.set()
         elif isinstance(data, events.BargeIn):
             await self._barge_in(env.epoch)
@@ -217,45 +261,74 @@ class CallSession:
         await self.end(reason)
 
     async def _barge_in(self, new_epoch: int) -> None:
-        current = self.buffer.current_turn()
-        self.buffer.clear(new_epoch)
+        """Drop the older epochs' audio, queued here and at the far end; each turn cut off reports what was heard.
+        Audio of ``new_epoch`` that arrived before the barge-in stays."""
+        cut = self.buffer.clear(new_epoch)
         self.paused = False
-        self._marks.clear()  # whatever had not played yet is gone; its marks no longer count
-        await self._to_caller(self.transport.clear)
-        if current is not None:
-            turn_id, epoch = current
+        # turns sent in full whose audio is still playing at the far end are cut off too; their marks (and those
+        # of the dropped turns) no longer count
+        for name, mark in list(self._marks.items()):
+            if mark.epoch < self.buffer.epoch:
+                del self._marks[name]
+                if (mark.turn_id, mark.epoch) not in cut:
+                    cut.append((mark.turn_id, mark.epoch))
+        if cut:
+            await self._to_caller(self.transport.clear)
+        for turn_id, epoch in cut:
             await self._publish(
                 events.PlayoutFinished(cleared=True, heard_chunks=self._heard.pop(turn_id, [])),
                 turn_id=turn_id, epoch=epoch,
             )
 
     async def _playout_loop(self) -> None:
-        """Send agent audio at real-time pace, `lead_frames` ahead, with marks after each chunk."""
-        deadline: float | None = None  # monotonic time the next frame starts playing at the caller
-        loop = asyncio.get_running_loop()
+        """Send agent audio at real-time pace, `lead_frames` ahead, with marks after each chunk. A frame is taken
+        from the buffer only when it is due, so a pause, clear or end that came during the wait applies to it."""
+        deadline: float | None = None  # when the next frame starts playing at the caller (clock time)
+        clock = self.clock
+        lead_s = self.lead_frames * FRAME_S
         while not self.ended:
-            out = None if self.paused else self.buffer.next()
+            now = clock.time()
+            if deadline is None or deadline < now:
+                deadline = now  # the caller's buffer ran dry: restart the lead
+            if not self.paused and deadline - now > lead_s + 1e-6:  # (a microsecond: float sums never loop here)
+                await clock.sleep(deadline - now - lead_s)
+                continue
+            out = None if self.paused else self.buffer.next(now)
+            if isinstance(out, TurnClosed):
+                await self._give_up(out)
+                continue
             if out is None:
-                if deadline is not None and self.buffer.pending() and not self.paused:
+                if self.buffer.pending() and not self.paused:
                     metrics.AUDIO_FRAMES.labels(SVC, "out", "underrun").inc()
                 self._wake.clear()
-                await self._wake.wait()
-                now = loop.time()
-                if deadline is None or deadline < now:
-                    deadline = now  # the caller's buffer ran dry: restart the lead
+                give_up_at = None if self.paused else self.buffer.wake_at()
+                timeout = None if give_up_at is None else max(0.0, give_up_at - clock.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
-            now = loop.time()
-            if deadline is None or deadline < now:
-                deadline = now
-            ahead = deadline - now
-            if ahead > self.lead_frames * FRAME_S:
-                await asyncio.sleep(ahead - self.lead_frames * FRAME_S)
             try:
                 await self._play(out)
             except Exception as e:  # a playout event not published must not stop the caller's audio
                 metrics.ERRORS.labels(SVC, "playout").inc()
                 log.warning("playout_event_failed", call_id=self.call_id, error=repr(e)[:200])
             deadline += FRAME_S
+
+    async def _give_up(self, closed: TurnClosed) -> None:
+        """A turn that stopped arriving or was superseded: it ends once what was sent of it has played."""
+        if not closed.superseded:
+            metrics.ERRORS.labels(SVC, "playout_gap").inc()
+        log.info("playout_turn_closed", call_id=self.call_id, turn_id=closed.turn_id, epoch=closed.epoch,
+                 superseded=closed.superseded)
+        try:
+            if closed.started:
+                name = f"{closed.turn_id}:{closed.epoch}:end"
+                self._marks[name] = _Mark(closed.turn_id, closed.epoch, None, True)
+                await self._to_caller(self.transport.mark, name)
+            else:
+                await self._turn_played(closed.turn_id, closed.epoch)
+        except Exception as e:  # as in _playout_loop: a playout event not published must not stop the audio
+            metrics.ERRORS.labels(SVC, "playout").inc()
+            log.warning("playout_event_failed", call_id=self.call_id, error=repr(e)[:200])
 
     async def _play(self, out: Outgoing) -> None:
         f = out.frame

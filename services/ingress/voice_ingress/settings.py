@@ -12,4 +12,9 @@ class IngressSettings(TwilioStreamSettings, CommonSettings):
     service_name: str = "ingress"
     http_port: int = Field(8080, validation_alias=AliasChoices("INGRESS_HTTP_PORT", "HTTP_PORT"))
     playout_lead_ms: int = Field(60, ge=0, le=400, description="Agent audio sent ahead of real time")
+    playout_gap_ms: int = Field(
+        2000, ge=100, le=10_000,
+        description="A reply whose audio stops arriving is given up after this long without a frame of it while "
+        "it is the one being played (its final frame was lost, or brain superseded it)",
+    )
     start_timeout_s: float = Field(10.0, description="Time a caller connection may take to bind to its call")

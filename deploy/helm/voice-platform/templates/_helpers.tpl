@@ -186,6 +186,9 @@ Precedence: the service's `env`, then the global `env`, then what the chart deri
 {{- define "voice.exposedServices" -}}
 {{- $names := list }}
 {{- if .Values.ingress.enabled }}
+{{- if .Values.twilio.enabled }}
+{{- $names = append $names "ingress" }}
+{{- end }}
 {{- range .Values.ingress.hosts }}
 {{- range .paths }}
 {{- $names = append $names .service }}
@@ -193,4 +196,22 @@ Precedence: the service's `env`, then the global `env`, then what the chart deri
 {{- end }}
 {{- end }}
 {{- toJson (uniq $names) }}
+{{- end }}
+
+{{/*
+Twilio on ingress fails closed: without TWILIO_AUTH_TOKEN ingress refuses every Twilio request, and
+TWILIO_ALLOW_UNSIGNED (which accepts them unsigned) is for a developer's machine only. So the chart
+refuses to render Twilio without a token, and never renders the development flag.
+*/}}
+{{- define "voice.twilioChecked" -}}
+{{- $v := .Values }}
+{{- range $env := list ($v.env | default dict) ($v.services.ingress.env | default dict) }}
+{{- $allow := index $env "TWILIO_ALLOW_UNSIGNED" | toString | lower }}
+{{- if not (has $allow (list "" "<nil>" "false" "0" "no" "off")) }}
+{{- fail "TWILIO_ALLOW_UNSIGNED is for local development only; set twilio.existingSecret instead" }}
+{{- end }}
+{{- end }}
+{{- if and $v.twilio.enabled (not $v.twilio.existingSecret) (not $v.twilio.authToken) }}
+{{- fail "twilio.enabled: set twilio.existingSecret (a Secret with the Twilio auth token); ingress refuses unsigned Twilio requests" }}
+{{- end }}
 {{- end }}

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 from opentelemetry import trace
 from voice_runtime import metrics
+from voice_runtime.egress import EgressPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +47,12 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where a model is served, and the key that endpoint is called with."""
+    """Where a model is served, the key that endpoint is called with ("": none), and the egress guard every
+    connection to it must go through (``voice_runtime.egress``; None only for the operator's own endpoint)."""
 
     base_url: str
     api_key: str = field(default="", repr=False)
+    egress: EgressPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +140,8 @@ class ChatModelProvider(Protocol):
     name: str
 
     def model(self, endpoint: Endpoint, model: str) -> ChatModel:
-        """The model ``model`` served at ``endpoint``."""
+        """The model ``model`` served at ``endpoint``: with ``endpoint.egress`` set, every connection (redirects
+        included) goes through that guard (``voice_runtime.egress.guarded_client`` for an httpx-based SDK)."""
         ...
 
     async def aclose(self) -> None:

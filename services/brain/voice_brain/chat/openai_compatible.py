@@ -1,9 +1,11 @@
 """Provider ``openai``: any OpenAI-compatible chat-completions endpoint (llama.cpp, vLLM, Ollama, OpenAI...)
 through the ``openai`` client, streamed.
 
-One ``AsyncOpenAI`` client is kept per endpoint (URL and key), at most ``LLM_OPENAI_MAX_CLIENTS`` of them: an
-agent may name its own endpoint, and a client keeps its connection pool warm between turns. Endpoints that
-reject the ``tools`` parameter (HTTP 400) are remembered and called without tools from then on.
+One ``AsyncOpenAI`` client is kept per endpoint (URL, key and guard), at most ``LLM_OPENAI_MAX_CLIENTS`` of
+them: an agent may name its own endpoint, and a client keeps its connection pool warm between turns. An agent's
+endpoint is reached through the egress guard (its httpx client refuses internal addresses at connect time and on
+redirects); an endpoint without a key is called with no ``Authorization`` header. Endpoints that reject the
+``tools`` parameter (HTTP 400) are remembered and called without tools from then on.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from openai import AsyncOpenAI, BadRequestError, Timeout
+from openai import AsyncOpenAI, BadRequestError, Timeout, omit
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from voice_runtime.egress import guarded_client
 
 from .base import ChatLimits, ChatModel, ChatRequest, Delta, Endpoint, ToolCall
 
@@ -35,6 +38,7 @@ class OpenAIChatSettings(BaseSettings):
 @dataclass
 class _Client:
     client: AsyncOpenAI
+    keyed: bool = True  # False: requests carry no Authorization header
     tools_supported: bool = True
 
 
@@ -51,6 +55,8 @@ class OpenAIChatModel(ChatModel):
                                   temperature=request.temperature, max_tokens=request.max_tokens, stream=True)
         if request.tools and self._c.tools_supported:
             kw["tools"] = [dict(t) for t in request.tools]
+        if not self._c.keyed:
+            kw["extra_headers"] = {"Authorization": omit}
         try:
             stream = await client.chat.completions.create(**kw)
         except BadRequestError:
@@ -104,10 +110,15 @@ class OpenAIProvider:
             self._clients.move_to_end(endpoint)
             return c
         s = self.settings
+        kw: dict[str, Any] = {}
+        if endpoint.egress is not None:
+            # the SDK's own client follows redirects too; each hop connects through the guard
+            kw["http_client"] = guarded_client(endpoint.egress, follow_redirects=True)
         c = self._clients[endpoint] = _Client(AsyncOpenAI(
-            base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=s.max_retries,
-            timeout=Timeout(self.limits.total_timeout_s, connect=s.connect_timeout_s),
-        ))
+            # the SDK refuses to start without a key; a keyless endpoint's requests omit the header (``_stream``)
+            base_url=endpoint.base_url, api_key=endpoint.api_key or "unused", max_retries=s.max_retries,
+            timeout=Timeout(self.limits.total_timeout_s, connect=s.connect_timeout_s), **kw,
+        ), keyed=bool(endpoint.api_key))
         while len(self._clients) > s.max_clients:
             # not closed here: a reply may still be streaming through it; its pool is freed with it
             self._clients.popitem(last=False)

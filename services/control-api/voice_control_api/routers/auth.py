@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from ..context import AppContext
 from ..deps import Auth, Ctx, enforce_rate_limit, errors
 from ..models import LoginRequest, Me, PasswordChange, RefreshRequest, TokenPair
 from ..usecases import auth
@@ -11,9 +12,10 @@ from ..usecases import auth
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 
 
-def _client_key(request: Request) -> str:
-    """Unauthenticated routes are rate limited per client address."""
-    return "ip:" + (request.client.host if request.client else "unknown")
+def _client_key(ctx: AppContext, request: Request) -> str:
+    """Unauthenticated routes are rate limited per client address (behind trusted proxies, the client's)."""
+    peer = request.client.host if request.client else None
+    return "ip:" + ctx.proxies.client_address(peer, request.headers.getlist(ctx.proxies.header))
 
 
 @router.post(
@@ -25,7 +27,7 @@ def _client_key(request: Request) -> str:
     "token for `POST /v1/auth/refresh`.",
 )
 async def login(body: LoginRequest, request: Request, ctx: Ctx) -> TokenPair:
-    enforce_rate_limit(ctx, _client_key(request))
+    enforce_rate_limit(ctx, _client_key(ctx, request))
     return await auth.login(ctx, body.email, body.password)
 
 
@@ -38,7 +40,7 @@ async def login(body: LoginRequest, request: Request, ctx: Ctx) -> TokenPair:
     "refresh token of that user (it was probably stolen).",
 )
 async def refresh(body: RefreshRequest, request: Request, ctx: Ctx) -> TokenPair:
-    enforce_rate_limit(ctx, _client_key(request))
+    enforce_rate_limit(ctx, _client_key(ctx, request))
     return await auth.refresh(ctx, body.refresh_token)
 
 
@@ -49,7 +51,7 @@ async def refresh(body: RefreshRequest, request: Request, ctx: Ctx) -> TokenPair
     summary="Revoke a refresh token",
 )
 async def logout(body: RefreshRequest, request: Request, ctx: Ctx) -> Response:
-    enforce_rate_limit(ctx, _client_key(request))
+    enforce_rate_limit(ctx, _client_key(ctx, request))
     await auth.logout(ctx, body.refresh_token)
     return Response(status_code=204)
 

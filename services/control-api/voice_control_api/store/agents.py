@@ -157,6 +157,19 @@ async def numbers_routed_to(conn: asyncpg.Connection, agent_id: str) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM phone_numbers WHERE agent_id = $1", agent_id))
 
 
+async def using_secret(conn: asyncpg.Connection, tenant_id: str, name: str) -> list[str]:
+    """Live agents of the tenant whose current version names the secret as its LLM key."""
+    rows = await conn.fetch(
+        f"""{_HEAD}
+        WHERE a.tenant_id = $1 AND a.deleted_at IS NULL AND v.config -> 'llm' ->> 'api_key_secret' = $2
+        ORDER BY a.id
+        """,
+        tenant_id,
+        name,
+    )
+    return [r["id"] for r in rows]
+
+
 async def list_versions(conn: asyncpg.Connection, agent_id: str, *, limit: int, offset: int) -> list[AgentVersion]:
     rows = await conn.fetch(
         f"{_VERSION} WHERE agent_id = $1 ORDER BY version DESC LIMIT $2 OFFSET $3",

@@ -2,15 +2,21 @@
 
 Admins see every agent of their tenant; a supervisor sees and changes only the agents they own, and
 another's agent is "not found", like another tenant's.
+
+Every saved version is checked: its LLM endpoint must not be an internal address unless the operator allow-lists
+it (EGRESS_ALLOW; the connect-time guard in the data plane is what enforces it, this gives the early error), and
+the secret holding its key must be one of the agent's own tenant.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 from pydantic import ValidationError
+from voice_runtime.egress import BlockedAddress, check_url
 from voice_schemas import subjects
 from voice_schemas.agent import AgentConfig
 from voice_schemas.streams import KV_AGENTS
@@ -21,12 +27,13 @@ from ..principal import Principal
 from ..security import new_id
 from ..store import agents as store
 from ..store import users as user_store
-from . import audit_log, dataplane
+from . import audit_log, dataplane, tenant_secrets
 from .common import ExpectedVersion, Listing, Pagination, connection, fetch_page, found, transaction
 from .errors import Conflict, Forbidden, InvalidField, InvalidFields
 
 _FIELDS = set(AgentFields.model_fields)
 _NESTED = ("llm", "stt", "turn")
+URL_CHECK_TIMEOUT_S = 2.0  # resolving an endpoint's name when it is saved; unresolved, the connect-time check decides
 
 Fields = dict[str, Any]  # an agent's fields (AgentFields), as JSON values
 MakeFields = Callable[[asyncpg.Connection, Fields], Awaitable[Fields]]
@@ -57,6 +64,23 @@ def _merge(before: Fields, patch: Fields) -> Fields:
         else:
             merged[key] = value
     return merged
+
+
+async def _check_llm(ctx: AppContext, conn: asyncpg.Connection, tenant_id: str, fields: Fields) -> None:
+    llm = fields.get("llm") or {}
+    if base_url := llm.get("base_url"):
+        try:
+            async with asyncio.timeout(URL_CHECK_TIMEOUT_S):
+                await check_url(base_url, ctx.egress)
+        except BlockedAddress:
+            # the resolved address is not named: it would tell a tenant what internal names resolve to
+            raise InvalidField(
+                "llm.base_url", "reaches an internal address; an operator must allow-list its host:port (EGRESS_ALLOW)"
+            ) from None
+        except TimeoutError:
+            pass
+    if name := llm.get("api_key_secret"):
+        await tenant_secrets.check_reference(conn, tenant_id, "llm.api_key_secret", name)
 
 
 async def _owner(
@@ -94,6 +118,7 @@ async def _new_version(
         expected.check(agent.version)
         before = _fields_of(agent)
         fields = _validated(await make_fields(conn, before))
+        await _check_llm(ctx, conn, principal.tenant_id, fields)
         owner = await _owner(conn, principal, requested_owner, agent.owner_user_id)
         config = AgentConfig(id=agent.id, tenant_id=agent.tenant_id, version=agent.version + 1, **fields)
         updated = await store.add_version(conn, config=config, owner_user_id=owner, created_by=principal.actor)
@@ -109,6 +134,7 @@ async def create_agent(ctx: AppContext, principal: Principal, body: AgentCreate)
     fields = _validated(body.model_dump(exclude={"owner_user_id"}))
     agent_id = new_id()
     async with transaction(ctx) as conn:
+        await _check_llm(ctx, conn, principal.tenant_id, fields)
         owner = await _owner(conn, principal, body.owner_user_id, None)
         config = AgentConfig(id=agent_id, tenant_id=principal.tenant_id, version=1, **fields)
         agent = await store.create(conn, config=config, owner_user_id=owner, created_by=principal.actor)

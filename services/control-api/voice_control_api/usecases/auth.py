@@ -37,7 +37,10 @@ async def principal_of_api_key(ctx: AppContext, token: str) -> Principal:
             raise Unauthenticated("API key revoked")
         if key.expired:
             raise Unauthenticated("API key expired")
-        if key.role == "supervisor" and (not key.user_active or key.user_tenant != key.tenant_id):
+        if key.role == "supervisor" and key.user_id is None:
+            raise Unauthenticated("the user of this API key is inactive")
+        # a key acts for its user whatever its role: the user's deactivation ends the key's use too
+        if key.user_id is not None and (key.user_active is not True or key.user_tenant != key.tenant_id):
             raise Unauthenticated("the user of this API key is inactive")
         if key.touch:
             await key_store.touch(conn, key.id)

@@ -1,4 +1,5 @@
-"""The config mirror in JetStream KV: written after each database commit, and the snapshot a resync compares with.
+"""The config mirror in JetStream KV (agents, numbers, sealed tenant secrets): written after each database commit,
+and the snapshot a resync compares with.
 
 A KV write that fails is logged and left to the resync the failure requests; it never fails the request,
 whose change is already committed.
@@ -15,7 +16,8 @@ from voice_schemas.agent import AgentConfig, NumberRoute
 from ..context import AppContext
 from ..kvsync import Snapshot
 from ..models import Agent, PhoneNumber
-from ..store import agents, numbers
+from ..store import agents, numbers, tenant_secrets
+from .common import transaction
 
 log = get_logger(__name__)
 
@@ -55,6 +57,24 @@ async def retract_number(ctx: AppContext, row: PhoneNumber) -> None:
     await _mirror(ctx, lambda: ctx.publisher.retract_number(row.number), "kv_retract_failed", number_id=row.id)
 
 
+async def publish_secret(ctx: AppContext, tenant_id: str, name: str) -> None:
+    """KV made to hold what PostgreSQL holds for the secret now: its sealed value, or nothing.
+
+    Publications of one secret take turns, and each reads the row when its turn comes, so the last one writes the
+    latest committed value whatever order concurrent requests finish in (a secret has no version to compare)."""
+
+    async def write() -> None:
+        async with transaction(ctx) as conn:
+            await tenant_secrets.take_turn(conn, tenant_id, name)
+            sealed = await tenant_secrets.sealed(conn, tenant_id, name)
+            if sealed is None:
+                await ctx.publisher.retract_secret(tenant_id, name)
+            else:
+                await ctx.publisher.publish_secret(tenant_id, name, sealed)
+
+    await _mirror(ctx, write, "kv_publish_failed", tenant_id=tenant_id, secret=name)
+
+
 async def load_snapshot(pool: asyncpg.Pool) -> Snapshot:
     """What KV should hold, read in one consistent snapshot of PostgreSQL."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
@@ -62,4 +82,5 @@ async def load_snapshot(pool: asyncpg.Pool) -> Snapshot:
             agents=await agents.live_configs(conn),
             versions=await agents.all_versions(conn),
             numbers=await numbers.all_routes(conn),
+            secrets=await tenant_secrets.all_sealed(conn),
         )

@@ -29,6 +29,10 @@ class Conflict(UseCaseError):
     """The change clashes with the current state (a duplicate, a resource still in use)."""
 
 
+class NotConfigured(UseCaseError):
+    """The deployment lacks a setting this feature needs (e.g. SECRETS_KEY for tenant secrets)."""
+
+
 class InvalidField(UseCaseError):
     """One field holds a value only the server can refuse (e.g. a reference to a missing resource)."""
 

@@ -3,8 +3,12 @@
 Wire format (https://www.twilio.com/docs/voice/media-streams/websocket-messages): JSON text messages;
 inbound ``connected``, ``start`` (with our ``call_id`` as a custom parameter), ``media`` (base64 μ-law 8 kHz),
 ``dtmf``, ``mark`` (an echo of ours, once the audio before it has played, or at once when cleared), ``stop``;
-outbound ``media``, ``mark``, ``clear``. Every request and the WebSocket upgrade carry ``X-Twilio-Signature``,
-checked when an auth token is configured.
+outbound ``media``, ``mark``, ``clear``. Every request and the WebSocket upgrade carry ``X-Twilio-Signature``.
+
+Fail closed: with ``TWILIO_AUTH_TOKEN`` every signature is checked; without it every request is refused (403),
+unless ``TWILIO_ALLOW_UNSIGNED=true`` says to accept unsigned requests (local development only; ``make run`` sets
+it on an all-embedded stack). Webhook bodies are read up to ``max_webhook_body_bytes`` before the signature can be
+checked; a larger one is refused (413) without reading the rest.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import binascii
 import contextlib
 import json
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request, Response, WebSocket
 from pydantic import Field
@@ -46,9 +51,35 @@ MEDIA_FORMAT = "audio/x-mulaw;rate=8000"
 
 
 class TwilioStreamSettings(TwilioSettings):
-    """Twilio settings of ingress: the webhook's public URL and auth token, and the media stream's limits."""
+    """Twilio settings of ingress: the webhook's public URL and auth token, whether unsigned requests are
+    accepted, and the webhook's and media stream's limits."""
 
+    twilio_allow_unsigned: bool = Field(
+        False, description="Without TWILIO_AUTH_TOKEN, accept Twilio requests unsigned (local development only); "
+        "otherwise they are refused (403). Ignored when a token is set",
+    )
+    max_webhook_body_bytes: int = Field(
+        64 * 1024, ge=1024, description="Larger webhook bodies are refused (413) before the signature is checked "
+        "(Twilio's are a few KiB)",
+    )
     max_ws_message_bytes: int = Field(16 * 1024, description="Larger Twilio messages are a protocol error")
+
+
+class BodyTooLarge(Exception):
+    """A webhook body over ``max_webhook_body_bytes``."""
+
+
+async def read_form(request: Request, limit: int) -> dict[str, str]:
+    """The urlencoded form of a webhook, read incrementally (chunked bodies too) and never past ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 
 def parse_message(raw: str | bytes, limit: int) -> dict[str, Any]:
@@ -161,6 +192,15 @@ class TwilioEndpoint(Endpoint):
         self.settings = settings
         token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
         self.validator = RequestValidator(token) if token else None
+        self.allow_unsigned = self.validator is None and settings.twilio_allow_unsigned
+
+    async def start(self) -> None:
+        if self.allow_unsigned:
+            log.warning("twilio_signatures_not_checked",
+                        detail="TWILIO_ALLOW_UNSIGNED=true and no TWILIO_AUTH_TOKEN: anyone can place calls")
+        elif self.validator is None:
+            log.warning("twilio_requests_refused",
+                        detail="no TWILIO_AUTH_TOKEN: every Twilio webhook and media stream is refused (403)")
 
     def public_url(self, path: str) -> str:
         return self.settings.public_base_url.rstrip("/") + path
@@ -171,30 +211,35 @@ class TwilioEndpoint(Endpoint):
 
     def signature_ok(self, url: str, params: dict[str, Any], signature: str | None) -> bool:
         if self.validator is None:
-            return True
+            return self.allow_unsigned
         return bool(signature) and bool(self.validator.validate(url, params, signature))
 
-    async def _signed_form(self, request: Request, path: str) -> dict[str, str] | None:
-        form = {k: str(v) for k, v in (await request.form()).items()}
+    async def _signed_form(self, request: Request, path: str) -> dict[str, str] | Response:
+        """The webhook's form, or the refusal to answer with (413 too large, 403 not signed)."""
+        try:
+            form = await read_form(request, self.settings.max_webhook_body_bytes)
+        except BodyTooLarge:
+            metrics.ERRORS.labels(SVC, "webhook_too_large").inc()
+            return Response("request body too large", status_code=413)
         url = self.public_url(path) + (f"?{request.url.query}" if request.url.query else "")
         if not self.signature_ok(url, form, request.headers.get("x-twilio-signature")):
             metrics.ERRORS.labels(SVC, "bad_signature").inc()
-            return None
+            return Response("invalid Twilio signature", status_code=403)
         return form
 
     def routes(self, app: FastAPI) -> None:
         @app.post("/twilio/voice")
         async def voice(request: Request) -> Response:
             form = await self._signed_form(request, "/twilio/voice")
-            if form is None:
-                return Response("invalid Twilio signature", status_code=403)
+            if isinstance(form, Response):
+                return form
             return await self.answer(form)
 
         @app.post("/twilio/status")
         async def status(request: Request) -> Response:
             form = await self._signed_form(request, "/twilio/status")
-            if form is None:
-                return Response("invalid Twilio signature", status_code=403)
+            if isinstance(form, Response):
+                return form
             if form.get("CallStatus") in TERMINAL_STATUSES:
                 await self.desk.end_by_provider_id(form.get("CallSid", ""), events.EndReason.status_callback)
             return Response(status_code=204)

@@ -1,0 +1,147 @@
+"""Which endpoint a turn's completion goes to, with which key, through which guard: the platform's key only to the
+platform's endpoint; an agent's own endpoint with its tenant's secret, reached only through the egress guard.
+
+brain on the in-memory bus with the production ``openai`` adapter against the OpenAI-protocol double over real
+HTTP on 127.0.0.1 (an internal address, so the guard refuses it unless ``EGRESS_ALLOW`` names it)."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+from voice_brain.service import BrainService
+from voice_brain.settings import BrainSettings
+from voice_runtime.memory import InMemoryBus
+from voice_runtime.secretbox import SecretBox
+from voice_schemas import events, subjects
+from voice_schemas.agent import LlmSettings
+from voice_schemas.streams import KV_SECRETS
+
+from .calls import Call, make_agent
+from .fake_openai import FakeOpenAI, Script
+
+pytestmark = pytest.mark.integration
+
+PLATFORM_KEY = "sk-platform-do-not-leak"
+TENANT_KEY = "sk-tenant-own-key"
+SECRETS_KEY = base64.b64encode(os.urandom(32)).decode()
+BOX = SecretBox(base64.b64decode(SECRETS_KEY))
+UNREACHABLE = "http://platform-llm.invalid/v1"  # the platform endpoint when a test must not use it
+
+Brain = Callable[..., Any]
+
+
+@pytest.fixture
+async def bus() -> InMemoryBus:
+    return InMemoryBus("test")
+
+
+@pytest.fixture
+async def brain(bus: InMemoryBus, openai_double: FakeOpenAI) -> AsyncIterator[Brain]:
+    """Starts brain with the production ``openai`` provider and the given settings."""
+    openai_double.reset()
+    started: list[BrainService] = []
+
+    async def start(**settings: Any) -> BrainService:
+        s: dict[str, Any] = dict(nats_url="nats://unused:4222", llm_base_url=UNREACHABLE, llm_api_key=PLATFORM_KEY,
+                                 llm_first_token_timeout_s=2.0, llm_total_timeout_s=4.0, secrets_key=SECRETS_KEY,
+                                 shutdown_grace_s=1.0)
+        svc = BrainService(BrainSettings(**(s | settings)))
+        await svc.start(bus)
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in started:
+        await svc.stop()
+
+
+async def put_secret(bus: InMemoryBus, tenant_id: str, name: str, sealed: bytes) -> None:
+    kv = (await bus.provision())[KV_SECRETS.bucket]
+    await kv.put(subjects.secret_key(tenant_id, name), sealed)
+
+
+async def one_turn(bus: InMemoryBus, llm: LlmSettings) -> tuple[list[events.ReplyChunk], list[Any]]:
+    """A call of an agent with ``llm``: its reply to one caller turn, and what brain logged meanwhile."""
+    agent = await make_agent(bus, llm=llm)
+    with capture_logs() as logs:
+        async with Call(bus, agent) as call:
+            await call.wait(events.ReplyChunk, "greeting")
+            await call.pub(events.TranscriptFinalized(utterance_id="u1", text="When do you open?"), turn_id="t1")
+            chunks = [e.data for e in await call.wait(events.ReplyChunk, "t1", final=True)]
+    assert not bus.dead_letters
+    return chunks, logs
+
+
+def no_secret_in(logs: list[Any]) -> None:
+    text = repr(logs)
+    assert PLATFORM_KEY not in text and TENANT_KEY not in text
+
+
+async def test_an_agent_endpoint_on_an_internal_address_is_refused_unless_allow_listed(
+        bus: InMemoryBus, brain: Brain, openai_double: FakeOpenAI) -> None:
+    svc = await brain()  # no EGRESS_ALLOW
+    await put_secret(bus, "t-brain", "llm-key", BOX.seal("t-brain", "llm-key", TENANT_KEY))
+    chunks, logs = await one_turn(bus, LlmSettings(base_url=openai_double.base_url, api_key_secret="llm-key"))
+    assert [c.text for c in chunks] == [svc.settings.apology]
+    assert openai_double.requests == []  # refused at connect time: the double saw nothing
+    failed = [e for e in logs if e["event"] == "reply_failed"]
+    assert failed and "internal address" in failed[0]["reason"] and "EGRESS_ALLOW" in failed[0]["reason"]
+    no_secret_in(logs)
+
+
+async def test_an_allow_listed_agent_endpoint_gets_the_tenant_secret_never_the_platform_key(
+        bus: InMemoryBus, brain: Brain, openai_double: FakeOpenAI) -> None:
+    await brain(egress_allow=f"127.0.0.1:{openai_double.port}")
+    await put_secret(bus, "t-brain", "llm-key", BOX.seal("t-brain", "llm-key", TENANT_KEY))
+    chunks, logs = await one_turn(bus, LlmSettings(base_url=openai_double.base_url, api_key_secret="llm-key"))
+    assert [c.text for c in chunks] == ["Sure. We open at eight in the morning.", "See you then!", ""]
+    assert openai_double.authorizations == [f"Bearer {TENANT_KEY}"]
+    no_secret_in(logs)
+
+
+async def test_an_agent_endpoint_without_a_named_secret_gets_no_key(bus: InMemoryBus, brain: Brain,
+                                                                    openai_double: FakeOpenAI) -> None:
+    await brain(egress_allow=f"127.0.0.1:{openai_double.port}")
+    chunks, _ = await one_turn(bus, LlmSettings(base_url=openai_double.base_url))
+    assert chunks[0].text == "Sure. We open at eight in the morning."
+    assert len(openai_double.authorizations) == 1 and PLATFORM_KEY not in str(openai_double.authorizations)
+
+
+async def test_the_platform_endpoint_gets_the_platform_key(bus: InMemoryBus, brain: Brain,
+                                                           openai_double: FakeOpenAI) -> None:
+    await brain(llm_base_url=openai_double.base_url)  # operator-configured: not guarded, no allow-list needed
+    chunks, _ = await one_turn(bus, LlmSettings())
+    assert chunks[0].text == "Sure. We open at eight in the morning."
+    assert openai_double.authorizations == [f"Bearer {PLATFORM_KEY}"]
+
+
+async def test_a_redirect_to_an_internal_address_is_refused(bus: InMemoryBus, brain: Brain,
+                                                            openai_double: FakeOpenAI) -> None:
+    svc = await brain(egress_allow=f"127.0.0.1:{openai_double.port}")
+    openai_double.reset(Script(redirect_to="http://127.0.0.1:9/v1/chat/completions"))
+    chunks, logs = await one_turn(bus, LlmSettings(base_url=openai_double.base_url))
+    assert [c.text for c in chunks] == [svc.settings.apology]
+    failed = [e for e in logs if e["event"] == "reply_failed"]
+    assert failed and "127.0.0.1:9" in failed[0]["reason"] and "internal address" in failed[0]["reason"]
+
+
+@pytest.mark.parametrize("case", ["other-tenant", "missing", "no-secrets-key"])
+async def test_a_tenant_key_that_cannot_be_had_is_an_apology_and_no_request(
+        bus: InMemoryBus, brain: Brain, openai_double: FakeOpenAI, case: str) -> None:
+    svc = await brain(egress_allow=f"127.0.0.1:{openai_double.port}",
+                      **({"secrets_key": None} if case == "no-secrets-key" else {}))
+    if case == "other-tenant":  # sealed for another tenant, copied under this tenant's name: must not open
+        await put_secret(bus, "t-brain", "llm-key", BOX.seal("t-other", "llm-key", TENANT_KEY))
+    elif case == "no-secrets-key":
+        await put_secret(bus, "t-brain", "llm-key", BOX.seal("t-brain", "llm-key", TENANT_KEY))
+    chunks, logs = await one_turn(bus, LlmSettings(base_url=openai_double.base_url, api_key_secret="llm-key"))
+    assert [c.text for c in chunks] == [svc.settings.apology]
+    assert openai_double.requests == []
+    failed = [e for e in logs if e["event"] == "reply_failed"]
+    assert failed and "llm-key" in failed[0]["reason"]
+    no_secret_in(logs)
