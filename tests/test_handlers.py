@@ -138,15 +138,15 @@ async def test_core_subscriptions_log_garbage_and_survive_handler_errors() -> No
         await svc.stop()
 
 
-SECRETS = {"database_url", "llm_api_key", "llm_base_url", "twilio_auth_token", "bootstrap_admin_key"}
+SECRETS = {"database_url", "llm_api_key", "llm_base_url", "twilio_auth_token", "bootstrap_admin_key", "secrets_key"}
 NEEDS = {
     "ingress": {"twilio_auth_token"},
     "media": set(),
     "stt": set(),
-    "brain": {"llm_api_key", "llm_base_url"},
+    "brain": {"llm_api_key", "llm_base_url", "secrets_key"},
     "tts": set(),
     "analytics": {"database_url"},
-    "control-api": {"database_url", "bootstrap_admin_key"},
+    "control-api": {"database_url", "bootstrap_admin_key", "secrets_key"},
 }
 SETTINGS = {
     "ingress": "voice_ingress.settings:IngressSettings",
@@ -163,7 +163,8 @@ SETTINGS = {
 @pytest.mark.parametrize("service", sorted(SETTINGS))
 def test_a_service_reads_only_the_secrets_it_uses(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for key in SECRETS:
-        monkeypatch.setenv(key.upper(), "postgresql://x@y/z" if key == "database_url" else "secret-value")
+        value = {"database_url": "postgresql://x@y/z", "secrets_key": "A" * 43 + "="}.get(key, "secret-value")
+        monkeypatch.setenv(key.upper(), value)
     module, name = SETTINGS[service].split(":")
     settings = getattr(importlib.import_module(module), name)()
     readable = {k for k in SECRETS if hasattr(settings, k)}

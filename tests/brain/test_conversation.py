@@ -178,7 +178,7 @@ def test_compaction_bounds_the_window_the_summary_and_the_turns() -> None:
         h.compact(limits)
         assert len(h.messages) <= 6 and sum(len(m["content"]) for m in h.messages) <= 400
         assert sum(len(x) + 1 for x in h.summary) <= 300 and all(len(x) <= 40 for x in h.summary)
-        assert len(h.turns) <= 3 and "t%d" % i in h.turns and len(h.recent_turn_ids) <= 5
+        assert len(h.turns) <= 3 and f"t{i}" in h.turns and len(h.recent_turn_ids) <= 5
     summary = h.summary_text()
     assert summary is not None
     # the call's opening lines stay; the middle is dropped (and counted); the latest evicted lines are there

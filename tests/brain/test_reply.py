@@ -35,6 +35,15 @@ class Sink:
         return [c.text for c in self.chunks]
 
 
+async def noting_close(deltas: AsyncIterator[Delta], closed: asyncio.Event) -> AsyncIterator[Delta]:
+    """``deltas``, setting ``closed`` once the streamer has closed them."""
+    try:
+        async for d in deltas:
+            yield d
+    finally:
+        closed.set()
+
+
 async def run(reply: FakeReply, limits: ChatLimits | None = None) -> tuple[ReplyOutcome, Sink]:
     provider = FakeChatProvider(default=reply)
     if limits is not None:
@@ -74,17 +83,8 @@ async def test_interruption_mid_sentence_emits_nothing_more_and_closes_the_strea
         content="Once upon a time there was a baker. She baked bread every single day of the week.",
         token_delay_s=0.02))
     model = provider.model(Endpoint("http://llm.test/v1"), "m")
-    sink = Sink()
-    closed = asyncio.Event()
-
-    async def deltas() -> AsyncIterator[Delta]:
-        try:
-            async for d in model.stream(REQUEST):
-                yield d
-        finally:
-            closed.set()
-
-    task = asyncio.create_task(stream_reply(deltas(), sink, apology=APOLOGY))
+    sink, closed = Sink(), asyncio.Event()
+    task = asyncio.create_task(stream_reply(noting_close(model.stream(REQUEST), closed), sink, apology=APOLOGY))
     await asyncio.wait_for(sink.first.wait(), 2)
     await asyncio.sleep(0.05)  # the model is now in the middle of the second sentence
     task.cancel()  # a barge-in
@@ -153,15 +153,8 @@ async def test_a_reply_superseded_on_this_replica_stops_at_once_and_closes_with_
                                                   stall_after_chars=44))  # then the model stalls mid-sentence
     model = provider.model(Endpoint("http://llm.test/v1"), "m")
     sink, stop, closed = Sink(), asyncio.Event(), asyncio.Event()
-
-    async def deltas() -> AsyncIterator[Delta]:
-        try:
-            async for d in model.stream(REQUEST):
-                yield d
-        finally:
-            closed.set()
-
-    task = asyncio.create_task(stream_reply(deltas(), sink, apology=APOLOGY, stop=stop))
+    task = asyncio.create_task(stream_reply(noting_close(model.stream(REQUEST), closed), sink, apology=APOLOGY,
+                                            stop=stop))
     await asyncio.wait_for(sink.first.wait(), 2)
     stop.set()  # a newer caller turn
     outcome = await asyncio.wait_for(task, 2)  # not the model's limits: the pending read is cancelled

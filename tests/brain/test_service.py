@@ -273,3 +273,12 @@ async def test_a_long_call_keeps_a_bounded_history(memory_bus: InMemoryBus, memo
         await memory_bus.settle()
         assert len(llm.requests) == requests and len(call.of(events.ReplyChunk, "t199")) == 2
         assert not memory_bus.dead_letters
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("bad", [{"egress_allow": "10.0.0.5"}, {"secrets_key": "not base64"},
+                                 {"secrets_key": "c2hvcnQ="}], ids=["allow-list-entry-without-port",
+                                                                     "key-not-base64", "key-too-short"])
+def test_a_malformed_egress_allow_list_or_secrets_key_stops_start_up(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"host:port|SECRETS_KEY"):
+        BrainService(BrainSettings(**bad), chat=FakeChatProvider())

@@ -39,6 +39,31 @@ async def ok(response: httpx.Response, status: int | tuple[int, ...] = (200, 201
     return response.json() if response.content else None
 
 
+# every table whose rows belong to one tenant (a tenant_id column)
+TENANT_TABLES = (
+    "users",
+    "api_keys",
+    "refresh_tokens",
+    "agents",
+    "agent_versions",
+    "phone_numbers",
+    "webhooks",
+    "tenant_secrets",
+    "calls",
+    "call_turns",
+    "audit_log",
+)
+
+
+def problem(r: httpx.Response, status: int) -> dict[str, Any]:
+    """The problem+json body of ``r``, which must answer ``status``."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = r.json()
+    assert body["status"] == status
+    return body
+
+
 @dataclass
 class TenantCreds:
     """One tenant with an admin key, an admin and two supervisors (logged in), and a supervisor key."""

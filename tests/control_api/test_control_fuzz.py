@@ -50,6 +50,8 @@ def fuzz_tenant(live_server: LiveServer) -> FuzzTenant:
             return str(r.json()["id"])
 
         agent = make("/v1/agents", {"name": "fuzz"})
+        r = http.put("/v1/secrets/fuzz_key", json={"value": "sk-fuzz"}, headers=auth)
+        assert r.status_code == 201, r.text
         ids = {
             "tenant_id": tenant["id"],
             "agent_id": agent,
@@ -57,6 +59,7 @@ def fuzz_tenant(live_server: LiveServer) -> FuzzTenant:
             "webhook_id": make("/v1/webhooks", {"url": "https://h.example.com/f", "events": ["*"]}),
             "user_id": make("/v1/users", {"email": unique_email("fuzz"), "password": PASSWORD}),
             "key_id": make("/v1/api-keys", {"name": "fuzz"}),
+            "name": "fuzz_key",
         }
         return FuzzTenant(key=tenant["admin_api_key"], ids=ids)
 

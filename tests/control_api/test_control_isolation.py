@@ -32,7 +32,7 @@ from nats.js.errors import KeyNotFoundError
 from voice_control_api.service import ControlApiService
 from voice_schemas import subjects
 
-from .helpers import BOOTSTRAP_KEY, PASSWORD, TenantCreds, bearer, ok, unique_email, unique_number
+from .helpers import BOOTSTRAP_KEY, PASSWORD, TENANT_TABLES, TenantCreds, bearer, ok, unique_email, unique_number
 
 pytestmark = pytest.mark.integration
 
@@ -273,21 +273,6 @@ def _detail(r: httpx.Response) -> Any:
     return None
 
 
-TENANT_TABLES = (
-    "users",
-    "api_keys",
-    "refresh_tokens",
-    "agents",
-    "agent_versions",
-    "phone_numbers",
-    "webhooks",
-    "tenant_secrets",
-    "calls",
-    "call_turns",
-    "audit_log",
-)
-
-
 async def tenant_state(database_url: str, service: ControlApiService, tenant_id: str) -> dict[str, Any]:
     """Everything the tenant holds: its rows in PostgreSQL (a key's last use aside) and its keys in KV."""
     conn = await asyncpg.connect(database_url)
@@ -300,15 +285,18 @@ async def tenant_state(database_url: str, service: ControlApiService, tenant_id:
                 f"SELECT (to_jsonb(t) - 'last_used_at')::text AS row FROM {table} t WHERE tenant_id = $1", tenant_id
             )
             state[table] = sorted(r["row"] for r in rows)
-        keys = [("agents", subjects.agent_key(r["id"])) for r in await conn.fetch(
-            "SELECT id FROM agents WHERE tenant_id = $1", tenant_id
-        )]
-        keys += [("numbers", subjects.number_key(r["number"])) for r in await conn.fetch(
-            "SELECT number FROM phone_numbers WHERE tenant_id = $1", tenant_id
-        )]
-        keys += [("secrets", subjects.secret_key(tenant_id, r["name"])) for r in await conn.fetch(
-            "SELECT name FROM tenant_secrets WHERE tenant_id = $1", tenant_id
-        )]
+        keys = [
+            ("agents", subjects.agent_key(r["id"]))
+            for r in await conn.fetch("SELECT id FROM agents WHERE tenant_id = $1", tenant_id)
+        ]
+        keys += [
+            ("numbers", subjects.number_key(r["number"]))
+            for r in await conn.fetch("SELECT number FROM phone_numbers WHERE tenant_id = $1", tenant_id)
+        ]
+        keys += [
+            ("secrets", subjects.secret_key(tenant_id, r["name"]))
+            for r in await conn.fetch("SELECT name FROM tenant_secrets WHERE tenant_id = $1", tenant_id)
+        ]
     finally:
         await conn.close()
     for bucket, key in keys:

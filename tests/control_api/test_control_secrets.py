@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-from typing import Any
 
 import asyncpg
 import httpx
@@ -17,19 +16,11 @@ from voice_runtime.secretbox import SecretBox, SecretError, parse_key
 from voice_schemas import subjects
 
 from .conftest import make_settings
-from .helpers import BOOTSTRAP_KEY, SECRETS_KEY, TenantCreds, bearer, ok, populate
+from .helpers import BOOTSTRAP_KEY, SECRETS_KEY, TenantCreds, bearer, ok, populate, problem
 
 pytestmark = pytest.mark.integration
 
 BOX = SecretBox(parse_key(SECRETS_KEY))
-
-
-def problem(r: httpx.Response, status: int) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = r.json()
-    assert body["status"] == status
-    return body
 
 
 def fresh_value() -> str:

@@ -9,6 +9,7 @@ drops the queued audio and returns the cleared marks at once (as Twilio does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -173,6 +174,16 @@ class Ingress:
 
     async def stop(self) -> None:
         await self.service.stop()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, **settings: Any) -> AsyncIterator[Ingress]:
+        ingress = cls(**settings)
+        await ingress.start()
+        try:
+            yield ingress
+        finally:
+            await ingress.stop()
 
     async def call(self, transport: FakeTransport, *,
                    provider_call_id: str | None = None) -> tuple[str, asyncio.Task[None]]:

@@ -24,12 +24,8 @@ pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 @pytest.fixture
 async def ingress() -> AsyncIterator[Ingress]:
-    i = Ingress()
-    await i.start()
-    try:
+    async with Ingress.running() as i:
         yield i
-    finally:
-        await i.stop()
 
 
 async def control(i: Ingress, call_id: str, cmd: Any, *, epoch: int = 0, turn_id: str | None = None) -> None:
@@ -171,9 +167,7 @@ async def test_pause_holds_audio_and_resume_continues_where_it_paused(ingress: I
 
 
 async def test_a_backchannel_pause_then_resume_continues_the_same_reply() -> None:
-    i = Ingress(playout_gap_ms=200)
-    await i.start()
-    try:
+    async with Ingress.running(playout_gap_ms=200) as i:
         t = FakeTransport()
         call_id, _ = await i.call(t)
         for chunk in reply("t1", [5] * 10):  # 1 s of audio
@@ -190,8 +184,6 @@ async def test_a_backchannel_pause_then_resume_continues_the_same_reply() -> Non
         assert [tag(s.data) for s in t.of("audio")] == [f"t1/{c}/{n}" for c in range(10) for n in range(5)]
         assert not t.of("clear")
         assert finished(i, call_id, "t1") == [events.PlayoutFinished(cleared=False, heard_chunks=list(range(10)))]
-    finally:
-        await i.stop()
 
 
 async def test_caller_hang_up_ends_the_call_and_frees_its_state(ingress: Ingress) -> None:
@@ -298,6 +290,28 @@ async def test_stopping_the_service_ends_live_calls() -> None:
     assert i.events(events.CallEnded, call_id=call_id)[0].data.reason == events.EndReason.shutdown
 
 
+async def connecting(ingress: Ingress, provider_call_id: str | None = None) -> tuple[str, FakeTransport,
+                                                                                    asyncio.Task[None]]:
+    """A created call whose caller connects, served without waiting for it to be answered."""
+    call_id = await ingress.service.create_call(channel=events.Channel.test, to_number=NUMBER,
+                                                from_number="+15550199", provider_call_id=provider_call_id)
+    assert call_id is not None
+    t = FakeTransport()
+    t.push(Started(call_id=call_id, stream_id=t.stream_id))
+    return call_id, t, asyncio.create_task(ingress.service.serve(t, t.messages()))
+
+
+async def assert_nothing_left_of(ingress: Ingress, call_id: str) -> events.CallEnded:
+    """The call left no registration, per-call subscription or playout task behind; its one CallEnded."""
+    await ingress.bus.settle()
+    assert call_id not in ingress.service.sessions
+    assert not [s for s in ingress.bus._subs if call_id in s.subject]
+    assert not [x for x in asyncio.all_tasks() if x.get_name() == f"playout:{call_id}" and not x.done()]
+    [ended] = ingress.events(events.CallEnded, call_id=call_id)
+    data: events.CallEnded = ended.data
+    return data
+
+
 async def test_a_call_whose_answer_cannot_be_published_ends_and_frees_everything(
         ingress: Ingress, monkeypatch: pytest.MonkeyPatch) -> None:
     publish = ingress.bus.publish
@@ -308,18 +322,10 @@ async def test_a_call_whose_answer_cannot_be_published_ends_and_frees_everything
         return await publish(env, **kw)
 
     monkeypatch.setattr(ingress.bus, "publish", failing)
-    call_id = await ingress.service.create_call(channel=events.Channel.test, to_number=NUMBER,
-                                                from_number="+15550199", provider_call_id=None)
-    assert call_id is not None
-    t = FakeTransport()
-    t.push(Started(call_id=call_id, stream_id=t.stream_id))
-    await asyncio.wait_for(ingress.service.serve(t, t.messages()), 5)
-    await ingress.bus.settle()
-    assert call_id not in ingress.service.sessions
-    assert not [s for s in ingress.bus._subs if call_id in s.subject]
-    assert not [task for task in asyncio.all_tasks() if task.get_name() == f"playout:{call_id}" and not task.done()]
-    [ended] = ingress.events(events.CallEnded, call_id=call_id)
-    assert ended.data.reason == events.EndReason.error and "bus down" in (ended.data.detail or "")
+    call_id, t, task = await connecting(ingress)
+    await asyncio.wait_for(task, 5)
+    ended = await assert_nothing_left_of(ingress, call_id)
+    assert ended.reason == events.EndReason.error and "bus down" in (ended.detail or "")
     assert t.closed_with == events.EndReason.error
 
 
@@ -335,29 +341,17 @@ async def test_a_connection_cancelled_while_its_call_opens_ends_the_call_and_fre
         return await publish(env, **kw)
 
     monkeypatch.setattr(ingress.bus, "publish", stuck)
-    call_id = await ingress.service.create_call(channel=events.Channel.test, to_number=NUMBER,
-                                                from_number="+15550199", provider_call_id=None)
-    assert call_id is not None
-    t = FakeTransport()
-    t.push(Started(call_id=call_id, stream_id=t.stream_id))
-    task = asyncio.create_task(ingress.service.serve(t, t.messages()))
+    call_id, t, task = await connecting(ingress)
     await asyncio.wait_for(answering.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await ingress.bus.settle()
-    assert call_id not in ingress.service.sessions
-    assert not [s for s in ingress.bus._subs if call_id in s.subject]
-    assert not [x for x in asyncio.all_tasks() if x.get_name() == f"playout:{call_id}" and not x.done()]
-    [ended] = ingress.events(events.CallEnded, call_id=call_id)
-    assert ended.data.reason == events.EndReason.shutdown
-    assert t.closed_with == events.EndReason.shutdown
+    ended = await assert_nothing_left_of(ingress, call_id)
+    assert ended.reason == events.EndReason.shutdown and t.closed_with == events.EndReason.shutdown
 
 
 async def test_a_reply_whose_last_frame_never_comes_is_closed_after_the_gap_and_the_next_reply_plays() -> None:
-    i = Ingress(playout_gap_ms=300)
-    await i.start()
-    try:
+    async with Ingress.running(playout_gap_ms=300) as i:
         t = FakeTransport()
         call_id, _ = await i.call(t)
         lost = reply("t1", [4, 4])
@@ -371,14 +365,11 @@ async def test_a_reply_whose_last_frame_never_comes_is_closed_after_the_gap_and_
         await i.bus.wait_for(lambda: finished(i, call_id, "t2"), timeout=5)
         assert [tag(s.data) for s in t.of("audio")][7:] == [f"t2/0/{n}" for n in range(3)]
         assert finished(i, call_id, "t2") == [events.PlayoutFinished(cleared=False, heard_chunks=[0])]
-    finally:
-        await i.stop()
 
 
 async def test_a_reply_superseded_by_a_newer_turn_does_not_hold_its_audio() -> None:
-    i = Ingress(playout_gap_ms=10_000)  # far longer than the test: the newer turn's audio alone moves playout on
-    await i.start()
-    try:
+    # a gap far longer than the test: the newer turn's audio alone moves playout on
+    async with Ingress.running(playout_gap_ms=10_000) as i:
         t = FakeTransport()
         call_id, _ = await i.call(t)
         # brain superseded t1 after its first sentence: no final chunk will ever come
@@ -399,8 +390,6 @@ async def test_a_reply_superseded_by_a_newer_turn_does_not_hold_its_audio() -> N
             await i.send_agent_audio(call_id, chunk)
         await i.bus.wait_for(lambda: finished(i, call_id, "t4"), timeout=5)
         assert [tag(s.data) for s in t.of("audio")][-2:] == ["t4/0/0", "t4/0/1"]
-    finally:
-        await i.stop()
 
 
 async def test_a_call_ended_while_it_opens_keeps_nothing_of_what_opening_still_set_up(
@@ -415,20 +404,11 @@ async def test_a_call_ended_while_it_opens_keeps_nothing_of_what_opening_still_s
         return await subscribe(subject, cb)
 
     monkeypatch.setattr(ingress.bus, "subscribe", slow)
-    call_id = await ingress.service.create_call(channel=events.Channel.test, to_number=NUMBER,
-                                                from_number="+15550199", provider_call_id="CA77")
-    assert call_id is not None
-    t = FakeTransport()
-    t.push(Started(call_id=call_id, stream_id=t.stream_id))
-    task = asyncio.create_task(ingress.service.serve(t, t.messages()))
+    call_id, _, task = await connecting(ingress, provider_call_id="CA77")
     await asyncio.wait_for(subscribing.wait(), 5)
     await ingress.service.end_by_provider_id("CA77", events.EndReason.status_callback)  # Twilio says it is over
     go_on.set()
     await asyncio.wait_for(task, 5)
-    await ingress.bus.settle()
-    assert call_id not in ingress.service.sessions
-    assert not [s for s in ingress.bus._subs if call_id in s.subject]
-    assert not [x for x in asyncio.all_tasks() if x.get_name() == f"playout:{call_id}" and not x.done()]
+    ended = await assert_nothing_left_of(ingress, call_id)
+    assert ended.reason == events.EndReason.status_callback
     assert not ingress.events(events.CallAnswered, call_id=call_id)
-    [ended] = ingress.events(events.CallEnded, call_id=call_id)
-    assert ended.data.reason == events.EndReason.status_callback

@@ -48,3 +48,16 @@ def test_the_users_own_twilio_settings_win() -> None:
     assert "checked with TWILIO_AUTH_TOKEN" in twilio_note({"TWILIO_AUTH_TOKEN": "tok"})
     assert twilio_env(embedded(), {"TWILIO_ALLOW_UNSIGNED": "false"}) == {}
     assert "refuses" in twilio_note({"TWILIO_ALLOW_UNSIGNED": "false"})
+
+
+def test_make_run_gives_the_secrets_key_only_to_the_services_that_use_it(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from voice_devstack import stack
+
+    monkeypatch.setenv("STATE_DIR", str(tmp_path))
+    key = stack.dev_secrets_key({})
+    assert key == stack.dev_secrets_key({}), "generated once, then reused"
+    assert (tmp_path / "secrets.key").stat().st_mode & 0o777 == 0o600
+    env = {"SECRETS_KEY": "leaked", "PATH": "/bin"}
+    for name, _, _ in stack.SERVICES:
+        got = stack.service_env(name, env, key)
+        assert got.get("SECRETS_KEY") == (key if name in ("control-api", "brain") else None), name

@@ -12,6 +12,7 @@ All state lives under ``STATE_DIR`` (default ``.state/`` in the repository, git-
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import importlib.util
 import os
@@ -23,7 +24,7 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,6 +269,54 @@ def resolve() -> Resolved:
 
 
 # ---------------------------------------------------------------------------- make run
+TRUE = ("1", "true", "t", "yes", "y", "on")
+
+
+def twilio_env(r: Resolved, environ: Mapping[str, str]) -> dict[str, str]:
+    """What `make run` adds to ingress's environment for Twilio: ``TWILIO_ALLOW_UNSIGNED=true`` only when the whole
+    stack is embedded (NATS, PostgreSQL and the LLM all started here; none given by the user or found running)
+    and the user set neither a token nor the flag. Pointed at real infrastructure, unsigned requests stay refused."""
+    if environ.get("TWILIO_AUTH_TOKEN") or "TWILIO_ALLOW_UNSIGNED" in environ:
+        return {}
+    given = any(environ.get(k) for k in ("NATS_URL", "DATABASE_URL", "LLM_BASE_URL"))
+    if given or not (r.nats_cmd and r.postgres is not None and r.llm_cmd):
+        return {}
+    return {"TWILIO_ALLOW_UNSIGNED": "true"}
+
+
+# the services that seal or open tenant secrets; no other service is given SECRETS_KEY
+SECRETS_USERS = ("control-api", "brain")
+
+
+def dev_secrets_key(environ: Mapping[str, str]) -> str:
+    """SECRETS_KEY for `make run`: the user's, else one generated once and kept under the state dir (0600)."""
+    given = environ.get("SECRETS_KEY")
+    if given:
+        return given
+    path = state_dir() / "secrets.key"
+    if not path.exists():
+        path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def service_env(name: str, env: Mapping[str, str], secrets_key: str) -> dict[str, str]:
+    out = {k: v for k, v in env.items() if k != "SECRETS_KEY"}
+    if name in SECRETS_USERS:
+        out["SECRETS_KEY"] = secrets_key
+    return out
+
+
+def twilio_note(env: Mapping[str, str]) -> str:
+    """The banner's line on how ingress treats Twilio requests."""
+    if env.get("TWILIO_AUTH_TOKEN"):
+        return " Twilio: signatures checked with TWILIO_AUTH_TOKEN"
+    if env.get("TWILIO_ALLOW_UNSIGNED", "").strip().lower() in TRUE:
+        return (" Twilio: signatures NOT checked (TWILIO_ALLOW_UNSIGNED=true: all-embedded dev stack); anyone who\n"
+                "         reaches ingress can place calls. Set TWILIO_AUTH_TOKEN before exposing it.")
+    return " Twilio: ingress refuses Twilio requests (403): set TWILIO_AUTH_TOKEN to take calls"
+
+
 def run() -> int:
     from honcho.manager import Manager
     from honcho.printer import Printer
@@ -286,13 +335,16 @@ def run() -> int:
         PYTHONUNBUFFERED="1",
     )
     env.setdefault("LLM_MODEL", "smollm2")
+    env.update(twilio_env(r, os.environ))
     manager = Manager(Printer(sys.stdout))
     if r.nats_cmd:
         manager.add_process("nats", subprocess.list2cmdline(r.nats_cmd), env=env)
     if r.llm_cmd:
         manager.add_process("llm", subprocess.list2cmdline(r.llm_cmd), env=env)
+    secrets_key = dev_secrets_key(os.environ)
     for name, module, _port in SERVICES:
-        manager.add_process(name, subprocess.list2cmdline([sys.executable, "-m", module]), env=env)
+        manager.add_process(name, subprocess.list2cmdline([sys.executable, "-m", module]),
+                            env=service_env(name, env, secrets_key))
 
     def banner() -> None:
         deadline = time.monotonic() + 120
@@ -320,6 +372,7 @@ def run() -> int:
         lines += [
             f" Point a caller at: Twilio voice webhook  {public}/twilio/voice  (POST)",
             f"                    media stream           {public.replace('http', 'ws', 1)}/twilio/media",
+            twilio_note(env),
             " Control API docs:  http://127.0.0.1:8000/docs      Ctrl-C stops everything",
             "=" * 72,
         ]

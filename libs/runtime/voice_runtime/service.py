@@ -185,6 +185,8 @@ def run_service(factory: Callable[[], Service], *, ws: bool = False) -> None:
         port=s.http_port,
         log_config=None,
         access_log=False,
+        # the client address comes from the socket; control-api trusts forwarded headers only from TRUSTED_PROXIES
+        proxy_headers=False,
         lifespan="on",
         timeout_graceful_shutdown=int(s.shutdown_grace_s),
         ws="websockets-sansio" if ws else "auto",

@@ -72,6 +72,8 @@ async def _next(deltas: AsyncIterator[Delta], halt: asyncio.Future[Any] | None) 
             reading.cancel()
             await asyncio.wait({reading})
     if halt.done():
+        if not reading.cancelled():
+            reading.exception()  # retrieved: being superseded wins over a model failure at the same moment
         raise ReplySuperseded
     return reading.result()
 

@@ -201,7 +201,8 @@ class BrainService(Service):
 
             try:
                 endpoint = await endpoints.for_agent(env.tenant_id, agent.llm)
-            except Exception as e:  # EndpointRefused: no key to be had
+            except Exception as e:  # EndpointRefused (no key to be had): the apology, like any model failure
+                metrics.ERRORS.labels(self.name, "llm_endpoint_refused").inc()
                 deltas = _failing(e)
             else:
                 deltas = self.chat.model(endpoint, agent.llm.model or self.settings.llm_model).stream(request)

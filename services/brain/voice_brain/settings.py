@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from voice_runtime.egress import EgressPolicy
-from voice_runtime.secretbox import parse_key
+from pydantic import AliasChoices, Field
 from voice_runtime.settings import CommonSettings, EgressSettings, LlmSettings, SecretsSettings
 
 
 class BrainSettings(LlmSettings, SecretsSettings, EgressSettings, CommonSettings):
+    """``EGRESS_ALLOW`` and ``SECRETS_KEY`` are parsed when the service is built (``BrainService.__init__``): a
+    malformed value stops start-up, not an agent's first turn."""
+
     service_name: str = "brain"
     http_port: int = Field(8083, validation_alias=AliasChoices("BRAIN_HTTP_PORT", "HTTP_PORT"))
     llm_provider: str = Field("openai", description="Chat-model provider (voice_brain.chat.registry); "
@@ -19,15 +20,3 @@ class BrainSettings(LlmSettings, SecretsSettings, EgressSettings, CommonSettings
                                       "prompt; older ones live on in a bounded summary")
     apology: str = "Sorry, I'm having trouble answering right now. Could you say that again?"
 
-    @field_validator("egress_allow")
-    @classmethod
-    def _egress_allow(cls, v: str) -> str:
-        EgressPolicy.parse(v)  # refuse a malformed allow-list at start-up, not at the first agent's turn
-        return v
-
-    @field_validator("secrets_key")
-    @classmethod
-    def _secrets_key(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None:
-            parse_key(v.get_secret_value())
-        return v

@@ -35,8 +35,8 @@ from .settings import ControlApiSettings
 log = get_logger(__name__)
 
 DESCRIPTION = """
-Tenants, users and roles, API keys, versioned agents, phone numbers, calls and transcripts, webhooks
-and the audit log of the voice platform.
+Tenants, users and roles, API keys, versioned agents, phone numbers, calls and transcripts, webhooks,
+tenant secrets and the audit log of the voice platform.
 
 **Authentication**: `Authorization: Bearer <key>` with an API key (`vk_...`), or with an access token
 from `POST /v1/auth/login` (console users).

@@ -116,6 +116,8 @@ DATABASE_URL: {block: database, inline: url}
 LLM_API_KEY: {block: llm, inline: apiKey}
 TWILIO_AUTH_TOKEN: {block: twilio, inline: authToken}
 BOOTSTRAP_ADMIN_KEY: {block: bootstrapAdmin, inline: key}
+SECRETS_KEY: {block: tenantSecrets, inline: key}
+LOG_REDACTION_KEY: {block: logRedaction, inline: key}
 {{- end }}
 
 {{/* Inline secret values that go into the chart-managed Secret, as a dict. */}}
@@ -146,10 +148,21 @@ Precedence: the service's `env`, then the global `env`, then what the chart deri
   "HTTP_HOST" "0.0.0.0"
   "HTTP_PORT" $svc.port
   "SHUTDOWN_GRACE_S" (max 1 (sub (sub (int $svc.terminationGracePeriodSeconds) (int $v.preStopSleepSeconds)) 5))
-  "OTEL_EXPORTER_OTLP_ENDPOINT" $v.otel.endpoint
-  "LLM_BASE_URL" $v.llm.baseUrl
-  "LLM_MODEL" $v.llm.model
-  "PUBLIC_BASE_URL" (include "voice.publicBaseUrl" $root) }}
+  "OTEL_EXPORTER_OTLP_ENDPOINT" $v.otel.endpoint }}
+{{- /* settings reach only the services that read them */}}
+{{- if eq $name "brain" }}
+{{- $_ := set $derived "LLM_BASE_URL" $v.llm.baseUrl }}
+{{- $_ := set $derived "LLM_MODEL" $v.llm.model }}
+{{- end }}
+{{- if eq $name "ingress" }}
+{{- $_ := set $derived "PUBLIC_BASE_URL" (include "voice.publicBaseUrl" $root) }}
+{{- end }}
+{{- if or (eq $name "brain") (eq $name "control-api") }}
+{{- $_ := set $derived "EGRESS_ALLOW" (join "," ($v.egressAllow | default list)) }}
+{{- end }}
+{{- if eq $name "control-api" }}
+{{- $_ := set $derived "TRUSTED_PROXIES" (join "," ($v.trustedProxies | default list)) }}
+{{- end }}
 {{- if and (eq $name "ingress") $v.sip.enabled }}
 {{- $_ := set $derived "SIP_PORT" $v.sip.port }}
 {{- $_ := set $derived "RTP_PORT_MIN" $v.sip.rtpPortStart }}

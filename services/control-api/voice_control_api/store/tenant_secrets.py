@@ -27,9 +27,7 @@ async def put(conn: asyncpg.Connection, tenant_id: str, name: str, sealed: bytes
     return TenantSecret(**columns), created
 
 
-async def get(
-    conn: asyncpg.Connection, tenant_id: str, name: str, *, lock: str | None = None
-) -> TenantSecret | None:
+async def get(conn: asyncpg.Connection, tenant_id: str, name: str, *, lock: str | None = None) -> TenantSecret | None:
     """``lock``: None, "share" (it must outlive this transaction: a reference to it is being written) or
     "update" (it is being deleted)."""
     clause = {None: "", "share": " FOR SHARE", "update": " FOR UPDATE"}[lock]
@@ -54,9 +52,7 @@ async def delete(conn: asyncpg.Connection, tenant_id: str, name: str) -> None:
 
 
 async def sealed(conn: asyncpg.Connection, tenant_id: str, name: str) -> bytes | None:
-    value = await conn.fetchval(
-        "SELECT sealed FROM tenant_secrets WHERE tenant_id = $1 AND name = $2", tenant_id, name
-    )
+    value = await conn.fetchval("SELECT sealed FROM tenant_secrets WHERE tenant_id = $1 AND name = $2", tenant_id, name)
     return bytes(value) if value is not None else None
 
 
