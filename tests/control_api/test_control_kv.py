@@ -113,10 +113,12 @@ async def test_resync_repairs_drift_and_never_rolls_back(
     await agents_kv.put(subjects.agent_version_key(ghost.id, 1), ghost.model_dump_json().encode())
     await numbers_kv.put("n19995550000", b'{"number": "+19995550000", "tenant_id": "x", "agent_id": "y"}')
 
-    report = await service.resync()
-    assert {subjects.agent_key(ghost.id), subjects.agent_version_key(ghost.id, 1), "n19995550000"} <= set(
-        report.keys_deleted
-    )
+    await service.resync()
+    # the service's own background resync (periodic, or asked for by a failed KV write of another test) may
+    # repair the drift first: what is checked is the state of KV, not which resync did it
+    for bucket, key in (("agents", subjects.agent_key(ghost.id)), ("agents", subjects.agent_version_key(ghost.id, 1)),
+                        ("numbers", "n19995550000")):
+        assert await kv_json(service, bucket, key) is None, key
     assert (await kv_json(service, "agents", subjects.agent_key(agent["id"])) or {})["version"] == 1
     assert (await kv_json(service, "numbers", subjects.number_key(number)) or {})["agent_id"] == agent["id"]
     assert await kv_json(service, "agents", subjects.agent_key(ghost.id)) is None
