@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .egress import EgressPolicy
+from .secretbox import SecretBox, parse_key
 
 
 class _Settings(BaseSettings):
@@ -73,9 +76,28 @@ class SecretsSettings(_Settings):
         None, description="32 random bytes, base64 (openssl rand -base64 32). Unset: tenant secrets are refused"
     )
 
+    @field_validator("secrets_key")
+    @classmethod
+    def _secrets_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_key(value.get_secret_value())  # refused at start-up, without quoting the value
+        return value
+
+    def secret_box(self) -> SecretBox | None:
+        return SecretBox(parse_key(self.secrets_key.get_secret_value())) if self.secrets_key else None
+
 
 class EgressSettings(_Settings):
     """Which internal host:port entries tenant-controlled URLs may reach (every other internal address is
     refused; see voice_runtime.egress)."""
 
     egress_allow: str = Field("", description="Comma-separated host:port entries tenant URLs may reach")
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _egress_allow(cls, value: str) -> str:
+        EgressPolicy.parse(value)
+        return value
+
+    def egress_policy(self) -> EgressPolicy:
+        return EgressPolicy.parse(self.egress_allow)

@@ -14,10 +14,8 @@ from opentelemetry import trace
 from voice_runtime import metrics
 from voice_runtime.agents import AgentDirectory
 from voice_runtime.bus import Transient
-from voice_runtime.egress import EgressPolicy
 from voice_runtime.handlers import Handlers
 from voice_runtime.logging import get_logger
-from voice_runtime.secretbox import SecretBox, parse_key
 from voice_runtime.service import Service
 from voice_schemas import AgentConfig, Envelope, events, make, subjects
 from voice_schemas.streams import BRAIN_TURNS, KV_HISTORY, KV_SECRETS
@@ -73,8 +71,8 @@ class BrainService(Service):
         self.history: HistoryStore | None = None
         self.directory: AgentDirectory | None = None
         self.endpoints: AgentEndpoints | None = None
-        self._egress = EgressPolicy.parse(settings.egress_allow)
-        self._box = SecretBox(parse_key(settings.secrets_key.get_secret_value())) if settings.secrets_key else None
+        self._egress = settings.egress_policy()
+        self._box = settings.secret_box()
 
     async def on_start(self) -> None:
         s = self.settings

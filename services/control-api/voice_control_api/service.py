@@ -11,9 +11,7 @@ import asyncpg
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 from voice_runtime import db
-from voice_runtime.egress import EgressPolicy
 from voice_runtime.logging import get_logger
-from voice_runtime.secretbox import SecretBox, parse_key
 from voice_runtime.service import Service
 from voice_schemas.streams import KV_AGENTS, KV_NUMBERS, KV_SECRETS
 
@@ -84,8 +82,8 @@ class ControlApiService(Service):
             limiter=RateLimiter(s.rate_limit_per_s, s.rate_limit_burst),
             request_resync=self._resync_wanted.set,
             proxies=TrustedProxies.parse(s.trusted_proxies, s.forwarded_header),
-            egress=EgressPolicy.parse(s.egress_allow),
-            secret_box=SecretBox(parse_key(s.secrets_key.get_secret_value())) if s.secrets_key else None,
+            egress=s.egress_policy(),
+            secret_box=s.secret_box(),
         )
         report = await self.resync()
         log.info(

@@ -6,8 +6,6 @@ from typing import Annotated
 
 from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
-from voice_runtime.egress import EgressPolicy
-from voice_runtime.secretbox import parse_key
 from voice_runtime.settings import (
     BootstrapSettings,
     CommonSettings,
@@ -67,19 +65,6 @@ class ControlApiSettings(DatabaseSettings, BootstrapSettings, SecretsSettings, E
     @classmethod
     def _proxies(cls, value: str) -> str:
         TrustedProxies.parse(value)
-        return value
-
-    @field_validator("egress_allow")
-    @classmethod
-    def _egress(cls, value: str) -> str:
-        EgressPolicy.parse(value)
-        return value
-
-    @field_validator("secrets_key")
-    @classmethod
-    def _secrets_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            parse_key(value.get_secret_value())
         return value
 
     @property
