@@ -34,6 +34,9 @@ HANGUP_PLAYOUT_LIMIT_S = 20.0  # an agent hang-up waits at most this long for it
 # per-call bounds: marks in flight stay within the playout lead (a few); turns are remembered briefly
 MAX_PENDING_MARKS = 256
 MAX_REMEMBERED_TURNS = 16
+# per-frame counters, resolved once (50 frames/s per direction per call)
+_FRAMES_IN = metrics.AUDIO_FRAMES.labels(SVC, "in", "ok")
+_FRAMES_OUT = metrics.AUDIO_FRAMES.labels(SVC, "out", "ok")
 
 
 class Clock(Protocol):
@@ -93,6 +96,7 @@ class CallSession:
         self.record, self.transport, self.bus, self._subscriber = record, transport, bus, subscriber
         self.clock: Clock = clock or LoopClock()
         self.call_id, self.tenant_id = record.call_id, record.tenant_id
+        self._audio_in = subjects.audio_in(self.call_id)  # built (and validated) once, used per frame
         self.lead_frames = max(0, lead_ms // 20)
         self._on_closed = on_closed
         self.buffer = PlayoutBuffer(gap_s=gap_ms / 1000)
@@ -195,8 +199,8 @@ class CallSession:
             self.seq_in += 1
             self.media_ms += 20
             frame = AudioFrame(pcm=pcm, seq=self.seq_in, epoch=self.buffer.epoch, ts_ms=self.media_ms)
-            await self.bus.publish_nowait(subjects.audio_in(self.call_id), pcm, frame.headers())
-            metrics.AUDIO_FRAMES.labels(SVC, "in", "ok").inc()
+            await self.bus.publish_nowait(self._audio_in, pcm, frame.headers())
+            _FRAMES_IN.inc()
 
     async def _mark_played(self, name: str) -> None:
         mark = self._marks.pop(name, None)
@@ -335,7 +339,7 @@ class CallSession:
         if f.epoch < self.buffer.epoch:
             return  # cleared while this frame waited for its time
         await self._to_caller(self.transport.play, f.pcm, end_of_reply=out.end_of_turn)
-        metrics.AUDIO_FRAMES.labels(SVC, "out", "ok").inc()
+        _FRAMES_OUT.inc()
         if out.first_of_turn and f.turn_id is not None:
             # the turn's last hop: first agent audio sent to the caller, in the turn's trace
             ctx = self._trace.pop(f.turn_id, None)
