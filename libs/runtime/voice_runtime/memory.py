@@ -56,11 +56,9 @@ class MemoryKV:
         self.bucket = bucket
         self._rev = 0
         self._data: dict[str, MemoryEntry] = {}
-        self.puts = 0  # writes, for tests that bound write volume
 
     def _write(self, key: str, value: bytes | None) -> int:
         self._rev += 1
-        self.puts += 1
         self._data[key] = MemoryEntry(key, value, self._rev)
         return self._rev
 
