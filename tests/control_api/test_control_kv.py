@@ -7,8 +7,10 @@ import json
 from typing import Any
 
 import httpx
+import nats
 import pytest
 from nats.js.errors import KeyNotFoundError
+from voice_control_api.kvsync import _entries
 from voice_control_api.service import ControlApiService
 from voice_schemas import subjects
 from voice_schemas.agent import AgentConfig, NumberRoute
@@ -116,8 +118,11 @@ async def test_resync_repairs_drift_and_never_rolls_back(
     await service.resync()
     # the service's own background resync (periodic, or asked for by a failed KV write of another test) may
     # repair the drift first: what is checked is the state of KV, not which resync did it
-    for bucket, key in (("agents", subjects.agent_key(ghost.id)), ("agents", subjects.agent_version_key(ghost.id, 1)),
-                        ("numbers", "n19995550000")):
+    for bucket, key in (
+        ("agents", subjects.agent_key(ghost.id)),
+        ("agents", subjects.agent_version_key(ghost.id, 1)),
+        ("numbers", "n19995550000"),
+    ):
         assert await kv_json(service, bucket, key) is None, key
     assert (await kv_json(service, "agents", subjects.agent_key(agent["id"])) or {})["version"] == 1
     assert (await kv_json(service, "numbers", subjects.number_key(number)) or {})["agent_id"] == agent["id"]
@@ -169,3 +174,42 @@ async def test_resync_from_an_empty_database_deletes_nothing(service: ControlApi
     assert report.keys_deleted == [] and await kv_json(service, "numbers", key) is not None
     await service.resync()  # the real database: the stray key goes
     assert await kv_json(service, "numbers", key) is None
+
+
+async def test_bucket_snapshot_sees_every_key_while_writes_go_on(nats_url: str) -> None:
+    """The resync's read of a bucket must never come back short: a short read (nats-py's watcher can end its
+    snapshot before the first key arrives) would make drift look repaired and ghosts survive."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    bucket = f"snap_{unique_number()[1:]}"
+    kv = await js.create_key_value(bucket=bucket, history=1)
+    try:
+        keys = {f"k{i}" for i in range(300)}
+        await asyncio.gather(*(kv.put(k, b"v") for k in keys))
+        for k in list(keys)[:20]:
+            await kv.delete(k)
+        live = keys - set(list(keys)[:20])
+        hot = set(sorted(live)[:10])
+
+        async def churn() -> None:  # another writer touching live keys while the snapshot is read
+            while True:
+                for k in hot:
+                    await kv.put(k, b"w")
+                await asyncio.sleep(0)
+
+        writer = asyncio.create_task(churn())
+        try:
+            for _ in range(25):
+                seen = await _entries(kv)
+                # a key rewritten while it is read may be missed (that write is newer than the snapshot, and the
+                # resync leaves such keys alone anyway); every other live key must be there, no deleted one
+                assert live - hot <= set(seen) <= live
+                assert all(e.value in (b"v", b"w") and e.revision for e in seen.values())
+        finally:
+            writer.cancel()
+        empty = await js.create_key_value(bucket=bucket + "e", history=1)
+        assert await _entries(empty) == {}
+        await js.delete_key_value(bucket + "e")
+    finally:
+        await js.delete_key_value(bucket)
+        await nc.close()

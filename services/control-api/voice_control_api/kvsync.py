@@ -14,11 +14,13 @@ replicas writing concurrently, or a resync holding an older snapshot, cannot rol
 
 from __future__ import annotations
 
+import contextlib
 import json
 import operator
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from voice_runtime.logging import get_logger
@@ -26,6 +28,8 @@ from voice_schemas import subjects
 from voice_schemas.agent import AgentConfig, NumberRoute
 
 log = get_logger(__name__)
+
+KV_OPERATION, KV_DELETE, KV_PURGE = "KV-Operation", "DEL", "PURGE"
 
 
 @dataclass
@@ -228,17 +232,48 @@ def _same_json(a: bytes, b: bytes) -> bool:
 
 
 async def _entries(kv: KeyValue) -> dict[str, KeyValue.Entry]:
-    """Every live key with its value and revision, in one pass over the bucket."""
-    watcher = await kv.watchall(ignore_deletes=True)
+    """Every live key with its value and revision, in one pass over the bucket.
+
+    A pull consumer (last value per subject), not ``kv.watchall()``: the watcher's end-of-snapshot marker is
+    decided from consumer info read while messages may already be in flight to the client, and it can come
+    first, making a full bucket look empty. A pull consumer delivers nothing before it is asked, so its
+    pending count is exact, and each message's own pending count says when the snapshot is read.
+    """
+    js, stream, prefix = kv._js, kv._stream, kv._pre  # nats-py exposes no public accessors
+    sub = await js.pull_subscribe(
+        f"{prefix}>",
+        stream=stream,
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=60.0,
+            mem_storage=True,
+        ),
+    )
     out: dict[str, KeyValue.Entry] = {}
     try:
-        while True:
-            entry = await watcher.updates(timeout=10.0)
-            if entry is None:
-                break
-            out[entry.key] = entry
+        pending = (await sub.consumer_info()).num_pending or 0
+        while pending > 0:
+            for msg in await sub.fetch(batch=min(pending, 512), timeout=10.0):
+                meta = msg.metadata
+                pending = meta.num_pending or 0
+                key = msg.subject[len(prefix) :]
+                op = msg.headers.get(KV_OPERATION) if msg.headers else None
+                if op in (KV_DELETE, KV_PURGE):
+                    out.pop(key, None)
+                    continue
+                out[key] = KeyValue.Entry(
+                    bucket=stream.removeprefix("KV_"),
+                    key=key,
+                    value=msg.data,
+                    revision=meta.sequence.stream,
+                    delta=meta.num_pending,
+                    created=None,
+                    operation=op,
+                )
     finally:
-        await watcher.stop()
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
     return out
 
 
