@@ -18,6 +18,7 @@ class Channel(StrEnum):
     twilio = "twilio"
     sip = "sip"
     webrtc = "webrtc"
+    chat = "chat"  # text only: no media, stt or tts stage
     test = "test"
 
 

@@ -17,7 +17,8 @@ from .secretbox import SecretBox, parse_key
 
 
 class _Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+    # a refused value (a key, a token) is never quoted back in the error
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False, hide_input_in_errors=True)
 
 
 class CommonSettings(_Settings):

@@ -20,6 +20,7 @@ from voice_runtime.agents import AgentDirectory
 from voice_runtime.logging import get_logger
 from voice_runtime.service import Service
 from voice_schemas import CallRecord, events, make, subjects
+from voice_schemas.agent import NumberRoute
 from voice_schemas.streams import KV_CALLS
 
 from .session import CallSession, Clock, LoopClock
@@ -59,13 +60,25 @@ class IngressService(Service):
 
     # ------------------------------------------------------------ calls (the CallDesk of the endpoints)
     async def create_call(self, *, channel: events.Channel, to_number: str, from_number: str | None,
-                          provider_call_id: str | None) -> str | None:
+                          provider_call_id: str | None, agent_id: str | None = None,
+                          tenant_id: str | None = None) -> str | None:
+        """Create a call routed by the number called, or, for a call granted to one agent (a browser call or a
+        chat, ``agent_id`` and ``tenant_id`` from a verified call token), to that agent. None: no such active
+        agent (or it belongs to another tenant)."""
         assert self.directory is not None and self.bus is not None
-        route = await self.directory.route(to_number) if to_number else None
-        agent = await self.directory.current(route.agent_id) if route else None
-        if route is None or agent is None or not agent.is_active:
-            log.info("call_rejected_no_agent", number=to_number)
-            return None
+        if agent_id is not None:
+            agent = await self.directory.current(agent_id)
+            if agent is None or not agent.is_active or agent.tenant_id != tenant_id:
+                log.info("call_rejected_no_agent", agent_id=agent_id, channel=channel.value)
+                return None
+            route = NumberRoute(number=to_number or "", tenant_id=agent.tenant_id, agent_id=agent.id)
+        else:
+            routed = await self.directory.route(to_number) if to_number else None
+            agent = await self.directory.current(routed.agent_id) if routed else None
+            if routed is None or agent is None or not agent.is_active:
+                log.info("call_rejected_no_agent", number=to_number)
+                return None
+            route = routed
         call_id = subjects.new_call_id()
         try:
             pkey = subjects.provider_key(provider_call_id) if provider_call_id else None
