@@ -57,7 +57,11 @@ def test_make_run_gives_the_secrets_key_only_to_the_services_that_use_it(tmp_pat
     key = stack.dev_secrets_key({})
     assert key == stack.dev_secrets_key({}), "generated once, then reused"
     assert (tmp_path / "secrets.key").stat().st_mode & 0o777 == 0o600
-    env = {"SECRETS_KEY": "leaked", "PATH": "/bin"}
+    token_key = stack.dev_secrets_key({}, "CALL_TOKEN_KEY", "call-token.key")
+    assert token_key != key and (tmp_path / "call-token.key").stat().st_mode & 0o777 == 0o600
+    assert stack.dev_secrets_key({"CALL_TOKEN_KEY": "mine"}, "CALL_TOKEN_KEY", "call-token.key") == "mine"
+    env = {"SECRETS_KEY": "leaked", "CALL_TOKEN_KEY": "leaked", "PATH": "/bin"}
     for name, _, _ in stack.SERVICES:
-        got = stack.service_env(name, env, key)
+        got = stack.service_env(name, env, key, token_key)
         assert got.get("SECRETS_KEY") == (key if name in ("control-api", "brain") else None), name
+        assert got.get("CALL_TOKEN_KEY") == (token_key if name in ("control-api", "ingress") else None), name

@@ -286,24 +286,29 @@ def twilio_env(r: Resolved, environ: Mapping[str, str]) -> dict[str, str]:
 
 # the services that seal or open tenant secrets; no other service is given SECRETS_KEY
 SECRETS_USERS = ("control-api", "brain")
+# control-api mints browser/chat call grants, ingress checks them; no other service is given CALL_TOKEN_KEY
+CALL_TOKEN_USERS = ("control-api", "ingress")
 
 
-def dev_secrets_key(environ: Mapping[str, str]) -> str:
-    """SECRETS_KEY for `make run`: the user's, else one generated once and kept under the state dir (0600)."""
-    given = environ.get("SECRETS_KEY")
+def dev_secrets_key(environ: Mapping[str, str], name: str = "SECRETS_KEY", file: str = "secrets.key") -> str:
+    """A key for `make run` (SECRETS_KEY, CALL_TOKEN_KEY): the user's, else one generated once and kept under the
+    state dir (0600)."""
+    given = environ.get(name)
     if given:
         return given
-    path = state_dir() / "secrets.key"
+    path = state_dir() / file
     if not path.exists():
         path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
         path.chmod(0o600)
     return path.read_text().strip()
 
 
-def service_env(name: str, env: Mapping[str, str], secrets_key: str) -> dict[str, str]:
-    out = {k: v for k, v in env.items() if k != "SECRETS_KEY"}
+def service_env(name: str, env: Mapping[str, str], secrets_key: str, call_token_key: str = "") -> dict[str, str]:
+    out = {k: v for k, v in env.items() if k not in ("SECRETS_KEY", "CALL_TOKEN_KEY")}
     if name in SECRETS_USERS:
         out["SECRETS_KEY"] = secrets_key
+    if name in CALL_TOKEN_USERS and call_token_key:
+        out["CALL_TOKEN_KEY"] = call_token_key
     return out
 
 
@@ -342,9 +347,10 @@ def run() -> int:
     if r.llm_cmd:
         manager.add_process("llm", subprocess.list2cmdline(r.llm_cmd), env=env)
     secrets_key = dev_secrets_key(os.environ)
+    call_token_key = dev_secrets_key(os.environ, "CALL_TOKEN_KEY", "call-token.key")
     for name, module, _port in SERVICES:
         manager.add_process(name, subprocess.list2cmdline([sys.executable, "-m", module]),
-                            env=service_env(name, env, secrets_key))
+                            env=service_env(name, env, secrets_key, call_token_key))
 
     def banner() -> None:
         deadline = time.monotonic() + 120

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
+from voice_runtime.calltoken import CallTokenSettings
 from voice_runtime.settings import (
     BootstrapSettings,
     CommonSettings,
@@ -17,7 +18,9 @@ from voice_runtime.settings import (
 from .proxies import ForwardedHeader, TrustedProxies
 
 
-class ControlApiSettings(DatabaseSettings, BootstrapSettings, SecretsSettings, EgressSettings, CommonSettings):
+class ControlApiSettings(
+    DatabaseSettings, BootstrapSettings, SecretsSettings, EgressSettings, CallTokenSettings, CommonSettings
+):
     # an error names the setting and what is wrong, never the value it refused (keys, DSNs with passwords)
     model_config = SettingsConfigDict(hide_input_in_errors=True)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pydantic import AliasChoices, Field
+from voice_runtime.calltoken import CallTokenSettings
 from voice_runtime.settings import CommonSettings
 
 from .transports.twilio import TwilioStreamSettings
 
 
-class IngressSettings(TwilioStreamSettings, CommonSettings):
+class IngressSettings(TwilioStreamSettings, CallTokenSettings, CommonSettings):
     service_name: str = "ingress"
     http_port: int = Field(8080, validation_alias=AliasChoices("INGRESS_HTTP_PORT", "HTTP_PORT"))
     playout_lead_ms: int = Field(60, ge=0, le=400, description="Agent audio sent ahead of real time")

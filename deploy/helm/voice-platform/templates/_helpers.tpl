@@ -117,6 +117,7 @@ LLM_API_KEY: {block: llm, inline: apiKey}
 TWILIO_AUTH_TOKEN: {block: twilio, inline: authToken}
 BOOTSTRAP_ADMIN_KEY: {block: bootstrapAdmin, inline: key}
 SECRETS_KEY: {block: tenantSecrets, inline: key}
+CALL_TOKEN_KEY: {block: callTokens, inline: key}
 LOG_REDACTION_KEY: {block: logRedaction, inline: key}
 {{- end }}
 
