@@ -16,39 +16,26 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from prometheus_client.utils import floatToGoString
+from voice_runtime import metrics
+
+from .metric_defs import all_defined_metrics, process_series, series, stage_labels
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK_SCRIPT = REPO / "deploy" / "helm" / "check.py"
 CHART = REPO / "deploy" / "helm" / "voice-platform"
 DASHBOARD = CHART / "dashboards" / "voice-platform.json"
 
-# Metrics the services export (voice_runtime.metrics and prometheus_client's process collector).
-HISTOGRAMS = {
-    "voice_turn_stage_seconds",
-    "voice_bus_handler_seconds",
-    "voice_model_inference_seconds",
-    "voice_llm_time_to_first_token_seconds",
-}
-COUNTERS = {
-    "voice_audio_frames_total",
-    "voice_bus_events_published_total",
-    "voice_bus_events_handled_total",
-    "voice_bus_redeliveries_total",
-    "voice_bus_dead_letters_total",
-    "voice_errors_total",
-    "voice_llm_tokens_total",
-    "process_cpu_seconds_total",
-}
-GAUGES = {
-    "voice_active_calls",
-    "voice_bus_consumer_pending_messages",
-    "voice_bus_consumer_ack_pending_messages",
-    "process_resident_memory_bytes",
-}
-KNOWN_SERIES = (
-    COUNTERS | GAUGES | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
-)
-STAGES = {"end_of_turn", "stt", "llm_first_token", "llm_first_sentence", "tts_first_audio", "voice_to_voice"}
+# What the services export, from the metric objects in the code (voice_runtime.metrics and each service's own)
+# and prometheus_client's process collector: a metric renamed, retyped or re-bucketed in code without the
+# dashboard and alert rules following fails these tests.
+DEFINED = {m._name: m for m in all_defined_metrics()}
+KNOWN_SERIES = set().union(*(series(m) for m in DEFINED.values())) | process_series()
+GAUGES = {name for name, m in DEFINED.items() if m._type == "gauge"}
+STAGES = stage_labels()
+VOICE_TO_VOICE = "voice_to_voice"  # the stage the latency objective is about
+# the bucket bounds of the turn-latency histogram as Prometheus writes them in `le`
+STAGE_BUCKETS = {floatToGoString(b) for b in metrics.STAGE_SECONDS._upper_bounds}
 
 PROMQL_KEYWORDS = {
     "by",
@@ -175,19 +162,26 @@ def test_dashboard_queries_name_only_exported_metrics() -> None:
     assert used - KNOWN_SERIES == set(), f"unknown metrics in the dashboard: {used - KNOWN_SERIES}"
     # what an SRE opens it for
     joined = "\n".join(queries)
+    stage_bucket = re.escape(f"{metrics.STAGE_SECONDS._name}_bucket")
     for quantile in ("0.5", "0.95", "0.99"):
-        panel = rf"histogram_quantile\({quantile}, sum by \(le\) \(rate\(voice_turn_stage_seconds_bucket\{{"
-        assert re.search(panel + 'stage="voice_to_voice"', joined), f"no voice-to-voice p{quantile} panel"
-    for metric in (
-        "voice_active_calls",
-        "voice_bus_consumer_pending_messages",
-        "voice_bus_dead_letters_total",
-        "voice_errors_total",
-        "voice_audio_frames_total",
-        "process_cpu_seconds_total",
-        "process_resident_memory_bytes",
-    ):
-        assert metric in used, f"no panel shows {metric}"
+        panel = rf"histogram_quantile\({quantile}, sum by \(le\) \(rate\({stage_bucket}\{{"
+        assert re.search(panel + f'stage="{VOICE_TO_VOICE}"', joined), f"no voice-to-voice p{quantile} panel"
+    shown = [metrics.ACTIVE_CALLS, metrics.CONSUMER_PENDING, metrics.DEAD_LETTERS, metrics.ERRORS, metrics.AUDIO_FRAMES]
+    for metric in shown:
+        assert series(metric) & used, f"no panel shows {metric._name}"
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes"):
+        assert name in used and name in KNOWN_SERIES, f"no panel shows {name}"
+    # a bucket bound may be a Grafana variable (the objective picker): each value it offers must be a bound
+    choices = {
+        var["name"]: {v.strip() for v in var["query"].split(",")} | {o["value"] for o in var.get("options", [])}
+        for var in dashboard.get("templating", {}).get("list", [])
+        if var.get("type") == "custom"
+    }
+    les: set[str] = set()
+    for le in re.findall(r'le="([^"]+)"', joined):
+        variable = re.fullmatch(r"\$\{?(\w+)\}?", le)
+        les |= choices[variable.group(1)] if variable else {le}
+    assert les and les <= STAGE_BUCKETS, f"bucket bounds the histogram does not have: {les - STAGE_BUCKETS}"
     stages = set(re.findall(r'stage=~?"([^"]+)"', joined))
     named = {s for group in stages for s in group.split("|")}
     assert named <= STAGES, f"unknown stages: {named - STAGES}"
@@ -267,7 +261,41 @@ def test_alert_rules_query_exported_metrics(check: ModuleType) -> None:
     assert used - KNOWN_SERIES == set(), f"unknown metrics in alert rules: {used - KNOWN_SERIES}"
     # the latency objective must be an exposed bucket bound, or the burn-rate alerts never fire
     les = {le for rule in rules for le in re.findall(r'le="([^"]+)"', rule["expr"])}
-    assert les <= {"1.0", "1.2", "1.5", "2.0", "2.5", "3.0", "4.0", "5.0"}
+    assert les and les <= STAGE_BUCKETS, f"bucket bounds the histogram does not have: {les - STAGE_BUCKETS}"
+    stages = {s for rule in rules for group in re.findall(r'stage=~?"([^"]+)"', rule["expr"]) for s in group.split("|")}
+    assert VOICE_TO_VOICE in stages and stages <= STAGES, f"unknown stages: {stages - STAGES}"
+
+
+@pytest.mark.integration
+def test_autoscaling_metrics_are_exported(check: ModuleType) -> None:
+    """The custom metrics the production HPAs scale on (through prometheus-adapter) are gauges the services
+    export."""
+    docs = [doc for _, doc in check.documents(check.render(check.scenarios()["production"].values))]
+    named = {
+        spec[spec["type"][0].lower() + spec["type"][1:]]["metric"]["name"]
+        for doc in docs
+        if doc["kind"] == "HorizontalPodAutoscaler"
+        for spec in doc["spec"]["metrics"]
+        if spec["type"] in ("Pods", "Object", "External")
+    }
+    assert named, "no HPA scales on a custom metric"
+    assert named <= GAUGES, f"HPAs scale on metrics no service exports as a gauge: {named - GAUGES}"
+
+
+@pytest.mark.unit
+def test_known_metrics_come_from_the_code() -> None:
+    """The sets the checks above compare against are read from the metric objects (the shared ones and each
+    service's own), the process collector and the services' code, not written out here."""
+    from voice_control_api.middleware import REQUESTS
+    from voice_media.service import TURNS
+
+    for metric in (metrics.STAGE_SECONDS, metrics.ACTIVE_CALLS, metrics.DEAD_LETTERS, TURNS, REQUESTS):
+        assert DEFINED[metric._name] is metric and series(metric) <= KNOWN_SERIES
+    stage = metrics.STAGE_SECONDS._name
+    assert {f"{stage}_bucket", f"{stage}_count"} <= KNOWN_SERIES and f"{stage}_total" not in KNOWN_SERIES
+    assert "process_cpu_seconds_total" in KNOWN_SERIES and metrics.ACTIVE_CALLS._name in GAUGES
+    assert VOICE_TO_VOICE in STAGES and "llm_first_sentence" in STAGES
+    assert {floatToGoString(b) for b in metrics.LATENCY_BUCKETS} | {"+Inf"} == STAGE_BUCKETS
 
 
 @pytest.mark.integration
@@ -314,9 +342,23 @@ def test_twilio_routes_render_only_with_a_token_secret(check: ModuleType) -> Non
     assert paths == {"/twilio"} and env["TWILIO_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"]
     # the chart owns the route: a hand-written one (as older values had) is refused rather than doubled
     with pytest.raises(Exception, match="remove the path /twilio"):
-        check.render({"ingress": {"hosts": [{"host": "a.example.com", "paths": [
-            {"path": "/twilio", "pathType": "Prefix", "service": "ingress"}]}]}})
+        check.render(
+            {
+                "ingress": {
+                    "hosts": [
+                        {
+                            "host": "a.example.com",
+                            "paths": [{"path": "/twilio", "pathType": "Prefix", "service": "ingress"}],
+                        }
+                    ]
+                }
+            }
+        )
     # the local-development flag is never rendered into a cluster
     with pytest.raises(Exception, match="TWILIO_ALLOW_UNSIGNED"):
-        check.render({"twilio": {"enabled": True, "existingSecret": "tw"},
-                      "services": {"ingress": {"env": {"TWILIO_ALLOW_UNSIGNED": "true"}}}})
+        check.render(
+            {
+                "twilio": {"enabled": True, "existingSecret": "tw"},
+                "services": {"ingress": {"env": {"TWILIO_ALLOW_UNSIGNED": "true"}}},
+            }
+        )

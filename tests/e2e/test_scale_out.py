@@ -1,4 +1,9 @@
-"""Two concurrent calls over two stt and two brain replicas: shared work, no mixing, no duplicates."""
+"""Two concurrent calls over two stt and two brain replicas: shared work, no mixing, no duplicates.
+
+A brain replica's share of the work is the caller turns it answered: the replies it streamed, each counted once in
+its own /metrics when the reply's first sentence goes out (``voice_turn_stage_seconds{stage="llm_first_sentence"}``).
+Playout, mark and call events, which every replica also acks, do not count.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import asyncpg
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from voice_runtime import metrics
 from voice_runtime.bus import Bus
 from voice_schemas import subjects
 
@@ -24,16 +30,37 @@ from .conftest import PUBLIC, TWILIO_TOKEN, Platform, _wait_ready, configure_age
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
+def scrape(port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+
 def handled(port: int, consumer: str) -> float:
     """Messages a replica acked on a durable consumer, read from its /metrics."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     return sum(
         sample.value
-        for family in text_string_to_metric_families(text) if family.name == "voice_bus_events_handled"
+        for family in text_string_to_metric_families(scrape(port)) if family.name == metrics.EVENTS_HANDLED._name
         for sample in family.samples
         if sample.labels.get("consumer") == consumer and sample.labels.get("outcome") == "ack"
         and sample.name.endswith("_total")
     )
+
+
+def replies_streamed(port: int) -> float:
+    """Caller turns a brain replica answered: the replies whose first sentence it published."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(scrape(port)) if family.name == metrics.STAGE_SECONDS._name
+        for sample in family.samples
+        if sample.name == f"{metrics.STAGE_SECONDS._name}_count" and sample.labels.get("service") == "brain"
+        and sample.labels.get("stage") == "llm_first_sentence"
+    )
+
+
+# more questions for the bakery call, asked only while one brain replica has answered no turn yet: which replica
+# takes a turn is up to JetStream (both pull from one consumer), so four turns can all land on one of them
+MORE_QUESTIONS = ("Do you bake rye bread on Sundays?", "Are your cinnamon rolls made with butter?",
+                  "Can I order a birthday cake for Friday?", "Do you have gluten free muffins?",
+                  "Do you make fresh bagels every morning?", "Do you sell coffee with the pastries?")
 
 
 async def test_two_calls_two_replicas_no_mixing(platform: Platform, platform_bus: Bus) -> None:
@@ -51,6 +78,10 @@ async def test_two_calls_two_replicas_no_mixing(platform: Platform, platform_bus
         stt_ports = [platform.ports["stt"], extra["stt"][1]]
         brain_ports = [platform.ports["brain"], extra["brain"][1]]
         before_stt = sum(handled(p, "stt-utterances") for p in stt_ports)
+        before_replies = [replies_streamed(p) for p in brain_ports]
+
+        def turns_per_brain() -> list[float]:
+            return [replies_streamed(p) - before for p, before in zip(brain_ports, before_replies, strict=True)]
 
         a_num, b_num = "+15550201", "+15550202"
         await configure_agent(platform_bus, a_num, first_message="Welcome to the bakery.")
@@ -65,6 +96,20 @@ async def test_two_calls_two_replicas_no_mixing(platform: Platform, platform_bus
         kv = await platform_bus.js.key_value("history")
         histories: dict[str, str] = {}
 
+        async def ask(c: TwilioCaller, q: bytes) -> None:
+            c.say(q)
+            await asyncio.sleep(len(q) / 8000)
+            assert await c.wait_for_audio(time.monotonic() + 0.5, 40), "no reply"
+            await c.wait_for_silence(1.0, 40)
+
+        async def hang_up(c: TwilioCaller) -> None:
+            # the conversation as brain holds it (it is freed once the call ends)
+            assert c.call_id
+            held = json.loads((await kv.get(subjects.call_key(c.call_id))).value or b"{}")
+            said = [m["content"] for m in held.get("messages", []) if m["role"] == "user"]
+            histories[c.call_id] = " ".join(said).lower()
+            await c.hangup()
+
         async def converse(number: str) -> str:
             c = callers[number]
             call_id = await c.dial()
@@ -72,27 +117,28 @@ async def test_two_calls_two_replicas_no_mixing(platform: Platform, platform_bus
             assert await c.wait_for_audio(0, 30), "no greeting"
             await c.wait_for_silence(0.8, 30)
             for q in questions[number]:
-                c.say(q)
-                await asyncio.sleep(len(q) / 8000)
-                assert await c.wait_for_audio(time.monotonic() + 0.5, 40), "no reply"
-                await c.wait_for_silence(1.0, 40)
-            # the conversation as brain holds it (it is freed once the call ends)
-            held = json.loads((await kv.get(subjects.call_key(call_id))).value or b"{}")
-            histories[call_id] = " ".join(m["content"] for m in held.get("messages", []) if m["role"] == "user").lower()
-            await c.hangup()
+                await ask(c, q)
+            if number == b_num:
+                await hang_up(c)
             return call_id
 
         call_a, call_b = await asyncio.gather(converse(a_num), converse(b_num))
+        asked_more = 0
+        while min(turns_per_brain()) == 0 and asked_more < len(MORE_QUESTIONS):
+            await ask(callers[a_num], speech(MORE_QUESTIONS[asked_more]))
+            asked_more += 1
+        await hang_up(callers[a_num])
+        caller_turns = 4 + asked_more
 
         conn = await asyncpg.connect(platform.database_url)
         try:
             async def both_stored():  # type: ignore[no-untyped-def]
                 rows = await conn.fetch("SELECT call_id, turn_id, text FROM call_turns WHERE speaker = 'caller' "
                                         "AND call_id = ANY($1::text[])", [call_a, call_b])
-                return rows if len(rows) >= 4 else None
+                return rows if len(rows) >= caller_turns else None
 
             rows = await poll(both_stored, 30)
-            assert rows is not None and len(rows) == 4, f"expected 4 caller turns once each, got {rows}"
+            assert rows is not None and len(rows) == caller_turns, f"expected {caller_turns} caller turns: {rows}"
             text = {cid: " ".join(r["text"].lower() for r in rows if r["call_id"] == cid) for cid in (call_a, call_b)}
             # words tiny.en hears reliably on phone audio ("croissant" it does not)
             assert "chocolate" in text[call_a] or "fresh" in text[call_a], text
@@ -110,11 +156,13 @@ async def test_two_calls_two_replicas_no_mixing(platform: Platform, platform_bus
         for cid, other in ((call_a, "oil"), (call_b, "chocolate")):
             assert histories[cid] and other not in histories[cid]
 
-        # no utterance was transcribed twice: the replicas together acked exactly the 4 utterances
+        # no utterance was transcribed twice: the replicas together acked exactly the caller's utterances
         after_stt = sum(handled(p, "stt-utterances") for p in stt_ports)
-        assert after_stt - before_stt == 4
-        per_brain = [handled(p, "brain-turns") for p in brain_ports]
-        assert all(n > 0 for n in per_brain), f"a brain replica took no work: {per_brain}"
+        assert after_stt - before_stt == caller_turns
+        # each caller turn was answered once, by one replica, and each replica answered some
+        per_brain = turns_per_brain()
+        assert sum(per_brain) == caller_turns, f"turns answered per brain replica: {per_brain}"
+        assert all(n > 0 for n in per_brain), f"a brain replica answered no turn: {per_brain}"
     finally:
         for proc, _ in extra.values():
             proc.terminate()

@@ -53,3 +53,22 @@ def test_with_a_key_the_same_number_gets_the_same_tag_and_another_key_another() 
 def test_personal_data_is_kept_only_when_asked() -> None:
     line = _log_line(True, None, text="hello there")
     assert line["text"] == "hello there"
+
+
+def test_errors_about_bad_data_never_quote_the_data() -> None:
+    """A malformed event's validation error names where and what, never the caller's words or number."""
+    from pydantic import BaseModel, ValidationError
+    from voice_runtime.logging import safe_error
+
+    class Utterance(BaseModel):
+        text: str
+        number: int
+
+    try:
+        Utterance.model_validate({"text": ["my card is 4111"], "number": "call +15551234567"})
+    except ValidationError as e:
+        assert "4111" in str(e) and "5551234567" in str(e)  # what pydantic itself would print
+        shown = safe_error(e)
+        assert "4111" not in shown and "5551234567" not in shown
+        assert "text" in shown and "number" in shown and "ValidationError" in shown
+    assert safe_error(RuntimeError("boom")) == "RuntimeError('boom')"

@@ -79,3 +79,18 @@ def get_logger(name: str | None = None) -> Any:
 
 
 bind_call = structlog.contextvars.bound_contextvars
+
+
+def safe_error(e: BaseException, limit: int = 300) -> str:
+    """An exception as text for a log line or a dead letter, never quoting the data that caused it.
+
+    A pydantic ``ValidationError`` quotes its input (a transcript, a caller number inside an event); it is
+    rendered as its error locations and messages only. Other exceptions keep their ``repr``."""
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):
+        parts = [f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}" for err in e.errors()[:5]]
+        text = f"ValidationError({e.title}: {'; '.join(parts)})"
+    else:
+        text = repr(e)
+    return text[:limit]
