@@ -2,10 +2,12 @@
 
 PCM16 little-endian mono at 16 kHz, 20 ms per frame (640 bytes), sent as the raw message body.
 Metadata travels in NATS headers, never in the body, so a frame is never JSON or base64.
+Also here: the caller's turn so far, as media answers stt's request for it (``TurnAudio``, partial transcripts).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 SAMPLE_RATE = 16_000
@@ -62,3 +64,69 @@ class AudioFrame:
             last_in_chunk=h.get(H_LAST) == "1",
             final=h.get(H_FINAL) == "1",
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TurnAudioRequest:
+    """stt asks media for the caller's turn in progress (``subjects.media_call_rpc(call_id, TURN_AUDIO)``, core
+    request/reply). ``reader`` names the asking stt replica: media serves one reader per call at a time and answers
+    the others ``taken``, so two replicas never re-decode the same turn."""
+
+    reader: str
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"reader": self.reader}).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TurnAudioRequest:
+        """Raises ``ValueError`` for anything but ``{"reader": "<non-empty string>"}``."""
+        try:
+            reader = json.loads(data).get("reader")
+        except (ValueError, AttributeError) as e:
+            raise ValueError("a turn audio request is a JSON object with a reader") from e
+        if not isinstance(reader, str) or not reader or len(reader) > 128:
+            raise ValueError("a turn audio request needs a reader (1-128 characters)")
+        return cls(reader)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnAudio:
+    """media's answer to a ``TurnAudioRequest``: the caller's turn in progress so far, PCM16 little-endian mono at
+    ``sample_rate`` from ``start_ms`` (the onset less the pre-roll, in call media time) to ``end_ms`` (now).
+
+    ``turn_id`` None: no turn is in progress. ``taken``: another reader serves this call (no audio). ``speaking``:
+    the caller is speaking now (else the turn is in a pause that may still end it). On the wire: the metadata as
+    one line of JSON, a newline, then the raw samples (no base64)."""
+
+    turn_id: str | None = None
+    epoch: int = 0
+    start_ms: int = 0
+    end_ms: int = 0
+    speaking: bool = False
+    taken: bool = False
+    sample_rate: int = SAMPLE_RATE
+    pcm: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        meta = {"turn_id": self.turn_id, "epoch": self.epoch, "start_ms": self.start_ms, "end_ms": self.end_ms,
+                "speaking": self.speaking, "taken": self.taken, "sample_rate": self.sample_rate}
+        return json.dumps(meta).encode() + b"\n" + self.pcm
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TurnAudio:
+        """Raises ``ValueError`` on anything ``to_bytes`` did not write."""
+        head, sep, pcm = data.partition(b"\n")
+        try:
+            meta = json.loads(head) if sep else None
+            if not isinstance(meta, dict):
+                raise ValueError("no metadata line")
+            turn_id = meta.get("turn_id")
+            out = cls(turn_id=str(turn_id) if turn_id is not None else None, epoch=int(meta.get("epoch", 0)),
+                      start_ms=int(meta.get("start_ms", 0)), end_ms=int(meta.get("end_ms", 0)),
+                      speaking=bool(meta.get("speaking")), taken=bool(meta.get("taken")),
+                      sample_rate=int(meta.get("sample_rate", SAMPLE_RATE)), pcm=pcm)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"not a turn audio answer: {e}") from e
+        if len(pcm) % 2 or out.sample_rate <= 0:
+            raise ValueError("not a turn audio answer: odd PCM16 length or no sample rate")
+        return out

@@ -161,3 +161,13 @@ def test_whisper_is_the_default_engine() -> None:
     engine: Any = ENGINES.get("whisper")(SttSettings())
     assert engine.model_name == "whisper:tiny.en"
     engine.close()
+
+
+def test_moonshine_is_an_engine_but_not_the_default() -> None:
+    assert "moonshine" in ENGINES.names() and SttSettings().stt_engine == "whisper"
+    engine: Any = ENGINES.get("moonshine")(SttSettings(stt_concurrency=2))
+    try:
+        assert engine.model_name == "moonshine:base" and engine.workers == 2 and not engine.loaded
+        assert engine.options.moonshine_threads == 1  # suits 2 cores: see MoonshineSettings
+    finally:
+        engine.close()

@@ -249,3 +249,14 @@ async def test_a_stuck_engine_makes_the_utterance_transient() -> None:
     finally:
         gate.set()
     assert bus.published == []
+
+
+def test_a_looping_decoder_is_cut_to_one_copy_and_real_repeats_stay() -> None:
+    from voice_stt.engines.moonshine import repeated_tail
+
+    sentence = [11, 12, 13, 14]
+    assert repeated_tail([1, 2, *sentence, *sentence, *sentence]) == 8  # said three times: drop two copies
+    assert repeated_tail([1, 2, *sentence, *sentence]) == 0  # twice may be what was said
+    assert repeated_tail([5, 5, 5]) == 0 and repeated_tail([7, 5, 5, 5, 5, 5]) == 0  # "five five five"
+    assert repeated_tail([7, 5, 5, 5, 5, 5, 5]) == 5
+    assert repeated_tail([]) == 0 and repeated_tail([1, 2, 3, 1, 2, 3, 1, 2]) == 0

@@ -228,6 +228,10 @@ class TurnDetector:
         return self._turn.start_ms if self._turn else None
 
     @property
+    def turn_id(self) -> str | None:
+        return self._turn.turn_id if self._turn else None
+
+    @property
     def now_ms(self) -> int:
         return self._t
 

@@ -8,12 +8,13 @@ and records the span, the inference time and the failures, so neither the adapte
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from opentelemetry import trace
 from voice_runtime import metrics
@@ -50,11 +51,22 @@ class SpeechToText(ABC):
     """A recognizer on this replica. ``start`` loads it; ``transcribe`` may be awaited from many handlers at once
     (at most ``workers`` run, the rest wait for a thread)."""
 
+    # whether partial transcripts are on when STT_PARTIALS does not say: re-decoding the growing utterance every
+    # half second is cheap only for an engine whose cost follows the audio's length
+    partials_by_default: ClassVar[bool] = False
+
     def __init__(self, *, workers: int = 1, timeout_s: float = 25.0) -> None:
         self.workers = workers
         self.timeout_s = timeout_s
         self.loaded = False
+        self.in_flight = 0  # transcriptions submitted and not finished (running or waiting for a thread)
+        self._count_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stt")
+
+    @property
+    def busy(self) -> bool:
+        """Every thread has work: another transcription would wait."""
+        return self.in_flight >= self.workers
 
     # ------------------------------------------------------------ what an adapter implements
     @property
@@ -82,21 +94,24 @@ class SpeechToText(ABC):
                  load_ms=round((time.perf_counter() - started) * 1000))
 
     async def transcribe(self, pcm16: bytes, sample_rate: int, language: str | None = None, *,
-                         attributes: dict[str, str | int] | None = None) -> Transcription:
-        """``attributes`` label the span (call, tenant, turn)."""
+                         attributes: dict[str, str | int] | None = None, partial: bool = False,
+                         timeout_s: float | None = None) -> Transcription:
+        """``attributes`` label the span (call, tenant, turn); ``partial`` marks a re-decode of an utterance in
+        progress (span attribute ``stt.partial``); ``timeout_s`` overrides the engine's timeout."""
         audio_ms = len(pcm16) * 1000 // (2 * sample_rate or 1)
+        timeout = self.timeout_s if timeout_s is None else timeout_s
         with _tracer.start_as_current_span(
-            "stt transcribe", attributes={**(attributes or {}), "stt.model": self.model_name, "stt.audio_ms": audio_ms},
+            "stt transcribe", attributes={**(attributes or {}), "stt.model": self.model_name, "stt.audio_ms": audio_ms,
+                                          "stt.partial": partial},
         ) as span:
             started = time.perf_counter()
             try:
-                result = await asyncio.wait_for(
-                    self._in_pool(lambda: self._transcribe(pcm16, sample_rate, language)), self.timeout_s
-                )
+                result = await asyncio.wait_for(self._job(lambda: self._transcribe(pcm16, sample_rate, language)),
+                                                timeout)
             except TimeoutError as e:
                 metrics.ERRORS.labels(SERVICE, "inference_timeout").inc()
                 span.record_exception(e)
-                raise TranscriptionTimeout(f"{self.model_name} took longer than {self.timeout_s} s") from e
+                raise TranscriptionTimeout(f"{self.model_name} took longer than {timeout} s") from e
             except Exception as e:
                 metrics.ERRORS.labels(SERVICE, "inference").inc()
                 span.record_exception(e)
@@ -104,7 +119,8 @@ class SpeechToText(ABC):
             elapsed = time.perf_counter() - started
             span.set_attribute("stt.inference_ms", round(elapsed * 1000, 1))
             span.set_attribute("stt.language", result.language or "")
-        metrics.INFERENCE_SECONDS.labels(SERVICE, self.model_name).observe(elapsed)
+        if not partial:  # the histogram keeps meaning "time to transcribe one utterance"
+            metrics.INFERENCE_SECONDS.labels(SERVICE, self.model_name).observe(elapsed)
         return result
 
     def close(self) -> None:
@@ -112,6 +128,23 @@ class SpeechToText(ABC):
 
     def _in_pool(self, fn: Callable[[], R]) -> asyncio.Future[R]:
         return asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def _job(self, fn: Callable[[], R]) -> asyncio.Future[R]:
+        """``fn`` in the pool, counted in ``in_flight`` until its thread is done with it (a timed-out job that is
+        still running keeps counting; one cancelled before it started does not)."""
+        with self._count_lock:
+            self.in_flight += 1
+        try:
+            job = self._pool.submit(fn)
+        except RuntimeError:  # the pool is shut down
+            self._job_done(None)
+            raise
+        job.add_done_callback(self._job_done)
+        return asyncio.wrap_future(job)
+
+    def _job_done(self, _: object) -> None:
+        with self._count_lock:
+            self.in_flight -= 1
 
 
 # what an engine module registers: builds the engine from the service's settings (cheap; ``start`` loads it)

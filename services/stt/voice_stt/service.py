@@ -6,6 +6,8 @@
 - Publishes ``TranscriptFinalized`` with an event id derived from the utterance's event id: a
   redelivered utterance yields the same id, and JetStream drops the duplicate (``Nats-Msg-Id``).
 - Utterances of calls that have ended are dropped (``CallEnded`` is followed on a core subscription).
+- While a caller speaks, publishes ``TranscriptPartial`` from re-decodes of the turn so far, which media hands
+  out on request (``partials.py``; ``STT_PARTIALS``, on by default for engines whose cost follows the audio).
 """
 
 from __future__ import annotations
@@ -13,26 +15,32 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import time
 import uuid
 
 from voice_runtime import metrics
 from voice_runtime.agents import AgentDirectory
-from voice_runtime.bus import Poison, Transient
-from voice_runtime.handlers import Handlers
+from voice_runtime.bus import NoResponders, Poison, Transient
+from voice_runtime.handlers import EnvelopeHandler, Handlers, envelope_callback
 from voice_runtime.logging import bind_call, get_logger
+from voice_runtime.ports import Unsubscribable
 from voice_runtime.service import Service
 from voice_schemas import CallRecord, Envelope, make, subjects
-from voice_schemas.events import CallEnded, TranscriptFinalized, UtteranceCaptured
+from voice_schemas.audio import TurnAudio, TurnAudioRequest
+from voice_schemas.events import CallEnded, SpeechStarted, TranscriptFinalized, TranscriptPartial, UtteranceCaptured
 from voice_schemas.streams import KV_AGENTS, KV_CALLS, KV_NUMBERS, STT_UTTERANCES, ConsumerDef
 
 from .calls import CallLanguages, EndedCalls
 from .engine import SpeechToText, TranscriptionTimeout
 from .engines import ENGINES
+from .partials import NoTurnAudio, PartialTranscripts
 from .settings import SttSettings
 
 log = get_logger(__name__)
 
+# the queue group in which one stt replica receives each speech onset (and may follow that call for partials)
+PARTIALS_QUEUE = "stt-partials"
 # namespace of transcript event ids derived from utterance event ids
 _TRANSCRIPT_NS = uuid.UUID("6f1d3c1e-4f7a-5a53-9d1e-7c2b1e0f5a01")
 
@@ -54,6 +62,15 @@ class SttService(Service):
         self.ended = EndedCalls()
         self.languages = CallLanguages(self._agent_language, default=settings.stt_language or None)
         self._agents: AgentDirectory | None = None
+        self.reader = f"stt-{uuid.uuid4().hex[:16]}"  # this replica, as media's turn audio reader
+        self.partials: PartialTranscripts | None = None
+        if settings.stt_partials == "on" or (settings.stt_partials == "auto" and self.stt.partials_by_default):
+            self.partials = PartialTranscripts(
+                self.stt, ask=self._ask_turn_audio, publish=self._publish_partial, language=self.languages.get,
+                spawn=self.spawn, interval_s=settings.stt_partial_interval_ms / 1000,
+                max_calls=settings.stt_partial_max_calls, timeout_s=settings.stt_partial_timeout_s,
+            )
+        self._partial_subs: list[Unsubscribable] = []
 
     # ------------------------------------------------------------ lifecycle
     def consumer_for(self, handlers: Handlers) -> ConsumerDef:
@@ -65,6 +82,25 @@ class SttService(Service):
         if KV_AGENTS.bucket in self.kv and KV_NUMBERS.bucket in self.kv:
             self._agents = AgentDirectory(self.kv[KV_AGENTS.bucket], self.kv[KV_NUMBERS.bucket], self.settings)
         await self.on_events(CallEnded.subject_pattern(), self._on_call_ended)
+        if self.partials is not None:
+            await self._subscribe(SpeechStarted.subject_pattern(), self._on_speech_started, queue=PARTIALS_QUEUE)
+            # finals made by any replica: a follower here drops its partials of that utterance
+            await self._subscribe(TranscriptFinalized.subject_pattern(), self._on_transcript_final)
+        log.info("stt_partials", enabled=self.partials is not None, setting=self.settings.stt_partials,
+                 interval_ms=self.settings.stt_partial_interval_ms)
+
+    async def _subscribe(self, subject: str, handler: EnvelopeHandler, *, queue: str = "") -> None:
+        assert self.bus is not None
+        self._partial_subs.append(
+            await self.bus.subscribe(subject, envelope_callback(self.name, subject, handler), queue=queue))
+
+    async def on_stop(self) -> None:
+        for sub in self._partial_subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._partial_subs.clear()
+        if self.partials is not None:
+            self.partials.stop()
 
     async def stop(self) -> None:
         await super().stop()
@@ -78,6 +114,8 @@ class SttService(Service):
     async def _on_call_ended(self, env: Envelope[CallEnded]) -> None:
         self.ended.add(env.call_id)
         self.languages.forget(env.call_id)
+        if self.partials is not None:
+            self.partials.on_call_ended(env.call_id)
 
     async def _agent_language(self, call_id: str) -> str | None:
         calls_kv = self.kv.get(KV_CALLS.bucket)
@@ -93,12 +131,39 @@ class SttService(Service):
             return None
         return agent.stt.language or agent.language
 
+    # ------------------------------------------------------------ partial transcripts
+    async def _on_speech_started(self, env: Envelope[SpeechStarted]) -> None:
+        if self.partials is not None and env.call_id not in self.ended and not self.stopping:
+            self.partials.on_speech_started(env.call_id, env.tenant_id)
+
+    async def _on_transcript_final(self, env: Envelope[TranscriptFinalized]) -> None:
+        if self.partials is not None:
+            self.partials.on_final_started(env.call_id, env.data.utterance_id)
+
+    async def _ask_turn_audio(self, call_id: str) -> TurnAudio:
+        if self.bus is None:
+            raise NoTurnAudio("not connected to the bus")
+        try:
+            raw = await self.bus.request(subjects.media_call_rpc(call_id, subjects.TURN_AUDIO),
+                                         TurnAudioRequest(self.reader).to_bytes(),
+                                         timeout=self.settings.stt_partial_ask_timeout_s)
+        except NoResponders as e:
+            raise NoTurnAudio(str(e)) from e
+        return TurnAudio.from_bytes(raw)
+
+    async def _publish_partial(self, env: Envelope[TranscriptPartial]) -> None:
+        if self.bus is None:
+            raise RuntimeError("not connected to the bus")
+        await self.bus.publish(env)
+
     # ------------------------------------------------------------ the handler
     @utterances.on(UtteranceCaptured)
     async def on_utterance(self, env: Envelope[UtteranceCaptured]) -> None:
         received = time.perf_counter()
         u = env.data
         with bind_call(call_id=env.call_id, tenant_id=env.tenant_id, turn_id=env.turn_id):
+            if self.partials is not None:  # no partial of this utterance is published from now on
+                self.partials.on_final_started(env.call_id, u.utterance_id)
             if env.call_id in self.ended:
                 log.info("stt_utterance_dropped", reason="call_ended", utterance_id=u.utterance_id)
                 return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 from voice_runtime.settings import CommonSettings
 
@@ -23,4 +25,20 @@ class SttSettings(CommonSettings):
     )
     stt_language_lookup_timeout_s: float = Field(
         0.25, gt=0, description="Give up on finding the agent's language after this long (use STT_LANGUAGE)"
+    )
+
+    stt_partials: Literal["auto", "on", "off"] = Field(
+        "auto", description="Publish transcript.partial while the caller speaks. auto: the engine's default (on for "
+        "moonshine; off for whisper, which encodes 30 s of audio per decode)"
+    )
+    stt_partial_interval_ms: int = Field(
+        500, ge=100, le=10_000, description="Pause between two re-decodes of one call's growing utterance (counted "
+        "from the end of the previous decode)"
+    )
+    stt_partial_max_calls: int = Field(
+        64, ge=1, le=10_000, description="Calls this replica follows for partials at once (more are not followed)"
+    )
+    stt_partial_timeout_s: float = Field(5.0, gt=0, description="Give up on one partial decode after this long")
+    stt_partial_ask_timeout_s: float = Field(
+        0.5, gt=0, le=10, description="Wait this long for media's answer with the turn so far"
     )
