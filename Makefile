@@ -14,7 +14,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # portable llama.cpp build (the wheel is cached by uv and reused by later installs)
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: help install run test test-unit lint fmt schemas helm-check bench bench-soak bench-peer clean
+.PHONY: help install browser run test test-unit lint fmt schemas helm-check bench bench-soak bench-peer clean
 
 help:
 	@echo "make run        install what is missing, start the whole platform (Ctrl-C stops it)"
@@ -37,10 +37,14 @@ $(STAMP): pyproject.toml uv.lock schemas/pyproject.toml libs/runtime/pyproject.t
 
 install: $(STAMP)
 
+# Chromium for the browser tests of the web console (Debian's package; Playwright never downloads a browser)
+browser:
+	@bash tools/prereqs.sh browser
+
 run: $(STAMP)
 	@$(PY) -m voice_devstack run
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 HONOURED = {"NATS_URL", "DATABASE_URL", "LLM_BASE_URL", "LLM_MODEL", "STATE_DIR"}
 PLATFORM_PREFIXES = ("TWILIO_", "PUBLIC_BASE_URL", "LLM_", "SECRETS_KEY", "EGRESS_", "BOOTSTRAP_", "LOG_",
                      "OTEL_", "JWT_", "INGRESS_", "MEDIA_", "STT_", "BRAIN_", "TTS_", "ANALYTICS_", "CONTROL_API_",
-                     "HTTP_", "VAD_", "TURN_", "TRUSTED_PROXIES", "FORWARDED_HEADER", "PLAYOUT_")
+                     "HTTP_", "VAD_", "TURN_", "TRUSTED_PROXIES", "FORWARDED_HEADER", "PLAYOUT_", "WEBRTC_",
+                     "CALL_TOKEN_", "CONSOLE_")
 
 
 def scrub_environment(env: dict[str, str]) -> list[str]:

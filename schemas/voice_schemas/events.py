@@ -107,9 +107,13 @@ class UtteranceCaptured(Payload):
 class TranscriptPartial(Payload):
     TYPE = "transcript.partial"
     SUBJECT = ("transcript", "partial")
-    DESCRIPTION = "An unstable transcript of caller speech in progress."
+    DESCRIPTION = ("An unstable transcript of a caller utterance in progress (its audio from start_ms to end_ms), "
+                   "superseded by a later partial of the same utterance_id and by its transcript.final.")
     utterance_id: str
     text: str = Field(description="Caller speech (personal data)")
+    start_ms: int = Field(0, description="Media time of the first transcribed sample")
+    end_ms: int = Field(0, description="Media time up to which the audio was transcribed")
+    stt_ms: float = Field(0.0, description="Time spent transcribing, ms")
 
 
 @register
@@ -139,6 +143,9 @@ class ReplyChunk(Payload):
     voice: str | None = None
     hangup_after: bool = Field(False, description="Hang up once this chunk has played")
     speech_end_wall_ms: float = 0.0
+    text_only: bool = Field(
+        False, description="A text-only call (channel chat): the text is delivered as it is, never synthesised"
+    )
 
 
 class LatencyBreakdown(Payload):

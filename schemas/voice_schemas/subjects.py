@@ -95,6 +95,33 @@ def audio_out(call_id: str) -> str:
     return call_subject(call_id, "audio", "out")
 
 
+# Core request/reply to ingress (never captured by a stream): control-api asks, ingress answers.
+INGRESS_RPC = "ingress.rpc"
+
+
+def ingress_rpc(channel: str, op: str) -> str:
+    """``ingress.rpc.<channel>.<op>``: a request any ingress replica may answer (served in a queue group)."""
+    return f"{INGRESS_RPC}.{_token(channel)}.{_token(op)}"
+
+
+def ingress_call_rpc(channel: str, call_id: str, op: str) -> str:
+    """``ingress.rpc.<channel>.<call_id>.<op>``: a request about one live call, answered by the replica that
+    holds it (no responders once it has ended there)."""
+    return f"{INGRESS_RPC}.{_token(channel)}.{check_id(call_id, 'call_id')}.{_token(op)}"
+
+
+# Core request/reply to media (never captured by a stream): stt asks the media replica that owns a call for the
+# audio of the caller's turn in progress (partial transcripts; ``voice_schemas.audio.TurnAudio``).
+MEDIA_RPC = "media.rpc"
+TURN_AUDIO = "turn_audio"
+
+
+def media_call_rpc(call_id: str, op: str) -> str:
+    """``media.rpc.<call_id>.<op>``: a request about one live call, answered by the media replica that owns it (no
+    responders once it has ended there)."""
+    return f"{MEDIA_RPC}.{check_id(call_id, 'call_id')}.{_token(op)}"
+
+
 def dead_letter(stream: str, consumer: str) -> str:
     return f"dlq.{_token(stream.lower())}.{_token(consumer.lower().replace('-', '_'))}"
 
@@ -137,6 +164,12 @@ def call_key(call_id: str) -> str:
 def provider_key(provider_sid: str) -> str:
     """KV ``calls`` key mapping a provider's call id (Twilio CallSid) to ours: 'p.<sid>'."""
     return "p." + check_id(provider_sid, "provider call id")
+
+
+def grant_key(jti: str) -> str:
+    """KV ``calls`` key recording that the call token with this id was used: 'g.<jti>' (it expires with the
+    bucket's TTL, long after the token itself)."""
+    return "g." + check_id(jti, "call token id")
 
 
 def secret_key(tenant_id: str, name: str) -> str:

@@ -27,6 +27,8 @@ from .helpers import BOOTSTRAP_KEY, PASSWORD, unique_email, unique_number
 pytestmark = pytest.mark.integration
 
 MAX_EXAMPLES = 8
+# operations that reach the data plane (ingress), which this test does not run: their documented 503 is the answer
+NEEDS_DATA_PLANE = {("POST", "/v1/agents/{agent_id}/chats"), ("POST", "/v1/agents/{agent_id}/web-calls")}
 
 
 @dataclass
@@ -86,10 +88,14 @@ def test_no_server_errors_and_responses_as_documented(
                 case.path_parameters[name] = fuzz_tenant.ids[name]
     if isinstance(case.body, dict) and "agent_id" in case.body and len(str(case.body["agent_id"])) % 2 == 0:
         case.body["agent_id"] = fuzz_tenant.ids["agent_id"]
+    checks = [status_code_conformance, content_type_conformance, response_schema_conformance]
+    data_plane = (case.method.upper(), case.path) in NEEDS_DATA_PLANE
     response = case.call_and_validate(
         base_url=live_server.url,
         headers={"Authorization": f"Bearer {fuzz_tenant.key}"},
-        checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
+        checks=checks if data_plane else [not_a_server_error, *checks],
     )
+    if data_plane:
+        assert response.status_code < 500 or response.status_code == 503, response.text
     if os.environ.get("FUZZ_TRACE"):
         print("TRACE", case.method, case.path, response.status_code)

@@ -210,6 +210,17 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/v1/calls/{call_id}"): Case(
         "item", all_ok(200), {"call_id": "call_sup"}, hidden={"call_id": "call_admin"}
     ),
+    # text chats (this deployment has no CALL_TOKEN_KEY and no ingress: tests/e2e/test_chat.py holds real chats)
+    ("POST", "/v1/agents/{agent_id}/chats"): Case("item", all_ok(503), AGENT, hidden=HIDDEN_AGENT),
+    ("POST", "/v1/chats/{call_id}/messages"): Case(
+        "item", all_ok(404), {"call_id": "call_sup"}, body=lambda ids: {"text": "hello"}
+    ),
+    ("DELETE", "/v1/chats/{call_id}"): Case("item", all_ok(404), {"call_id": "call_sup"}),
+    # browser calls (no CALL_TOKEN_KEY and no ingress here: tests/ingress/test_webrtc_signalling.py holds real ones)
+    ("POST", "/v1/agents/{agent_id}/web-calls"): Case(
+        "item", all_ok(503), AGENT, hidden=HIDDEN_AGENT, body=lambda ids: {"type": "offer", "sdp": "v=0"}
+    ),
+    ("DELETE", "/v1/web-calls/{call_id}"): Case("item", all_ok(404), {"call_id": "call_sup"}),
     # webhooks
     ("POST", "/v1/webhooks"): Case(
         "create", admin_only(201), body=lambda ids: {"url": "https://h.example.com/y", "events": ["call.ended"]}

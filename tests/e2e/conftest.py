@@ -8,6 +8,7 @@ server with SmolLM2.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from ..conftest import free_port
 
 TWILIO_TOKEN = "test-auth-token-0123456789abcdef"
 PUBLIC = "https://voice.example.test"
+CALL_TOKEN_KEY = base64.b64encode(os.urandom(32)).decode()  # browser calls: ingress verifies what control-api mints
 STACK = ("ingress", "media", "stt", "brain", "tts", "analytics")
 
 
@@ -81,7 +83,9 @@ def platform(database_url: str) -> Iterator[Platform]:
     base_env = dict(os.environ, NATS_URL=p.nats_url, DATABASE_URL=database_url, LLM_BASE_URL=llm_url,
                     LLM_MODEL=os.environ.get("LLM_MODEL", "smollm2"), TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
                     TWILIO_ALLOW_UNSIGNED="false",  # every Twilio request is signed, as in production
-                    PUBLIC_BASE_URL=PUBLIC, LOG_FORMAT="json", SHUTDOWN_GRACE_S="3", STATE_DIR=str(tmp))
+                    PUBLIC_BASE_URL=PUBLIC, LOG_FORMAT="json", SHUTDOWN_GRACE_S="3", STATE_DIR=str(tmp),
+                    PYTHONUNBUFFERED="1",  # every line is in the log file when a test reads it
+                    CALL_TOKEN_KEY=CALL_TOKEN_KEY, WEBRTC_LOOPBACK_CANDIDATE="true")
     module = {n: m for n, m, _ in SERVICES}
     for name in STACK:
         env = dict(base_env, HTTP_PORT=str(p.ports[name]))
@@ -171,3 +175,7 @@ async def poll(fn, timeout: float, interval: float = 0.2):  # type: ignore[no-un
             return result
         await asyncio.sleep(interval)
     return await fn()
+
+
+# control-api and the call configured only through its REST API (shared by the tests that use them)
+from .rest_call import control_api, rest_call  # noqa: E402, F401

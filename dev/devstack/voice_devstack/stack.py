@@ -312,6 +312,43 @@ def service_env(name: str, env: Mapping[str, str], secrets_key: str, call_token_
     return out
 
 
+DEV_ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD_FILE = "admin-password"
+
+
+def first_admin_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What `make run` adds to control-api's environment for the first run: the first admin's email and, unless the
+    user chose a password, the file a generated one is written to (0600, under the state dir), which the banner
+    prints. The password itself never passes through an environment or a log."""
+    out = {"BOOTSTRAP_ADMIN_EMAIL": environ.get("BOOTSTRAP_ADMIN_EMAIL") or DEV_ADMIN_EMAIL}
+    if not environ.get("BOOTSTRAP_ADMIN_PASSWORD"):
+        out["BOOTSTRAP_ADMIN_PASSWORD_FILE"] = environ.get("BOOTSTRAP_ADMIN_PASSWORD_FILE") or str(
+            state_dir() / ADMIN_PASSWORD_FILE
+        )
+    return out
+
+
+def console_note(environ: Mapping[str, str], url: str = "http://127.0.0.1:8000/") -> list[str]:
+    """The banner's lines on the web console: where it is and how to sign in."""
+    admin = first_admin_env(environ)
+    email = admin["BOOTSTRAP_ADMIN_EMAIL"]
+    lines = [f" Web console:       {url}"]
+    password_file = Path(admin.get("BOOTSTRAP_ADMIN_PASSWORD_FILE", ""))
+    if environ.get("BOOTSTRAP_ADMIN_PASSWORD"):
+        lines.append(f"   sign in as {email} with the password in BOOTSTRAP_ADMIN_PASSWORD")
+    elif admin.get("BOOTSTRAP_ADMIN_PASSWORD_FILE") and password_file.is_file():
+        password = password_file.read_text().strip()
+        lines += [
+            f"   sign in as {email}   password: {password}",
+            f"   (generated on the first run and kept in {password_file} until you change it under Account)",
+        ]
+    else:
+        lines.append(f"   sign in as {email} with your password, or with an API key (e.g. BOOTSTRAP_ADMIN_KEY)")
+    agent = environ.get("DEFAULT_AGENT_ID") or "default-agent"
+    lines.append(f"   talk to the default agent: {url}agents/{agent}/talk (voice), {url}agents/{agent}/chat (text)")
+    return lines
+
+
 def twilio_note(env: Mapping[str, str]) -> str:
     """The banner's line on how ingress treats Twilio requests."""
     if env.get("TWILIO_AUTH_TOKEN"):
@@ -349,8 +386,9 @@ def run() -> int:
     secrets_key = dev_secrets_key(os.environ)
     call_token_key = dev_secrets_key(os.environ, "CALL_TOKEN_KEY", "call-token.key")
     for name, module, _port in SERVICES:
+        extra = first_admin_env(os.environ) if name == "control-api" else {}
         manager.add_process(name, subprocess.list2cmdline([sys.executable, "-m", module]),
-                            env=service_env(name, env, secrets_key, call_token_key))
+                            env={**service_env(name, env, secrets_key, call_token_key), **extra})
 
     def banner() -> None:
         deadline = time.monotonic() + 120
@@ -379,6 +417,7 @@ def run() -> int:
             f" Point a caller at: Twilio voice webhook  {public}/twilio/voice  (POST)",
             f"                    media stream           {public.replace('http', 'ws', 1)}/twilio/media",
             twilio_note(env),
+            *console_note(os.environ),
             " Control API docs:  http://127.0.0.1:8000/docs      Ctrl-C stops everything",
             "=" * 72,
         ]

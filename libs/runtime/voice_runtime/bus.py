@@ -20,6 +20,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
@@ -33,7 +34,7 @@ from voice_schemas.streams import CONSUMERS, KV_BUCKETS, STREAMS, ConsumerDef, K
 from . import metrics, telemetry
 from .handlers import EnvelopeHandler as Handler
 from .handlers import RawHandler, delivery
-from .logging import get_logger
+from .logging import get_logger, safe_error
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("voice.bus")
@@ -73,6 +74,10 @@ def check_server_version(version: str) -> None:
 
 class Poison(Exception):
     """A message that can never succeed. Dead-lettered and terminated at once."""
+
+
+class NoResponders(Exception):
+    """A core request found nobody serving its subject (no replica serves it, or the call it names is not live)."""
 
 
 
@@ -237,10 +242,21 @@ class Bus:
             return None
         return raw.seq, raw.data
 
+    async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:
+        """Core request/reply (never JetStream): the body of the first answer. ``NoResponders`` when nobody serves
+        ``subject``, ``TimeoutError`` when no answer came within ``timeout`` seconds. The server side answers with
+        ``publish_nowait(msg.reply, body)``."""
+        try:
+            msg = await self.nc.request(subject, data, timeout=timeout)
+        except NoRespondersError as e:
+            raise NoResponders(subjects.pattern_of(subject)) from e
+        return msg.data
+
     # ------------------------------------------------------------ consuming
-    async def subscribe(self, subject: str, cb: RawHandler) -> Subscription:
-        """A core NATS subscription (every replica receives every message)."""
-        return await self.nc.subscribe(subject, cb=cb)
+    async def subscribe(self, subject: str, cb: RawHandler, *, queue: str = "") -> Subscription:
+        """A core NATS subscription: every replica receives every message, or, with ``queue``, one member of
+        that queue group does."""
+        return await self.nc.subscribe(subject, queue=queue, cb=cb)
 
     async def consume(self, d: ConsumerDef, handler: Handler) -> DurableConsumer:
         await self.ensure_consumer(d)
@@ -273,7 +289,7 @@ async def deliver(d: ConsumerDef, service: str, handler: Handler, subject: str, 
     try:
         env = parse(data)
     except (ValidationError, UnknownEventType, ValueError) as e:
-        return Outcome("dead_letter", error=f"unparseable: {e}"[:500])
+        return Outcome("dead_letter", error=f"unparseable: {safe_error(e, 490)}")
     ctx = telemetry.extract(headers)
     delivery.set(delivered)
     try:
@@ -290,8 +306,8 @@ async def deliver(d: ConsumerDef, service: str, handler: Handler, subject: str, 
         log.warning("handler_transient", consumer=d.durable, delivery=delivered, delay_s=delay, error=str(e)[:300])
         return Outcome("nak", delay_s=delay, error=str(e)[:500])
     except Exception as e:  # Poison, NoHandler and every unexpected failure
-        log.error("handler_poison", consumer=d.durable, error=repr(e)[:300])
-        return Outcome("dead_letter", error=repr(e)[:500])
+        log.error("handler_poison", consumer=d.durable, error=safe_error(e))
+        return Outcome("dead_letter", error=safe_error(e, 500))
     return Outcome("ack")
 
 
@@ -439,4 +455,4 @@ class DurableConsumer:
             self._lag_task.cancel()
 
 
-__all__ = ["CONSUMERS", "Bus", "DurableConsumer", "Outcome", "Poison", "Transient", "deliver"]
+__all__ = ["CONSUMERS", "Bus", "DurableConsumer", "NoResponders", "Outcome", "Poison", "Transient", "deliver"]

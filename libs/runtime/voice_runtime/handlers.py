@@ -31,7 +31,7 @@ from voice_schemas.envelope import Payload
 from voice_schemas.streams import ConsumerDef
 
 from . import metrics
-from .logging import get_logger
+from .logging import get_logger, safe_error
 
 log = get_logger(__name__)
 
@@ -47,6 +47,7 @@ class Message(Protocol):
     subject: str
     data: bytes
     headers: dict[str, str] | None
+    reply: str  # a core request's inbox ("" for a plain message)
 
 
 RawHandler = Callable[[Message], Awaitable[None]]
@@ -134,7 +135,7 @@ def catching(service: str, subject: str, fn: RawHandler) -> RawHandler:
             await fn(msg)
         except Exception as e:
             metrics.ERRORS.labels(service, "core_subscription").inc()
-            log.warning("core_handler_failed", subject=subject, error=repr(e)[:300])
+            log.warning("core_handler_failed", subject=subject, error=safe_error(e))
 
     return cb
 
@@ -147,7 +148,7 @@ def envelope_callback(service: str, subject: str, fn: EnvelopeHandler) -> RawHan
             env = parse(msg.data)
         except (ValueError, UnknownEventType) as e:
             metrics.ERRORS.labels(service, "unparseable").inc()
-            log.warning("core_message_unparseable", subject=subject, error=str(e)[:200])
+            log.warning("core_message_unparseable", subject=subject, error=safe_error(e, 200))
             return
         await fn(env)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from voice_schemas import Envelope, subjects
 from voice_schemas.streams import KV_BUCKETS, STREAMS, ConsumerDef, KvDef, StreamDef
 
 from . import metrics
-from .bus import H_MSG_ID, dead_letter_headers, deliver
+from .bus import H_MSG_ID, NoResponders, dead_letter_headers, deliver
 from .handlers import EnvelopeHandler, RawHandler
 
 
@@ -40,6 +41,7 @@ class MemoryMessage:
     data: bytes
     headers: dict[str, str] | None = None
     seq: int = 0
+    reply: str = ""  # a core request's inbox: answer with ``publish_nowait(reply, body)``
 
 
 @dataclass
@@ -111,6 +113,7 @@ class _Sub:
     bus: InMemoryBus
     subject: str
     cb: RawHandler
+    group: str = ""  # queue group: one member of a group gets each message
     queue: asyncio.Queue[MemoryMessage] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
 
@@ -270,19 +273,42 @@ class InMemoryBus:
         return msg
 
     async def _fan_out(self, msg: MemoryMessage) -> None:
+        groups: set[str] = set()
         for sub in list(self._subs):
             if subject_matches(sub.subject, msg.subject):
+                if sub.group:
+                    if sub.group in groups:
+                        continue  # one member of a queue group gets it
+                    groups.add(sub.group)
                 sub.queue.put_nowait(msg)  # runs concurrently with the publisher, as with NATS
         stream = self._stream_of(msg.subject)
         for c in self._consumers:
             if c.d.stream == stream and any(subject_matches(f, msg.subject) for f in c.d.filter_subjects):
                 c.pending.put_nowait((msg, 1))
 
-    async def subscribe(self, subject: str, cb: RawHandler) -> _Sub:
-        sub = _Sub(self, subject, cb)
+    async def subscribe(self, subject: str, cb: RawHandler, *, queue: str = "") -> _Sub:
+        sub = _Sub(self, subject, cb, queue)
         sub.start()
         self._subs.append(sub)
         return sub
+
+    async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:
+        """Core request/reply as ``Bus.request``: ``NoResponders`` when no subscription matches."""
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def on_answer(msg: MemoryMessage) -> None:
+            if not answer.done():
+                answer.set_result(msg.data)
+
+        if not any(subject_matches(s.subject, subject) for s in self._subs):
+            raise NoResponders(subject)
+        inbox = await self.subscribe(f"_INBOX.{uuid.uuid4().hex}", on_answer)  # type: ignore[arg-type]
+        try:
+            self._seq += 1
+            await self._fan_out(MemoryMessage(subject, data, None, self._seq, reply=inbox.subject))
+            return await asyncio.wait_for(answer, timeout)
+        finally:
+            await inbox.unsubscribe()
 
     async def consume(self, d: ConsumerDef, handler: EnvelopeHandler) -> MemoryConsumer:
         c = MemoryConsumer(self, d, handler)

@@ -144,6 +144,7 @@ class CallHistory(BaseModel):
     tenant_id: str
     agent_id: str
     agent_version: int
+    text_only: bool = False  # a text chat: no playout, a reply is delivered once its final chunk is sent
     epoch: int = 0
     ended: bool = False
     current_turn: str | None = None  # the latest caller turn: a reply of any other turn is superseded
@@ -207,11 +208,13 @@ class CallHistory(BaseModel):
         self.epoch = max(self.epoch, epoch)
         self.current_turn = turn_id
         d = transcript
+        voice = not self.text_only  # a typed message has no end-of-turn decision and no transcription
         self.turns[turn_id] = TurnState(
             turn_id=turn_id, epoch=epoch, caller_text=text,
             caller_started_at=iso(d.speech_end_wall_ms - (d.end_ms - d.start_ms)) if d.speech_end_wall_ms else None,
             caller_ended_at=iso(d.speech_end_wall_ms) if d.speech_end_wall_ms else None,
-            speech_end_wall_ms=d.speech_end_wall_ms, end_of_turn_ms=d.end_of_turn_ms, stt_ms=d.stt_ms,
+            speech_end_wall_ms=d.speech_end_wall_ms, end_of_turn_ms=d.end_of_turn_ms if voice else None,
+            stt_ms=d.stt_ms if voice else None,
         )
         self.messages.append({"role": "user", "content": text, "turn_id": turn_id})
         return True
@@ -287,6 +290,15 @@ class CallHistory(BaseModel):
         else:
             self.messages.append({"role": "assistant", "content": heard, "turn_id": t.turn_id})
         return t.model_copy()
+
+    def deliver_text(self, turn_id: str) -> TurnState | None:
+        """A text-only call (chat) has no playout to report what was heard: a reply reached the user in full once
+        its final chunk was sent. Settles the turn with every sent chunk heard (a superseded reply stays
+        interrupted); None until its final chunk is recorded, or once the turn is forgotten."""
+        t = self.turns.get(turn_id)
+        if t is None or not t.reply_done:
+            return None
+        return self.settle(turn_id, list(range(len(t.chunks))), cleared=False)
 
     def forget(self, turn_id: str) -> None:
         """The turn's ``turn.completed`` is published: drop its bookkeeping, remember its id."""

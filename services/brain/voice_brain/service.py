@@ -120,7 +120,7 @@ class BrainService(Service):
     async def on_call_started(self, env: Envelope[events.CallStarted]) -> None:
         assert self.history is not None
         h = CallHistory(call_id=env.call_id, tenant_id=env.tenant_id, agent_id=env.data.agent_id,
-                        agent_version=env.data.agent_version)
+                        agent_version=env.data.agent_version, text_only=env.data.channel == events.Channel.chat)
         await self._agent(h)  # fail early (and retry) while the agent is not in KV yet
         await self.history.create(h)  # False on redelivery: history already there
 
@@ -138,8 +138,11 @@ class BrainService(Service):
         now = _now_ms()
         applied = await self.history.update(env.call_id, lambda x: x.greet(text, now))
         if applied is not None and applied[1]:
-            await self._publish(env, events.ReplyChunk(index=0, text=text, final=True, voice=agent.voice),
+            await self._publish(env, events.ReplyChunk(index=0, text=text, final=True, voice=agent.voice,
+                                                       text_only=h.text_only),
                                 turn_id=GREETING, epoch=0, event_id=f"{env.call_id}-greeting-0")
+        if h.text_only:  # also on a redelivery: the greeting may have been sent but not yet completed
+            await self._text_delivered(env, GREETING)
 
     # ------------------------------------------------------------ a caller turn
     @turns.on(events.TranscriptFinalized)
@@ -190,8 +193,12 @@ class BrainService(Service):
                     if applied is None or not applied[1]:
                         raise ReplySuperseded  # a newer caller turn (any replica's) or the call ended
                 await self._publish(env, events.ReplyChunk(index=chunk.index, text=chunk.text, final=chunk.final,
-                                                           voice=agent.voice, speech_end_wall_ms=speech_end_wall_ms),
+                                                           voice=agent.voice, speech_end_wall_ms=speech_end_wall_ms,
+                                                           hangup_after=chunk.final and chunk.hang_up,
+                                                           text_only=h.text_only),
                                     turn_id=turn_id, epoch=env.epoch, event_id=f"{env.call_id}-{turn_id}-{chunk.index}")
+                if h.text_only and chunk.final:  # no playout: the reply is complete once its text is out
+                    await self._text_delivered(env, turn_id)
                 if chunk.timings is not None:
                     span.add_event("first_sentence")
                     metrics.STAGE_SECONDS.labels(self.name, "llm_first_sentence").observe(
@@ -248,6 +255,20 @@ class BrainService(Service):
             return  # completed and published before (a redelivered report)
         if d.cleared:
             self._cancel_reply(env.call_id, turn_id=turn.turn_id)
+        await self._settled(env, h, turn)
+
+    async def _text_delivered(self, env: Envelope[Any], turn_id: str) -> None:
+        """A text-only call: the turn's reply has been sent in full, so it is complete (``deliver_text``)."""
+        assert self.history is not None
+        applied = await self.history.update(env.call_id, lambda h: h.deliver_text(turn_id))
+        if applied is None:
+            return
+        h, turn = applied
+        if turn is not None:
+            await self._settled(env, h, turn)
+
+    async def _settled(self, env: Envelope[Any], h: CallHistory, turn: TurnState) -> None:
+        assert self.history is not None
         await self._turn_completed(env, h, turn)
         # published: keep only its id (redelivery detection), so a call's history does not grow with its turns
         await self.history.update(env.call_id, lambda x: x.forget(turn.turn_id))

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from voice_runtime.logging import get_logger
 from voice_runtime.service import Service, health_routes
 
+from . import console
 from .context import AppContext
 from .middleware import RequestContextMiddleware
 from .problems import PROBLEM_JSON, FieldError, Problem, install_problem_handlers, problem_response
@@ -24,10 +25,12 @@ from .routers import (
     audit_log,
     auth,
     calls,
+    chats,
     phone_numbers,
     tenant_secrets,
     tenants,
     users,
+    web_calls,
     webhooks,
 )
 from .settings import ControlApiSettings
@@ -60,12 +63,15 @@ TAGS = [
     {"name": "agents", "description": "Agents with immutable versions; mirrored to JetStream KV for the data plane"},
     {"name": "phone-numbers", "description": "E.164 numbers routed to agents; mirrored to JetStream KV"},
     {"name": "calls", "description": "Calls and transcripts (read-only)"},
+    {"name": "chats", "description": "Text chats with an agent (no audio), stored as calls of channel `chat`"},
+    {"name": "web-calls", "description": "Browser calls (WebRTC) with an agent, stored as calls of channel `webrtc`"},
     {"name": "webhooks", "description": "Webhook endpoints (admin)"},
     {"name": "secrets", "description": "Tenant secrets, e.g. an agent's LLM API key: write-only, sealed (admin)"},
     {"name": "audit-log", "description": "Who changed what, when (admin)"},
 ]
 
-ROUTERS = (auth, tenants, users, api_keys, agents, phone_numbers, calls, webhooks, tenant_secrets, audit_log)
+ROUTERS = (auth, tenants, users, api_keys, agents, phone_numbers, calls, chats, webhooks, tenant_secrets, audit_log,
+           web_calls)
 
 
 def create_app(
@@ -105,6 +111,7 @@ def create_app(
     health_routes(app, health)
     for module in ROUTERS:
         app.include_router(module.router)
+    console.install(app)
 
     origins = settings.cors_origin_list
     if origins:

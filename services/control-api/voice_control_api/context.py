@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 from voice_runtime.egress import EgressPolicy
+from voice_runtime.ports import BusPort
 from voice_runtime.secretbox import SecretBox
 
 from .kvsync import ConfigPublisher
@@ -31,3 +33,5 @@ class AppContext:
     proxies: TrustedProxies
     egress: EgressPolicy  # what tenant URLs (an agent's LLM endpoint) may reach
     secret_box: SecretBox | None  # None without SECRETS_KEY: tenant secrets are refused
+    bus: BusPort | None = None  # core requests to the data plane (text chats to ingress)
+    kv: Mapping[str, Any] = field(default_factory=dict)  # the data plane's KV buckets (live call records)

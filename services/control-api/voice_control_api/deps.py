@@ -15,9 +15,13 @@ from .fields import clean_text, to_utc
 from .principal import Principal
 from .problems import ApiError, forbidden, unauthorized
 from .rest import pagination
-from .security import looks_like_jwt
-from .usecases import auth
+from .security import csrf_matches, looks_like_jwt
+from .usecases import auth, sessions
 from .usecases.common import Pagination
+
+SESSION_COOKIE = "voice_session"  # the web console's session (HttpOnly, SameSite=Lax)
+CSRF_HEADER = "X-CSRF-Token"  # what the console's scripts send with a session on a state-changing request
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -44,18 +48,33 @@ def enforce_rate_limit(ctx: AppContext, key: str) -> None:
         )
 
 
+async def session_principal(ctx: AppContext, request: Request, token: str, csrf: str | None) -> Principal:
+    """The caller behind a web console session. A request that changes state must carry the session's CSRF token
+    (``csrf``: the X-CSRF-Token header, or the console form's field): the cookie alone, which the browser attaches
+    to any request, proves nothing about who made the request."""
+    principal = await sessions.principal_of_session(ctx, token)
+    if request.method not in SAFE_METHODS and not csrf_matches(token, csrf):
+        raise forbidden(f"a console session must send its CSRF token ({CSRF_HEADER} header) to change anything")
+    return principal
+
+
 async def authenticate(request: Request, creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> Principal:
-    """The caller behind the API key or access token, rate limited per credential."""
+    """The caller behind the API key or access token (or, without an Authorization header, the web console session
+    cookie with its CSRF header), rate limited per credential."""
     ctx = get_ctx(request)
     if creds is None or not creds.credentials:
-        raise unauthorized("missing Authorization: Bearer <API key or access token>")
-    token = creds.credentials.strip()
-    if not 8 <= len(token) <= 4096:
-        raise unauthorized("invalid credentials")
-    if looks_like_jwt(token):
-        principal = await auth.principal_of_access_token(ctx, token)
+        session = request.cookies.get(SESSION_COOKIE)
+        if not session:
+            raise unauthorized("missing Authorization: Bearer <API key or access token>")
+        principal = await session_principal(ctx, request, session, request.headers.get(CSRF_HEADER))
     else:
-        principal = await auth.principal_of_api_key(ctx, token)
+        token = creds.credentials.strip()
+        if not 8 <= len(token) <= 4096:
+            raise unauthorized("invalid credentials")
+        if looks_like_jwt(token):
+            principal = await auth.principal_of_access_token(ctx, token)
+        else:
+            principal = await auth.principal_of_api_key(ctx, token)
     enforce_rate_limit(ctx, principal.actor)
     request.state.principal = principal
     return principal

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, WithJsonSchema, create_model
 from pydantic.fields import FieldInfo
-from voice_schemas import REGISTRY
+from voice_schemas import REGISTRY, chat, webrtc
 from voice_schemas.agent import LlmSettings, SttSettings, TurnSettings
 
 from . import openapi_examples as ex
@@ -467,3 +467,49 @@ class AuditEntry(BaseModel):
     resource_id: str | None
     request_id: str | None
     details: dict[str, Any]
+
+
+# ------------------------------------------------------------------ text chats
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value.strip()
+
+
+class ChatCreated(BaseModel):
+    call_id: str = Field(description="The chat's call id (it shows in the calls API with channel `chat`)")
+    greeting: str | None = Field(description="The agent's first message, or null when it has none")
+
+
+ChatText = Annotated[
+    str,
+    Field(min_length=1, max_length=chat.MAX_MESSAGE_CHARS),
+    AfterValidator(clean_text),
+    AfterValidator(_not_blank),
+]
+
+
+class ChatMessage(RequestModel):
+    text: ChatText = Field(description=f"What the user says (at most {chat.MAX_MESSAGE_CHARS} characters)")
+
+
+class ChatReply(BaseModel):
+    reply: str = Field(description="The agent's reply")
+    turn: int = Field(description="The number of this message in the chat (1 for the first)")
+    ended: bool = Field(False, description="The agent ended the chat with this reply")
+
+
+# ------------------------------------------------------------------ browser calls (WebRTC)
+class WebCallOffer(RequestModel):
+    type: Literal["offer"] = Field(description="Always `offer`")
+    sdp: str = Field(
+        min_length=1,
+        max_length=webrtc.MAX_SDP_CHARS,
+        description="The browser's SDP offer with its ICE candidates gathered (no trickle): one audio section, Opus",
+    )
+
+
+class WebCallAnswer(BaseModel):
+    call_id: str = Field(description="The call's id (it shows in the calls API with channel `webrtc`)")
+    type: Literal["answer"] = "answer"
+    sdp: str = Field(description="The SDP answer, with every candidate of the server's side in it")

@@ -24,7 +24,9 @@ from .usecases.errors import (
     NotFound,
     PreconditionFailed,
     StaleVersion,
+    TimedOut,
     Unauthenticated,
+    Unavailable,
     UseCaseError,
 )
 
@@ -160,6 +162,10 @@ def refusal(error: UseCaseError) -> ApiError:
             return conflict(str(error))
         case NotConfigured():
             return ApiError(503, str(error), kind="not-configured")
+        case Unavailable():
+            return ApiError(503, str(error), kind="unavailable", headers={"Retry-After": "5"})
+        case TimedOut():
+            return ApiError(504, str(error), kind="timeout")
         case InvalidField():
             return invalid(f"body.{error.field}", error.message)
         case InvalidFields():

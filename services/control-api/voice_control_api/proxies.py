@@ -68,6 +68,11 @@ class TrustedProxies:
     def trusts(self, ip: IpAddress) -> bool:
         return any(ip.version == n.version and ip in n for n in self.networks)
 
+    def trusts_peer(self, peer: str | None) -> bool:
+        """Whether a connection's address (as the server reports it) is one of the trusted proxies."""
+        ip = _ip(peer) if peer else None
+        return ip is not None and self.trusts(ip)
+
     def client_address(self, peer: str | None, header_values: list[str]) -> str:
         """The client's address: ``peer`` (the connection's address) unless it is a trusted proxy, else read
         from ``header_values`` (every value of ``header`` on the request, in order)."""

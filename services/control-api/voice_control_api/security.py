@@ -1,4 +1,5 @@
-"""Credential primitives, free of I/O: API keys, refresh tokens, passwords (argon2) and access tokens (JWT).
+"""Credential primitives, free of I/O: API keys, refresh tokens, console sessions and their CSRF tokens, passwords
+(argon2) and access tokens (JWT).
 
 API keys and refresh tokens are 256-bit random secrets, so a single SHA-256 is enough to store them
 (a slow hash protects guessable passwords, not random keys) and lets every request be checked cheaply.
@@ -25,6 +26,7 @@ ROLES: tuple[Role, ...] = ("admin", "supervisor")
 
 KEY_PREFIX = "vk_"
 REFRESH_PREFIX = "vr_"
+SESSION_PREFIX = "vs_"
 _KEY_RE = re.compile(r"^vk_([a-z0-9]{8})_[A-Za-z0-9_-]{20,}$")
 _PREFIX_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 JWT_ISSUER = "voice-control-api"
@@ -69,6 +71,22 @@ def key_matches(key: str, stored_hash: str) -> bool:
 def generate_refresh_token() -> tuple[str, str]:
     token = REFRESH_PREFIX + secrets.token_urlsafe(32)
     return token, sha256_hex(token)
+
+
+def generate_session_token() -> tuple[str, str]:
+    """A console session's cookie value and the hash it is stored under."""
+    token = SESSION_PREFIX + secrets.token_urlsafe(32)
+    return token, sha256_hex(token)
+
+
+def csrf_token(session_token: str) -> str:
+    """The CSRF token of a console session: derived from the session's secret (so nothing more is stored), and
+    useless without the cookie it belongs to; the cookie's secret cannot be recovered from it."""
+    return hmac.new(session_token.encode(), b"voice-console-csrf", hashlib.sha256).hexdigest()
+
+
+def csrf_matches(session_token: str, presented: str | None) -> bool:
+    return presented is not None and hmac.compare_digest(csrf_token(session_token), presented.strip())
 
 
 def generate_webhook_secret() -> str:

@@ -22,7 +22,7 @@ from .proxies import TrustedProxies
 from .ratelimit import RateLimiter
 from .security import AccessTokens, Passwords
 from .settings import ControlApiSettings
-from .usecases.bootstrap import bootstrap, signing_secret
+from .usecases.bootstrap import bootstrap, first_run, signing_secret
 from .usecases.dataplane import load_snapshot
 
 log = get_logger(__name__)
@@ -66,7 +66,10 @@ class ControlApiService(Service):
 
     async def _prepare(self, pool: asyncpg.Pool) -> None:
         s = self.settings
+        hasher = PasswordHasher(time_cost=s.password_hash_time_cost, memory_cost=s.password_hash_memory_kib)
+        passwords = Passwords(hasher)
         await bootstrap(pool, s)
+        await first_run(pool, s, passwords)
         self.publisher = ConfigPublisher(
             self.kv[KV_AGENTS.bucket], self.kv[KV_NUMBERS.bucket], self.kv[KV_SECRETS.bucket]
         )
@@ -76,14 +79,14 @@ class ControlApiService(Service):
             pool=pool,
             publisher=self.publisher,
             tokens=AccessTokens(await signing_secret(pool, s), s.access_token_ttl_s),
-            passwords=Passwords(
-                PasswordHasher(time_cost=s.password_hash_time_cost, memory_cost=s.password_hash_memory_kib)
-            ),
+            passwords=passwords,
             limiter=RateLimiter(s.rate_limit_per_s, s.rate_limit_burst),
             request_resync=self._resync_wanted.set,
             proxies=TrustedProxies.parse(s.trusted_proxies, s.forwarded_header),
             egress=s.egress_policy(),
             secret_box=s.secret_box(),
+            bus=self.bus,
+            kv=self.kv,
         )
         report = await self.resync()
         log.info(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -15,6 +16,7 @@ from voice_runtime.settings import (
     SecretsSettings,
 )
 
+from .fields import check_email
 from .proxies import ForwardedHeader, TrustedProxies
 
 
@@ -39,7 +41,39 @@ class ControlApiSettings(
     )
     password_hash_time_cost: int = Field(3, ge=1, le=20, description="argon2id passes")
     password_hash_memory_kib: int = Field(65536, ge=8192, le=1048576, description="argon2id memory per hash")
-    bootstrap_tenant_name: str = Field("Default", description="Name of the tenant BOOTSTRAP_ADMIN_KEY creates")
+    bootstrap_tenant_name: str = Field(
+        "Default", description="Name of the first tenant (of BOOTSTRAP_ADMIN_KEY, the first admin, the default agent)"
+    )
+
+    # first run: on a database without any console user, the first platform admin; and the default agent
+    bootstrap_admin_email: str = Field(
+        "admin@example.com", description="Email of the first platform admin user, created on a database without users"
+    )
+    bootstrap_admin_password: SecretStr | None = Field(
+        None, description="Password of the first admin (8+ characters). Unset: see BOOTSTRAP_ADMIN_PASSWORD_FILE"
+    )
+    bootstrap_admin_password_file: Path | None = Field(
+        None,
+        description="Without BOOTSTRAP_ADMIN_PASSWORD, a random password is generated and written to this file "
+        "(0600), never logged; removed once the admin changes it. Unset too: no admin user is made (sign in to the "
+        "console with BOOTSTRAP_ADMIN_KEY instead)",
+    )
+    bootstrap_default_agent: bool = Field(
+        True,
+        description="Store the default agent (DEFAULT_AGENT_ID in DEFAULT_TENANT_ID) as an editable agent when it "
+        "has never existed",
+    )
+
+    # web console
+    console_session_ttl_s: int = Field(
+        12 * 3600, ge=300, le=30 * 86400, description="How long a console sign-in lasts (the cookie and the session)"
+    )
+    console_secure_cookies: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Secure flag of the console's cookies. auto: when the request came over https (directly, or "
+        "X-Forwarded-Proto from a TRUSTED_PROXIES proxy); always behind a TLS-terminating proxy you do not trust "
+        "for headers",
+    )
 
     # API behaviour
     cors_origins: str = Field(
@@ -63,6 +97,24 @@ class ControlApiSettings(
     kv_reconcile_interval_s: float = Field(
         300.0, ge=0.0, description="Periodic full KV resync (anti-entropy); 0 = only at start"
     )
+
+    # text chat (ingress holds the chat; its idle timeout is ingress's CHAT_IDLE_TIMEOUT_S)
+    chat_reply_timeout_s: float = Field(
+        45.0, gt=0.0, le=120.0, description="How long a chat message (or a new chat's greeting) waits for the agent "
+        "before the request answers 504"
+    )
+
+    @field_validator("bootstrap_admin_email")
+    @classmethod
+    def _admin_email(cls, value: str) -> str:
+        return check_email(value)
+
+    @field_validator("bootstrap_admin_password")
+    @classmethod
+    def _admin_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() and len(value.get_secret_value()) < 8:
+            raise ValueError("must be at least 8 characters")
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

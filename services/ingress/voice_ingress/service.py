@@ -26,7 +26,9 @@ from voice_schemas.streams import KV_CALLS
 from .session import CallSession, Clock, LoopClock
 from .settings import IngressSettings
 from .transports.base import Endpoint, ProtocolError, Started, Transport
+from .transports.chat import ChatEndpoint
 from .transports.twilio import TwilioEndpoint
+from .transports.webrtc import WebRtcEndpoint
 
 log = get_logger(__name__)
 
@@ -39,7 +41,8 @@ class IngressService(Service):
         self.settings: IngressSettings = settings
         self.sessions: dict[str, CallSession] = {}
         self.directory: AgentDirectory | None = None
-        self.endpoints: list[Endpoint] = [TwilioEndpoint(self, settings)]
+        self.endpoints: list[Endpoint] = [TwilioEndpoint(self, settings), ChatEndpoint(self, settings, settings)]
+        self.endpoints.append(WebRtcEndpoint(self, settings, settings.call_token_key_bytes()))
         self.clock: Clock = LoopClock()  # what playout is paced by
 
     async def on_start(self) -> None:
@@ -93,7 +96,8 @@ class IngressService(Service):
             await kv.put(pkey, call_id.encode())
         await self.bus.publish(make(
             events.CallStarted(agent_id=agent.id, agent_version=agent.version, channel=channel,
-                               from_number=from_number, to_number=to_number, provider_call_id=provider_call_id),
+                               from_number=from_number, to_number=to_number or None,
+                               provider_call_id=provider_call_id),
             tenant_id=route.tenant_id, call_id=call_id, event_id=f"{call_id}-started",
         ))
         log.info("call_created", call_id=call_id, tenant_id=route.tenant_id, agent_id=agent.id,

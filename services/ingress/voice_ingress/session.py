@@ -74,7 +74,7 @@ class _Mark:
     end_of_turn: bool
 
 
-class _Recent(OrderedDict[str, Any]):
+class Recent(OrderedDict[str, Any]):
     """A dict that forgets its oldest entries beyond ``limit``."""
 
     def __init__(self, limit: int) -> None:
@@ -112,10 +112,10 @@ class CallSession:
         self._subs: list[Unsubscribable] = []
         self._sender: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
-        self._marks: _Recent = _Recent(MAX_PENDING_MARKS)  # mark name -> _Mark, until it comes back
+        self._marks: Recent = Recent(MAX_PENDING_MARKS)  # mark name -> _Mark, until it comes back
         self._heard: dict[str, list[int]] = {}  # turn -> chunk indices whose marks came back
-        self._played: _Recent = _Recent(MAX_REMEMBERED_TURNS)  # turns whose final mark came back
-        self._trace: _Recent = _Recent(MAX_REMEMBERED_TURNS)  # turn -> trace context of its first audio frame
+        self._played: Recent = Recent(MAX_REMEMBERED_TURNS)  # turns whose final mark came back
+        self._trace: Recent = Recent(MAX_REMEMBERED_TURNS)  # turn -> trace context of its first audio frame
         self._hangup_turn: str | None = None
         self._hangup_reason = events.EndReason.agent_hangup
         self._hangup_timer: asyncio.Task[None] | None = None

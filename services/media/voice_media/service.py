@@ -1,8 +1,8 @@
 """The media service: caller audio -> VAD -> turn decisions -> durable events, per call.
 
-A call is claimed from the ``MEDIA_CALLS`` durable consumer (so exactly one replica owns it). The
-owner core-subscribes to the call's caller audio, its playout events and its end, runs the call's
-``CallPipeline`` inline on the event loop (Silero costs ~0.2 ms of CPU per 32 ms window) and the
+A call is claimed from the ``MEDIA_CALLS`` durable consumer (so exactly one replica owns it; a text chat has no
+audio and is never claimed). The owner core-subscribes to the call's caller audio, its playout events and its
+end, runs the call's ``CallPipeline`` inline on the event loop (Silero costs ~0.2 ms of CPU per 32 ms window) and the
 turn model off the loop (``turn_model.py``), and publishes what the ``TurnDetector`` decides through a per-call outbox
 that keeps events in order without ever making the audio path wait on the network.
 
@@ -32,7 +32,7 @@ from voice_runtime.ports import Unsubscribable
 from voice_runtime.service import Service
 from voice_schemas import Envelope, events, make, parse, subjects
 from voice_schemas.agent import TurnSettings
-from voice_schemas.audio import H_TS
+from voice_schemas.audio import H_TS, TurnAudio, TurnAudioRequest
 from voice_schemas.envelope import Payload
 from voice_schemas.streams import CALLS, MEDIA_CALLS, ConsumerDef
 
@@ -49,7 +49,11 @@ SERVICE = "media"
 
 TURNS = Counter("voice_media_turns_total", "Caller turns by how they ended (discarded: backchannel, blip)",
                 ["end_of_turn"])
+CALLS_NOT_CLAIMED = Counter("voice_media_calls_not_claimed_total", "Calls media does not follow, by reason",
+                            ["reason"])
 BARGE_INS = Counter("voice_media_barge_ins_total", "Suspected barge-ins by outcome", ["outcome"])
+# an stt replica that has not asked for a call's turn audio this long no longer holds it: another may take over
+TURN_AUDIO_READER_TTL_S = 2.0
 PAUSE_DETECT_SECONDS = Histogram(
     "voice_media_pause_detect_seconds", "Caller speech onset to PausePlayout decision (audio time)",
     buckets=(0.032, 0.064, 0.096, 0.128, 0.16, 0.2, 0.25, 0.3, 0.5),
@@ -88,6 +92,7 @@ class MediaCall:
         self._bad_frames = 0
         self._wall_offset_ms = 0.0  # wall clock (epoch ms) minus media time, best recent estimate
         self._wall_offset_at = 0.0
+        self._turn_audio_reader: tuple[str, float] | None = None  # (stt reader, monotonic time of its last ask)
 
     # ------------------------------------------------------------ inbound
     async def on_audio(self, msg: Message) -> None:
@@ -110,6 +115,30 @@ class MediaCall:
             if self._bad_frames in (1, 10, 100) or self._bad_frames % 1000 == 0:  # 50 frames/s: no log flood
                 log.warning("audio_frame_failed", call_id=self.call_id, count=self._bad_frames,
                             error=repr(e)[:200])
+
+    async def on_turn_audio_request(self, msg: Message) -> None:
+        """stt asks for the caller's turn so far (partial transcripts): answered from the ring, never on the
+        audio path (a copy of at most max_utterance_ms; nothing is sent unless asked)."""
+        if not msg.reply or self.service.bus is None:
+            return
+        answer = self.turn_audio(TurnAudioRequest.from_bytes(msg.data).reader, time.monotonic())
+        await self.service.bus.publish_nowait(msg.reply, answer.to_bytes())
+
+    def turn_audio(self, reader: str, now: float) -> TurnAudio:
+        d = self.detector
+        turn_id, start = d.turn_id, d.turn_start_ms
+        if turn_id is None or start is None:
+            self._turn_audio_reader = None
+            return TurnAudio()
+        held = self._turn_audio_reader
+        if held is not None and held[0] != reader and now - held[1] < TURN_AUDIO_READER_TTL_S:
+            return TurnAudio(turn_id=turn_id, taken=True)
+        self._turn_audio_reader = (reader, now)
+        audio = self.pipeline.audio
+        begin = max(start - self.settings.pre_roll_ms, audio.origin_ms)
+        end = self.pipeline.now_ms
+        return TurnAudio(turn_id=turn_id, epoch=d.epoch, start_ms=begin, end_ms=end, speaking=d.speaking,
+                         sample_rate=audio.sample_rate, pcm=audio.slice_ms(begin, end).tobytes())
 
     async def on_playout_started(self, env: Envelope[events.PlayoutStarted]) -> None:
         self.handle(self.detector.playout_started(env.turn_id, env.epoch))
@@ -328,6 +357,9 @@ class MediaService(Service):
     @calls_started.on(events.CallStarted)
     async def on_call_started(self, env: Envelope[events.CallStarted]) -> None:
         call_id = env.call_id
+        if env.data.channel == events.Channel.chat:  # text only: no caller audio to follow
+            CALLS_NOT_CLAIMED.labels("text_only").inc()
+            return
         if call_id in self.calls:  # redelivered: we already own it
             return
         if self.stopping:
@@ -355,6 +387,8 @@ class MediaService(Service):
         metrics.ACTIVE_CALLS.labels(SERVICE).set(len(self.calls))
         try:
             call.subs.append(await self.on_raw(subjects.audio_in(call_id), call.on_audio, per_call=True))
+            call.subs.append(await self.on_raw(subjects.media_call_rpc(call_id, subjects.TURN_AUDIO),
+                                               call.on_turn_audio_request, per_call=True))
             for subject, handler in ((events.PlayoutStarted.subject_for(call_id), call.on_playout_started),
                                      (events.PlayoutFinished.subject_for(call_id), call.on_playout_finished),
                                      (events.CallEnded.subject_for(call_id), self._on_call_ended)):

@@ -8,6 +8,7 @@
 - Barge-in: ``control.barge_in`` (core subscription; the envelope epoch is the new epoch) and any chunk of
   a newer epoch move the call's epoch; stale chunks are skipped and one being spoken stops between frames.
 - ``CallEnded`` frees the call's state; late chunks for it are dropped.
+- A text-only call (a chat; ``ReplyChunk.text_only``) is never synthesised and gets no per-call state here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import time
 
 from opentelemetry import trace
+from prometheus_client import Counter
 from voice_runtime import metrics, telemetry
 from voice_runtime.handlers import Handlers
 from voice_runtime.logging import bind_call, get_logger
@@ -33,6 +35,7 @@ from .speaker import ChunkJob, SpeakResult, speak_chunk
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("voice.tts")
+SKIPPED = Counter("voice_tts_chunks_skipped_total", "Reply chunks not synthesised, by reason", ["reason"])
 
 
 class TtsService(Service):
@@ -83,6 +86,9 @@ class TtsService(Service):
         received = time.perf_counter()
         chunk = env.data
         with bind_call(call_id=env.call_id, tenant_id=env.tenant_id, turn_id=env.turn_id):
+            if chunk.text_only:  # a chat: its text is the reply, nobody listens
+                SKIPPED.labels("text_only").inc()
+                return
             call = self.calls.get(env.call_id)
             if call is None:
                 log.info("tts_chunk_dropped", reason="call_ended", chunk=chunk.index)

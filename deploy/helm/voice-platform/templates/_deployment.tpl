@@ -9,6 +9,7 @@ service finish in-flight work for SHUTDOWN_GRACE_S before terminationGracePeriod
 {{- $name := index . 1 }}
 {{- $svc := index . 2 }}
 {{- $sip := and (eq $name "ingress") $root.Values.sip.enabled }}
+{{- $webrtc := and (eq $name "ingress") $root.Values.webrtc.enabled }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -92,6 +93,16 @@ spec:
             {{- range $i := until (int $root.Values.sip.rtpPortCount) }}
             - name: rtp-{{ $i }}
               containerPort: {{ add $root.Values.sip.rtpPortStart $i }}
+              protocol: UDP
+            {{- end }}
+            {{- end }}
+            {{- if $webrtc }}
+            {{- range $i := until (int $root.Values.webrtc.udpPortCount) }}
+            - name: webrtc-{{ $i }}
+              containerPort: {{ add $root.Values.webrtc.udpPortStart $i }}
+              {{- if $root.Values.webrtc.hostPorts }}
+              hostPort: {{ add $root.Values.webrtc.udpPortStart $i }}
+              {{- end }}
               protocol: UDP
             {{- end }}
             {{- end }}

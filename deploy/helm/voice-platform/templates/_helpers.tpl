@@ -116,8 +116,10 @@ DATABASE_URL: {block: database, inline: url}
 LLM_API_KEY: {block: llm, inline: apiKey}
 TWILIO_AUTH_TOKEN: {block: twilio, inline: authToken}
 BOOTSTRAP_ADMIN_KEY: {block: bootstrapAdmin, inline: key}
+BOOTSTRAP_ADMIN_PASSWORD: {block: consoleAdmin, inline: password}
 SECRETS_KEY: {block: tenantSecrets, inline: key}
 CALL_TOKEN_KEY: {block: callTokens, inline: key}
+WEBRTC_TURN_CREDENTIAL: {block: webrtcTurn, inline: credential}
 LOG_REDACTION_KEY: {block: logRedaction, inline: key}
 {{- end }}
 
@@ -163,11 +165,34 @@ Precedence: the service's `env`, then the global `env`, then what the chart deri
 {{- end }}
 {{- if eq $name "control-api" }}
 {{- $_ := set $derived "TRUSTED_PROXIES" (join "," ($v.trustedProxies | default list)) }}
+{{- $_ := set $derived "BOOTSTRAP_ADMIN_EMAIL" $v.consoleAdmin.email }}
+{{- $_ := set $derived "CONSOLE_SESSION_TTL_S" $v.console.sessionTtlSeconds }}
+{{- /* behind an Ingress that terminates TLS, the console's cookies are Secure whatever control-api is told */}}
+{{- $tls := and $v.ingress.enabled (gt (len ($v.ingress.tls | default list)) 0) }}
+{{- $_ := set $derived "CONSOLE_SECURE_COOKIES" (ternary "always" $v.console.secureCookies (and $tls (eq $v.console.secureCookies "auto"))) }}
 {{- end }}
 {{- if and (eq $name "ingress") $v.sip.enabled }}
 {{- $_ := set $derived "SIP_PORT" $v.sip.port }}
 {{- $_ := set $derived "RTP_PORT_MIN" $v.sip.rtpPortStart }}
 {{- $_ := set $derived "RTP_PORT_MAX" (add $v.sip.rtpPortStart $v.sip.rtpPortCount -1) }}
+{{- end }}
+{{- if eq $name "ingress" }}
+{{- $_ := set $derived "CHAT_IDLE_TIMEOUT_S" $v.chat.idleTimeoutSeconds }}
+{{- $_ := set $derived "CHAT_MAX_SESSIONS" $v.chat.maxSessionsPerReplica }}
+{{- end }}
+{{- if eq $name "control-api" }}
+{{- $_ := set $derived "CHAT_REPLY_TIMEOUT_S" $v.chat.replyTimeoutSeconds }}
+{{- end }}
+{{- $hostIp := false }}
+{{- if and (eq $name "ingress") $v.webrtc.enabled }}
+{{- $_ := set $derived "WEBRTC_UDP_PORT_MIN" $v.webrtc.udpPortStart }}
+{{- $_ := set $derived "WEBRTC_UDP_PORT_MAX" (add $v.webrtc.udpPortStart $v.webrtc.udpPortCount -1) }}
+{{- $_ := set $derived "WEBRTC_ADVERTISED_ADDRESS" $v.webrtc.advertisedAddress }}
+{{- $hostIp = and $v.webrtc.hostPorts (not $v.webrtc.advertisedAddress) (not (hasKey ($svc.env | default dict) "WEBRTC_ADVERTISED_ADDRESS")) (not (hasKey ($v.env | default dict) "WEBRTC_ADVERTISED_ADDRESS")) }}
+{{- end }}
+{{- if eq $name "ingress" }}
+{{- $_ := set $derived "WEBRTC_ICE_SERVERS" $v.webrtc.iceServers }}
+{{- $_ := set $derived "WEBRTC_TURN_USERNAME" $v.webrtc.turnUsername }}
 {{- end }}
 {{- $env := merge (dict) ($svc.env | default dict) ($v.env | default dict) $derived }}
 {{- range $key, $value := $env }}
@@ -175,6 +200,13 @@ Precedence: the service's `env`, then the global `env`, then what the chart deri
 - name: {{ $key }}
   value: {{ $value | toString | quote }}
 {{- end }}
+{{- end }}
+{{- if $hostIp }}
+{{- /* a pod's media ports are on its node (hostPort): browsers reach them at the node's address */}}
+- name: WEBRTC_ADVERTISED_ADDRESS
+  valueFrom:
+    fieldRef:
+      fieldPath: status.hostIP
 {{- end }}
 {{- $sources := include "voice.secretSources" $root | fromYaml }}
 {{- range $var := $svc.secretEnv | default list }}

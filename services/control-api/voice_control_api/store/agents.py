@@ -59,6 +59,11 @@ async def create(conn: asyncpg.Connection, *, config: AgentConfig, owner_user_id
     return agent
 
 
+async def ever_existed(conn: asyncpg.Connection, agent_id: str) -> bool:
+    """Whether an agent with this id exists or existed (deleted ones included), in any tenant."""
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM agents WHERE id = $1)", agent_id))
+
+
 async def get(
     conn: asyncpg.Connection, tenant_id: str, agent_id: str, *, owner: str | None = None, for_update: bool = False
 ) -> Agent | None:

@@ -24,6 +24,7 @@ class UserStatus:
     tenant_id: str
     role: Role
     is_active: bool
+    platform_admin: bool
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,12 @@ async def create(
     name: str | None,
     role: str,
     password_hash: str,
+    platform_admin: bool = False,
 ) -> User:
     row = await conn.fetchrow(
         f"""
-        INSERT INTO users (id, tenant_id, email, name, role, password_hash)
-        VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}
+        INSERT INTO users (id, tenant_id, email, name, role, password_hash, platform_admin)
+        VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}
         """,
         user_id,
         tenant_id,
@@ -63,6 +65,7 @@ async def create(
         name,
         role,
         password_hash,
+        platform_admin,
     )
     return row_as(User, row)
 
@@ -74,15 +77,24 @@ async def get(conn: asyncpg.Connection, tenant_id: str, user_id: str, *, for_upd
 
 
 async def status(conn: asyncpg.Connection, user_id: str) -> UserStatus | None:
-    row = await conn.fetchrow("SELECT id, tenant_id, role, is_active FROM users WHERE id = $1", user_id)
+    row = await conn.fetchrow("SELECT id, tenant_id, role, is_active, platform_admin FROM users WHERE id = $1", user_id)
     return row_as(UserStatus, row) if row else None
 
 
 async def credentials_by_email(conn: asyncpg.Connection, email: str) -> Credentials | None:
     row = await conn.fetchrow(
-        "SELECT id, tenant_id, role, is_active, password_hash FROM users WHERE lower(email) = lower($1)", email
+        """
+        SELECT id, tenant_id, role, is_active, platform_admin, password_hash FROM users
+        WHERE lower(email) = lower($1)
+        """,
+        email,
     )
     return row_as(Credentials, row) if row else None
+
+
+async def any_user(conn: asyncpg.Connection) -> bool:
+    """Whether the platform has any console user at all (in any tenant)."""
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users)"))
 
 
 async def password_hash(conn: asyncpg.Connection, user_id: str) -> str | None:
@@ -180,8 +192,12 @@ async def revoke_refresh_token(conn: asyncpg.Connection, token_id: str) -> None:
 
 
 async def revoke_user_refresh_tokens(conn: asyncpg.Connection, user_id: str) -> None:
+    """Every way the user stays signed in ends: refresh tokens and web console sessions."""
     await conn.execute(
         "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", user_id
+    )
+    await conn.execute(
+        "UPDATE console_sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", user_id
     )
 
 

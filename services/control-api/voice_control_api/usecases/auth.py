@@ -19,6 +19,8 @@ from ..principal import Principal
 from ..security import InvalidToken, generate_refresh_token, key_matches, key_prefix, new_id, sha256_hex
 from ..store import api_keys as key_store
 from ..store import users as store
+from ..store.api_keys import KeyCredential
+from ..store.users import Credentials, UserStatus
 from . import audit_log
 from .common import connection, transaction
 from .errors import Forbidden, Unauthenticated
@@ -28,22 +30,17 @@ log = get_logger(__name__)
 LAST_USED_RESOLUTION_S = 30  # last_used_at is written at most this often per key
 
 
-async def principal_of_api_key(ctx: AppContext, token: str) -> Principal:
-    async with connection(ctx) as conn:
-        key = await key_store.credential(conn, key_prefix(token), touch_after_s=LAST_USED_RESOLUTION_S)
-        if key is None or not key_matches(token, key.key_hash):
-            raise Unauthenticated("invalid API key")
-        if key.revoked_at is not None:
-            raise Unauthenticated("API key revoked")
-        if key.expired:
-            raise Unauthenticated("API key expired")
-        if key.role == "supervisor" and key.user_id is None:
-            raise Unauthenticated("the user of this API key is inactive")
-        # a key acts for its user whatever its role: the user's deactivation ends the key's use too
-        if key.user_id is not None and (key.user_active is not True or key.user_tenant != key.tenant_id):
-            raise Unauthenticated("the user of this API key is inactive")
-        if key.touch:
-            await key_store.touch(conn, key.id)
+def key_principal(key: KeyCredential) -> Principal:
+    """Who a key found in the database acts as; Unauthenticated when it may not be used now."""
+    if key.revoked_at is not None:
+        raise Unauthenticated("API key revoked")
+    if key.expired:
+        raise Unauthenticated("API key expired")
+    if key.role == "supervisor" and key.user_id is None:
+        raise Unauthenticated("the user of this API key is inactive")
+    # a key acts for its user whatever its role: the user's deactivation ends the key's use too
+    if key.user_id is not None and (key.user_active is not True or key.user_tenant != key.tenant_id):
+        raise Unauthenticated("the user of this API key is inactive")
     return Principal(
         tenant_id=key.tenant_id,
         role=key.role,
@@ -52,6 +49,30 @@ async def principal_of_api_key(ctx: AppContext, token: str) -> Principal:
         user_id=key.user_id,
         platform_admin=key.platform_admin,
     )
+
+
+def user_principal(user: UserStatus) -> Principal:
+    """A console user as a principal. The role is read from the database on every request, so a demotion
+    applies at once."""
+    return Principal(
+        tenant_id=user.tenant_id,
+        role=user.role,
+        actor_type="user",
+        actor_id=user.id,
+        user_id=user.id,
+        platform_admin=user.platform_admin,
+    )
+
+
+async def principal_of_api_key(ctx: AppContext, token: str) -> Principal:
+    async with connection(ctx) as conn:
+        key = await key_store.credential(conn, key_prefix(token), touch_after_s=LAST_USED_RESOLUTION_S)
+        if key is None or not key_matches(token, key.key_hash):
+            raise Unauthenticated("invalid API key")
+        principal = key_principal(key)
+        if key.touch:
+            await key_store.touch(conn, key.id)
+    return principal
 
 
 async def principal_of_access_token(ctx: AppContext, token: str) -> Principal:
@@ -63,8 +84,20 @@ async def principal_of_access_token(ctx: AppContext, token: str) -> Principal:
         user = await store.status(conn, claims.user_id)
     if user is None or not user.is_active or user.tenant_id != claims.tenant_id:
         raise Unauthenticated("invalid or expired access token")
-    # the role is read from the database, so a demotion applies before the token expires
-    return Principal(tenant_id=user.tenant_id, role=user.role, actor_type="user", actor_id=user.id, user_id=user.id)
+    return user_principal(user)
+
+
+async def check_password(ctx: AppContext, conn: asyncpg.Connection, email: str, password: str) -> Credentials:
+    """The active user with this email and password. An unknown email costs the same time as a wrong password;
+    a hash made with weaker parameters than today's is upgraded."""
+    user = await store.credentials_by_email(conn, email)
+    ok = await asyncio.to_thread(ctx.passwords.verify, user.password_hash if user else None, password)
+    if user is None or not ok or not user.is_active or user.password_hash is None:
+        log.info("login_failed")
+        raise Unauthenticated("invalid email or password")
+    if ctx.passwords.needs_rehash(user.password_hash):
+        await store.set_password_hash(conn, user.id, ctx.passwords.hash(password))
+    return user
 
 
 async def _issue(ctx: AppContext, conn: asyncpg.Connection, user_id: str, tenant_id: str, role: str) -> TokenPair:
@@ -87,14 +120,8 @@ async def _issue(ctx: AppContext, conn: asyncpg.Connection, user_id: str, tenant
 async def login(ctx: AppContext, email: str, password: str) -> TokenPair:
     """A short-lived access token and a refresh token. An unknown email costs the same time as a wrong password."""
     async with connection(ctx) as conn:
-        user = await store.credentials_by_email(conn, email)
-        ok = await asyncio.to_thread(ctx.passwords.verify, user.password_hash if user else None, password)
-        if user is None or not ok or not user.is_active or user.password_hash is None:
-            log.info("login_failed")
-            raise Unauthenticated("invalid email or password")
+        user = await check_password(ctx, conn, email, password)
         async with conn.transaction():
-            if ctx.passwords.needs_rehash(user.password_hash):
-                await store.set_password_hash(conn, user.id, ctx.passwords.hash(password))
             await store.prune_refresh_tokens(conn, user.id)
             pair = await _issue(ctx, conn, user.id, user.tenant_id, user.role)
     log.info("login", user_id=user.id, tenant_id=user.tenant_id)

@@ -33,6 +33,14 @@ class NotConfigured(UseCaseError):
     """The deployment lacks a setting this feature needs (e.g. SECRETS_KEY for tenant secrets)."""
 
 
+class Unavailable(UseCaseError):
+    """A part of the platform this request needs does not answer now (e.g. no ingress serves text chats)."""
+
+
+class TimedOut(UseCaseError):
+    """The platform did not answer in time (e.g. the agent's reply to a chat message)."""
+
+
 class InvalidField(UseCaseError):
     """One field holds a value only the server can refuse (e.g. a reference to a missing resource)."""
 
