@@ -14,7 +14,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # portable llama.cpp build (the wheel is cached by uv and reused by later installs)
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: help install browser run test test-unit lint fmt schemas helm-check bench bench-soak bench-peer clean
+.PHONY: help install browser run test test-unit lint fmt schemas helm-check bench bench-soak bench-peer bench-stt clean
 
 help:
 	@echo "make run        install what is missing, start the whole platform (Ctrl-C stops it)"
@@ -72,6 +72,11 @@ bench-soak: $(STAMP)
 
 bench-peer: $(STAMP)
 	$(PY) -m bench.run --peer $(BENCH_ARGS)
+
+# STT accuracy and latency per engine on a fixed phone test set (espeak-ng adds a second, harder voice)
+bench-stt: $(STAMP)
+	@command -v espeak-ng >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -q espeak-ng >/dev/null 2>&1; } || echo "note: espeak-ng is not installed: its voice is left out"
+	$(PY) -m bench.stt_accuracy $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(STATE)
