@@ -8,8 +8,9 @@ voice), resampled to 8 kHz, through G.711 μ-law (ingress's own tables) with lig
 16 kHz as ingress hands it to the platform. Every engine transcribes the same clips, one at a time, on the
 engine's worker thread settings; the time is the engine's own ``_transcribe`` call (no bus, no queue).
 
-WER: word edit distance over reference words, after number normalisation (digits → words, "42" and "forty-two"
-both become "forty two"), summed over the set (total edits / total reference words) and per voice. Latency:
+WER: word edit distance over reference words, after number normalisation (every number, written or spoken, as
+its digits one per token: "42", "forty-two" and "forty two" alike, "472915" = "4 7 2 9 1 5"), summed over the
+set (total edits / total reference words) and per voice. Latency:
 p50/p95 with n, and the real-time factor (transcription time / audio time). The report is written to
 ``bench/results/latest-stt.{md,json}``.
 """
@@ -71,39 +72,71 @@ SENTENCES = [
     "Absolutely, thank you very much.",
 ]
 
-ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-        "seventeen eighteen nineteen").split()
-TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+UNITS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine".split())}
+TEENS = {w: 10 + i for i, w in enumerate(
+    "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split())}
+TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i > 1}
 ORDINALS = {"1st": "first", "2nd": "second", "3rd": "third", "4th": "fourth", "5th": "fifth", "14th": "fourteenth"}
 
 
-def number_words(n: int) -> list[str]:
-    """English words of 0 ≤ n < 1,000,000 ("1987" as a year reads as "nineteen eighty seven")."""
-    if n < 20:
-        return [ONES[n]]
-    if n < 100:
-        return [TENS[n // 10]] + ([ONES[n % 10]] if n % 10 else [])
-    if 1100 <= n < 2000 or (2010 <= n < 2100):  # years, as said
-        return number_words(n // 100) + (number_words(n % 100) if n % 100 else ["hundred"])
-    if n < 1000:
-        return [ONES[n // 100], "hundred"] + (number_words(n % 100) if n % 100 else [])
-    return number_words(n // 1000) + ["thousand"] + (number_words(n % 1000) if n % 1000 else [])
+def _number_groups(words: list[str]) -> list[int]:
+    """Spoken number words → the numbers they say, split where the grammar restarts: "four seven two" is three
+    numbers, "two hundred twenty one" one, "nineteen eighty seven" two (19, 87: a year read in pairs)."""
+    groups: list[int] = []
+    total, cur, started = 0, 0, False
+
+    def close() -> None:
+        nonlocal total, cur, started
+        if started:
+            groups.append(total + cur)
+        total, cur, started = 0, 0, False
+
+    for w in words:
+        if w in UNITS:
+            if started and not (cur % 100 >= 20 and cur % 10 == 0) and not (cur % 100 == 0 and cur > 0):
+                close()
+            cur += UNITS[w]
+        elif w in TEENS or w in TENS:
+            if started and not (cur % 100 == 0 and cur > 0):
+                close()
+            cur += TEENS.get(w, 0) + TENS.get(w, 0)
+        elif w == "hundred":
+            if cur >= 100:  # "two hundred five hundred": a new number
+                close()
+            cur = cur * 100 if 0 < cur < 100 else 100
+        elif w == "thousand":
+            total, cur = total + (cur or 1) * 1000, 0
+        started = True
+    close()
+    return groups
 
 
 def normalize(text: str) -> list[str]:
-    """Lower-case words, punctuation dropped, numbers as words, "o'clock"/hyphens split, "pm"/"p.m." alike."""
+    """Lower-case words, punctuation dropped; every number, written or spoken, as its digits one per token
+    ("472915", "4 7 2 9 1 5" and "four seven two nine one five" all score alike; "forty-five" = "45"); "p.m." = "pm".
+    """
     text = text.lower().replace("p.m.", "pm").replace("a.m.", "am").replace("-", " ")
-    text = re.sub(r"(\d+):(\d\d)", lambda m: f"{m.group(1)} {m.group(2)}", text)
     words: list[str] = []
-    for raw in re.sub(r"[^a-z0-9' ]", " ", text).split():
+    spoken: list[str] = []
+
+    def flush() -> None:
+        for n in _number_groups(spoken):
+            words.extend(str(n))
+        spoken.clear()
+
+    for raw in re.sub(r"[^a-z0-9' ]", " ", text.replace(":", " ")).split():
         word = raw.strip("'")
+        if word in UNITS or word in TEENS or word in TENS or (word in ("hundred", "thousand") and spoken):
+            spoken.append(word)
+            continue
+        flush()
         if word in ORDINALS:
             words.append(ORDINALS[word])
-        elif word.isdigit() and len(word) <= 6:
-            words.extend(number_words(int(word)) if not (len(word) > 1 and word[0] == "0") else
-                         [ONES[int(c)] for c in word])
+        elif word.isdigit():
+            words.extend(word)
         elif word:
             words.append(word)
+    flush()
     return words
 
 
