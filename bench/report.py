@@ -221,12 +221,14 @@ def _peer_rows(pe: dict[str, Any]) -> tuple[list[str], list[str]]:
 def headline(rep: dict[str, Any]) -> list[str]:
     """The figures a summary of this run must quote, good and bad alike, each with its n, from this run only."""
     lines = ["## Headline (this run only; every figure with its n)", ""]
-    v, b, sw, pe, so = (rep.get(k) for k in ("voice_to_voice", "barge_in", "sweep", "peer", "soak"))
+    v, b, sw, pe, so, br = (rep.get(k) for k in ("voice_to_voice", "barge_in", "sweep", "peer", "soak", "browser"))
     if v:
         lines += [f"- voice-to-voice (one call at a time): {_p(v['voice_to_voice_ms'])}; "
                   f"{v['turns_without_reply']} of {v['turns']} turns got no reply",
                   f"- greeting: {_p(v['greeting_ms'])}",
                   f"- playout at the caller: {_playout_line(v['playout'])}"]
+    if br:
+        lines.append(browser_headline(br))
     if b:
         bc = b["backchannel"]
         lines += [f"- barge-in, speech onset → caller stops hearing the agent (playout clock): "
@@ -253,13 +255,23 @@ def headline(rep: dict[str, Any]) -> list[str]:
                   + (f"**behind Pipecat on {len(lose)} figure(s): {'; '.join(lose)}**" if lose
                      else "ahead or level on every figure below"), "",
                   "| figure (lower is better) | ours | pipecat | ahead |", "|---|---:|---:|---|", *rows]
-    if not (v or b or sw or pe or so):
+    if not (v or b or sw or pe or so or br):
         lines.append("- no call figures in this run")
     missing_parts = [name for name, present in (("voice-to-voice", v or pe or so), ("barge-in", b or pe),
                                                 ("peer comparison", pe)) if not present]
     if missing_parts:
         lines += ["", f"Not measured in this run: {', '.join(missing_parts)} (see the other `latest*.md` reports)."]
     return [*lines, ""]
+
+
+def browser_headline(br: dict[str, Any]) -> str:
+    """The headline line of the browser phase (bench/browser.py): voice-to-voice measured in the page."""
+    label = ("- browser voice-to-voice (WebRTC from the console page, measured in the page: end of the caller's "
+             "speech → first agent audio received)")
+    if br.get("skipped"):
+        return f"- browser voice-to-voice: not measured ({br['skipped']})"
+    return (f"{label}: {_p(br['voice_to_voice_ms'])}; {br['turns_without_reply']} of {br['turns']} turns got no reply"
+            f" over {br['calls']} call(s)" + (f", {br['calls_failed']} failed" if br.get("calls_failed") else ""))
 
 
 def markdown(rep: dict[str, Any]) -> str:
@@ -317,6 +329,22 @@ def markdown(rep: dict[str, Any]) -> str:
                   f"barge-ins in {bc['during_agent_speech']} trials during agent speech; reply continued "
                   f"{bc['reply_continued']}, ended by itself {bc['reply_ended_by_itself']}, playout paused "
                   f"{bc['platform_paused']} (of {bc['platform_pause_observed']} observable).", ""]
+    br = rep.get("browser")
+    if br:
+        lines += ["## Browser calls (WebRTC, measured in the page)", ""]
+        if br.get("skipped"):
+            lines += [f"Not measured: {br['skipped']}.", ""]
+        else:
+            lines += ["Headless Chromium on the console's talk page, its fake microphone playing piper questions "
+                      "separated by silence; end of each question (the microphone's clock) → first agent audio the "
+                      "page received (the page's recording and clock).", "", HEAD,
+                      _pct_row("voice-to-voice (in the page)", br["voice_to_voice_ms"]),
+                      _pct_row("microphone open → first agent audio (call set-up + greeting)", br["first_audio_ms"]),
+                      "", f"{br['turns']} turns over {br['calls']} calls ({br['calls_failed']} failed); "
+                      f"{br['turns_without_reply']} without a measurement"
+                      + (f": {br['missing_reasons']}" if br.get("missing_reasons") else "") + ".", ""]
+            if br.get("errors"):
+                lines += [f"Errors: {br['errors']}", ""]
     bus = rep.get("bus")
     if bus:
         lines += ["## Bus overhead (one NATS hop, publish → receive)", "",

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from voice_devstack.stack import first_admin_env
 
 from . import natsinfo, procs, report
 from .agent import BenchAgent
+from .browser import Credentials, browser_phase
 from .bus import bus_overhead
 from .calls import (
     BargeInResult,
@@ -45,7 +47,7 @@ from .soak import soak
 from .speech import INTERRUPTIONS, QUESTIONS, Utterance, Voice
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PHASES = ("v2v", "barge_in", "bus", "sweep")
+PHASES = ("v2v", "barge_in", "bus", "sweep", "browser")
 
 
 def log(msg: str) -> None:
@@ -70,7 +72,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--llm-model", default=os.environ.get("LLM_MODEL", "smollm2"))
     g.add_argument("--ports", default="",
                    help="service=port overrides for finding processes, e.g. ingress=9080,stt=9082")
-    g = ap.add_argument_group("what to run (default: v2v, barge_in, bus, sweep)")
+    g.add_argument("--console-url", default=os.environ.get("BENCH_CONSOLE_URL", "http://127.0.0.1:8000"),
+                   help="control-api's web console (the browser phase's calls)")
+    g.add_argument("--console-key",
+                   default=os.environ.get("BENCH_CONSOLE_KEY") or os.environ.get("BOOTSTRAP_ADMIN_KEY"),
+                   help="API key the browser signs in with (else the first admin's email and password)")
+    g.add_argument("--console-email", default=None, help="default: BOOTSTRAP_ADMIN_EMAIL or make run's first admin")
+    g.add_argument("--console-password", default=os.environ.get("BOOTSTRAP_ADMIN_PASSWORD"),
+                   help="default: the first admin's password file that make run wrote")
+    g.add_argument("--browser-agent", default=os.environ.get("DEFAULT_AGENT_ID", "default-agent"),
+                   help="agent the browser calls (it must exist in control-api)")
+    g.add_argument("--chromium", default=None, help="Chromium binary (default: CHROMIUM_PATH, or chromium on PATH)")
+    g = ap.add_argument_group("what to run (default: v2v, barge_in, bus, sweep, browser)")
     g.add_argument("--only", default="", help=f"comma list of {', '.join(PHASES)}")
     g.add_argument("--skip", default="", help="comma list of phases to leave out")
     g.add_argument("--soak", action="store_true", help="run the soak only (make bench-soak)")
@@ -96,6 +109,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--peer-rounds", type=int, default=2, help="alternations (ours, pipecat) of --peer-turns")
     g.add_argument("--peer-turns", type=int, default=5)
     g.add_argument("--peer-barge-in-trials", type=int, default=2)
+    g.add_argument("--browser-calls", type=int, default=1, help="browser phase: calls, one at a time")
+    g.add_argument("--browser-turns", type=int, default=5, help="browser phase: questions per call")
+    g.add_argument("--browser-lead-s", type=float, default=12.0,
+                   help="browser phase: silence before the first question (connecting and the greeting)")
+    g.add_argument("--browser-gap-s", type=float, default=15.0,
+                   help="browser phase: silence after each question (the reply)")
     g = ap.add_argument_group("timing")
     g.add_argument("--quiet-s", type=float, default=1.5, help="agent silence that means the reply is over")
     g.add_argument("--reply-timeout-s", type=float, default=30.0)
@@ -130,6 +149,25 @@ async def _ready(url: str, timeout: float = 10.0) -> bool:
                     return True
             await asyncio.sleep(0.3)
     return False
+
+
+def _console_credentials(args: argparse.Namespace) -> Credentials:
+    """The browser signs in with --console-key, else the first admin's email and password (make run's file)."""
+    if args.console_key:
+        return Credentials(api_key=args.console_key)
+    admin = first_admin_env(os.environ)
+    password = args.console_password
+    if not password and admin.get("BOOTSTRAP_ADMIN_PASSWORD_FILE"):
+        with contextlib.suppress(OSError):
+            password = Path(admin["BOOTSTRAP_ADMIN_PASSWORD_FILE"]).read_text().strip()
+    return Credentials(email=args.console_email or admin["BOOTSTRAP_ADMIN_EMAIL"], password=password or None)
+
+
+async def phase_browser(args: argparse.Namespace) -> dict[str, Any]:
+    return await browser_phase(
+        args.console_url, args.browser_agent, _console_credentials(args), QUESTIONS, calls=args.browser_calls,
+        turns=args.browser_turns, lead_s=args.browser_lead_s, gap_s=args.browser_gap_s, chromium=args.chromium,
+        reply_timeout_s=args.reply_timeout_s, log=log)
 
 
 def _questions(voice: Voice) -> list[Utterance]:
@@ -347,8 +385,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     await events.start(args.nats)
     target = Target("platform", args.url, args.auth_token, args.public_base_url, args.to, events)
     agent: BenchAgent | None = None
+    phases = [] if args.soak or args.peer else _phases(args)
     try:
-        agent = await _route(target, args, t)
+        if args.soak or args.peer or set(phases) - {"browser"}:  # the browser phase calls through the console
+            agent = await _route(target, args, t)
         if args.soak:
             log(f"soak: {args.minutes} min, {args.soak_concurrency} calls at a time")
             for _ in range(max(1, args.warmup)):
@@ -359,8 +399,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             log("peer comparison: stock Pipecat pipeline vs the platform, alternating")
             rep["peer"] = await phase_peer(target, voice, qs, args, t)
         else:
-            phases = _phases(args)
-            for _ in range(args.warmup):
+            for _ in range(args.warmup if set(phases) - {"browser"} else 0):
                 w = await conversation(target, qs[-1:], t)
                 log(f"warm-up call: greeting {w.greeting_ms} ms, v2v {[x.v2v_ms for x in w.turns]} (not counted)"
                     + (f", error: {w.error}" if w.error else ""))
@@ -391,6 +430,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 except Exception as e:
                     rep["notes"].append(f"bus overhead failed: {e}")
                     log(f"  failed: {e}")
+            if "browser" in phases:
+                log(f"browser: {args.browser_calls} call(s) x {args.browser_turns} turns from headless Chromium on "
+                    f"{args.console_url}/agents/{args.browser_agent}/talk")
+                rep["browser"] = await phase_browser(args)
+                if rep["browser"].get("skipped"):
+                    rep["notes"].append(f"browser phase skipped: {rep['browser']['skipped']}")
+                    log(f"  skipped: {rep['browser']['skipped']}")
             if "sweep" in phases and base_calls:
                 log(f"concurrency sweep: {args.sweep} (cap {args.sweep_max})")
                 rep["sweep"] = await phase_sweep(target, qs, args, t, base_calls, pids)

@@ -289,15 +289,21 @@ async def context(
     finally:
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
-            os.makedirs(ARTIFACTS, exist_ok=True)
-            stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)[-120:]
-            for i, pg in enumerate(ctx.pages):
-                with contextlib.suppress(Exception):
-                    shot = ARTIFACTS / f"{stem}-{i}.png"
-                    await pg.screenshot(path=str(shot), full_page=True)
-                    (ARTIFACTS / f"{stem}-{i}.html").write_text(await pg.content())
-                    print(f"screenshot of {pg.url}: {shot}")
+            await save_artifacts(ctx, request.node.nodeid)
         await ctx.close()
+
+
+async def save_artifacts(ctx: BrowserContext, nodeid: str) -> None:
+    """A screenshot and the HTML of every page open in ``ctx``, under ``ARTIFACTS`` (also used by browser tests
+    outside this folder, which call it when they fail)."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid)[-120:]
+    for i, pg in enumerate(ctx.pages):
+        with contextlib.suppress(Exception):
+            shot = ARTIFACTS / f"{stem}-{i}.png"
+            await pg.screenshot(path=str(shot), full_page=True)
+            (ARTIFACTS / f"{stem}-{i}.html").write_text(await pg.content())
+            print(f"screenshot of {pg.url}: {shot}")
 
 
 @pytest.fixture

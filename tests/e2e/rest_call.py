@@ -26,7 +26,7 @@ from nats.js.errors import KeyNotFoundError
 from bench.twilio_caller import TwilioCaller
 
 from ..conftest import free_port
-from .conftest import PUBLIC, TWILIO_TOKEN, Platform, _wait_ready, poll, speech, transcribe
+from .conftest import CALL_TOKEN_KEY, PUBLIC, TWILIO_TOKEN, Platform, _wait_ready, poll, speech, transcribe
 
 BOOTSTRAP_KEY = "e2e-bootstrap-" + secrets.token_hex(16)
 
@@ -69,6 +69,7 @@ def control_api(platform: Platform) -> Iterator[ControlApi]:
         DATABASE_URL=platform.database_url,
         HTTP_PORT=str(port),
         BOOTSTRAP_ADMIN_KEY=BOOTSTRAP_KEY,
+        CALL_TOKEN_KEY=CALL_TOKEN_KEY,  # browser calls (tests/e2e/test_browser_call.py): ingress verifies the grant
         LOG_FORMAT="json",
         SHUTDOWN_GRACE_S="3",
         PYTHONUNBUFFERED="1",

@@ -5,7 +5,8 @@
 //
 // The page also records the agent's audio as it is received (16 kHz mono, at most MAX_RECORD_S seconds), so tests and
 // benchmarks can judge what a caller actually heard: window.receivedAudioWav() returns it as a base64 WAV, and
-// window.talkState() says where the call is. Add ?raw=1 to the page's URL to turn off the browser's echo
+// window.talkState() says where the call is; window.talkTimeline() puts the recording on the page's clock (when the
+// microphone opened, and for each recorded block its end sample and Date.now() when it was recorded). Add ?raw=1 to the page's URL to turn off the browser's echo
 // cancellation, noise suppression and gain control (for a fake microphone fed from a file).
 "use strict";
 
@@ -32,7 +33,8 @@
   let mic = null;
   let callId = null;
   let state = "idle";
-  const received = { chunks: [], samples: 0, startedAt: null, ctx: null, node: null };
+  const received = { chunks: [], samples: 0, startedAt: null, ctx: null, node: null, clock: [] };
+  let micStartedAt = null; // ms since the epoch when the microphone opened (a fake one fed from a file starts then)
 
   function setState(next, text) {
     state = next;
@@ -50,6 +52,7 @@
     stopRecording();
     received.chunks = [];
     received.samples = 0;
+    received.clock = [];
     const ctx = new AudioContext({ sampleRate: RECORD_RATE });
     const source = ctx.createMediaStreamSource(stream);
     // ScriptProcessorNode runs on the main thread but needs no module file (the CSP allows scripts from /static
@@ -60,6 +63,7 @@
       if (received.samples < MAX_RECORD_S * RECORD_RATE) {
         received.chunks.push(new Float32Array(data));
         received.samples += data.length;
+        received.clock.push([received.samples, Date.now()]); // one per block, so bounded like the recording
       }
       let sum = 0;
       for (let i = 0; i < data.length; i++) sum += data[i] * data[i];
@@ -113,7 +117,11 @@
     sampleRate: RECORD_RATE,
     receivedSeconds: received.samples / RECORD_RATE,
     recordingStartedAt: received.startedAt, // ms since the epoch when the first received sample was recorded
+    micStartedAt,
   });
+  // [end sample, ms since the epoch] per recorded block: a block is recorded as soon as it is complete, so
+  // sample s was received at about ms - (end - s) / sampleRate * 1000 (the least delayed blocks are the best clock)
+  window.talkTimeline = () => ({ sampleRate: RECORD_RATE, micStartedAt, clock: received.clock.slice() });
 
   // ---- the call
   function iceGatheringComplete(conn) {
@@ -149,6 +157,7 @@
       mic = await navigator.mediaDevices.getUserMedia({
         audio: { echoCancellation: processing, noiseSuppression: processing, autoGainControl: processing },
       });
+      micStartedAt = Date.now();
       pc = new RTCPeerConnection({ iceServers: [] });
       mic.getAudioTracks().forEach((track) => pc.addTrack(track, mic));
       pc.addEventListener("track", (ev) => {
