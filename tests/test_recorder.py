@@ -16,9 +16,7 @@ in this process) and for its durable consumer to have nothing pending or unackno
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +30,8 @@ from voice_runtime.bus import Bus
 from voice_schemas import Envelope, events, make, subjects
 from voice_schemas.streams import ANALYTICS_RECORDER
 
+from .waiting import until
+
 pytestmark = pytest.mark.integration
 
 TENANT = "tenant-rec"
@@ -42,16 +42,6 @@ def handled(outcome: str) -> float:
     labels = {"service": AnalyticsService.name, "consumer": CONSUMER, "outcome": outcome}
     return REGISTRY.get_sample_value("voice_bus_events_handled_total", labels) or 0.0
 
-
-async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass

@@ -1,8 +1,11 @@
 """One live call on this ingress replica, whatever the caller's protocol.
 
 Caller audio in, agent audio out at real-time pace, marks → the chunks the caller heard, clear on barge-in,
-stale epochs dropped, DTMF, and the call's end. The session reaches its caller only through a ``Transport``
-(``transports/base.py``) and knows no wire format; it reaches the platform only through the bus ports.
+stale epochs dropped, DTMF, and the call's end. The played-audio tap: every agent frame sent to the caller is
+published on ``audio.played`` at its place on the call's clock (``callclock.py``), and a clear or the call's end
+publishes a cut there, so what the caller heard (recordings) is known whatever the transport. The session reaches
+its caller only through a ``Transport`` (``transports/base.py``) and knows no wire format; it reaches the platform
+only through the bus ports.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from voice_runtime.handlers import EnvelopeHandler, Message, RawHandler
 from voice_runtime.logging import get_logger
 from voice_runtime.ports import Publisher, Unsubscribable
 from voice_schemas import CallRecord, Envelope, events, make, subjects
-from voice_schemas.audio import AudioFrame
+from voice_schemas.audio import H_CUT, H_EPOCH, H_SEQ, H_TS, H_TURN, AudioFrame
 
+from .callclock import CallClock
 from .playout import Outgoing, PlayoutBuffer, TurnClosed
 from .transports.base import CallerAudio, CallerHungUp, DtmfPressed, Inbound, MarkPlayed, Started, Transport
 
@@ -37,6 +41,7 @@ MAX_REMEMBERED_TURNS = 16
 # per-frame counters, resolved once (50 frames/s per direction per call)
 _FRAMES_IN = metrics.AUDIO_FRAMES.labels(SVC, "in", "ok")
 _FRAMES_OUT = metrics.AUDIO_FRAMES.labels(SVC, "out", "ok")
+_FRAMES_PLAYED = metrics.AUDIO_FRAMES.labels(SVC, "played", "ok")
 
 
 class Clock(Protocol):
@@ -97,10 +102,13 @@ class CallSession:
         self.clock: Clock = clock or LoopClock()
         self.call_id, self.tenant_id = record.call_id, record.tenant_id
         self._audio_in = subjects.audio_in(self.call_id)  # built (and validated) once, used per frame
+        self._audio_played = subjects.audio_played(self.call_id)
         self.lead_frames = max(0, lead_ms // 20)
         self._on_closed = on_closed
         self.buffer = PlayoutBuffer(gap_s=gap_ms / 1000)
         self.seq_in = 0
+        self.seq_played = 0
+        self.call_clock = CallClock(self.clock.time())
         self.media_ms = 0
         self.paused = False
         self.hangup_pending = False
@@ -160,6 +168,7 @@ class CallSession:
         if self._counted:
             metrics.ACTIVE_CALLS.labels(SVC).dec()
         current = asyncio.current_task()
+        await self._cut_played()  # audio still queued at the far end is not heard
         if self._hangup_timer is not None and self._hangup_timer is not current:
             self._hangup_timer.cancel()
         if self._sender and self._sender is not current:
@@ -195,9 +204,11 @@ class CallSession:
             raise ValueError("the call has started already")
 
     async def _caller_audio(self, frames: tuple[bytes, ...]) -> None:
+        arrived_at = self.clock.time()
         for pcm in frames:
             self.seq_in += 1
             self.media_ms += 20
+            self.call_clock.caller_frame(arrived_at, self.media_ms)
             frame = AudioFrame(pcm=pcm, seq=self.seq_in, epoch=self.buffer.epoch, ts_ms=self.media_ms)
             await self.bus.publish_nowait(self._audio_in, pcm, frame.headers())
             _FRAMES_IN.inc()
@@ -278,6 +289,7 @@ class CallSession:
                     cut.append((mark.turn_id, mark.epoch))
         if cut:
             await self._to_caller(self.transport.clear)
+            await self._cut_played()
         for turn_id, epoch in cut:
             await self._publish(
                 events.PlayoutFinished(cleared=True, heard_chunks=self._heard.pop(turn_id, [])),
@@ -311,7 +323,7 @@ class CallSession:
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
             try:
-                await self._play(out)
+                await self._play(out, deadline)
             except Exception as e:  # a playout event not published must not stop the caller's audio
                 metrics.ERRORS.labels(SVC, "playout").inc()
                 log.warning("playout_event_failed", call_id=self.call_id, error=repr(e)[:200])
@@ -334,11 +346,13 @@ class CallSession:
             metrics.ERRORS.labels(SVC, "playout").inc()
             log.warning("playout_event_failed", call_id=self.call_id, error=repr(e)[:200])
 
-    async def _play(self, out: Outgoing) -> None:
+    async def _play(self, out: Outgoing, starts_at: float) -> None:
+        """Send one frame that starts playing at the caller at ``starts_at`` (clock time)."""
         f = out.frame
         if f.epoch < self.buffer.epoch:
             return  # cleared while this frame waited for its time
-        await self._to_caller(self.transport.play, f.pcm, end_of_reply=out.end_of_turn)
+        if await self._to_caller(self.transport.play, f.pcm, end_of_reply=out.end_of_turn):
+            await self._tap_played(f, starts_at)
         _FRAMES_OUT.inc()
         if out.first_of_turn and f.turn_id is not None:
             # the turn's last hop: first agent audio sent to the caller, in the turn's trace
@@ -354,11 +368,33 @@ class CallSession:
             self._marks[name] = _Mark(f.turn_id, f.epoch, f.chunk, out.end_of_turn)
             await self._to_caller(self.transport.mark, name)
 
-    # ------------------------------------------------------------ helpers
-    async def _to_caller(self, send: Callable[..., Awaitable[None]], *args: Any, **kwargs: Any) -> None:
-        """One outbound transport call at a time; a failed send stops playout (the inbound side ends the call)."""
-        if self.ended:
+    # ------------------------------------------------------------ the played-audio tap
+    async def _tap_played(self, f: AudioFrame, starts_at: float) -> None:
+        """Report a frame sent to the caller, at its end on the call's clock (as ``audio.in`` stamps its frames)."""
+        self.seq_played += 1
+        h = {H_SEQ: str(self.seq_played), H_EPOCH: str(f.epoch),
+             H_TS: str(self.call_clock.media_ms(starts_at + FRAME_S))}
+        if f.turn_id is not None:
+            h[H_TURN] = f.turn_id
+        await self.bus.publish_nowait(self._audio_played, f.pcm, h)
+        _FRAMES_PLAYED.inc()
+
+    async def _cut_played(self) -> None:
+        """Nothing reported played after now was heard (the far end's queue was cleared, or the call is over)."""
+        if self.seq_played == 0:
             return
+        self.seq_played += 1
+        h = {H_SEQ: str(self.seq_played), H_EPOCH: str(self.buffer.epoch),
+             H_TS: str(self.call_clock.media_ms(self.clock.time())), H_CUT: "1"}
+        with contextlib.suppress(Exception):  # the tap never stops the call
+            await self.bus.publish_nowait(self._audio_played, b"", h)
+
+    # ------------------------------------------------------------ helpers
+    async def _to_caller(self, send: Callable[..., Awaitable[None]], *args: Any, **kwargs: Any) -> bool:
+        """One outbound transport call at a time; a failed send stops playout (the inbound side ends the call).
+        True when it was sent."""
+        if self.ended:
+            return False
         async with self._send_lock:
             try:
                 await send(*args, **kwargs)
@@ -366,6 +402,8 @@ class CallSession:
                 if not self.paused:
                     log.info("transport_send_failed", call_id=self.call_id, error=repr(e)[:200])
                 self.paused = True
+                return False
+        return True
 
     async def _publish(self, data: Any, *, turn_id: str | None = None, epoch: int | None = None,
                        event_id: str | None = None) -> None:

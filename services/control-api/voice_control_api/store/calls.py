@@ -26,6 +26,12 @@ async def get(conn: asyncpg.Connection, tenant_id: str, call_id: str, *, owner: 
     return row_as(Call, row) if row else None
 
 
+async def delete(conn: asyncpg.Connection, tenant_id: str, call_id: str) -> bool:
+    """Delete the call with its turns and recording row (cascades)."""
+    deleted = await conn.fetchval("DELETE FROM calls WHERE tenant_id = $1 AND id = $2 RETURNING 1", tenant_id, call_id)
+    return bool(deleted)
+
+
 async def list_(
     conn: asyncpg.Connection,
     tenant_id: str,
