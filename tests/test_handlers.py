@@ -145,7 +145,7 @@ NEEDS = {
     "stt": set(),
     "brain": {"llm_api_key", "llm_base_url", "secrets_key"},
     "tts": set(),
-    "analytics": {"database_url"},
+    "analytics": {"database_url", "secrets_key"},  # secrets_key: webhook signing secrets
     "control-api": {"database_url", "bootstrap_admin_key", "secrets_key"},
 }
 SETTINGS = {

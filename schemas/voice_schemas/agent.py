@@ -40,6 +40,19 @@ class TurnSettings(BaseModel):
     )
 
 
+class RecordingSettings(BaseModel):
+    """Call recording (off by default): both sides as a stereo WAV kept ``retention_days``, an optional spoken
+    notice before the greeting."""
+
+    model_config = ConfigDict(extra="ignore")
+    enabled: bool = Field(False, description="Record this agent's calls (caller left, agent as played right)")
+    retention_days: int = Field(30, ge=1, le=3650, description="Recordings are deleted this many days after the call")
+    notice: str | None = Field(
+        None, max_length=500,
+        description="Spoken before the greeting of every recorded call (e.g. 'This call is recorded.')",
+    )
+
+
 class AgentConfig(BaseModel):
     """One immutable agent version."""
 
@@ -56,7 +69,18 @@ class AgentConfig(BaseModel):
     stt: SttSettings = Field(default_factory=SttSettings)
     turn: TurnSettings = Field(default_factory=TurnSettings)
     tools: list[str] = Field(default_factory=list)
+    recording: RecordingSettings = Field(default_factory=RecordingSettings)
+    sentiment_alert_threshold: float = Field(
+        -0.5, ge=-1.0, le=1.0,
+        description="sentiment.alert when the call's rolling caller sentiment (VADER compound) falls to or below this",
+    )
     is_active: bool = True
+
+    def greeting(self) -> str | None:
+        """What the agent says first: the recording notice (when recording with one), then ``first_message``."""
+        notice = self.recording.notice.strip() if self.recording.enabled and self.recording.notice else ""
+        parts = [p for p in (notice, (self.first_message or "").strip()) if p]
+        return " ".join(parts) or None
 
 
 class NumberRoute(BaseModel):

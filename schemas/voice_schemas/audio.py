@@ -17,12 +17,15 @@ FRAME_BYTES = SAMPLES_PER_FRAME * 2  # 640
 
 H_SEQ = "Voice-Seq"
 H_EPOCH = "Voice-Epoch"
-H_TS = "Voice-Ts"  # milliseconds of call media time (caller audio) or wall clock ms (agent audio)
+H_TS = "Voice-Ts"  # ms of call media time at the frame's end (audio.in, audio.played) or wall clock ms (audio.out)
 H_TURN = "Voice-Turn"
 H_CHUNK = "Voice-Chunk"  # reply chunk (sentence) index within the turn
 H_LAST = "Voice-Last"  # "1" on the last frame of a reply chunk
 H_FINAL = "Voice-Final"  # "1" on the last frame of the whole reply (turn)
 H_TENANT = "Voice-Tenant"
+# audio.played: an empty message with this header says the caller heard nothing of the agent after Voice-Ts
+# (a barge-in cleared the far end's queue, or the call ended): frames already reported past it were not heard
+H_CUT = "Voice-Cut"
 
 
 @dataclass(slots=True, frozen=True)

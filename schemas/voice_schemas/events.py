@@ -315,6 +315,19 @@ class SentimentScored(Payload):
     utterance_id: str | None = None
     compound: float = Field(ge=-1.0, le=1.0)
     label: Literal["positive", "neutral", "negative"]
+    rolling: float | None = Field(
+        None, ge=-1.0, le=1.0, description="The call's rolling sentiment of this speaker after this utterance"
+    )
+
+
+@register
+class SentimentAlert(Payload):
+    TYPE = "sentiment.alert"
+    SUBJECT = ("analytics", "sentiment_alert")
+    DESCRIPTION = "The call's rolling caller sentiment fell to or below the agent's alert threshold."
+    utterance_id: str | None = None
+    rolling: float = Field(ge=-1.0, le=1.0)
+    threshold: float = Field(ge=-1.0, le=1.0)
 
 
 @register

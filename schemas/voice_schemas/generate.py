@@ -74,7 +74,9 @@ def asyncapi() -> dict[str, Any]:
         }
         components.update(schema.pop("$defs", {}))
         components[name] = schema
-    for direction, desc in (("in", "caller audio (ingress -> media)"), ("out", "agent audio (tts -> ingress)")):
+    for direction, desc in (("in", "caller audio (ingress -> media)"), ("out", "agent audio (tts -> ingress)"),
+                            ("played", "agent audio as played to the caller (ingress -> recording); an empty "
+                             f"message with {audio.H_CUT} ends what was heard at its {audio.H_TS}")):
         name = f"audio_{direction}"
         channels[name] = {
             "address": "call.{call_id}.audio." + direction,
@@ -93,7 +95,7 @@ def asyncapi() -> dict[str, Any]:
                 "properties": {
                     h: {"type": "string"}
                     for h in (audio.H_SEQ, audio.H_EPOCH, audio.H_TS, audio.H_TURN, audio.H_CHUNK,
-                              audio.H_LAST, audio.H_FINAL)
+                              audio.H_LAST, audio.H_FINAL, audio.H_CUT)
                 },
             },
             "payload": {"type": "string", "format": "binary"},

@@ -69,8 +69,9 @@ CALLS = StreamDef(
 
 AUDIO = StreamDef(
     name="AUDIO",
-    subjects=("call.*.audio.in", "call.*.audio.out"),
-    description="Raw 20 ms PCM16 frames in both directions, kept briefly for crash resume and replay.",
+    subjects=("call.*.audio.in", "call.*.audio.out", "call.*.audio.played"),
+    description="Raw 20 ms PCM16 frames: caller audio (in), synthesized agent audio (out) and the agent audio "
+    "actually played to the caller (played), kept briefly for crash resume, replay and live recording.",
     duplicate_window_s=10.0,
     max_age_s=3600,
     max_bytes=4 * 1024**3,
@@ -132,6 +133,29 @@ ANALYTICS_RECORDER = ConsumerDef(
     ack_wait_s=30, max_deliver=8, deliver_policy="all",
     description="analytics: persist calls and turns to PostgreSQL", concurrency=8,
 )
+ANALYTICS_RECORDINGS = ConsumerDef(
+    "CALLS", "analytics-recordings", (_p(ev.CallStarted),), ack_wait_s=30, max_deliver=8,
+    description="analytics: claim the calls of recording agents and record them live (one replica per call)",
+    concurrency=8,
+)
+# the events a tenant's webhooks receive (delivered from analytics' outbox, voice_analytics.webhooks)
+WEBHOOK_EVENT_TYPES: tuple[type[Payload], ...] = (
+    ev.CallStarted, ev.CallEnded, ev.TranscriptFinalized, ev.CallSummarized, ev.SentimentAlert,
+    ev.ToolApprovalRequested,
+)
+ANALYTICS_WEBHOOKS = ConsumerDef(
+    "CALLS", "analytics-webhooks", tuple(_p(t) for t in WEBHOOK_EVENT_TYPES),
+    ack_wait_s=30, max_deliver=8, deliver_policy="all",
+    description="analytics: queue webhook deliveries (PostgreSQL outbox, one row per endpoint and event)",
+    concurrency=8,
+)
+ANALYTICS_SENTIMENT = ConsumerDef(
+    "CALLS", "analytics-sentiment", (_p(ev.TranscriptFinalized),),
+    ack_wait_s=30, max_deliver=8, deliver_policy="all",
+    description="analytics: score each final caller utterance (VADER), publish and store it",
+    concurrency=1,  # in stream order: a call's rolling sentiment follows its utterances
+)
 CONSUMERS: tuple[ConsumerDef, ...] = (
-    STT_UTTERANCES, BRAIN_TURNS, TTS_REPLIES, MEDIA_CALLS, ANALYTICS_RECORDER
+    STT_UTTERANCES, BRAIN_TURNS, TTS_REPLIES, MEDIA_CALLS, ANALYTICS_RECORDER, ANALYTICS_RECORDINGS,
+    ANALYTICS_WEBHOOKS, ANALYTICS_SENTIMENT,
 )

@@ -95,6 +95,11 @@ def audio_out(call_id: str) -> str:
     return call_subject(call_id, "audio", "out")
 
 
+def audio_played(call_id: str) -> str:
+    """The agent audio ingress actually played to the caller (the played-audio tap), on the call's clock."""
+    return call_subject(call_id, "audio", "played")
+
+
 # Core request/reply to ingress (never captured by a stream): control-api asks, ingress answers.
 INGRESS_RPC = "ingress.rpc"
 

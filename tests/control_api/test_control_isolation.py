@@ -32,7 +32,17 @@ from nats.js.errors import KeyNotFoundError
 from voice_control_api.service import ControlApiService
 from voice_schemas import subjects
 
-from .helpers import BOOTSTRAP_KEY, PASSWORD, TENANT_TABLES, TenantCreds, bearer, ok, unique_email, unique_number
+from .helpers import (
+    BOOTSTRAP_KEY,
+    PASSWORD,
+    TENANT_TABLES,
+    TenantCreds,
+    bearer,
+    insert_call,
+    ok,
+    unique_email,
+    unique_number,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +117,18 @@ async def fresh_webhook(client: httpx.AsyncClient, t: TenantCreds, role: str) ->
         201,
     )
     return {"webhook_id": body["id"]}
+
+
+_DATABASE: dict[str, str] = {}  # the session's database, for fresh targets written the way analytics writes them
+
+
+@pytest.fixture(autouse=True)
+def _database(database_url: str) -> None:
+    _DATABASE["url"] = database_url
+
+
+async def fresh_call(client: httpx.AsyncClient, t: TenantCreds, role: str) -> Ids:
+    return {"call_id": await insert_call(_DATABASE["url"], tenant_id=t.id, agent_id=t.resources["agent_sup"])}
 
 
 async def fresh_secret(client: httpx.AsyncClient, t: TenantCreds, role: str) -> Ids:
@@ -210,6 +232,12 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/v1/calls/{call_id}"): Case(
         "item", all_ok(200), {"call_id": "call_sup"}, hidden={"call_id": "call_admin"}
     ),
+    # not recorded: 404 in its own tenant too (tests/recording downloads a real recording, and checks the other
+    # tenant's 404 on it)
+    ("GET", "/v1/calls/{call_id}/recording"): Case(
+        "item", all_ok(404), {"call_id": "call_sup"}, hidden={"call_id": "call_admin"}
+    ),
+    ("DELETE", "/v1/calls/{call_id}"): Case("item", admin_only(204), {"call_id": "call_sup"}, fresh=fresh_call),
     # text chats (this deployment has no CALL_TOKEN_KEY and no ingress: tests/e2e/test_chat.py holds real chats)
     ("POST", "/v1/agents/{agent_id}/chats"): Case("item", all_ok(503), AGENT, hidden=HIDDEN_AGENT),
     ("POST", "/v1/chats/{call_id}/messages"): Case(
@@ -234,6 +262,12 @@ CASES: dict[tuple[str, str], Case] = {
         "item", admin_only(204), {"webhook_id": "webhook"}, fresh=fresh_webhook
     ),
     ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"): Case("item", admin_only(200), {"webhook_id": "webhook"}),
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): Case("item", admin_only(200), {"webhook_id": "webhook"}),
+    # no delivery exists in this world: tests/control_api/test_webhooks_delivery.py redelivers a real one and checks
+    # that another tenant gets 404 for it
+    ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): Case(
+        "item", admin_only(404), {"webhook_id": "webhook", "delivery_id": "=msg_none"}
+    ),
     # tenant secrets
     ("PUT", "/v1/secrets/{name}"): Case(
         "upsert", admin_only(200), {"name": "secret"}, body=lambda ids: {"value": "replaced-" + uuid.uuid4().hex}

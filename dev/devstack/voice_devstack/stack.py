@@ -285,7 +285,7 @@ def twilio_env(r: Resolved, environ: Mapping[str, str]) -> dict[str, str]:
 
 
 # the services that seal or open tenant secrets; no other service is given SECRETS_KEY
-SECRETS_USERS = ("control-api", "brain")
+SECRETS_USERS = ("control-api", "brain", "analytics")  # analytics: webhook signing secrets
 # control-api mints browser/chat call grants, ingress checks them; no other service is given CALL_TOKEN_KEY
 CALL_TOKEN_USERS = ("control-api", "ingress")
 

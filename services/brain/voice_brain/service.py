@@ -132,7 +132,7 @@ class BrainService(Service):
         if h is None:
             raise Transient("call history not created yet")
         agent = await self._agent(h)
-        text = agent.first_message
+        text = agent.greeting()  # the recording notice (when the agent records with one), then first_message
         if not text:
             return
         now = _now_ms()

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 from voice_runtime.egress import EgressPolicy
 from voice_runtime.ports import BusPort
+from voice_runtime.recordings import RecordingStore
 from voice_runtime.secretbox import SecretBox
 
 from .kvsync import ConfigPublisher
@@ -35,3 +36,4 @@ class AppContext:
     secret_box: SecretBox | None  # None without SECRETS_KEY: tenant secrets are refused
     bus: BusPort | None = None  # core requests to the data plane (text chats to ingress)
     kv: Mapping[str, Any] = field(default_factory=dict)  # the data plane's KV buckets (live call records)
+    recordings: RecordingStore | None = None  # where analytics stores call recordings (served, deleted here)

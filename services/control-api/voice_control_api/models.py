@@ -7,14 +7,17 @@ through a body (a client that sends them gets a 422 naming the field instead of 
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, WithJsonSchema, create_model
 from pydantic.fields import FieldInfo
-from voice_schemas import REGISTRY, chat, webrtc
-from voice_schemas.agent import LlmSettings, SttSettings, TurnSettings
+from voice_schemas import chat, webrtc
+from voice_schemas.agent import LlmSettings, RecordingSettings, SttSettings, TurnSettings
+from voice_schemas.streams import WEBHOOK_EVENT_TYPES
 
 from . import openapi_examples as ex
 from .fields import (
@@ -220,6 +223,14 @@ class TurnConfig(TurnSettings):
     model_config = ConfigDict(extra="forbid")
 
 
+class RecordingConfig(RecordingSettings):
+    model_config = ConfigDict(extra="forbid")
+    notice: LongText | None = Field(
+        None, max_length=500,
+        description="Spoken before the greeting of every recorded call (e.g. 'This call is recorded.')",
+    )
+
+
 class AgentFields(RequestModel):
     """What an agent version is made of (the body of create and full replace)."""
 
@@ -233,6 +244,15 @@ class AgentFields(RequestModel):
     stt: SttConfig = Field(default_factory=SttConfig)
     turn: TurnConfig = Field(default_factory=TurnConfig)
     tools: list[Id] = Field(default_factory=list, max_length=64, description="Tool ids (see the tools API)")
+    recording: RecordingConfig = Field(
+        default_factory=RecordingConfig, description="Call recording (off by default) and its spoken notice"
+    )
+    sentiment_alert_threshold: float = Field(
+        -0.5,
+        ge=-1.0,
+        le=1.0,
+        description="sentiment.alert when the call's rolling caller sentiment (VADER compound) falls to or below this",
+    )
     is_active: bool = True
 
 
@@ -251,9 +271,12 @@ class AgentReplace(AgentCreate):
 LlmPatch = patch_of(LlmConfig)
 SttPatch = patch_of(SttConfig)
 TurnPatch = patch_of(TurnConfig)
+RecordingPatch = patch_of(RecordingConfig)
 
 
-class AgentPatch(patch_of(AgentCreate, llm=LlmPatch, stt=SttPatch, turn=TurnPatch)):  # type: ignore[misc]
+class AgentPatch(
+    patch_of(AgentCreate, llm=LlmPatch, stt=SttPatch, turn=TurnPatch, recording=RecordingPatch)  # type: ignore[misc]
+):
     """Fields to change; nested objects are merged. Every accepted update creates a new version."""
 
     model_config = examples(ex.AGENT_PATCH)
@@ -359,13 +382,43 @@ class Call(BaseModel):
     duration_s: float | None
 
 
+class Recording(BaseModel):
+    """A call's recording: stereo 16 kHz PCM16 WAV, the caller left, the agent (as the caller heard it) right."""
+
+    model_config = examples(ex.RECORDING)
+    status: Literal["recording", "ready", "failed"] = Field(
+        description="`recording` while the call is live or being stored; `ready` to download"
+    )
+    duration_s: float | None
+    size_bytes: int | None
+    created_at: datetime
+    expires_at: datetime | None = Field(description="When the agent's retention deletes it")
+    url: str = Field(description="Download path (`GET`, with the same credentials); `audio/wav`")
+
+
 class CallDetail(Call):
     model_config = examples(ex.CALL_DETAIL)
     turns: list[Turn]
+    recording: Recording | None = Field(None, description="The call's recording; null when it was not recorded")
 
 
 # ------------------------------------------------------------------ webhooks
-WEBHOOK_EVENTS: tuple[str, ...] = ("*", *sorted(REGISTRY))
+# the event types analytics delivers to webhooks (voice_schemas.streams.WEBHOOK_EVENT_TYPES), or '*' for all of them
+WEBHOOK_EVENTS: tuple[str, ...] = ("*", *sorted(t.TYPE for t in WEBHOOK_EVENT_TYPES))
+WEBHOOK_SECRET_BYTES = (24, 64)
+
+
+def _check_webhook_secret(value: str) -> str:
+    """A Standard Webhooks secret: ``whsec_`` + base64 of 24-64 random bytes."""
+    raw = b""
+    if value.startswith("whsec_"):
+        try:
+            raw = base64.b64decode(value[len("whsec_"):], validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+    if not WEBHOOK_SECRET_BYTES[0] <= len(raw) <= WEBHOOK_SECRET_BYTES[1]:
+        raise ValueError("must be whsec_ followed by the base64 of 24 to 64 random bytes (Standard Webhooks)")
+    return value
 
 
 def _check_event(value: str) -> str:
@@ -387,12 +440,11 @@ class WebhookCreate(RequestModel):
     events: list[WebhookEvent] = Field(min_length=1, max_length=64)
     description: Description | None = None
     is_active: bool = True
-    secret: str | None = Field(
+    secret: Annotated[str, AfterValidator(_check_webhook_secret)] | None = Field(
         None,
-        min_length=16,
-        max_length=200,
-        pattern=r"^[\x21-\x7e]+$",
-        description="Signing secret; generated when omitted",
+        max_length=100,
+        description="Signing secret: whsec_ + base64 of 24-64 random bytes (Standard Webhooks); generated when "
+        "omitted",
     )
 
 
@@ -413,6 +465,7 @@ class Webhook(BaseModel):
     events: list[str]
     description: str | None
     is_active: bool
+    disabled_reason: str | None = Field(None, description="Why deliveries stopped (e.g. the receiver answered 410)")
     created_at: datetime
     updated_at: datetime
     version: int
@@ -420,7 +473,36 @@ class Webhook(BaseModel):
 
 class WebhookWithSecret(Webhook):
     model_config = examples(ex.WEBHOOK_WITH_SECRET)
-    secret: str = Field(description="HMAC signing secret of deliveries. Shown on create and rotate only.")
+    secret: str = Field(
+        description="Standard Webhooks signing secret (whsec_ + base64 key) of deliveries. Shown on create and rotate "
+        "only; stored sealed."
+    )
+
+
+class WebhookAttempt(BaseModel):
+    at: datetime
+    status: int | None = Field(description="HTTP status the receiver answered; null when there was no answer")
+    error: str | None = Field(description="Why the attempt failed (never the response body)")
+    duration_ms: float
+    retry_after_s: float | None = Field(description="Retry-After the receiver asked for (429/5xx)")
+
+
+class WebhookDelivery(BaseModel):
+    model_config = examples(ex.WEBHOOK_DELIVERY)
+    id: str = Field(description="The message id: the webhook-id header, the same on every attempt")
+    webhook_id: str
+    event_id: str
+    event_type: str
+    call_id: str | None
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int = Field(description="Attempts made in all (a redelivery adds a round)")
+    next_attempt_at: datetime | None
+    last_status: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+    attempt_log: list[WebhookAttempt] = Field(description="The latest attempts, oldest first (at most 20)")
 
 
 # ------------------------------------------------------------------ tenant secrets

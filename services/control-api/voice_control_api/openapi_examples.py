@@ -190,8 +190,18 @@ CALL: Example = {
     "end_reason": "caller_hangup",
     "duration_s": 133.0,
 }
+RECORDING: Example = {
+    "status": "ready",
+    "duration_s": 94.3,
+    "size_bytes": 6035244,
+    "created_at": "2025-01-15T10:04:05Z",
+    "expires_at": "2025-02-14T10:05:41Z",
+    "url": "/v1/calls/CA5c1b9e0d7a3f4e2b8c6d4a2f0e1b3c5d/recording",
+}
+
 CALL_DETAIL: Example = {
     **CALL,
+    "recording": RECORDING,
     "turns": [
         {
             "turn_id": "t0",
@@ -240,6 +250,25 @@ WEBHOOK: Example = {
     "version": 1,
 }
 WEBHOOK_WITH_SECRET: Example = {**WEBHOOK, "events": ["call.ended"], "secret": "whsec_Qm9...kept-secret..."}
+WEBHOOK_DELIVERY: Example = {
+    "id": "msg_5d41402abc4b2a76b9719d911017c592",
+    "webhook_id": WEBHOOK_ID,
+    "event_id": "0b5f2c1e9d8a4b7c8e6f1a2b3c4d5e6f",
+    "event_type": "call.ended",
+    "call_id": "CA0b5f2c1e9d8a4b7c8e6f1a2b3c4d5e6f",
+    "status": "delivered",
+    "attempts": 2,
+    "next_attempt_at": None,
+    "last_status": 200,
+    "last_error": None,
+    "created_at": AT,
+    "updated_at": AT,
+    "delivered_at": AT,
+    "attempt_log": [
+        {"at": AT, "status": 503, "error": "HTTP 503", "duration_ms": 41.0, "retry_after_s": 5.0},
+        {"at": AT, "status": 200, "error": None, "duration_ms": 38.2, "retry_after_s": None},
+    ],
+}
 
 # ------------------------------------------------------------------ tenant secrets
 SECRET_PUT: Example = {"value": "sk-live-5Kq...kept-secret..."}

@@ -8,6 +8,7 @@ A key looks like ``vk_<8 chars>_<secret>``; ``vk_<8 chars>`` is the visible pref
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -90,7 +91,8 @@ def csrf_matches(session_token: str, presented: str | None) -> bool:
 
 
 def generate_webhook_secret() -> str:
-    return "whsec_" + secrets.token_urlsafe(32)
+    """A Standard Webhooks secret: ``whsec_`` + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def looks_like_jwt(token: str) -> bool:

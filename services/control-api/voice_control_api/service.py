@@ -12,6 +12,7 @@ from argon2 import PasswordHasher
 from fastapi import FastAPI
 from voice_runtime import db
 from voice_runtime.logging import get_logger
+from voice_runtime.recordings import make_store
 from voice_runtime.service import Service
 from voice_schemas.streams import KV_AGENTS, KV_NUMBERS, KV_SECRETS
 
@@ -87,6 +88,7 @@ class ControlApiService(Service):
             secret_box=s.secret_box(),
             bus=self.bus,
             kv=self.kv,
+            recordings=make_store(s),
         )
         report = await self.resync()
         log.info(
@@ -137,6 +139,9 @@ class ControlApiService(Service):
 
     async def stop(self) -> None:
         await super().stop()
+        if self.ctx is not None and self.ctx.recordings is not None:
+            with contextlib.suppress(Exception):
+                await self.ctx.recordings.close()
         if self.pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.pool.close(), timeout=5.0)

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 from voice_runtime.calltoken import CallTokenSettings
+from voice_runtime.recordings import RecordingStoreSettings
 from voice_runtime.settings import (
     BootstrapSettings,
     CommonSettings,
@@ -21,6 +22,7 @@ from .proxies import ForwardedHeader, TrustedProxies
 
 
 class ControlApiSettings(
+    RecordingStoreSettings,
     DatabaseSettings, BootstrapSettings, SecretsSettings, EgressSettings, CallTokenSettings, CommonSettings
 ):
     # an error names the setting and what is wrong, never the value it refused (keys, DSNs with passwords)

@@ -121,6 +121,7 @@ SECRETS_KEY: {block: tenantSecrets, inline: key}
 CALL_TOKEN_KEY: {block: callTokens, inline: key}
 WEBRTC_TURN_CREDENTIAL: {block: webrtcTurn, inline: credential}
 LOG_REDACTION_KEY: {block: logRedaction, inline: key}
+RECORDING_S3_SECRET_ACCESS_KEY: {block: recordingStore, inline: secretAccessKey}
 {{- end }}
 
 {{/* Inline secret values that go into the chart-managed Secret, as a dict. */}}
@@ -160,7 +161,7 @@ Precedence: the service's `env`, then the global `env`, then what the chart deri
 {{- if eq $name "ingress" }}
 {{- $_ := set $derived "PUBLIC_BASE_URL" (include "voice.publicBaseUrl" $root) }}
 {{- end }}
-{{- if or (eq $name "brain") (eq $name "control-api") }}
+{{- if or (eq $name "brain") (eq $name "control-api") (eq $name "analytics") }}
 {{- $_ := set $derived "EGRESS_ALLOW" (join "," ($v.egressAllow | default list)) }}
 {{- end }}
 {{- if eq $name "control-api" }}
@@ -182,6 +183,13 @@ Precedence: the service's `env`, then the global `env`, then what the chart deri
 {{- end }}
 {{- if eq $name "control-api" }}
 {{- $_ := set $derived "CHAT_REPLY_TIMEOUT_S" $v.chat.replyTimeoutSeconds }}
+{{- end }}
+{{- if and (or (eq $name "analytics") (eq $name "control-api")) $v.recordingStore.bucket }}
+{{- $_ := set $derived "RECORDING_S3_BUCKET" $v.recordingStore.bucket }}
+{{- $_ := set $derived "RECORDING_S3_ENDPOINT_URL" $v.recordingStore.endpointUrl }}
+{{- $_ := set $derived "RECORDING_S3_REGION" $v.recordingStore.region }}
+{{- $_ := set $derived "RECORDING_S3_PREFIX" $v.recordingStore.prefix }}
+{{- $_ := set $derived "RECORDING_S3_ACCESS_KEY_ID" $v.recordingStore.accessKeyId }}
 {{- end }}
 {{- $hostIp := false }}
 {{- if and (eq $name "ingress") $v.webrtc.enabled }}

@@ -1,13 +1,22 @@
-"""Webhook endpoints (admins). Deliveries, signed with the endpoint's secret, are made by analytics."""
+"""Webhook endpoints (admins) and their delivery log. Deliveries, signed per Standard Webhooks with the endpoint's
+secret, are made by analytics."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
 from ..deps import AUTHED, Admin, Ctx, Paging, errors
-from ..models import Page, Webhook, WebhookCreate, WebhookEvent, WebhookUpdate, WebhookWithSecret
+from ..models import (
+    Page,
+    Webhook,
+    WebhookCreate,
+    WebhookDelivery,
+    WebhookEvent,
+    WebhookUpdate,
+    WebhookWithSecret,
+)
 from ..rest import IdPath, IfMatch, expected_version, set_etag
 from ..usecases import webhooks
 from ..usecases.common import Listing
@@ -77,3 +86,33 @@ async def rotate_webhook_secret(webhook_id: IdPath, principal: Admin, ctx: Ctx) 
 async def delete_webhook(webhook_id: IdPath, principal: Admin, ctx: Ctx) -> Response:
     await webhooks.delete_webhook(ctx, principal, webhook_id)
     return Response(status_code=204)
+
+
+@router.get(
+    "/{webhook_id}/deliveries",
+    response_model=Page[WebhookDelivery],
+    responses=errors(404),
+    summary="List an endpoint's deliveries, newest first, with their latest attempts",
+)
+async def list_deliveries(
+    webhook_id: IdPath,
+    principal: Admin,
+    ctx: Ctx,
+    paging: Paging,
+    status: Annotated[Literal["pending", "delivered", "failed"] | None, Query(description="Only this status")] = None,
+    event: Annotated[WebhookEvent | None, Query(description="Only this event type")] = None,
+) -> Listing[WebhookDelivery]:
+    return await webhooks.list_deliveries(ctx, principal, webhook_id, paging, status=status, event_type=event)
+
+
+@router.post(
+    "/{webhook_id}/deliveries/{delivery_id}/redeliver",
+    status_code=202,
+    response_model=WebhookDelivery,
+    responses=errors(404, 409),
+    summary="Send a delivered or failed message again",
+    description="A new round of attempts on the retry schedule, with the same message id (webhook-id). Refused "
+    "while the delivery is still pending or the endpoint is disabled.",
+)
+async def redeliver(webhook_id: IdPath, delivery_id: IdPath, principal: Admin, ctx: Ctx) -> WebhookDelivery:
+    return await webhooks.redeliver(ctx, principal, webhook_id, delivery_id)
