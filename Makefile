@@ -33,6 +33,8 @@ $(STAMP): pyproject.toml uv.lock schemas/pyproject.toml libs/runtime/pyproject.t
 	@bash tools/prereqs.sh
 	@echo "==> installing the platform (first time: 8-15 min on 2 cores, llama.cpp is compiled once; uv caches it)"
 	$(UV) sync --frozen --python python3.11
+	@echo "==> preparing the Moonshine speech model (one-time conversion, cached in $(STATE)/models)"
+	@$(PY) -m voice_stt.engines.moonshine_models >/dev/null
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -23,6 +23,7 @@ import pytest
 from voice_devstack.speech import caller_voice
 from voice_devstack.stack import SERVICES, llm_command, nats_command, wait_port
 from voice_runtime.bus import Bus
+from voice_runtime.paths import state_dir
 from voice_schemas import AgentConfig, NumberRoute, subjects
 from voice_schemas.agent import LlmSettings
 
@@ -85,7 +86,9 @@ def platform(database_url: str) -> Iterator[Platform]:
                     TWILIO_ALLOW_UNSIGNED="false",  # every Twilio request is signed, as in production
                     PUBLIC_BASE_URL=PUBLIC, LOG_FORMAT="json", SHUTDOWN_GRACE_S="3", STATE_DIR=str(tmp),
                     PYTHONUNBUFFERED="1",  # every line is in the log file when a test reads it
-                    CALL_TOKEN_KEY=CALL_TOKEN_KEY, WEBRTC_LOOPBACK_CANDIDATE="true")
+                    CALL_TOKEN_KEY=CALL_TOKEN_KEY, WEBRTC_LOOPBACK_CANDIDATE="true",
+                    # the converted Moonshine model is kept across test runs (converting takes ~20 s)
+                    MOONSHINE_MODELS_DIR=str(state_dir() / "models"))
     module = {n: m for n, m, _ in SERVICES}
     for name in STACK:
         env = dict(base_env, HTTP_PORT=str(p.ports[name]))

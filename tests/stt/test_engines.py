@@ -156,15 +156,17 @@ def test_discovery_skips_helpers_and_reports_modules_that_do_not_import(tmp_path
         registry.register("good", print)
 
 
-def test_whisper_is_the_default_engine() -> None:
-    assert SttSettings().stt_engine == "whisper" and "whisper" in ENGINES.names()
+def test_whisper_stays_selectable() -> None:
+    assert "whisper" in ENGINES.names()
     engine: Any = ENGINES.get("whisper")(SttSettings())
     assert engine.model_name == "whisper:tiny.en"
     engine.close()
 
 
-def test_moonshine_is_an_engine_but_not_the_default() -> None:
-    assert "moonshine" in ENGINES.names() and SttSettings().stt_engine == "whisper"
+def test_moonshine_is_the_default_engine() -> None:
+    # the default since `make bench-stt` showed it at least as accurate as tiny.en beam 5 on the phone set
+    # (bench/results/latest-stt.md: WER 15.4% vs 16.8%, n=140 clips) at about a quarter of the time
+    assert "moonshine" in ENGINES.names() and SttSettings().stt_engine == "moonshine"
     engine: Any = ENGINES.get("moonshine")(SttSettings(stt_concurrency=2))
     try:
         assert engine.model_name == "moonshine:base" and engine.workers == 2 and not engine.loaded

@@ -11,7 +11,7 @@ from voice_runtime.settings import CommonSettings
 class SttSettings(CommonSettings):
     service_name: str = "stt"
     http_port: int = Field(8082, validation_alias=AliasChoices("STT_HTTP_PORT", "HTTP_PORT"))
-    stt_engine: str = Field("whisper", description="The recognizer: a module of voice_stt.engines or an entry "
+    stt_engine: str = Field("moonshine", description="The recognizer: a module of voice_stt.engines or an entry "
                                                    "point of the group voice.stt_engines")
     stt_concurrency: int = Field(
         1, ge=1, le=32, description="Utterances transcribed at once by this replica (and fetched at once)"

@@ -73,6 +73,9 @@ class MoonshineSettings(BaseSettings):
     state_dir: Path | None = Field(
         None, description="Where the converted model is kept (STATE_DIR; default: the platform's .state/)"
     )
+    moonshine_models_dir: Path | None = Field(
+        None, description="Folder of the converted model, if not $STATE_DIR/models (e.g. a volume shared by replicas)"
+    )
 
 
 class MoonshineModel:
@@ -164,7 +167,7 @@ class MoonshineSpeechToText(SpeechToText):
         import tokenizers
 
         o = self.options
-        model_dir = prepared_model((o.state_dir or state_dir()) / "models", isolated=True)
+        model_dir = prepared_model(o.moonshine_models_dir or (o.state_dir or state_dir()) / "models", isolated=True)
         self._tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path()))
         self._model = MoonshineModel(model_dir, o.moonshine_threads)
         self.warm_up()
