@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from pydantic import SecretStr
 from voice_control_api.service import ControlApiService
 from voice_control_api.settings import ControlApiSettings
@@ -56,6 +58,21 @@ async def client(service: ControlApiService) -> AsyncIterator[httpx.AsyncClient]
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://control-api.test") as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+async def server(service: ControlApiService) -> AsyncIterator[str]:
+    """The same app over real HTTP (uvicorn): for streamed responses, which httpx's ASGI transport buffers whole."""
+    port = free_port()
+    app = service.test_app  # type: ignore[attr-defined]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    srv = uvicorn.Server(config)
+    task = asyncio.create_task(srv.serve())
+    while not srv.started:
+        await asyncio.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    await task
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,8 @@ new route cannot ship without an isolation check. For every route:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
 from collections import defaultdict
@@ -52,6 +54,10 @@ Ids = dict[str, str]
 Fresh = Callable[[httpx.AsyncClient, TenantCreds, str], Awaitable[Ids]]
 
 
+STREAM_READ_S = 0.5
+SERVED: dict[str, str] = {}  # streamed routes go over real HTTP: the ASGI transport would wait for their end
+
+
 @dataclass
 class Case:
     # upsert: PUT to a name scoped to the caller's tenant (another tenant's PUT writes its own resource)
@@ -66,6 +72,7 @@ class Case:
     platform: int | None = None  # the platform admin's legitimate status on another tenant's resource
     reason: str = ""
     anonymous: int | None = None  # public routes: the documented answer without credentials, for ``body``
+    stream: bool = False  # server-sent events: what arrives in STREAM_READ_S is the body, then the client hangs up
 
 
 def all_ok(status: int) -> dict[str, int]:
@@ -238,6 +245,15 @@ CASES: dict[tuple[str, str], Case] = {
         "item", all_ok(404), {"call_id": "call_sup"}, hidden={"call_id": "call_admin"}
     ),
     ("DELETE", "/v1/calls/{call_id}"): Case("item", admin_only(204), {"call_id": "call_sup"}, fresh=fresh_call),
+    # live feed and whisper (tests/control_api/test_live_feed.py follows real calls of two tenants)
+    ("GET", "/v1/calls/{call_id}/events"): Case(
+        "item", all_ok(200), {"call_id": "call_sup"}, hidden={"call_id": "call_admin"}, stream=True
+    ),
+    ("GET", "/v1/live/events"): Case("list", all_ok(200), stream=True),
+    ("POST", "/v1/calls/{call_id}/whisper"): Case(  # the seeded call is not live: 409 in its own tenant
+        "item", all_ok(409), {"call_id": "call_sup"}, hidden={"call_id": "call_admin"},
+        body=lambda ids: {"text": "be brief"},
+    ),
     # text chats (this deployment has no CALL_TOKEN_KEY and no ingress: tests/e2e/test_chat.py holds real chats)
     ("POST", "/v1/agents/{agent_id}/chats"): Case("item", all_ok(503), AGENT, hidden=HIDDEN_AGENT),
     ("POST", "/v1/chats/{call_id}/messages"): Case(
@@ -309,7 +325,20 @@ async def _call(
         kwargs["json"] = case.body(ids)
     if case.query is not None:
         kwargs["params"] = case.query(ids)
-    return await client.request(method, path, **kwargs)
+    if not case.stream:
+        return await client.request(method, path, **kwargs)
+    async with httpx.AsyncClient(base_url=SERVED["url"], timeout=10.0) as real, real.stream(
+        method, path, **kwargs
+    ) as r:
+        chunks: list[bytes] = []
+        if r.status_code < 300:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STREAM_READ_S):
+                    async for chunk in r.aiter_bytes():
+                        chunks.append(chunk)
+        else:
+            chunks.append(await r.aread())
+    return httpx.Response(r.status_code, headers=r.headers, content=b"".join(chunks), request=r.request)
 
 
 def _detail(r: httpx.Response) -> Any:
@@ -378,9 +407,11 @@ async def test_route_isolation(
     service: ControlApiService,
     database_url: str,
     world: dict[str, TenantCreds],
+    server: str,
 ) -> None:
     method, template = op
     case = CASES[op]
+    SERVED["url"] = server
     a, b = world["A"], world["B"]
 
     async def unchanged(before: dict[str, Any], *why: object) -> None:
@@ -409,7 +440,7 @@ async def test_route_isolation(
         r = await _call(client, method, path, a.token(role), case, a.resources)
         assert r.status_code == case.roles[role], (op, role, r.status_code, r.text)
         if r.status_code < 300 and r.content:
-            body = r.json()
+            body = {} if case.stream else r.json()  # an event stream: its text is checked below
             if case.kind in ("create", "upsert") and "tenant_id" in body:
                 assert body["tenant_id"] == a.id
             if case.kind == "self":

@@ -65,9 +65,12 @@ class HistoryLimits:
     summary_chars: int = 4_000  # the summary of older messages
     summary_line_chars: int = 160  # one summary line: the first sentence of a message, cut at a word
     turns: int = 8  # TurnStates kept: the open turns (normally 1-2); the oldest beyond this are dropped
+    supervisor_notes: int = 8  # whispers kept (the newest); each in every prompt, right after the system prompt
+    supervisor_note_chars: int = 1_000  # one whisper longer than this is cut
     recent_turn_ids: int = 64  # ids of dropped turns, for redelivery detection
 
 
+SUPERVISOR_NOTE = "Instruction from your supervisor (the caller cannot hear this): "
 SUMMARY_HEAD_LINES = 4  # the call's opening lines stay in the summary (why the caller called)
 SUMMARY_TITLE = "Summary of the earlier part of this call (first sentence of each message, oldest first):"
 _ROLE_LABEL = {"user": "Caller", "assistant": "Agent", "system": "Note"}
@@ -153,6 +156,9 @@ class CallHistory(BaseModel):
     summary_omitted: int = 0  # lines dropped from the middle of the summary (its budget)
     turns: dict[str, TurnState] = Field(default_factory=dict)  # turns not yet completed and published
     recent_turn_ids: list[str] = Field(default_factory=list)  # turns forgotten since (redelivery detection)
+    # supervisor whispers as {"id": event id, "text": ...}, oldest first: kept out of the window (never summarised
+    # away) and bounded by ``HistoryLimits.supervisor_notes``
+    supervisor_notes: list[dict[str, str]] = Field(default_factory=list)
 
     # ------------------------------------------------------------ reading
     def heard_text(self, turn: TurnState) -> str:
@@ -171,9 +177,12 @@ class CallHistory(BaseModel):
         return "\n".join([SUMMARY_TITLE, *lines])
 
     def prompt(self, system_prompt: str) -> list[dict[str, Any]]:
-        """The chat messages for the next completion: the agent's prompt, the summary of the earlier call (once
-        there is one), then the recent window."""
+        """The chat messages for the next completion: the agent's prompt, the supervisor's whispers (each a system
+        message, oldest first), the summary of the earlier call (once there is one), then the recent window. The
+        fixed system prompt stays the first message, so a provider's prompt cache keeps matching it; a whisper
+        changes only what follows it."""
         head = [{"role": "system", "content": system_prompt}]
+        head += [{"role": "system", "content": SUPERVISOR_NOTE + n["text"]} for n in self.supervisor_notes]
         summary = self.summary_text()
         if summary:
             head.append({"role": "system", "content": summary})
@@ -312,6 +321,15 @@ class CallHistory(BaseModel):
         """An instruction for the model the caller does not hear (whisper, DTMF, a supervisor's decision)."""
         self.messages.append({"role": "system", "content": text})
 
+    def add_supervisor_note(self, note_id: str, text: str) -> bool:
+        """A supervisor's whisper: followed from the next reply on, never spoken. False for a redelivered one
+        (same ``note_id``) or empty text. ``compact`` keeps the newest and cuts long ones."""
+        text = " ".join(text.split())
+        if not text or self.ended or any(n["id"] == note_id for n in self.supervisor_notes):
+            return False
+        self.supervisor_notes.append({"id": note_id, "text": text})
+        return True
+
     def end(self) -> list[TurnState]:
         """The call ended: close it to new turns; returns copies of the turns that had started speaking but
         were never settled (completed now, interrupted unless every chunk was heard)."""
@@ -343,6 +361,9 @@ class CallHistory(BaseModel):
         while size > limits.summary_chars and len(self.summary) > SUMMARY_HEAD_LINES:
             size -= len(self.summary.pop(SUMMARY_HEAD_LINES)) + 1  # the oldest line after the call's opening
             self.summary_omitted += 1
+        del self.supervisor_notes[: max(len(self.supervisor_notes) - limits.supervisor_notes, 0)]
+        for n in self.supervisor_notes:
+            n["text"] = _cut(n["text"], limits.supervisor_note_chars)
         for turn_id in list(self.turns)[: max(len(self.turns) - limits.turns, 0)]:
             if turn_id != self.current_turn:
                 del self.turns[turn_id]  # never settled (no playout report came): given up

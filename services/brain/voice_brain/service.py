@@ -290,7 +290,12 @@ class BrainService(Service):
 
     @turns.on(events.SupervisorWhispered)
     async def on_whisper(self, env: Envelope[events.SupervisorWhispered]) -> None:
-        await self._note(env, f"Instruction from your supervisor (the caller cannot hear this): {env.data.text}")
+        """A supervisor's instruction: kept in the call's history as a supervisor note (by event id, so a redelivery
+        adds nothing) and placed in every later prompt; never a reply chunk, so never spoken."""
+        assert self.history is not None
+        applied = await self.history.update(env.call_id, lambda h: h.add_supervisor_note(env.id, env.data.text))
+        if applied is None:
+            log.info("whisper_without_history", call_id=env.call_id)  # the call has ended (history deleted)
 
     @turns.on(events.DtmfReceived)
     async def on_dtmf(self, env: Envelope[events.DtmfReceived]) -> None:

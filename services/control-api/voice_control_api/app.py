@@ -26,6 +26,7 @@ from .routers import (
     auth,
     calls,
     chats,
+    live,
     phone_numbers,
     tenant_secrets,
     tenants,
@@ -68,10 +69,11 @@ TAGS = [
     {"name": "webhooks", "description": "Webhook endpoints (admin)"},
     {"name": "secrets", "description": "Tenant secrets, e.g. an agent's LLM API key: write-only, sealed (admin)"},
     {"name": "audit-log", "description": "Who changed what, when (admin)"},
+    {"name": "live", "description": "Live calls: server-sent event feeds (per call, per tenant) and whispers"},
 ]
 
 ROUTERS = (auth, tenants, users, api_keys, agents, phone_numbers, calls, chats, webhooks, tenant_secrets, audit_log,
-           web_calls)
+           web_calls, live)
 
 
 def create_app(

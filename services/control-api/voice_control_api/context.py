@@ -13,6 +13,7 @@ from voice_runtime.ports import BusPort
 from voice_runtime.recordings import RecordingStore
 from voice_runtime.secretbox import SecretBox
 
+from .feeds import FeedSlots
 from .kvsync import ConfigPublisher
 from .proxies import TrustedProxies
 from .ratelimit import RateLimiter
@@ -37,3 +38,5 @@ class AppContext:
     bus: BusPort | None = None  # core requests to the data plane (text chats to ingress)
     kv: Mapping[str, Any] = field(default_factory=dict)  # the data plane's KV buckets (live call records)
     recordings: RecordingStore | None = None  # where analytics stores call recordings (served, deleted here)
+    js: Any = None  # the data plane's JetStream context (nats.js.JetStreamContext): live feeds read CALLS
+    feeds: FeedSlots = field(default_factory=FeedSlots)  # live feeds open on this replica

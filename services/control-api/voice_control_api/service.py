@@ -89,6 +89,7 @@ class ControlApiService(Service):
             bus=self.bus,
             kv=self.kv,
             recordings=make_store(s),
+            js=getattr(self.bus, "js", None),  # a real Bus (NATS); the in-memory bus has no JetStream
         )
         report = await self.resync()
         log.info(

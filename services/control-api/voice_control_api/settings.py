@@ -106,6 +106,30 @@ class ControlApiSettings(
         "before the request answers 504"
     )
 
+    # live feed (server-sent events of live calls) and whisper
+    live_feed_max_per_tenant: int = Field(
+        50, ge=1, le=10_000, description="Live feeds (SSE connections) open at once per tenant, per replica"
+    )
+    live_feed_max_per_credential: int = Field(
+        5, ge=1, le=1_000, description="Live feeds open at once per API key or console user, per replica"
+    )
+    live_feed_buffer: int = Field(
+        256, ge=8, le=100_000, description="Events a live feed holds for a client that reads slowly; when full the "
+        "feed is closed (the client reconnects with Last-Event-ID and misses nothing)"
+    )
+    live_feed_heartbeat_s: float = Field(
+        15.0, gt=0.0, le=300.0, description="A comment line on an idle live feed this often (keeps proxies open)"
+    )
+    live_feed_max_calls: int = Field(
+        200, ge=1, le=5_000, description="Calls a tenant live feed follows at once (beyond this, new calls show "
+        "only their lifecycle events)"
+    )
+    live_feed_resume_window_s: float = Field(
+        3600.0, gt=0.0, le=7 * 86400, description="A tenant feed resumed with Last-Event-ID follows the tenant's "
+        "calls live now or ended within this window"
+    )
+    whisper_max_chars: int = Field(1_000, ge=1, le=1_000, description="Longest whisper text accepted")
+
     @field_validator("bootstrap_admin_email")
     @classmethod
     def _admin_email(cls, value: str) -> str:

@@ -183,6 +183,13 @@ Precedence: the service's `env`, then the global `env`, then what the chart deri
 {{- end }}
 {{- if eq $name "control-api" }}
 {{- $_ := set $derived "CHAT_REPLY_TIMEOUT_S" $v.chat.replyTimeoutSeconds }}
+{{- $_ := set $derived "LIVE_FEED_MAX_PER_TENANT" $v.liveFeed.maxPerTenant }}
+{{- $_ := set $derived "LIVE_FEED_MAX_PER_CREDENTIAL" $v.liveFeed.maxPerCredential }}
+{{- $_ := set $derived "LIVE_FEED_BUFFER" $v.liveFeed.buffer }}
+{{- $_ := set $derived "LIVE_FEED_HEARTBEAT_S" $v.liveFeed.heartbeatSeconds }}
+{{- $_ := set $derived "LIVE_FEED_MAX_CALLS" $v.liveFeed.maxCalls }}
+{{- $_ := set $derived "LIVE_FEED_RESUME_WINDOW_S" $v.liveFeed.resumeWindowSeconds }}
+{{- $_ := set $derived "WHISPER_MAX_CHARS" $v.liveFeed.whisperMaxChars }}
 {{- end }}
 {{- if and (or (eq $name "analytics") (eq $name "control-api")) $v.recordingStore.bucket }}
 {{- $_ := set $derived "RECORDING_S3_BUCKET" $v.recordingStore.bucket }}
