@@ -19,7 +19,7 @@ import pkgutil
 from types import ModuleType
 from typing import Generic, TypeVar
 
-from voice_runtime.logging import get_logger
+from voice_runtime.logging import get_logger, safe_error
 
 log = get_logger(__name__)
 
@@ -57,8 +57,8 @@ class Registry(Generic[T]):
             try:
                 importlib.import_module(module.name)
             except ImportError as e:
-                self._broken[module.name] = repr(e)[:300]
-                log.warning("engine_module_unavailable", role=self.role, module=module.name, error=repr(e)[:300])
+                self._broken[module.name] = safe_error(e, 300)
+                log.warning("engine_module_unavailable", role=self.role, module=module.name, error=safe_error(e, 300))
 
     def _from_entry_points(self, name: str) -> None:
         for ep in importlib.metadata.entry_points(group=self.group, name=name):

@@ -29,7 +29,7 @@ from voice_runtime import metrics
 from voice_runtime.agents import AgentDirectory
 from voice_runtime.bus import Bus, Transient
 from voice_runtime.handlers import Handlers
-from voice_runtime.logging import get_logger
+from voice_runtime.logging import get_logger, safe_error
 from voice_runtime.paths import state_dir
 from voice_runtime.recordings import RecordingStore, RecordingStoreSettings, key, make_store
 from voice_runtime.settings import CommonSettings
@@ -188,7 +188,7 @@ class Recorder:
             raise  # shutdown: the row stays 'recording' (see the README: production runs one analytics per call)
         except Exception as e:
             metrics.ERRORS.labels(SVC, "recording").inc()
-            log.error("recording_failed", call_id=call_id, error=repr(e)[:200])
+            log.error("recording_failed", call_id=call_id, error=safe_error(e, 200))
             rec.wav.abort()
             with contextlib.suppress(Exception):
                 async with self.pool.acquire() as conn:
@@ -209,7 +209,7 @@ class Recorder:
                 await self.store.delete(r["object_key"])
             except Exception as e:
                 metrics.ERRORS.labels(SVC, "recording_sweep").inc()
-                log.warning("recording_delete_failed", call_id=r["call_id"], error=repr(e)[:200])
+                log.warning("recording_delete_failed", call_id=r["call_id"], error=safe_error(e, 200))
                 continue
             async with self.pool.acquire() as conn:
                 await conn.execute("DELETE FROM call_recordings WHERE call_id = $1", r["call_id"])
@@ -223,7 +223,7 @@ class Recorder:
             try:
                 await self.sweep()
             except Exception as e:
-                log.warning("recording_sweep_failed", error=repr(e)[:200])
+                log.warning("recording_sweep_failed", error=safe_error(e, 200))
             await asyncio.sleep(self.s.recording_sweep_s)
 
 

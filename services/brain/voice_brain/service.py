@@ -15,7 +15,7 @@ from voice_runtime import metrics
 from voice_runtime.agents import AgentDirectory
 from voice_runtime.bus import Transient
 from voice_runtime.handlers import Handlers
-from voice_runtime.logging import get_logger
+from voice_runtime.logging import get_logger, safe_error
 from voice_runtime.service import Service
 from voice_schemas import AgentConfig, Envelope, events, make, subjects
 from voice_schemas.streams import BRAIN_TURNS, KV_HISTORY, KV_SECRETS
@@ -324,5 +324,5 @@ class BrainService(Service):
             try:
                 await self._turn_completed(env, h, t)
             except Exception as e:
-                log.warning("turn_completed_failed", call_id=env.call_id, turn_id=t.turn_id, error=repr(e)[:200])
+                log.warning("turn_completed_failed", call_id=env.call_id, turn_id=t.turn_id, error=safe_error(e, 200))
         await self.history.delete(env.call_id)  # the record now lives in PostgreSQL

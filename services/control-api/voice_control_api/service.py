@@ -11,7 +11,7 @@ import asyncpg
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 from voice_runtime import db
-from voice_runtime.logging import get_logger
+from voice_runtime.logging import get_logger, safe_error
 from voice_runtime.recordings import make_store
 from voice_runtime.service import Service
 from voice_schemas.streams import KV_AGENTS, KV_NUMBERS, KV_SECRETS
@@ -124,7 +124,7 @@ class ControlApiService(Service):
                         deleted=len(report.keys_deleted),
                     )
             except Exception as e:
-                log.warning("kv_resync_failed", error=repr(e)[:300])
+                log.warning("kv_resync_failed", error=safe_error(e, 300))
                 await asyncio.sleep(RESYNC_RETRY_S)
                 self._resync_wanted.set()
 

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from nats.js.errors import KeyNotFoundError
 from voice_runtime import metrics
 from voice_runtime.agents import AgentDirectory
-from voice_runtime.logging import get_logger
+from voice_runtime.logging import get_logger, safe_error
 from voice_runtime.service import Service
 from voice_schemas import CallRecord, events, make, subjects
 from voice_schemas.agent import NumberRoute
@@ -155,7 +155,7 @@ class IngressService(Service):
             log.warning("transport_protocol_error", channel=transport.channel.value, error=detail,
                         call_id=session.call_id if session else None)
         except Exception as e:
-            reason, detail = events.EndReason.error, repr(e)[:200]
+            reason, detail = events.EndReason.error, safe_error(e, 200)
             metrics.ERRORS.labels(self.name, "stream_error").inc()
             log.error("transport_error", channel=transport.channel.value, error=detail,
                       call_id=session.call_id if session else None)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from opentelemetry import trace
 from voice_runtime import metrics, telemetry
 from voice_runtime.handlers import EnvelopeHandler, Message, RawHandler
-from voice_runtime.logging import get_logger
+from voice_runtime.logging import get_logger, safe_error
 from voice_runtime.ports import Publisher, Unsubscribable
 from voice_schemas import CallRecord, Envelope, events, make, subjects
 from voice_schemas.audio import H_CUT, H_EPOCH, H_SEQ, H_TS, H_TURN, AudioFrame
@@ -326,7 +326,7 @@ class CallSession:
                 await self._play(out, deadline)
             except Exception as e:  # a playout event not published must not stop the caller's audio
                 metrics.ERRORS.labels(SVC, "playout").inc()
-                log.warning("playout_event_failed", call_id=self.call_id, error=repr(e)[:200])
+                log.warning("playout_event_failed", call_id=self.call_id, error=safe_error(e, 200))
             deadline += FRAME_S
 
     async def _give_up(self, closed: TurnClosed) -> None:
@@ -344,7 +344,7 @@ class CallSession:
                 await self._turn_played(closed.turn_id, closed.epoch)
         except Exception as e:  # as in _playout_loop: a playout event not published must not stop the audio
             metrics.ERRORS.labels(SVC, "playout").inc()
-            log.warning("playout_event_failed", call_id=self.call_id, error=repr(e)[:200])
+            log.warning("playout_event_failed", call_id=self.call_id, error=safe_error(e, 200))
 
     async def _play(self, out: Outgoing, starts_at: float) -> None:
         """Send one frame that starts playing at the caller at ``starts_at`` (clock time)."""
@@ -400,7 +400,7 @@ class CallSession:
                 await send(*args, **kwargs)
             except Exception as e:
                 if not self.paused:
-                    log.info("transport_send_failed", call_id=self.call_id, error=repr(e)[:200])
+                    log.info("transport_send_failed", call_id=self.call_id, error=safe_error(e, 200))
                 self.paused = True
                 return False
         return True

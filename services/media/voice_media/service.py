@@ -27,7 +27,7 @@ from voice_runtime import metrics
 from voice_runtime.agents import AgentDirectory
 from voice_runtime.bus import Transient
 from voice_runtime.handlers import Handlers, Message
-from voice_runtime.logging import bind_call, get_logger
+from voice_runtime.logging import bind_call, get_logger, safe_error
 from voice_runtime.ports import Unsubscribable
 from voice_runtime.service import Service
 from voice_schemas import Envelope, events, make, parse, subjects
@@ -114,7 +114,7 @@ class MediaCall:
             self._bad_frames += 1
             if self._bad_frames in (1, 10, 100) or self._bad_frames % 1000 == 0:  # 50 frames/s: no log flood
                 log.warning("audio_frame_failed", call_id=self.call_id, count=self._bad_frames,
-                            error=repr(e)[:200])
+                            error=safe_error(e, 200))
 
     async def on_turn_audio_request(self, msg: Message) -> None:
         """stt asks for the caller's turn so far (partial transcripts): answered from the ring, never on the
@@ -267,7 +267,7 @@ class MediaCall:
                     except Exception as e:
                         if attempt == 2:
                             metrics.ERRORS.labels(SERVICE, "publish").inc()
-                            log.error("publish_failed", call_id=self.call_id, type=env.type, error=repr(e)[:200])
+                            log.error("publish_failed", call_id=self.call_id, type=env.type, error=safe_error(e, 200))
                         else:
                             await asyncio.sleep(0.05 * (attempt + 1))
             finally:
@@ -472,4 +472,4 @@ class MediaService(Service):
                         call.handle(call.pipeline.tick(call.media_now()))
                 except Exception as e:
                     metrics.ERRORS.labels(SERVICE, "watchdog").inc()
-                    log.warning("watchdog_failed", call_id=call.call_id, error=repr(e)[:200])
+                    log.warning("watchdog_failed", call_id=call.call_id, error=safe_error(e, 200))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from voice_runtime import metrics
-from voice_runtime.logging import get_logger
+from voice_runtime.logging import get_logger, safe_error
 
 from .settings import MediaSettings
 
@@ -79,7 +79,7 @@ class TurnModel(ABC):
             return None
         except Exception as e:
             metrics.ERRORS.labels(SERVICE, "turn_model").inc()
-            log.warning("turn_model_failed", turn_model=self.name, error=repr(e)[:200])
+            log.warning("turn_model_failed", turn_model=self.name, error=safe_error(e, 200))
             return None
         finally:
             self._queued -= 1

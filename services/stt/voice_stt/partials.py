@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter
-from voice_runtime.logging import bind_call, get_logger
+from voice_runtime.logging import bind_call, get_logger, safe_error
 from voice_schemas import Envelope, make
 from voice_schemas.audio import TurnAudio
 from voice_schemas.events import TranscriptPartial
@@ -201,7 +201,7 @@ class PartialTranscripts:
             return
         except Exception as e:  # a partial is best effort: the final transcript still comes
             PARTIALS.labels("failed").inc()
-            log.warning("stt_partial_failed", error=repr(e)[:200])
+            log.warning("stt_partial_failed", error=safe_error(e, 200))
             return
         stt_ms = round((time.perf_counter() - started) * 1000, 1)
         text = result.text
@@ -226,7 +226,7 @@ class PartialTranscripts:
             await self._publish(env)
         except Exception as e:  # the bus is slow or down: the next tick tries again with more audio
             PARTIALS.labels("publish_failed").inc()
-            log.warning("stt_partial_publish_failed", error=repr(e)[:200])
+            log.warning("stt_partial_publish_failed", error=safe_error(e, 200))
             return
         PARTIALS.labels("published").inc()
         log.debug("stt_partial", utterance_id=turn_id, audio_ms=audio.end_ms - audio.start_ms, stt_ms=stt_ms)

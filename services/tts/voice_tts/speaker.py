@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from voice_runtime.logging import get_logger
+from voice_runtime.logging import get_logger, safe_error
 from voice_schemas.audio import FRAME_BYTES, AudioFrame
 
 from .calls import CallAudio
@@ -147,7 +147,7 @@ async def speak_chunk(
             frames, spent = await run_blocking(synth.step)
         except Exception as e:  # end the chunk with what we have rather than leave it open
             result.failed = True
-            log.error("tts_synthesis_failed", chunk=job.index, error=repr(e)[:300])
+            log.error("tts_synthesis_failed", chunk=job.index, error=safe_error(e, 300))
             break
         result.synth_s += spent
         if frames is None:
@@ -163,7 +163,7 @@ async def speak_chunk(
         tail = synth.assembler.finish()
     except Exception as e:  # a broken tail must not leave the chunk without its closing frame
         result.failed = True
-        log.error("tts_flush_failed", chunk=job.index, error=repr(e)[:300])
+        log.error("tts_flush_failed", chunk=job.index, error=safe_error(e, 300))
         tail = [] if held is not None else [bytes(FRAME_BYTES)]
     if not await offer(tail):
         result.cancelled = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-from voice_runtime.logging import get_logger
+from voice_runtime.logging import get_logger, safe_error
 from voice_schemas.agent import AgentConfig, NumberRoute
 
 from ..context import AppContext
@@ -26,7 +26,7 @@ async def _mirror(ctx: AppContext, write: Callable[[], Awaitable[object]], event
     try:
         await write()
     except Exception as e:
-        log.warning(event, **ids, error=repr(e)[:300])
+        log.warning(event, **ids, error=safe_error(e, 300))
         ctx.request_resync()
 
 

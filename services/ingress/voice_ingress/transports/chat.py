@@ -31,7 +31,7 @@ from pydantic import Field, ValidationError
 from voice_runtime import calltoken, metrics
 from voice_runtime.agents import AgentDirectory
 from voice_runtime.handlers import EnvelopeHandler, Message, RawHandler, catching
-from voice_runtime.logging import get_logger
+from voice_runtime.logging import get_logger, safe_error
 from voice_runtime.ports import BusPort, Unsubscribable
 from voice_runtime.settings import _Settings
 from voice_schemas import CallRecord, Envelope, events, make, subjects
@@ -279,7 +279,7 @@ class ChatEndpoint(Endpoint):
                 answer = ChatAnswer(error=ChatError.invalid, detail=_first_error(e))
             except Exception as e:
                 metrics.ERRORS.labels(SVC, "chat").inc()
-                log.error("chat_request_failed", op=op, error=repr(e)[:200])
+                log.error("chat_request_failed", op=op, error=safe_error(e, 200))
                 answer = ChatAnswer(error=ChatError.unavailable, detail="the chat request failed")
             REQUESTS.labels(op, answer.error.value if answer.error else "ok").inc()
             bus = self.chat_desk.bus

@@ -52,7 +52,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from voice_runtime import calltoken, metrics
 from voice_runtime.handlers import Message
-from voice_runtime.logging import get_logger
+from voice_runtime.logging import get_logger, safe_error
 from voice_runtime.ports import BusPort, Unsubscribable
 from voice_runtime.settings import _Settings
 from voice_schemas import events, subjects
@@ -660,7 +660,7 @@ class WebRtcEndpoint(Endpoint):
             answer = WebRtcAnswer(error=e.error, detail=e.detail)
         except Exception as e:
             metrics.ERRORS.labels(SVC, "webrtc_offer").inc()
-            log.error("webrtc_offer_failed", error=repr(e)[:200])
+            log.error("webrtc_offer_failed", error=safe_error(e, 200))
             answer = WebRtcAnswer(error=WebRtcError.unavailable, detail="ingress could not answer the offer")
         await self._reply(msg, answer)
 
