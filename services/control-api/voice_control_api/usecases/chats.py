@@ -13,7 +13,6 @@ chat of the tenant in the calls table has ended (409 for a message), anything el
 from __future__ import annotations
 
 from pydantic import BaseModel
-from voice_runtime import calltoken
 from voice_runtime.logging import get_logger
 from voice_schemas import CallRecord, subjects
 from voice_schemas import chat as rpc
@@ -24,10 +23,10 @@ from ..models import ChatCreated, ChatReply
 from ..principal import Principal
 from ..store import agents as agent_store
 from ..store import calls as call_store
-from . import agents, audit_log
+from . import audit_log
 from . import live as live_calls
 from .common import connection, transaction
-from .errors import Conflict, InvalidField, NotConfigured, NotFound, TimedOut, Unavailable
+from .errors import Conflict, InvalidField, NotFound, TimedOut, Unavailable
 
 log = get_logger(__name__)
 ANSWER_GRACE_S = 5.0  # ingress answers a timed-out wait itself; this covers the hops around it
@@ -35,20 +34,7 @@ ANSWER_GRACE_S = 5.0  # ingress answers a timed-out wait itself; this covers the
 
 async def start_chat(ctx: AppContext, principal: Principal, agent_id: str) -> ChatCreated:
     """A new chat with the agent's current version; the agent's greeting once it has been sent."""
-    agent = await agents.get_agent(ctx, principal, agent_id)
-    if not agent.is_active:
-        raise Conflict("the agent is not active")
-    key = ctx.settings.call_token_key_bytes()
-    if key is None:
-        raise NotConfigured("text chat needs CALL_TOKEN_KEY (the same value in control-api and ingress)")
-    token, _ = calltoken.mint(
-        key,
-        tenant_id=principal.tenant_id,
-        agent_id=agent.id,
-        channel=rpc.CHANNEL,
-        ttl_s=ctx.settings.call_token_ttl_s,
-        subject=principal.actor,
-    )
+    token, agent_id = await live_calls.grant_call(ctx, principal, agent_id, rpc.CHANNEL, "text chats")
     wait_s = ctx.settings.chat_reply_timeout_s
     answer = await _ask(
         ctx, subjects.ingress_rpc(rpc.CHANNEL, rpc.OPEN), rpc.ChatOpen(token=token, wait_s=wait_s), wait_s
@@ -58,7 +44,7 @@ async def start_chat(ctx: AppContext, principal: Principal, agent_id: str) -> Ch
     if not answer.call_id:
         raise Unavailable("ingress answered without a chat")
     async with transaction(ctx) as conn:
-        await audit_log.record(conn, principal, "chat.start", "call", answer.call_id, agent_id=agent.id)
+        await audit_log.record(conn, principal, "chat.start", "call", answer.call_id, agent_id=agent_id)
     return ChatCreated(call_id=answer.call_id, greeting=answer.greeting)
 
 

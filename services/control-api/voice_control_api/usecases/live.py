@@ -7,13 +7,16 @@ from typing import TypeVar
 
 from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel, ValidationError
+from voice_runtime import calltoken
 from voice_runtime.bus import NoResponders
 from voice_runtime.logging import get_logger, safe_error
 from voice_schemas import CallRecord, subjects
 from voice_schemas.streams import KV_CALLS
 
 from ..context import AppContext
-from .errors import TimedOut, Unavailable
+from ..principal import Principal
+from . import agents
+from .errors import Conflict, NotConfigured, TimedOut, Unavailable
 
 log = get_logger(__name__)
 Answer = TypeVar("Answer", bound=BaseModel)
@@ -53,3 +56,23 @@ async def ask_ingress(
         return answer.model_validate_json(raw)
     except ValidationError:
         raise Unavailable("ingress gave an answer that cannot be read") from None
+
+
+async def grant_call(ctx: AppContext, principal: Principal, agent_id: str, channel: str, what: str) -> tuple[str, str]:
+    """A call token for one call over ``channel`` to an active agent the principal may read; (token, agent id).
+    ``what`` names the kind of call in the error when CALL_TOKEN_KEY is unset."""
+    agent = await agents.get_agent(ctx, principal, agent_id)
+    if not agent.is_active:
+        raise Conflict("the agent is not active")
+    key = ctx.settings.call_token_key_bytes()
+    if key is None:
+        raise NotConfigured(f"{what} need CALL_TOKEN_KEY (the same value in control-api and ingress)")
+    token, _ = calltoken.mint(
+        key,
+        tenant_id=principal.tenant_id,
+        agent_id=agent.id,
+        channel=channel,
+        ttl_s=ctx.settings.call_token_ttl_s,
+        subject=principal.actor,
+    )
+    return token, agent.id

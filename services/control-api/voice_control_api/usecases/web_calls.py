@@ -11,7 +11,6 @@ holding the call acts on. Whether a call is live is read from the ``calls`` KV r
 
 from __future__ import annotations
 
-from voice_runtime import calltoken
 from voice_runtime.logging import get_logger
 from voice_schemas import events, make, subjects
 from voice_schemas import webrtc as rpc
@@ -22,10 +21,10 @@ from ..models import WebCallAnswer
 from ..principal import Principal
 from ..store import agents as agent_store
 from ..store import calls as call_store
-from . import agents, audit_log
+from . import audit_log
 from . import live as live_calls
 from .common import connection, transaction
-from .errors import Conflict, InvalidField, NotConfigured, NotFound, Unavailable
+from .errors import Conflict, InvalidField, NotFound, Unavailable
 
 log = get_logger(__name__)
 # ingress answers once ICE gathering is done: at once with host candidates only, up to aioice's 5 s per STUN/TURN
@@ -35,27 +34,14 @@ OFFER_TIMEOUT_S = 15.0
 
 async def start_web_call(ctx: AppContext, principal: Principal, agent_id: str, sdp: str) -> WebCallAnswer:
     """A browser call to the agent's current version: the SDP answer for the browser's offer."""
-    agent = await agents.get_agent(ctx, principal, agent_id)
-    if not agent.is_active:
-        raise Conflict("the agent is not active")
-    key = ctx.settings.call_token_key_bytes()
-    if key is None:
-        raise NotConfigured("browser calls need CALL_TOKEN_KEY (the same value in control-api and ingress)")
-    token, _ = calltoken.mint(
-        key,
-        tenant_id=principal.tenant_id,
-        agent_id=agent.id,
-        channel=rpc.CHANNEL,
-        ttl_s=ctx.settings.call_token_ttl_s,
-        subject=principal.actor,
-    )
+    token, agent_id = await live_calls.grant_call(ctx, principal, agent_id, rpc.CHANNEL, "browser calls")
     answer = await _offer(ctx, WebRtcOffer(token=token, sdp=sdp))
     if answer.error is not None:
         raise _refusal(answer)
     if not answer.call_id or not answer.sdp:
         raise Unavailable("ingress answered without a call")
     async with transaction(ctx) as conn:
-        await audit_log.record(conn, principal, "web_call.start", "call", answer.call_id, agent_id=agent.id)
+        await audit_log.record(conn, principal, "web_call.start", "call", answer.call_id, agent_id=agent_id)
     return WebCallAnswer(call_id=answer.call_id, sdp=answer.sdp)
 
 
