@@ -14,7 +14,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # portable llama.cpp build (the wheel is cached by uv and reused by later installs)
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: help install browser run test test-unit lint fmt schemas helm-check bench bench-soak bench-peer bench-stt clean
+.PHONY: help install browser sip run test test-unit lint fmt schemas helm-check bench bench-soak bench-peer bench-stt bench-fuzz bench-chaos bench-knowledge clean
 
 help:
 	@echo "make run        install what is missing, start the whole platform (Ctrl-C stops it)"
@@ -43,10 +43,14 @@ install: $(STAMP)
 browser:
 	@bash tools/prereqs.sh browser
 
+# SIPp, the SIP caller of the SIP tests (Debian's sip-tester: sipp plus its G.711 and RFC 4733 DTMF captures)
+sip:
+	@bash tools/prereqs.sh sip
+
 run: $(STAMP)
 	@$(PY) -m voice_devstack run
 
-test: $(STAMP) browser
+test: $(STAMP) browser sip
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
@@ -79,6 +83,20 @@ bench-peer: $(STAMP)
 bench-stt: $(STAMP)
 	@command -v espeak-ng >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -q espeak-ng >/dev/null 2>&1; } || echo "note: espeak-ng is not installed: its voice is left out"
 	$(PY) -m bench.stt_accuracy $(BENCH_ARGS)
+
+# fuzzed Twilio messages and webhooks (100,000) at an ingress of its own during a real call, and control-api under
+# every schemathesis check (starts what it needs on free ports; see bench/fuzz.py)
+bench-fuzz: $(STAMP)
+	$(PY) -m bench.fuzz $(BENCH_ARGS)
+
+# kill a random stage worker every few seconds during 100 short calls (needs `make run STAGE_REPLICAS=2
+# TWILIO_ALLOW_UNSIGNED=true` in another terminal; see bench/chaos.py), then the fuzz volume
+bench-chaos: $(STAMP)
+	$(PY) -m bench.chaos $(BENCH_ARGS)
+
+# knowledge retrieval latency at 10,000 chunks (its own database on the local or embedded PostgreSQL)
+bench-knowledge: $(STAMP)
+	$(PY) -m bench.knowledge $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(STATE)

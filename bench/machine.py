@@ -15,8 +15,9 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 
-# settings the services read from the environment that decide which models run (default when unset)
-MODEL_ENV = {"stt": {"STT_ENGINE": "moonshine", "STT_MODEL": "tiny.en", "STT_BEAM_SIZE": "5"},  # STT_MODEL/BEAM: whisper
+# settings the services read from the environment that decide which models run (default when unset;
+# STT_MODEL and STT_BEAM_SIZE apply to whisper)
+MODEL_ENV = {"stt": {"STT_ENGINE": "moonshine", "STT_MODEL": "tiny.en", "STT_BEAM_SIZE": "5"},
              "tts": {"TTS_VOICE": "joe"},
              "brain": {"LLM_MODEL": "smollm2", "LLM_BASE_URL": "http://127.0.0.1:8090/v1"},
              "media": {"TURN_MODEL_ENABLED": "true"}}

@@ -21,7 +21,8 @@ HONOURED = {"NATS_URL", "DATABASE_URL", "LLM_BASE_URL", "LLM_MODEL", "STATE_DIR"
 PLATFORM_PREFIXES = ("TWILIO_", "PUBLIC_BASE_URL", "LLM_", "SECRETS_KEY", "EGRESS_", "BOOTSTRAP_", "LOG_",
                      "OTEL_", "JWT_", "INGRESS_", "MEDIA_", "STT_", "BRAIN_", "TTS_", "ANALYTICS_", "CONTROL_API_",
                      "HTTP_", "VAD_", "TURN_", "TRUSTED_PROXIES", "FORWARDED_HEADER", "PLAYOUT_", "WEBRTC_",
-                     "CALL_TOKEN_", "CONSOLE_")
+                     "CALL_TOKEN_", "CONSOLE_", "EMBEDDINGS_", "KNOWLEDGE_",
+                     "NATS_REPLICAS", "NATS_AUDIO_STORAGE", "NATS_CLUSTER")
 
 
 def scrub_environment(env: dict[str, str]) -> list[str]:

@@ -143,9 +143,11 @@ NEEDS = {
     "ingress": {"twilio_auth_token"},
     "media": set(),
     "stt": set(),
-    "brain": {"llm_api_key", "llm_base_url", "secrets_key"},
+    # database_url: knowledge retrieval (read-only queries of the tenant's chunks)
+    "brain": {"database_url", "llm_api_key", "llm_base_url", "secrets_key"},
     "tts": set(),
-    "analytics": {"database_url", "secrets_key"},  # secrets_key: webhook signing secrets
+    # secrets_key: webhook signing secrets and agents' LLM keys; llm_*: the platform model for post-call summaries
+    "analytics": {"database_url", "llm_api_key", "llm_base_url", "secrets_key"},
     "control-api": {"database_url", "bootstrap_admin_key", "secrets_key"},
 }
 SETTINGS = {

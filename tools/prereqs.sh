@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Names any missing system prerequisite clearly, before an install fails obscurely.
 # `prereqs.sh browser`: Chromium for the browser tests (installed with apt-get when missing and run as root).
+# `prereqs.sh sip`: SIPp for the SIP tests (Debian's sip-tester, installed the same way).
 if [ "${1:-}" = "browser" ]; then
   if [ -n "${CHROMIUM_PATH:-}" ] && [ -x "${CHROMIUM_PATH}" ]; then exit 0; fi
   if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then exit 0; fi
@@ -14,6 +15,20 @@ if [ "${1:-}" = "browser" ]; then
   fi
   echo "error: the browser tests need Chromium: install Debian's chromium package (sudo apt-get install chromium)," >&2
   echo "       or set CHROMIUM_PATH to a Chromium binary" >&2
+  exit 1
+fi
+if [ "${1:-}" = "sip" ]; then
+  if command -v sipp >/dev/null 2>&1 && [ -f /usr/share/sip-tester/g711a.pcap ]; then exit 0; fi
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing SIPp for the SIP tests (apt-get install sip-tester)"
+    export DEBIAN_FRONTEND=noninteractive
+    if apt-get update -qq && apt-get install -y -qq --no-install-recommends sip-tester >/dev/null \
+        && command -v sipp >/dev/null 2>&1; then
+      exit 0
+    fi
+  fi
+  echo "error: the SIP tests need SIPp with its captures: install Debian's sip-tester package" >&2
+  echo "       (sudo apt-get install sip-tester)" >&2
   exit 1
 fi
 missing=()

@@ -20,6 +20,7 @@ H_EPOCH = "Voice-Epoch"
 H_TS = "Voice-Ts"  # ms of call media time at the frame's end (audio.in, audio.played) or wall clock ms (audio.out)
 H_TURN = "Voice-Turn"
 H_CHUNK = "Voice-Chunk"  # reply chunk (sentence) index within the turn
+H_FRAME = "Voice-Frame"  # the frame's index within its reply chunk (a chunk synthesized again repeats it)
 H_LAST = "Voice-Last"  # "1" on the last frame of a reply chunk
 H_FINAL = "Voice-Final"  # "1" on the last frame of the whole reply (turn)
 H_TENANT = "Voice-Tenant"
@@ -40,6 +41,7 @@ class AudioFrame:
     chunk: int | None = None
     last_in_chunk: bool = False
     final: bool = False
+    frame: int | None = None  # index within the chunk: a tts replica that takes a chunk over sends it again
 
     def headers(self) -> dict[str, str]:
         h = {H_SEQ: str(self.seq), H_EPOCH: str(self.epoch), H_TS: str(self.ts_ms)}
@@ -47,6 +49,8 @@ class AudioFrame:
             h[H_TURN] = self.turn_id
         if self.chunk is not None:
             h[H_CHUNK] = str(self.chunk)
+        if self.frame is not None:
+            h[H_FRAME] = str(self.frame)
         if self.last_in_chunk:
             h[H_LAST] = "1"
         if self.final:
@@ -56,7 +60,7 @@ class AudioFrame:
     @classmethod
     def from_message(cls, data: bytes, headers: dict[str, str] | None) -> AudioFrame:
         h = headers or {}
-        chunk = h.get(H_CHUNK)
+        chunk, frame = h.get(H_CHUNK), h.get(H_FRAME)
         return cls(
             pcm=data,
             seq=int(h.get(H_SEQ, "0")),
@@ -66,6 +70,7 @@ class AudioFrame:
             chunk=int(chunk) if chunk is not None else None,
             last_in_chunk=h.get(H_LAST) == "1",
             final=h.get(H_FINAL) == "1",
+            frame=int(frame) if frame is not None else None,
         )
 
 

@@ -33,6 +33,8 @@ class EndReason(StrEnum):
     timeout = "timeout"
     error = "error"
     shutdown = "shutdown"
+    supervisor = "supervisor"  # ended by a supervisor or an API client (POST /v1/calls/{id}/end)
+    ingress_lost = "ingress_lost"  # the ingress replica holding the caller's connection died
 
 
 # ---------------------------------------------------------------- lifecycle
@@ -160,6 +162,28 @@ class LatencyBreakdown(Payload):
     voice_to_voice_ms: float | None = None
 
 
+class TurnUsage(Payload):
+    """What the turn consumed, for cost: the model's tokens (as the endpoint reported them; estimated from text
+    when it reports none) over every completion of the turn (tool rounds included), and the characters sent to
+    speech synthesis (every chunk, heard or not)."""
+
+    llm_input_tokens: int = Field(0, ge=0)
+    llm_output_tokens: int = Field(0, ge=0)
+    llm_tokens_estimated: bool = False
+    tts_characters: int = Field(0, ge=0)
+
+
+class KnowledgeSource(Payload):
+    """A knowledge chunk a turn's reply was given (not an event on its own): which document it came from and how
+    well it matched the caller's words (``score``: the ranking of ``voice_brain.knowledge``, higher is better)."""
+
+    chunk_id: str
+    knowledge_base_id: str
+    document_id: str
+    document_name: str = Field(max_length=256)
+    score: float
+
+
 @register
 class TurnCompleted(Payload):
     TYPE = "turn.completed"
@@ -173,6 +197,10 @@ class TurnCompleted(Payload):
     agent_ended_at: str | None = None
     interrupted: bool = False
     latency: LatencyBreakdown = Field(default_factory=LatencyBreakdown)
+    usage: TurnUsage = Field(default_factory=lambda: TurnUsage())
+    sources: list[KnowledgeSource] = Field(
+        default_factory=list, max_length=8, description="Knowledge chunks retrieved into the turn's prompt"
+    )
 
 
 # ---------------------------------------------------------------- playout (ingress -> platform)
@@ -240,6 +268,19 @@ class Transfer(Payload):
     SUBJECT = ("control", "transfer")
     DESCRIPTION = "Transfer the caller to another number or SIP URI."
     target: str = Field(description="Destination (personal data)")
+    after_playout: bool = Field(False, description="Carry it out once the agent's queued audio has played "
+                                "(the agent's 'I am transferring you now')")
+    requested_by: Literal["agent", "supervisor"] = "agent"
+
+
+@register
+class TransferFailed(Payload):
+    TYPE = "call.transfer_failed"
+    SUBJECT = ("lifecycle", "transfer_failed")
+    DESCRIPTION = ("A transfer could not be carried out (the transport cannot, or the provider refused); "
+                   "the call goes on.")
+    reason: str = Field(max_length=300)
+    requested_by: Literal["agent", "supervisor"] = "agent"
 
 
 @register
@@ -334,10 +375,17 @@ class SentimentAlert(Payload):
 class CallSummarized(Payload):
     TYPE = "analytics.summary"
     SUBJECT = ("analytics", "summary")
-    DESCRIPTION = "Post-call summary, tags and KPIs."
+    DESCRIPTION = "Post-call summary, disposition, tags, KPIs and estimated cost."
     summary: str
     tags: list[str] = Field(default_factory=list)
     kpis: dict[str, float] = Field(default_factory=dict)
+    disposition: str | None = Field(None, description="resolved, unresolved, transferred, callback, abandoned, "
+                                    "no_conversation, dropped or other")
+    source: Literal["llm", "extractive"] | None = Field(
+        None, description="Who wrote the summary: the agent's model, or the deterministic extractive fallback")
+    cost: dict[str, str] = Field(default_factory=dict, description="Estimated cost per line (telephony, stt, "
+                                 "llm_input, llm_output, tts) and total, as decimal strings in `currency`")
+    currency: str | None = Field(None, description="ISO 4217 code of `cost`")
 
 
 ALL_EVENTS: tuple[type[Payload], ...] = tuple(

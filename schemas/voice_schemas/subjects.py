@@ -188,3 +188,9 @@ def parse_secret_key(key: str) -> tuple[str, str] | None:
     if len(parts) != 3 or parts[0] != "s" or not all(_ID.fullmatch(p) for p in parts[1:]):
         return None
     return parts[1], parts[2]
+
+
+def media_claim_key(call_id: str) -> str:
+    """KV ``calls`` key naming the media replica that follows the call's audio: 'm.<call_id>' (taken over, by
+    compare-and-set, when that replica's heartbeat ages out)."""
+    return "m." + check_id(call_id, "call_id")

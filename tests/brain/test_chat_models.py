@@ -14,6 +14,7 @@ from voice_brain.chat import (
     Endpoint,
     ToolCall,
     UnknownProvider,
+    Usage,
     load_provider,
     registry,
 )
@@ -85,12 +86,16 @@ async def collect(model: ChatModel, request: ChatRequest) -> list[Delta]:
 
 @pytest.mark.integration
 async def test_openai_adapter_streams_text_and_a_tool_call(openai_double: FakeOpenAI) -> None:
-    openai_double.reset(Script(text="Thanks for calling, goodbye!", tool="end_call"))
+    openai_double.reset(Script(text="Thanks for calling, goodbye!", tool="end_call", tool_args={"reason": "done"}))
     p = OpenAIProvider(LIMITS)
     request = ChatRequest(messages=[{"role": "user", "content": "bye"}], tools=(END_CALL_TOOL,))
     deltas = await collect(p.model(Endpoint(openai_double.base_url, "sk-test"), "smollm2"), request)
     assert "".join(d.text for d in deltas).strip() == "Thanks for calling, goodbye!"
-    assert deltas[-1].tool_calls == (ToolCall("end_call", {}),)
+    calls = [c for d in deltas for c in d.tool_calls]
+    assert calls == [ToolCall("end_call", {"reason": "done"}, id="call_1")]
+    # usage asked for and reported (the double counts words: 1 prompt word, 4 reply words)
+    assert openai_double.requests[-1]["stream_options"] == {"include_usage": True}
+    assert deltas[-1].usage == Usage(input_tokens=1, output_tokens=4)
     assert openai_double.requests[-1]["model"] == "smollm2"
     await p.aclose()
 

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 from voice_brain.conversation import (
     GREETING,
+    PENDING_APPROVAL,
     SUMMARY_TITLE,
     CallHistory,
+    HeldToolCall,
     HistoryLimits,
     ReplyTimings,
     SentChunk,
@@ -215,3 +217,57 @@ def test_a_newer_turn_supersedes_the_reply_and_its_close_keeps_what_went_out() -
     assert done is not None and h.heard_text(done) == "Once upon a time there was a baker."
     h.end()
     assert h.is_superseded("t2")  # the call ended: no reply goes on
+
+
+# ---------------------------------------------------------------- tools
+def held_call(tool_call_id: str = "tc1", turn_id: str = "t1") -> HeldToolCall:
+    return HeldToolCall(tool_call_id=tool_call_id, name="book", arguments={"people": 2}, turn_id=turn_id,
+                        requested_ms=1.0, deadline_ms=2.0)
+
+
+@pytest.mark.unit
+def test_the_first_decision_on_a_held_call_wins() -> None:
+    h = history()
+    h.add_caller_turn("t1", 0, transcript("Book a table."))
+    h.record_tool_round("t1", [("tc1", "book", {"people": 2})], {"tc1": PENDING_APPROVAL})
+    assert h.hold_tool(held_call()) and not h.hold_tool(held_call())
+    first = h.decide_tool("tc1", approved=False, decided_by="timeout")
+    assert first is not None and first.state == "denied"
+    assert h.decide_tool("tc1", approved=True, decided_by="sup") is None  # too late: changes nothing
+    assert h.decide_tool("unknown", approved=True, decided_by="sup") is None
+    h.tool_result("tc1", '{"ok": false}', "It was not run.")
+    tool = [m for m in h.prompt("sys") if m["role"] == "tool"]
+    assert tool == [{"role": "tool", "tool_call_id": "tc1", "content": '{"ok": false}'}]
+    assert h.held("tc1") is not None and h.held("tc1").state == "done"  # type: ignore[union-attr]
+
+
+@pytest.mark.unit
+def test_a_tool_result_cut_off_from_its_call_by_the_window_is_not_sent() -> None:
+    h = history()
+    h.add_caller_turn("t1", 0, transcript("Book a table."))
+    h.record_tool_round("t1", [("tc1", "book", {})], {"tc1": "{}"})
+    h.messages.pop(1)  # the window let go of the assistant message that made the call
+    assert not [m for m in h.prompt("sys") if m["role"] == "tool"]
+
+
+@pytest.mark.unit
+def test_held_calls_are_bounded_decided_ones_go_first() -> None:
+    h = history()
+    for i in range(12):
+        h.hold_tool(held_call(f"tc{i}"))
+    h.decide_tool("tc5", approved=True, decided_by="s")
+    h.tool_result("tc5", "{}", "done")
+    h.compact(HistoryLimits(tool_calls=8))
+    ids = [x.tool_call_id for x in h.held_tools]
+    assert len(ids) == 8 and "tc5" not in ids
+
+
+@pytest.mark.unit
+def test_an_agent_turn_waits_for_the_latest_turn_to_complete() -> None:
+    h = history()
+    h.add_caller_turn("t1", 0, transcript())
+    speak(h, "t1", "We open at eight.")
+    assert not h.add_agent_turn("tool-tc1", 0)  # the reply is still playing
+    h.settle("t1", [0], cleared=False)
+    assert h.add_agent_turn("tool-tc1", 0) and h.current_turn == "tool-tc1"
+    assert not h.add_agent_turn("tool-tc1", 0)  # redelivered

@@ -17,7 +17,7 @@ from voice_runtime.memory import InMemoryBus
 from voice_runtime.ports import BusPort
 from voice_schemas import Envelope, events, subjects
 from voice_schemas.agent import LlmSettings
-from voice_schemas.streams import BRAIN_TURNS, KV_HISTORY
+from voice_schemas.streams import BRAIN_APPROVALS, BRAIN_TURNS, KV_HISTORY
 
 from .calls import Call, make_agent
 from .fakes import FakeChatProvider, FakeReply
@@ -184,6 +184,7 @@ async def test_notes_reach_the_next_prompt(memory_bus: InMemoryBus, memory_brain
         await call.wait(events.ReplyChunk, "greeting")
         await call.pub(events.SupervisorWhispered(text="Offer the croissant deal.", from_user="sup"))
         await call.pub(events.DtmfReceived(digit="5"))
+        # a decision on a call that was never held changes nothing (no note, no result)
         await call.pub(events.ToolApprovalDecided(tool_call_id="tc1", approved=False, decided_by="sup",
                                                   comment="not today"))
         await memory_bus.settle()
@@ -193,8 +194,8 @@ async def test_notes_reach_the_next_prompt(memory_bus: InMemoryBus, memory_brain
         assert sorted(notes) == sorted([
             "Instruction from your supervisor (the caller cannot hear this): Offer the croissant deal.",
             "The caller pressed the key 5.",
-            "A supervisor rejected the tool call tc1. Comment: not today",
         ])
+        assert not call.of(events.ToolResultReturned)
         assert not memory_bus.dead_letters
 
 
@@ -218,8 +219,9 @@ async def test_call_end_completes_a_reply_still_playing_and_drops_the_history(
 
 @pytest.mark.unit
 def test_brain_handles_exactly_what_its_consumer_filters() -> None:
-    (turns,) = BrainService.consumers()
+    turns, approvals = sorted(BrainService.consumers(), key=lambda c: c.declared.durable, reverse=True)
     assert turns.declared is BRAIN_TURNS and turns.drift() is None
+    assert approvals.declared is BRAIN_APPROVALS and approvals.drift() is None
 
 
 @pytest.mark.unit

@@ -103,6 +103,33 @@ async def test_create_edit_and_restore_an_agent(page: Page, tenants: dict[str, T
     assert api["version"] == 3 and api["first_message"] == "Hello, dental practice, how can I help?"
     assert api["llm"]["temperature"] == 0.6  # v1's value came back with it
 
+    # tools: a refused one is explained next to the field and kept; a good one is saved in a new version
+    await page.get_by_role("link", name="Edit", exact=True).click()
+    bad = '[{"type": "http", "name": "lookup", "url": "http://127.0.0.1/bookings"}]'
+    await page.locator("#tools").fill(bad)
+    await page.get_by_role("button", name="Save as a new version").click()
+    await expect(page.get_by_test_id("tools-errors")).to_contain_text("tools.0.url")
+    await expect(page.get_by_test_id("tools-errors")).to_contain_text("internal address")
+    await expect(page.locator("#tools")).to_have_value(bad)
+    await page.locator("#tools").fill("[{not json")
+    await page.get_by_role("button", name="Save as a new version").click()
+    await expect(page.get_by_test_id("tools-errors")).to_contain_text("not valid JSON")
+    good = (
+        '[{"type": "http", "name": "find_booking", "method": "GET", "url": "https://api.example.com/b/{ref}",'
+        ' "parameters": {"type": "object", "properties": {"ref": {"type": "string"}}}}]'
+    )
+    await page.locator("#tools").fill(good)
+    await page.get_by_role("button", name="Save as a new version").click()
+    await expect(page.get_by_role("status")).to_have_text("Saved as a new version.")
+    await expect(page.get_by_test_id("current-version")).to_have_text("v4")
+    await expect(page.get_by_test_id("tools")).to_have_text("find_booking (http)")
+    api = (await in_page_fetch(page, "GET", f"/v1/agents/{agent_id}"))["body"]
+    assert [(t["type"], t["name"], t["url"]) for t in api["tools"]] == [
+        ("http", "find_booking", "https://api.example.com/b/{ref}")
+    ]
+    await page.get_by_role("link", name="Edit", exact=True).click()  # the field shows what was saved
+    assert '"find_booking"' in await page.locator("#tools").input_value()
+
 
 async def test_a_refused_form_shows_why_and_keeps_the_input(page: Page, tenants: dict[str, Tenant]) -> None:
     await sign_in(page, tenants["A"].admin_email, PASSWORD)

@@ -83,7 +83,7 @@ def platform_key() -> str:
 @pytest.fixture(scope="session")
 async def world(client: httpx.AsyncClient, database_url: str) -> dict[str, TenantCreds]:
     """Tenants A and B, each with users, keys, two agents (admin-owned and supervisor-owned), numbers,
-    a webhook, a secret and calls."""
+    a webhook, a secret, a knowledge base with a document, and calls."""
 
     out: dict[str, TenantCreds] = {}
     for name in ("A", "B"):
@@ -114,6 +114,16 @@ async def world(client: httpx.AsyncClient, database_url: str) -> dict[str, Tenan
         key = await ok(await client.post("/v1/api-keys", json={"name": "spare"}, headers=admin), 201)
         secret = f"llm_{name}_{uuid.uuid4().hex[:8]}"  # names are per tenant: unique only to tell them apart
         await ok(await client.put(f"/v1/secrets/{secret}", json={"value": f"sk-{name}-value"}, headers=admin), 201)
+        kb = await ok(await client.post("/v1/knowledge-bases", json={"name": f"kb {name}"}, headers=admin), 201)
+        kb_doc = await ok(
+            await client.post(
+                f"/v1/knowledge-bases/{kb['id']}/documents",
+                files={"file": ("hours.txt", f"Tenant {name} opens at nine.".encode(), "text/plain")},
+                headers=admin,
+            ),
+            201,
+        )
+        t.resources.update(knowledge_base=kb["id"], knowledge_document=kb_doc["id"])
         t.resources.update(
             tenant=t.id,
             user=t.sup_user,

@@ -52,6 +52,11 @@ TENANT_TABLES = (
     "calls",
     "call_turns",
     "audit_log",
+    "transfer_allow_list",
+    "knowledge_bases",
+    "knowledge_documents",
+    "knowledge_chunks",
+    "knowledge_words",
 )
 
 

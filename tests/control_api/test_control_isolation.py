@@ -73,6 +73,7 @@ class Case:
     reason: str = ""
     anonymous: int | None = None  # public routes: the documented answer without credentials, for ``body``
     stream: bool = False  # server-sent events: what arrives in STREAM_READ_S is the body, then the client hangs up
+    files: Callable[[Ids], dict[str, Any]] | None = None  # a multipart upload instead of a JSON body
 
 
 def all_ok(status: int) -> dict[str, int]:
@@ -126,6 +127,24 @@ async def fresh_webhook(client: httpx.AsyncClient, t: TenantCreds, role: str) ->
     return {"webhook_id": body["id"]}
 
 
+async def fresh_knowledge_base(client: httpx.AsyncClient, t: TenantCreds, role: str) -> Ids:
+    name = "gone " + uuid.uuid4().hex
+    body = await ok(await client.post("/v1/knowledge-bases", json={"name": name}, headers=bearer(t.admin_key)), 201)
+    return {"knowledge_base_id": body["id"]}
+
+
+async def fresh_knowledge_document(client: httpx.AsyncClient, t: TenantCreds, role: str) -> Ids:
+    body = await ok(
+        await client.post(
+            f"/v1/knowledge-bases/{t.resources['knowledge_base']}/documents",
+            files={"file": ("gone.txt", b"Soon gone.", "text/plain")},
+            headers=bearer(t.admin_key),
+        ),
+        201,
+    )
+    return {"document_id": body["id"]}
+
+
 _DATABASE: dict[str, str] = {}  # the session's database, for fresh targets written the way analytics writes them
 
 
@@ -146,6 +165,7 @@ async def fresh_secret(client: httpx.AsyncClient, t: TenantCreds, role: str) -> 
 
 AGENT = {"agent_id": "agent_sup"}
 HIDDEN_AGENT = {"agent_id": "agent_admin"}
+KNOWLEDGE_BASE = {"knowledge_base_id": "knowledge_base"}
 
 CASES: dict[tuple[str, str], Case] = {
     # auth
@@ -177,6 +197,12 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/v1/tenants/{tenant_id}"): Case("item", all_ok(200), {"tenant_id": "tenant"}, platform=200),
     ("PATCH", "/v1/tenants/{tenant_id}"): Case(
         "item", admin_only(200), {"tenant_id": "tenant"}, body=lambda ids: {"name": "tenant A"}, platform=200
+    ),
+    ("GET", "/v1/tenants/{tenant_id}/transfer-allow-list"): Case(
+        "item", all_ok(200), {"tenant_id": "tenant"}, platform=200
+    ),
+    ("PUT", "/v1/tenants/{tenant_id}/transfer-allow-list"): Case(
+        "item", admin_only(200), {"tenant_id": "tenant"}, body=lambda ids: {"patterns": ["+4930*"]}, platform=200
     ),
     # users
     ("POST", "/v1/users"): Case(
@@ -254,6 +280,29 @@ CASES: dict[tuple[str, str], Case] = {
         "item", all_ok(409), {"call_id": "call_sup"}, hidden={"call_id": "call_admin"},
         body=lambda ids: {"text": "be brief"},
     ),
+    # call control (tests/control_api/test_call_control.py ends and transfers real calls of two tenants)
+    ("POST", "/v1/calls/{call_id}/end"): Case(  # the seeded call is not live: 409 in its own tenant
+        "item", all_ok(409), {"call_id": "call_sup"}, hidden={"call_id": "call_admin"}
+    ),
+    ("POST", "/v1/calls/{call_id}/transfer"): Case(
+        "item", all_ok(409), {"call_id": "call_sup"}, hidden={"call_id": "call_admin"},
+        body=lambda ids: {"to": "+493012345678"},
+    ),
+    # tool calls and supervisor decisions (tests/control_api/test_tool_approvals.py decides on real held calls)
+    ("GET", "/v1/calls/{call_id}/tool-calls"): Case(
+        "item", all_ok(200), {"call_id": "call_sup"}, hidden={"call_id": "call_admin"}
+    ),
+    ("POST", "/v1/calls/{call_id}/tool-calls/{tool_call_id}/decision"): Case(  # not live: 409 in its own tenant
+        "item", all_ok(409), {"call_id": "call_sup", "tool_call_id": "=tc-none"},
+        hidden={"call_id": "call_admin", "tool_call_id": "=tc-none"}, body=lambda ids: {"approved": True},
+    ),
+    # post-call analytics (tests/control_api/test_analytics_api.py checks the figures)
+    ("GET", "/v1/analytics/daily"): Case("list", all_ok(200)),
+    ("GET", "/v1/analytics/agents/{agent_id}/daily"): Case("item", all_ok(200), AGENT, hidden=HIDDEN_AGENT),
+    ("GET", "/v1/tenants/{tenant_id}/prices"): Case("item", admin_only(200), {"tenant_id": "tenant"}, platform=200),
+    ("PUT", "/v1/tenants/{tenant_id}/prices"): Case(
+        "item", admin_only(200), {"tenant_id": "tenant"}, body=lambda ids: {"currency": "EUR"}, platform=200
+    ),
     # text chats (this deployment has no CALL_TOKEN_KEY and no ingress: tests/e2e/test_chat.py holds real chats)
     ("POST", "/v1/agents/{agent_id}/chats"): Case("item", all_ok(503), AGENT, hidden=HIDDEN_AGENT),
     ("POST", "/v1/chats/{call_id}/messages"): Case(
@@ -290,6 +339,24 @@ CASES: dict[tuple[str, str], Case] = {
     ),
     ("GET", "/v1/secrets"): Case("list", admin_only(200)),
     ("DELETE", "/v1/secrets/{name}"): Case("item", admin_only(204), {"name": "secret"}, fresh=fresh_secret),
+    # knowledge bases (tests/control_api/test_knowledge.py: tenant B's agent never retrieves A's chunks)
+    ("POST", "/v1/knowledge-bases"): Case(
+        "create", admin_only(201), body=lambda ids: {"name": "kb " + uuid.uuid4().hex}
+    ),
+    ("GET", "/v1/knowledge-bases"): Case("list", all_ok(200)),
+    ("GET", "/v1/knowledge-bases/{knowledge_base_id}"): Case("item", all_ok(200), KNOWLEDGE_BASE),
+    ("DELETE", "/v1/knowledge-bases/{knowledge_base_id}"): Case(
+        "item", admin_only(204), KNOWLEDGE_BASE, fresh=fresh_knowledge_base
+    ),
+    ("POST", "/v1/knowledge-bases/{knowledge_base_id}/documents"): Case(
+        "item", admin_only(201), KNOWLEDGE_BASE,
+        files=lambda ids: {"file": ("notes.txt", b"We also sell gift cards.", "text/plain")},
+    ),
+    ("GET", "/v1/knowledge-bases/{knowledge_base_id}/documents"): Case("item", all_ok(200), KNOWLEDGE_BASE),
+    ("DELETE", "/v1/knowledge-bases/{knowledge_base_id}/documents/{document_id}"): Case(
+        "item", admin_only(204), {**KNOWLEDGE_BASE, "document_id": "knowledge_document"},
+        fresh=fresh_knowledge_document,
+    ),
     # audit log
     ("GET", "/v1/audit-log"): Case("list", admin_only(200), query=lambda ids: {"resource_id": ids["agent_sup"]}),
 }
@@ -325,6 +392,8 @@ async def _call(
         kwargs["json"] = case.body(ids)
     if case.query is not None:
         kwargs["params"] = case.query(ids)
+    if case.files is not None:
+        kwargs["files"] = case.files(ids)
     if not case.stream:
         return await client.request(method, path, **kwargs)
     async with httpx.AsyncClient(base_url=SERVED["url"], timeout=10.0) as real, real.stream(

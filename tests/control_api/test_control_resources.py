@@ -329,7 +329,9 @@ async def test_calls_list_filters_and_detail_with_ordered_turns(
         "interrupted",
         "latency_ms",
         "latency",
+        "sources",
     }
+    assert reply["sources"] == []  # no knowledge retrieved (tests/control_api/test_knowledge.py fills it)
 
     async def ids(**params: Any) -> list[str]:
         body = await ok(await client.get("/v1/calls", params={"limit": 200, **params}, headers=admin))

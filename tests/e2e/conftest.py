@@ -43,6 +43,7 @@ class Platform:
     ports: dict[str, int]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
+    sip_port: int = 0  # ingress's SIP listener (UDP and TCP) on loopback
 
     @property
     def ingress(self) -> str:
@@ -80,13 +81,16 @@ def platform(database_url: str) -> Iterator[Platform]:
         procs.append(llm)
         llm_url = f"http://127.0.0.1:{llm_port}/v1"
         assert _wait_ready(llm_url + "/models", llm, 60), "embedded LLM did not start"
-    p = Platform(f"nats://127.0.0.1:{nats_port}", database_url, llm_url, {n: free_port() for n in STACK})
+    p = Platform(f"nats://127.0.0.1:{nats_port}", database_url, llm_url, {n: free_port() for n in STACK},
+                 sip_port=free_port())
     base_env = dict(os.environ, NATS_URL=p.nats_url, DATABASE_URL=database_url, LLM_BASE_URL=llm_url,
                     LLM_MODEL=os.environ.get("LLM_MODEL", "smollm2"), TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
                     TWILIO_ALLOW_UNSIGNED="false",  # every Twilio request is signed, as in production
                     PUBLIC_BASE_URL=PUBLIC, LOG_FORMAT="json", SHUTDOWN_GRACE_S="3", STATE_DIR=str(tmp),
                     PYTHONUNBUFFERED="1",  # every line is in the log file when a test reads it
                     CALL_TOKEN_KEY=CALL_TOKEN_KEY, WEBRTC_LOOPBACK_CANDIDATE="true",
+                    SIP_ENABLED="true", SIP_BIND_HOST="127.0.0.1", SIP_UDP_PORT=str(p.sip_port),
+                    SIP_TCP_PORT=str(p.sip_port),
                     # the converted Moonshine model is kept across test runs (converting takes ~20 s)
                     MOONSHINE_MODELS_DIR=str(state_dir() / "models"))
     module = {n: m for n, m, _ in SERVICES}

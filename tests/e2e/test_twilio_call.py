@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import asyncpg
@@ -92,6 +93,20 @@ async def test_full_call_greeting_question_barge_in_hangup(platform: Platform, p
         caller_turns = {r["turn_id"] for r in rows if r["speaker"] == "caller"}
         answered = [r for r in rows if r["speaker"] == "agent" and r["turn_id"] in caller_turns]
         assert answered and all("voice_to_voice_ms" in r["latency_ms"] for r in answered), answered
+
+        # 6. after the call: its summary (the embedded model's or the extractive fallback, which says so), KPIs,
+        # usage and cost (all zero: this tenant has no price table)
+        async def summary():  # type: ignore[no-untyped-def]
+            return await conn.fetchrow("SELECT * FROM call_summaries WHERE call_id = $1", call_id)
+
+        s = await poll(summary, 60)
+        assert s is not None, "no summary stored"
+        assert s["summary"].strip() and s["source"] in ("llm", "extractive")
+        assert s["source"] == "llm" or s["fallback_reason"]
+        kpis = json.loads(s["kpis"])
+        assert kpis["handle_time_s"] > 0 and kpis["interruptions"] >= 1
+        usage = json.loads(s["usage"])
+        assert usage["llm_output_tokens"] > 0 and usage["tts_characters"] > 0
     finally:
         await conn.close()
 

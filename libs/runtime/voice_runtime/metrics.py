@@ -46,6 +46,10 @@ STAGE_SECONDS = Histogram(
 INFERENCE_SECONDS = Histogram(
     "voice_model_inference_seconds", "Model inference time", ["service", "model"], buckets=LATENCY_BUCKETS
 )
+TAKEOVERS = Counter(
+    "voice_takeovers_total", "Work of a replica that died, taken over by this one, by kind", ["service", "kind"]
+)
+TOOL_CALLS = Counter("voice_tool_calls_total", "Agent tool calls run, by outcome (ok, error)", ["service", "outcome"])
 LLM_TOKENS = Counter("voice_llm_tokens_total", "Completion tokens (streamed deltas) received", ["service"])
 LLM_TTFT = Histogram(
     "voice_llm_time_to_first_token_seconds", "LLM request to first token", ["service"], buckets=LATENCY_BUCKETS

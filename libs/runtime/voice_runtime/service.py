@@ -113,7 +113,7 @@ class Service:
         if drift:
             raise RuntimeError("handlers and consumer filters differ: " + "; ".join(drift))
         setup_tracing(self.name, s.otel_exporter_otlp_endpoint)
-        self.bus = bus if bus is not None else await Bus.connect(s.nats_url, self.name)
+        self.bus = bus if bus is not None else await Bus.connect(s.nats_url, self.name, placement=s.placement())
         self.kv = await self.bus.provision()
         await self.on_start()
         for h in declared:

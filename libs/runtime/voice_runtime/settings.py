@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from voice_schemas.streams import REPLICA_COUNTS, Placement
 
 from .egress import EgressPolicy
 from .secretbox import SecretBox, parse_key
@@ -26,6 +27,13 @@ class CommonSettings(_Settings):
 
     service_name: str = "voice"
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s), comma separated")
+    nats_replicas: int = Field(
+        1, description="Servers that keep a copy of every stream and KV bucket: 1 (one server), 3 or 5 (a NATS "
+        "cluster of at least that many). Raised on existing streams at start, never lowered"
+    )
+    nats_audio_storage: Literal["file", "memory"] = Field(
+        "file", description="Storage of the AUDIO stream (the durable facts are always on file)"
+    )
     otel_exporter_otlp_endpoint: str | None = None
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -39,6 +47,17 @@ class CommonSettings(_Settings):
     shutdown_grace_s: float = Field(20.0, description="Time allowed to finish in-flight work on stop")
     default_tenant_id: str = "default"
     default_agent_id: str = "default-agent"
+
+    @field_validator("nats_replicas")
+    @classmethod
+    def _nats_replicas(cls, value: int) -> int:
+        if value not in REPLICA_COUNTS:
+            raise ValueError(f"NATS_REPLICAS must be one of {', '.join(map(str, REPLICA_COUNTS))}")
+        return value
+
+    def placement(self) -> Placement:
+        """How this deployment keeps the streams and buckets (see ``voice_schemas.streams.Placement``)."""
+        return Placement(replicas=self.nats_replicas, audio_storage=self.nats_audio_storage)
 
 
 class DatabaseSettings(_Settings):

@@ -6,6 +6,7 @@ event finds its row and changes nothing. Turn rows are also unique per (call, tu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -71,24 +72,37 @@ async def call_ended(conn: asyncpg.Connection, env: Envelope[Any]) -> None:
 
 
 async def turn_completed(conn: asyncpg.Connection, env: Envelope[Any]) -> None:
+    """The turn's caller and agent rows; its usage (for the call's cost) goes on the agent row, or on the caller row
+    when the turn has no agent row."""
     d: events.TurnCompleted = env.data
     await _require_call(conn, env)
     turn_id = env.turn_id or env.id
+    agent_row = bool(d.agent_text or d.interrupted)
+    u = d.usage
+    usage = (u.llm_input_tokens, u.llm_output_tokens, u.llm_tokens_estimated, u.tts_characters)
+    none = (0, 0, False, 0)
     if d.caller_text:
         await conn.execute(
             "INSERT INTO call_turns(call_id, tenant_id, turn_id, speaker, text, started_at, ended_at,"
-            " interrupted, latency_ms) VALUES ($1,$2,$3,'caller',$4,$5,$6,false,NULL)"
+            " interrupted, latency_ms, llm_input_tokens, llm_output_tokens, llm_tokens_estimated, tts_characters)"
+            " VALUES ($1,$2,$3,'caller',$4,$5,$6,false,NULL,$7,$8,$9,$10)"
             " ON CONFLICT (call_id, turn_id, speaker) DO NOTHING",
             env.call_id, env.tenant_id, turn_id, d.caller_text, _ts(d.caller_started_at),
-            _ts(d.caller_ended_at))
-    if d.agent_text or d.interrupted:
+            _ts(d.caller_ended_at), *(none if agent_row else usage))
+    if agent_row:
         await conn.execute(
             "INSERT INTO call_turns(call_id, tenant_id, turn_id, speaker, text, started_at, ended_at,"
-            " interrupted, latency_ms) VALUES ($1,$2,$3,'agent',$4,$5,$6,$7,$8::jsonb)"
+            " interrupted, latency_ms, llm_input_tokens, llm_output_tokens, llm_tokens_estimated, tts_characters,"
+            " sources) VALUES ($1,$2,$3,'agent',$4,$5,$6,$7,$8::jsonb,$9,$10,$11,$12,$13::jsonb)"
             " ON CONFLICT (call_id, turn_id, speaker) DO NOTHING",
             env.call_id, env.tenant_id, turn_id, d.agent_text, _ts(d.agent_started_at),
             _ts(d.agent_ended_at), d.interrupted,
-            d.latency.model_dump_json(exclude_none=True))
+            d.latency.model_dump_json(exclude_none=True), *usage, _sources(d))
+
+
+def _sources(d: events.TurnCompleted) -> str | None:
+    """The knowledge chunks the reply was given (jsonb; null when none)."""
+    return json.dumps([x.model_dump(mode="json") for x in d.sources]) if d.sources else None
 
 
 async def _require_call(conn: asyncpg.Connection, env: Envelope[Any]) -> None:

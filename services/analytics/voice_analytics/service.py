@@ -1,31 +1,39 @@
-"""The analytics service: persists calls and turns from the bus (live analytics come later)."""
+"""The analytics service: persists calls and turns from the bus, scores live sentiment, summarises ended calls
+(summary, KPIs, cost) and delivers webhooks."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import nats.errors
 import voice_runtime.db as db
 from voice_runtime.agents import AgentDirectory
-from voice_runtime.bus import Transient
+from voice_runtime.bus import Later, Transient
 from voice_runtime.handlers import Handlers
+from voice_runtime.llm_endpoints import AgentEndpoints, LlmEndpoint
 from voice_runtime.logging import get_logger
 from voice_runtime.service import Service
 from voice_schemas import Envelope, events
+from voice_schemas.agent import LlmSettings
 from voice_schemas.streams import (
     ANALYTICS_RECORDER,
     ANALYTICS_SENTIMENT,
+    ANALYTICS_SUMMARIES,
+    ANALYTICS_TOOLS,
     ANALYTICS_WEBHOOKS,
     KV_AGENTS,
     KV_NUMBERS,
+    KV_SECRETS,
     WEBHOOK_EVENT_TYPES,
 )
 
-from . import recorder, sentiment, webhooks
+from . import recorder, sentiment, summaries, tools_ledger, webhooks
 from .recorder import CallRecorder
 from .recording import RecordingService
 from .settings import AnalyticsSettings
+from .summarizer import SUMMARIES, Summarizer, SummaryLimits
 
 log = get_logger(__name__)
 
@@ -35,6 +43,8 @@ class AnalyticsService(RecordingService, Service):
     recorded = Handlers(ANALYTICS_RECORDER)
     webhook_events = Handlers(ANALYTICS_WEBHOOKS)
     scored = Handlers(ANALYTICS_SENTIMENT)
+    tool_ledger = Handlers(ANALYTICS_TOOLS)
+    summarized = Handlers(ANALYTICS_SUMMARIES)
 
     def __init__(self, settings: AnalyticsSettings) -> None:
         super().__init__(settings)
@@ -44,12 +54,19 @@ class AnalyticsService(RecordingService, Service):
         self.delivery: webhooks.WebhookDelivery | None = None
         self.scorer = sentiment.Scorer()
         self._directory: AgentDirectory | None = None
+        self.summarizer: Summarizer | None = None
 
     async def on_start(self) -> None:
         self.pool = await db.connect(self.settings.database_url, max_size=5)
         self.recorder = CallRecorder(self.pool)
         await self.start_recording(self.pool)
         await self._start_webhook_delivery(self.pool)
+        s = self.settings
+        endpoints = AgentEndpoints(platform=LlmEndpoint(s.llm_base_url, s.llm_api_key.get_secret_value()),
+                                   egress=s.egress_policy(), box=s.secret_box(), secrets=self.kv[KV_SECRETS.bucket])
+        self.summarizer = Summarizer(endpoints, s.llm_model, SummaryLimits(
+            timeout_s=s.summary_timeout_s, max_tokens=s.summary_max_tokens, temperature=s.summary_temperature,
+            transcript_chars=s.summary_transcript_chars))
 
     async def _start_webhook_delivery(self, pool: asyncpg.Pool) -> None:
         """Seal readable secrets, then deliver; without SECRETS_KEY deliveries are queued but not sent."""
@@ -100,6 +117,13 @@ class AnalyticsService(RecordingService, Service):
         if await webhooks.enqueue(self.pool, env) and self.delivery is not None:
             self.delivery.wake()
 
+    @tool_ledger.on(events.ToolCallRequested, events.ToolApprovalRequested, events.ToolApprovalDecided,
+                    events.ToolResultReturned)
+    async def on_tool_event(self, env: Envelope[Any]) -> None:
+        """The tool-call ledger (``tools_ledger``): calls, approvals and their decisions, results."""
+        assert self.pool is not None
+        await tools_ledger.record(self.pool, env)
+
     @scored.on(events.TranscriptFinalized)
     async def on_transcript_final(self, env: Envelope[events.TranscriptFinalized]) -> None:
         """Score the caller's utterance, store it, publish ``analytics.sentiment`` (and ``sentiment.alert``)."""
@@ -116,6 +140,31 @@ class AnalyticsService(RecordingService, Service):
         try:
             for out in sentiment.events_of(env, result):
                 await self.bus.publish(out)
+        except (TimeoutError, OSError, nats.errors.Error) as e:
+            raise Transient(f"publish failed: {e}") from e  # stored already: the redelivery re-publishes
+
+    @summarized.on(events.CallEnded)
+    async def summarize_call(self, env: Envelope[events.CallEnded]) -> None:
+        """Once the call has settled: its summary, KPIs and cost, stored once, then ``analytics.summary``."""
+        assert self.pool is not None and self.bus is not None and self.summarizer is not None
+        settle = self.settings.summary_settle_s
+        wait = settle - (datetime.now(UTC) - env.occurred_at).total_seconds()
+        if wait > 0:
+            raise Later(min(wait, settle))  # a clock ahead of ours never holds the call longer than the settle time
+        done = await summaries.stored(self.pool, env.call_id)
+        if done is None:
+            facts = await summaries.load(self.pool, env.call_id)
+            if facts is None:
+                raise Transient("the call's end is not recorded yet")
+            agent = await self._agents().version(facts.agent_id, facts.agent_version)
+            llm = agent.llm if agent is not None else LlmSettings()
+            summary = await self.summarizer.summarize(facts.tenant_id, llm, facts.lines, facts.end_reason,
+                                                      facts.caller_rolling)
+            done = await summaries.store(self.pool, facts, summary, *summaries.measure(facts))
+            SUMMARIES.labels(summary.source).inc()
+            log.info("call_summarized", call_id=env.call_id, source=summary.source, disposition=summary.disposition)
+        try:
+            await self.bus.publish(summaries.event_of(done))
         except (TimeoutError, OSError, nats.errors.Error) as e:
             raise Transient(f"publish failed: {e}") from e  # stored already: the redelivery re-publishes
 

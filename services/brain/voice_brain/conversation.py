@@ -22,10 +22,11 @@ leaving its id in a bounded list so a redelivered transcript is still recognised
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from voice_schemas import events
@@ -68,12 +69,15 @@ class HistoryLimits:
     supervisor_notes: int = 8  # whispers kept (the newest); each in every prompt, right after the system prompt
     supervisor_note_chars: int = 1_000  # one whisper longer than this is cut
     recent_turn_ids: int = 64  # ids of dropped turns, for redelivery detection
+    tool_calls: int = 8  # tool calls waiting for (or just past) a supervisor's decision; the oldest decided go first
 
 
 SUPERVISOR_NOTE = "Instruction from your supervisor (the caller cannot hear this): "
+PENDING_APPROVAL = '{"status": "pending", "detail": "waiting for a supervisor to approve this call; not run yet"}'
+
 SUMMARY_HEAD_LINES = 4  # the call's opening lines stay in the summary (why the caller called)
 SUMMARY_TITLE = "Summary of the earlier part of this call (first sentence of each message, oldest first):"
-_ROLE_LABEL = {"user": "Caller", "assistant": "Agent", "system": "Note"}
+_ROLE_LABEL = {"user": "Caller", "assistant": "Agent", "system": "Note", "tool": "Tool result"}
 _FIRST_SENTENCE = re.compile(r"^.*?[.!?…](?=\s|$)", re.S)
 
 
@@ -140,6 +144,27 @@ class TurnState(BaseModel):
     first_audio_wall_ms: float | None = None
     agent_started_at: str | None = None
     hangup_after: bool = False
+    attempt: int = 0  # bumped when another replica takes the reply over: the old one's chunks are refused
+    llm_input_tokens: int = 0
+    llm_output_tokens: int = 0
+    llm_tokens_estimated: bool = False
+    knowledge: str | None = None  # the knowledge message of the turn's prompt (bounded by the agent's max_chars)
+    sources: list[events.KnowledgeSource] = Field(default_factory=list)  # the chunks in it
+
+
+class HeldToolCall(BaseModel):
+    """A tool call that needs a supervisor's approval: durable (in the call's history), so the decision and the
+    timeout are acted on by whichever replica is alive. ``pending`` until decided (``approved`` / ``denied``),
+    then ``done`` once its result is in the history."""
+
+    tool_call_id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    turn_id: str
+    state: Literal["pending", "approved", "denied", "done"] = "pending"
+    requested_ms: float
+    deadline_ms: float
+    decided_by: str | None = None
 
 
 class CallHistory(BaseModel):
@@ -159,6 +184,7 @@ class CallHistory(BaseModel):
     # supervisor whispers as {"id": event id, "text": ...}, oldest first: kept out of the window (never summarised
     # away) and bounded by ``HistoryLimits.supervisor_notes``
     supervisor_notes: list[dict[str, str]] = Field(default_factory=list)
+    held_tools: list[HeldToolCall] = Field(default_factory=list)  # tool calls awaiting a supervisor (bounded)
 
     # ------------------------------------------------------------ reading
     def heard_text(self, turn: TurnState) -> str:
@@ -176,17 +202,38 @@ class CallHistory(BaseModel):
             lines.insert(min(len(lines), SUMMARY_HEAD_LINES), f"[{self.summary_omitted} more lines omitted]")
         return "\n".join([SUMMARY_TITLE, *lines])
 
-    def prompt(self, system_prompt: str) -> list[dict[str, Any]]:
+    def prompt(self, system_prompt: str, knowledge: str | None = None) -> list[dict[str, Any]]:
         """The chat messages for the next completion: the agent's prompt, the supervisor's whispers (each a system
-        message, oldest first), the summary of the earlier call (once there is one), then the recent window. The
-        fixed system prompt stays the first message, so a provider's prompt cache keeps matching it; a whisper
-        changes only what follows it."""
+        message, oldest first), the knowledge retrieved for the current turn (``knowledge``, else what the turn
+        stored: one system message), the summary of the earlier call (once there is one), then the recent window.
+        The fixed system prompt stays the first message, so a provider's prompt cache keeps matching it; a whisper
+        or the turn's knowledge changes only what follows it."""
         head = [{"role": "system", "content": system_prompt}]
         head += [{"role": "system", "content": SUPERVISOR_NOTE + n["text"]} for n in self.supervisor_notes]
+        current = self.turns.get(self.current_turn) if self.current_turn else None
+        knowledge = knowledge or (current.knowledge if current is not None else None)
+        if knowledge:
+            head.append({"role": "system", "content": knowledge})
         summary = self.summary_text()
         if summary:
             head.append({"role": "system", "content": summary})
-        return head + [{"role": m["role"], "content": m["content"]} for m in self.messages]
+        return head + self._window_messages()
+
+    def _window_messages(self) -> list[dict[str, Any]]:
+        """The window as chat messages. A tool result is sent only after the assistant message that called it (the
+        window's start may have cut that message off: an orphaned result is dropped, as providers refuse it)."""
+        out: list[dict[str, Any]] = []
+        announced: set[str] = set()
+        for m in self.messages:
+            if m["role"] == "tool":
+                if m.get("tool_call_id") in announced:
+                    out.append({"role": "tool", "tool_call_id": m["tool_call_id"], "content": m["content"]})
+            elif m.get("tool_calls"):
+                announced.update(c["id"] for c in m["tool_calls"])
+                out.append({"role": "assistant", "content": m["content"] or None, "tool_calls": m["tool_calls"]})
+            else:
+                out.append({"role": m["role"], "content": m["content"]})
+        return out
 
     def knows_turn(self, turn_id: str) -> bool:
         """The turn was added (it may since have been completed and forgotten)."""
@@ -205,6 +252,17 @@ class CallHistory(BaseModel):
         self.turns[GREETING] = TurnState(turn_id=GREETING, chunks=[text], reply_done=True,
                                          agent_started_at=iso(now_ms), first_sentence_wall_ms=now_ms)
         self.messages.append({"role": "assistant", "content": text, "turn_id": GREETING})
+        return True
+
+    def add_agent_turn(self, turn_id: str, epoch: int) -> bool:
+        """A turn the agent starts without the caller (telling a supervisor's decision): only while the call's
+        latest turn is complete (its reply played or cut off), so it never talks over the agent's own reply; False
+        otherwise, and for a redelivery or an ended call. (Then the model reads the outcome in the next turn.)"""
+        if self.ended or self.knows_turn(turn_id) or self.open_turn(self.current_turn) is not None:
+            return False
+        self.epoch = max(self.epoch, epoch)
+        self.current_turn = turn_id
+        self.turns[turn_id] = TurnState(turn_id=turn_id, epoch=self.epoch)
         return True
 
     # ------------------------------------------------------------ a caller turn
@@ -232,14 +290,16 @@ class CallHistory(BaseModel):
         """A newer caller turn was added, or the call ended: the reply of ``turn_id`` must stop."""
         return self.ended or (self.current_turn is not None and self.current_turn != turn_id)
 
-    def record_chunk(self, turn_id: str, chunk: SentChunk) -> bool:
+    def record_chunk(self, turn_id: str, chunk: SentChunk, attempt: int = 0) -> bool:
         """A reply chunk goes out (published right after this is stored). False, and nothing recorded, when the
-        turn is superseded: the chunk must not be published."""
+        turn is superseded, or its reply was taken over by another attempt: the chunk must not be published."""
         if self.is_superseded(turn_id):
             return False
         t = self.turns.get(turn_id)
         if t is None:
             return True
+        if t.attempt != attempt:
+            return False
         if chunk.index < len(t.chunks):
             t.chunks[chunk.index] = chunk.text
         else:
@@ -254,6 +314,16 @@ class CallHistory(BaseModel):
             t.first_sentence_wall_ms = x.first_sentence_wall_ms
             t.agent_started_at = iso(x.first_sentence_wall_ms)
         return True
+
+    def take_over(self, turn_id: str) -> tuple[int, int] | None:
+        """The replica streaming this turn's reply is gone (its transcript came back to another one): a new attempt,
+        so a late chunk of the old one is refused. ``(attempt, chunks already sent)``, or None when there is nothing
+        to take over (the reply is complete or settled, the turn unknown, superseded or the call ended)."""
+        t = self.turns.get(turn_id)
+        if t is None or t.reply_done or t.completed or self.is_superseded(turn_id):
+            return None
+        t.attempt += 1
+        return t.attempt, len(t.chunks)
 
     def close_superseded(self, turn_id: str, index: int) -> None:
         """The superseded reply ends with an empty final chunk at ``index`` (the chunks before it went out); the
@@ -293,7 +363,7 @@ class CallHistory(BaseModel):
         t.completed = True
         heard = self.heard_text(t)
         for m in self.messages:
-            if m.get("turn_id") == t.turn_id and m["role"] == "assistant":
+            if m.get("turn_id") == t.turn_id and m["role"] == "assistant" and not m.get("tool_calls"):
                 m["content"] = heard
                 break
         else:
@@ -315,6 +385,71 @@ class CallHistory(BaseModel):
         if t is not None and t.completed:
             del self.turns[turn_id]
             self.recent_turn_ids.append(turn_id)
+
+    # ------------------------------------------------------------ tools
+    def record_tool_round(self, turn_id: str, calls: list[tuple[str, str, dict[str, Any]]],
+                          results: dict[str, str]) -> None:
+        """The model called tools (``(id, name, arguments)``); ``results`` holds what each returned, as the model
+        will read it (a held call's is ``PENDING_APPROVAL`` until decided). Recorded even when the turn has been
+        superseded since: the calls happened."""
+        self.messages.append({
+            "role": "assistant", "content": "", "turn_id": turn_id,
+            "tool_calls": [{"id": i, "type": "function",
+                            "function": {"name": n, "arguments": json.dumps(a, separators=(",", ":"))}}
+                           for i, n, a in calls],
+        })
+        for i, _, _ in calls:
+            self.messages.append({"role": "tool", "tool_call_id": i, "content": results.get(i, ""),
+                                  "turn_id": turn_id})
+
+    def hold_tool(self, held: HeldToolCall) -> bool:
+        """A tool call waits for a supervisor; False when already held (a repeated request)."""
+        if self.ended or any(h.tool_call_id == held.tool_call_id for h in self.held_tools):
+            return False
+        self.held_tools.append(held)
+        return True
+
+    def held(self, tool_call_id: str) -> HeldToolCall | None:
+        return next((h for h in self.held_tools if h.tool_call_id == tool_call_id), None)
+
+    def decide_tool(self, tool_call_id: str, approved: bool, decided_by: str) -> HeldToolCall | None:
+        """The first decision on a pending call wins (a supervisor's or the timeout's): its copy, now approved or
+        denied; None for an unknown call or one already decided (a late or repeated decision changes nothing)."""
+        h = self.held(tool_call_id)
+        if h is None or h.state != "pending":
+            return None
+        h.state = "approved" if approved else "denied"
+        h.decided_by = decided_by
+        return h.model_copy()
+
+    def tool_result(self, tool_call_id: str, content: str, note: str) -> None:
+        """A held call's outcome: its result replaces the pending placeholder (a result message the window has
+        let go of is told as a note instead), and ``note`` tells the model what happened."""
+        h = self.held(tool_call_id)
+        if h is not None:
+            h.state = "done"
+        for m in self.messages:
+            if m["role"] == "tool" and m.get("tool_call_id") == tool_call_id:
+                m["content"] = content
+                break
+        else:
+            note = f"{note} Result: {content}"
+        self.add_note(note)
+
+    def note_knowledge(self, turn_id: str, text: str, sources: list[events.KnowledgeSource]) -> None:
+        """The knowledge retrieved for the turn: in its prompts (tool rounds too) and, as sources, in its
+        ``turn.completed``."""
+        t = self.turns.get(turn_id)
+        if t is not None:
+            t.knowledge = text
+            t.sources = list(sources)
+
+    def add_usage(self, turn_id: str, input_tokens: int, output_tokens: int, estimated: bool) -> None:
+        t = self.turns.get(turn_id)
+        if t is not None:
+            t.llm_input_tokens += input_tokens
+            t.llm_output_tokens += output_tokens
+            t.llm_tokens_estimated = t.llm_tokens_estimated or estimated
 
     # ------------------------------------------------------------ notes and the end
     def add_note(self, text: str) -> None:
@@ -369,6 +504,9 @@ class CallHistory(BaseModel):
                 del self.turns[turn_id]  # never settled (no playout report came): given up
                 self.recent_turn_ids.append(turn_id)
         del self.recent_turn_ids[: max(len(self.recent_turn_ids) - limits.recent_turn_ids, 0)]
+        while len(self.held_tools) > limits.tool_calls:
+            done = next((h for h in self.held_tools if h.state == "done"), None)
+            self.held_tools.remove(done if done is not None else self.held_tools[0])
 
 
 def turn_completed(h: CallHistory, t: TurnState, now_ms: float) -> events.TurnCompleted:
@@ -384,4 +522,8 @@ def turn_completed(h: CallHistory, t: TurnState, now_ms: float) -> events.TurnCo
         caller_text=t.caller_text, caller_started_at=t.caller_started_at, caller_ended_at=t.caller_ended_at,
         agent_text=h.heard_text(t), agent_started_at=started, agent_ended_at=iso(now_ms),
         interrupted=t.interrupted, latency=latency,
+        usage=events.TurnUsage(llm_input_tokens=t.llm_input_tokens, llm_output_tokens=t.llm_output_tokens,
+                               llm_tokens_estimated=t.llm_tokens_estimated,
+                               tts_characters=0 if h.text_only else sum(len(c) for c in t.chunks)),
+        sources=t.sources,
     )

@@ -1,32 +1,20 @@
-"""Which endpoint an agent's completions go to, with which key, through which guard.
-
-- The agent names no ``llm.base_url``: the platform's endpoint (``LLM_BASE_URL``) with the platform's key
-  (``LLM_API_KEY``). It is operator-configured, so it is not guarded.
-- The agent names its own ``llm.base_url``: the platform key never goes there. The key is the tenant secret the
-  agent names (``llm.api_key_secret``), read from the KV bucket ``secrets`` under the call's tenant and opened
-  with ``SECRETS_KEY`` (the box binds tenant and name, so another tenant's value never opens); no secret named,
-  no key. Every connection goes through the egress guard (``EGRESS_ALLOW``).
-
-A key that cannot be had (no ``SECRETS_KEY``, no such secret, one that does not open, the KV unreachable) is
-``EndpointRefused``: the turn answers with the apology. Reasons name the secret, never its value.
-"""
+"""brain's view of ``voice_runtime.llm_endpoints`` (the one rule of which endpoint, key and guard an agent's
+completions use): the same resolver, answering with the chat role's ``Endpoint``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from nats.js.errors import KeyNotFoundError
-from voice_runtime.egress import BlockedAddress, EgressPolicy
-from voice_runtime.secretbox import SecretBox, SecretError
-from voice_schemas import subjects
+from voice_runtime import llm_endpoints
+from voice_runtime.egress import EgressPolicy
+from voice_runtime.llm_endpoints import EndpointRefused, LlmEndpoint, refusal_reason
+from voice_runtime.secretbox import SecretBox
 from voice_schemas.agent import LlmSettings
 
 from .chat import Endpoint
 
-
-class EndpointRefused(Exception):
-    """The agent's endpoint cannot be called; the message says why (no secret values)."""
+__all__ = ["AgentEndpoints", "EndpointRefused", "refusal_reason"]
 
 
 @dataclass(frozen=True)
@@ -35,39 +23,18 @@ class AgentEndpoints:
     egress: EgressPolicy  # the guard of every agent's own endpoint
     box: SecretBox | None  # None: SECRETS_KEY unset, tenant secrets are refused
     secrets: Any  # the ``secrets`` KV bucket (``nats.js.kv.KeyValue`` or ``MemoryKV``)
+    _resolver: llm_endpoints.AgentEndpoints = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        platform = LlmEndpoint(self.platform.base_url, self.platform.api_key, self.platform.egress)
+        object.__setattr__(self, "_resolver",
+                           llm_endpoints.AgentEndpoints(platform, self.egress, self.box, self.secrets))
 
     async def for_agent(self, tenant_id: str, llm: LlmSettings) -> Endpoint:
         if not llm.base_url:
             return self.platform
-        key = await self.tenant_key(tenant_id, llm.api_key_secret) if llm.api_key_secret else ""
-        return Endpoint(llm.base_url, key, egress=self.egress)
+        e = await self._resolver.for_agent(tenant_id, llm)
+        return Endpoint(e.base_url, e.api_key, egress=e.egress)
 
     async def tenant_key(self, tenant_id: str, name: str) -> str:
-        if self.box is None:
-            raise EndpointRefused(f"the agent's key is the tenant secret {name!r}, but SECRETS_KEY is not set")
-        try:
-            entry = await self.secrets.get(subjects.secret_key(tenant_id, name))
-        except KeyNotFoundError:
-            entry = None
-        except Exception as e:
-            raise EndpointRefused(f"the tenant secret {name!r} could not be read: {type(e).__name__}") from e
-        if entry is None or not entry.value:
-            raise EndpointRefused(f"the tenant secret {name!r} does not exist for tenant {tenant_id}")
-        try:
-            return self.box.open(tenant_id, name, entry.value)
-        except SecretError as e:
-            raise EndpointRefused(f"the tenant secret {name!r} does not open for tenant {tenant_id} "
-                                  "(sealed for another tenant or name, or with another SECRETS_KEY)") from e
-
-
-def refusal_reason(error: BaseException) -> str:
-    """Why a reply failed, for the log: the refusal or blocked address in the error's chain when there is one
-    (the SDK wraps the guard's refusal in its own connection error), otherwise the error itself."""
-    seen: set[int] = set()
-    e: BaseException | None = error
-    while e is not None and id(e) not in seen:
-        if isinstance(e, EndpointRefused | BlockedAddress):
-            return str(e)
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return repr(error)[:300]
+        return await self._resolver.tenant_key(tenant_id, name)

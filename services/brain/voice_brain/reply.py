@@ -16,6 +16,10 @@ Rules:
   marked ``superseded`` at the next index, so downstream playout closes the turn. No hang-up.
 - Cancellation (a barge-in) emits nothing more: the partial sentence is dropped (the new epoch drops the rest).
 - ``end_call`` sets ``hang_up`` on the final chunk and on the outcome; the service then hangs up after playout.
+- Other tool calls (``tools``, when given): once the model's completion ends with them, what it said so far goes
+  out as a non-final chunk, then ``tools`` runs them (it may ``say`` a line meanwhile: a filler, an approval's
+  holding line) and returns the next completion (the model sees the results) or None to end the reply there.
+  At most ``max_tool_rounds`` rounds; a model that keeps calling tools after that ends with what it said.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .chat import Delta
+from .chat import Delta, ToolCall
 from .chunking import SentenceChunker
 from .conversation import END_CALL, ReplyTimings, SentChunk, span_ms
 
@@ -35,6 +39,10 @@ SAY_AGAIN = "Sorry, could you say that again?"
 
 Emit = Callable[[SentChunk], Awaitable[None]]
 Clock = Callable[[], float]  # wall-clock milliseconds
+Say = Callable[[str], Awaitable[None]]  # a non-final chunk, in the reply's order
+# the tool calls of one completion -> the next completion, or None: the reply ends (e.g. waiting for an approval)
+RunTools = Callable[[tuple[ToolCall, ...], Say], Awaitable[AsyncIterator[Delta] | None]]
+MAX_TOOL_ROUNDS = 3
 
 
 def wall_ms() -> float:
@@ -79,7 +87,8 @@ async def _next(deltas: AsyncIterator[Delta], halt: asyncio.Future[Any] | None) 
 
 
 async def stream_reply(deltas: AsyncIterator[Delta], emit: Emit, *, apology: str, clock: Clock = wall_ms,
-                       min_sentence_chars: int | None = None, stop: asyncio.Event | None = None) -> ReplyOutcome:
+                       min_sentence_chars: int | None = None, stop: asyncio.Event | None = None,
+                       tools: RunTools | None = None, max_tool_rounds: int = MAX_TOOL_ROUNDS) -> ReplyOutcome:
     """Turn ``deltas`` into emitted chunks (see the module rules). Closes ``deltas`` when done or cancelled."""
     chunker = SentenceChunker() if min_sentence_chars is None else SentenceChunker(min_sentence_chars)
     started = clock()
@@ -104,25 +113,50 @@ async def stream_reply(deltas: AsyncIterator[Delta], emit: Emit, *, apology: str
             index = i  # nothing of it went out: the closing chunk takes its index
             raise
 
-    async def speak() -> None:
+    async def read(completion: AsyncIterator[Delta]) -> list[ToolCall]:
+        """One completion's text out as sentences; its tool calls (``end_call`` taken as ``hang_up``) back."""
         nonlocal first_token, hang_up
+        calls: list[ToolCall] = []
         halt: asyncio.Future[Any] | None = asyncio.ensure_future(stop.wait()) if stop is not None else None
         try:
-            while (delta := await _next(deltas, halt)) is not None:
+            while (delta := await _next(completion, halt)) is not None:
                 if delta.text and first_token is None:
                     first_token = clock()
-                if any(call.name == END_CALL for call in delta.tool_calls):
-                    hang_up = True
+                for call in delta.tool_calls:
+                    if call.name == END_CALL:
+                        hang_up = True
+                    else:
+                        calls.append(call)
                 for sentence in chunker.push(delta.text):
                     await send(sentence, final=False)
         finally:
             if halt is not None:
                 halt.cancel()
-            aclose = getattr(deltas, "aclose", None)
+            aclose = getattr(completion, "aclose", None)
             if aclose is not None:
                 await aclose()
         if stop is not None and stop.is_set():
             raise ReplySuperseded
+        return calls
+
+    async def say(text: str) -> None:
+        if stop is not None and stop.is_set():
+            raise ReplySuperseded
+        if text.strip():
+            await send(text.strip(), final=False)
+
+    async def speak() -> None:
+        completion: AsyncIterator[Delta] | None = deltas
+        rounds = 0
+        while completion is not None:
+            calls = await read(completion)
+            completion = None
+            if calls and tools is not None and rounds < max_tool_rounds:
+                rounds += 1
+                rest = chunker.flush()  # what the model said before calling: spoken while the tools run
+                if rest:
+                    await send(rest, final=False)
+                completion = await tools(tuple(calls), say)
         rest = chunker.flush()
         if not rest and index == 0:
             rest = GOODBYE if hang_up else SAY_AGAIN

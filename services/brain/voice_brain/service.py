@@ -5,26 +5,29 @@ the agent's chat model (``chat/``) at the endpoint ``endpoints.py`` picks for it
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace
 from voice_runtime import metrics
 from voice_runtime.agents import AgentDirectory
-from voice_runtime.bus import Transient
-from voice_runtime.handlers import Handlers
+from voice_runtime.bus import Later, Transient
+from voice_runtime.handlers import Handlers, delivery
 from voice_runtime.logging import get_logger, safe_error
 from voice_runtime.service import Service
 from voice_schemas import AgentConfig, Envelope, events, make, subjects
-from voice_schemas.streams import BRAIN_TURNS, KV_HISTORY, KV_SECRETS
+from voice_schemas.agent import HttpTool, ToolSpec, TransferCallTool
+from voice_schemas.streams import BRAIN_APPROVALS, BRAIN_TURNS, KV_HISTORY, KV_SECRETS
 
-from .chat import ChatLimits, ChatModelProvider, ChatRequest, Delta, Endpoint, load_provider
+from .chat import ChatLimits, ChatModelProvider, ChatRequest, Delta, Endpoint, ToolCall, load_provider
 from .conversation import (
-    END_CALL_TOOL,
     GREETING,
+    PENDING_APPROVAL,
     CallHistory,
+    HeldToolCall,
     HistoryLimits,
     SentChunk,
     TurnState,
@@ -32,8 +35,19 @@ from .conversation import (
 )
 from .endpoints import AgentEndpoints, refusal_reason
 from .history import HistoryStore
-from .reply import ReplySuperseded, stream_reply
+from .knowledge import Knowledge
+from .reply import ReplySuperseded, Say, stream_reply
 from .settings import BrainSettings
+from .tools import (
+    HttpTools,
+    ToolFailed,
+    ToolOutcome,
+    check_arguments,
+    model_tools,
+    timed,
+    tool_parameters,
+    transfer_target,
+)
 
 log = get_logger(__name__)
 tracer = trace.get_tracer("voice.brain")
@@ -57,9 +71,56 @@ async def _failing(error: Exception) -> AsyncIterator[Delta]:
     yield Delta()  # an async generator
 
 
+@dataclass
+class _Meter:
+    """The model's tokens over a reply's completions: as reported, or estimated (4 characters a token) for a
+    completion whose endpoint reported none."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    estimated: bool = False
+
+    async def count(self, deltas: AsyncIterator[Delta], prompt_chars: int) -> AsyncIterator[Delta]:
+        reported = False
+        text_chars = 0
+        try:
+            async for d in deltas:
+                if d.usage is not None:
+                    reported = True
+                    self.input_tokens += d.usage.input_tokens
+                    self.output_tokens += d.usage.output_tokens
+                text_chars += len(d.text)
+                yield d
+        finally:
+            if not reported:
+                self.estimated = True
+                self.input_tokens += math.ceil(prompt_chars / 4)
+                self.output_tokens += math.ceil(text_chars / 4)
+            aclose = getattr(deltas, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+@dataclass
+class _ReplyRun:
+    """What one reply carries across its tool rounds."""
+
+    env: Envelope[Any]
+    agent: AgentConfig
+    turn_id: str
+    complete: Callable[[list[dict[str, Any]]], AsyncIterator[Delta]]  # prompt messages -> a metered completion
+    meter: _Meter = field(default_factory=_Meter)
+    transfer_to: str | None = None  # set by transfer_call: carried out once the reply has played
+
+
+def _prompt_chars(messages: list[dict[str, Any]]) -> int:
+    return sum(len(str(m.get("content") or "")) + len(str(m.get("tool_calls") or "")) for m in messages)
+
+
 class BrainService(Service):
     name = "brain"
     turns = Handlers(BRAIN_TURNS)
+    approvals = Handlers(BRAIN_APPROVALS)
 
     def __init__(self, settings: BrainSettings, chat: ChatModelProvider | None = None) -> None:
         super().__init__(settings)
@@ -71,8 +132,10 @@ class BrainService(Service):
         self.history: HistoryStore | None = None
         self.directory: AgentDirectory | None = None
         self.endpoints: AgentEndpoints | None = None
+        self.http_tools: HttpTools | None = None
         self._egress = settings.egress_policy()
         self._box = settings.secret_box()
+        self.knowledge = Knowledge(settings)  # retrieval from the agents' knowledge bases (off without DATABASE_URL)
 
     async def on_start(self) -> None:
         s = self.settings
@@ -80,6 +143,8 @@ class BrainService(Service):
         self.directory = AgentDirectory(self.kv["agents"], self.kv["numbers"], s)
         self.endpoints = AgentEndpoints(platform=Endpoint(s.llm_base_url, s.llm_api_key.get_secret_value()),
                                         egress=self._egress, box=self._box, secrets=self.kv[KV_SECRETS.bucket])
+        self.http_tools = HttpTools(self._egress, self.endpoints.tenant_key)
+        await self.knowledge.start()
         # every replica hears barge-ins: whichever streams the call's reply cancels it
         await self.on_events(events.BargeIn.subject_pattern(), self._on_barge_in)
 
@@ -90,6 +155,9 @@ class BrainService(Service):
     async def stop(self) -> None:
         await super().stop()
         await self.chat.aclose()
+        if self.http_tools is not None:
+            await self.http_tools.aclose()
+        await self.knowledge.aclose()
 
     # ------------------------------------------------------------ helpers
     async def _agent(self, h: CallHistory) -> AgentConfig:
@@ -155,16 +223,49 @@ class BrainService(Service):
         if applied is None:
             raise Transient("call history not created yet")  # CallStarted not processed yet
         h, fresh = applied
-        if not fresh:
-            return  # redelivered transcript, ended call or a stale epoch
-        # a newer caller turn supersedes an unfinished reply: here at once; on another replica at its next chunk
+        if fresh:
+            await self._start_reply(env, h, turn_id)
+        elif delivery.get() > 1:
+            await self._take_over(env, turn_id)
+        # otherwise: a duplicate transcript, an ended call or a stale epoch
+
+    async def _take_over(self, env: Envelope[Any], turn_id: str) -> None:
+        """The transcript came back (its ack wait passed without the heartbeats of the replica that had it): that
+        replica died mid-reply, unless it is this one. A reply not begun is made now (the turn is late); one cut
+        off after some sentences is closed where it stopped (the caller heard those), so no turn is answered
+        twice. The turn's new attempt makes the old replica's chunks refused, were it alive after all."""
+        assert self.history is not None
+        active = self.active.get(env.call_id)
+        if active is not None and active.turn_id == turn_id:
+            return  # still streaming here: the heartbeats were late, nobody died
+        applied = await self.history.update(env.call_id, lambda h: h.take_over(turn_id))
+        if applied is None or applied[1] is None:
+            return
+        h, (attempt, sent) = applied[0], applied[1]
+        metrics.TAKEOVERS.labels(self.name, "reply" if sent == 0 else "closed").inc()
+        log.info("reply_taken_over", call_id=env.call_id, turn_id=turn_id, attempt=attempt, chunks_sent=sent)
+        if sent == 0:
+            await self._start_reply(env, h, turn_id, attempt)
+            return
+        await self.history.update(env.call_id, lambda x: x.close_superseded(turn_id, sent))
+        agent = await self._agent(h)
+        await self._publish(env, events.ReplyChunk(index=sent, text="", final=True, voice=agent.voice,
+                                                   text_only=h.text_only),
+                            turn_id=turn_id, epoch=env.epoch, event_id=f"{env.call_id}-{turn_id}-{sent}-a{attempt}")
+        if h.text_only:
+            await self._text_delivered(env, turn_id)
+
+    async def _start_reply(self, env: Envelope[Any], h: CallHistory, turn_id: str, attempt: int = 0) -> None:
+        """Stream the reply of ``turn_id`` (just made the call's current turn) and wait for it: the event that
+        caused it is acked once the reply is out (or cancelled)."""
+        # a newer turn supersedes an unfinished reply: here at once; on another replica at its next chunk
         # (the history now names this turn as the call's latest)
         previous = self.active.get(env.call_id)
         if previous is not None:
             previous.superseded.set()
         agent = await self._agent(h)
         superseded = asyncio.Event()
-        task = asyncio.create_task(self._reply(env, h, agent, turn_id, superseded))
+        task = asyncio.create_task(self._reply(env, h, agent, turn_id, superseded, attempt))
         self.active[env.call_id] = _ActiveReply(turn_id, env.epoch, task, superseded)
         try:
             await asyncio.wait({task})  # the transcript is acked once its reply is out (or cancelled)
@@ -174,29 +275,53 @@ class BrainService(Service):
                 self.active.pop(env.call_id, None)
 
     async def _reply(self, env: Envelope[Any], h: CallHistory, agent: AgentConfig, turn_id: str,
-                     superseded: asyncio.Event) -> None:
+                     superseded: asyncio.Event, attempt: int = 0) -> None:
         history, endpoints = self.history, self.endpoints
         assert history is not None and endpoints is not None
-        request = ChatRequest(messages=h.prompt(agent.system_prompt), temperature=agent.llm.temperature,
-                              max_tokens=agent.llm.max_tokens, tools=(END_CALL_TOOL,))
+        tools = model_tools(agent)
         speech_end_wall_ms = h.turns[turn_id].speech_end_wall_ms
         with tracer.start_as_current_span("brain llm", attributes={
             "call_id": env.call_id, "tenant_id": env.tenant_id, "turn_id": turn_id, "agent_id": agent.id,
             "agent_version": agent.version,
         }) as span:
+            try:
+                endpoint = await endpoints.for_agent(env.tenant_id, agent.llm)
+            except Exception as e:  # EndpointRefused (no key to be had): the apology, like any model failure
+                metrics.ERRORS.labels(self.name, "llm_endpoint_refused").inc()
+                refused: Exception | None = e
+            else:
+                refused = None
+                model = self.chat.model(endpoint, agent.llm.model or self.settings.llm_model)
+
+            def complete(messages: list[dict[str, Any]]) -> AsyncIterator[Delta]:
+                if refused is not None:
+                    return _failing(refused)
+                request = ChatRequest(messages=messages, temperature=agent.llm.temperature,
+                                      max_tokens=agent.llm.max_tokens, tools=tools)
+                return run.meter.count(model.stream(request), _prompt_chars(messages))
+
+            run = _ReplyRun(env, agent, turn_id, complete)
+            chunk_id = f"{env.call_id}-{turn_id}-"
+            again = f"-a{attempt}" if attempt else ""  # a taken-over reply: never deduplicated against the old one
 
             async def emit(chunk: SentChunk) -> None:
                 if chunk.superseded:
                     await history.update(env.call_id, lambda x: x.close_superseded(turn_id, chunk.index))
                 else:
-                    applied = await history.update(env.call_id, lambda x: x.record_chunk(turn_id, chunk))
+                    def record(x: CallHistory) -> bool:
+                        if chunk.final:  # every completion of the reply is done: its usage goes with the turn
+                            m = run.meter
+                            x.add_usage(turn_id, m.input_tokens, m.output_tokens, m.estimated)
+                        return x.record_chunk(turn_id, chunk, attempt)
+
+                    applied = await history.update(env.call_id, record)
                     if applied is None or not applied[1]:
                         raise ReplySuperseded  # a newer caller turn (any replica's) or the call ended
                 await self._publish(env, events.ReplyChunk(index=chunk.index, text=chunk.text, final=chunk.final,
                                                            voice=agent.voice, speech_end_wall_ms=speech_end_wall_ms,
                                                            hangup_after=chunk.final and chunk.hang_up,
                                                            text_only=h.text_only),
-                                    turn_id=turn_id, epoch=env.epoch, event_id=f"{env.call_id}-{turn_id}-{chunk.index}")
+                                    turn_id=turn_id, epoch=env.epoch, event_id=chunk_id + str(chunk.index) + again)
                 if h.text_only and chunk.final:  # no playout: the reply is complete once its text is out
                     await self._text_delivered(env, turn_id)
                 if chunk.timings is not None:
@@ -204,15 +329,13 @@ class BrainService(Service):
                     metrics.STAGE_SECONDS.labels(self.name, "llm_first_sentence").observe(
                         (chunk.timings.first_sentence_wall_ms - chunk.timings.llm_start_wall_ms) / 1000)
 
+            async def run_tools(calls: tuple[ToolCall, ...], say: Say) -> AsyncIterator[Delta] | None:
+                return await self._run_tools(run, calls, say)
+
+            knowledge = await self.knowledge.attach(history, h, agent, turn_id)  # None: none, or skipped
             try:
-                endpoint = await endpoints.for_agent(env.tenant_id, agent.llm)
-            except Exception as e:  # EndpointRefused (no key to be had): the apology, like any model failure
-                metrics.ERRORS.labels(self.name, "llm_endpoint_refused").inc()
-                deltas = _failing(e)
-            else:
-                deltas = self.chat.model(endpoint, agent.llm.model or self.settings.llm_model).stream(request)
-            try:
-                outcome = await stream_reply(deltas, emit, apology=self.settings.apology, stop=superseded)
+                outcome = await stream_reply(complete(h.prompt(agent.system_prompt, knowledge)), emit,
+                                             apology=self.settings.apology, stop=superseded, tools=run_tools)
             except asyncio.CancelledError:
                 span.add_event("cancelled")
                 raise
@@ -226,6 +349,108 @@ class BrainService(Service):
         if outcome.hang_up:
             await self._publish(env, events.HangUp(after_playout=True), turn_id=turn_id, epoch=env.epoch,
                                 event_id=f"{env.call_id}-{turn_id}-hangup")
+        elif run.transfer_to is not None and not outcome.superseded:
+            await self._publish(env, events.Transfer(target=run.transfer_to, after_playout=True, requested_by="agent"),
+                                turn_id=turn_id, epoch=env.epoch, event_id=f"{env.call_id}-{turn_id}-transfer")
+
+    # ------------------------------------------------------------ tools
+    async def _run_tools(self, run: _ReplyRun, calls: tuple[ToolCall, ...], say: Say) -> AsyncIterator[Delta] | None:
+        """One round of the model's tool calls: each announced (``tool.call``), checked, then run, or held for a
+        supervisor; the round and its results stored in the call's history; the next completion (the model reads
+        the results), or None once a call is held (the reply ends with the tool's holding line)."""
+        assert self.history is not None
+        env, agent, turn_id = run.env, run.agent, run.turn_id
+        named = [(f"tc-{subjects.new_id()}", c) for c in calls]
+        results: dict[str, str] = {}
+        held: list[tuple[HeldToolCall, ToolSpec]] = []
+        for tool_call_id, c in named:
+            await self._publish(env, events.ToolCallRequested(tool_call_id=tool_call_id, name=c.name,
+                                                              arguments=dict(c.arguments)),
+                                turn_id=turn_id, epoch=env.epoch, event_id=f"{env.call_id}-{tool_call_id}-call")
+            spec = agent.tool(c.name)
+            if spec is not None and spec.requires_approval and not c.malformed:
+                try:
+                    self._check(spec, c.arguments)  # a call with bad arguments is not worth a supervisor's time
+                except ToolFailed as e:
+                    outcome = ToolOutcome(False, error=str(e))
+                else:
+                    now = _now_ms()
+                    held.append((HeldToolCall(tool_call_id=tool_call_id, name=c.name, arguments=dict(c.arguments),
+                                              turn_id=turn_id, requested_ms=now,
+                                              deadline_ms=now + spec.approval_timeout_s * 1000), spec))
+                    results[tool_call_id] = PENDING_APPROVAL
+                    continue
+            else:
+                outcome = await self._execute(env.tenant_id, run, spec, c, say)
+            await self._tool_result(env, turn_id, tool_call_id, c.name, outcome)
+            results[tool_call_id] = outcome.for_model()
+
+        def record(x: CallHistory) -> None:
+            x.record_tool_round(turn_id, [(i, c.name, dict(c.arguments)) for i, c in named], results)
+            for h, _ in held:
+                x.hold_tool(h)
+
+        stored = await self.history.update(env.call_id, record)
+        if stored is None:
+            return None  # the call has ended
+        for h, spec in held:
+            await self._publish(env, events.ToolApprovalRequested(
+                tool_call_id=h.tool_call_id, name=h.name, arguments=h.arguments, timeout_s=spec.approval_timeout_s,
+            ), turn_id=turn_id, epoch=env.epoch, event_id=f"{env.call_id}-{h.tool_call_id}-approval")
+        if held:
+            await say(held[0][1].approval_line)
+            return None
+        return run.complete(stored[0].prompt(agent.system_prompt))
+
+    @staticmethod
+    def _check(spec: ToolSpec, arguments: Any) -> None:
+        check_arguments(tool_parameters(spec), arguments)
+
+    async def _execute(self, tenant_id: str, run: _ReplyRun | None, spec: ToolSpec | None, call: ToolCall,
+                       say: Say | None) -> ToolOutcome:
+        """Run one tool call (``run``/``say`` are None for a call approved after its reply ended)."""
+        if spec is None:
+            return ToolOutcome(False, error=f"there is no tool named {call.name!r}")
+        if call.malformed:
+            return ToolOutcome(False, error="the arguments were not a JSON object")
+        try:
+            self._check(spec, call.arguments)
+        except ToolFailed as e:
+            return ToolOutcome(False, error=str(e))
+        if isinstance(spec, TransferCallTool):
+            target = transfer_target(spec, call.arguments)
+            if run is None:
+                return ToolOutcome(False, error="a transfer is only made during the agent's reply")
+            run.transfer_to = target
+            return ToolOutcome(True, result={"status": "the caller will be transferred once you have finished "
+                                             "speaking; say a short goodbye"})
+        if not isinstance(spec, HttpTool):
+            return ToolOutcome(False, error=f"the tool {call.name!r} cannot be run here")
+        assert self.http_tools is not None
+        http = self.http_tools
+        task = asyncio.ensure_future(timed(lambda: http.call(tenant_id, spec, call.arguments)))
+        try:
+            if say is not None and spec.filler:
+                done, _ = await asyncio.wait({task}, timeout=spec.filler_after_ms / 1000)
+                if not done:
+                    await say(spec.filler)  # a slow lookup does not leave dead air
+            return await task
+        except Exception as e:
+            if isinstance(e, ReplySuperseded):
+                raise
+            log.warning("tool_failed", tool=spec.name, error=safe_error(e, 200))
+            return ToolOutcome(False, error="the tool failed unexpectedly")
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def _tool_result(self, env: Envelope[Any], turn_id: str | None, tool_call_id: str, name: str,
+                           outcome: ToolOutcome) -> None:
+        metrics.TOOL_CALLS.labels(self.name, "ok" if outcome.ok else "error").inc()
+        await self._publish(env, events.ToolResultReturned(
+            tool_call_id=tool_call_id, name=name, ok=outcome.ok, result=outcome.result if outcome.ok else None,
+            error=outcome.error, duration_ms=outcome.duration_ms,
+        ), turn_id=turn_id, epoch=env.epoch, event_id=f"{env.call_id}-{tool_call_id}-result")
 
     # ------------------------------------------------------------ what the caller heard
     @turns.on(events.PlayoutStarted)
@@ -303,12 +528,68 @@ class BrainService(Service):
 
     @turns.on(events.ToolApprovalDecided)
     async def on_tool_approval(self, env: Envelope[events.ToolApprovalDecided]) -> None:
-        """Recorded as a note for the model. Holding a tool call until a supervisor decides (the approval flow)
-        arrives with the tools issue; until then no tool waits on a decision, so there is nothing to resume."""
+        """A supervisor's (or the timeout's) decision on a held tool call. The first decision wins (stored with
+        compare-and-set, so a second one, or the same redelivered, changes nothing); approved: the tool runs here,
+        once, whichever replica asked for it; either way its result replaces the pending one in the history and,
+        when no other turn is open, the agent tells the caller in a turn of its own."""
+        assert self.history is not None
         d = env.data
-        verdict = "approved" if d.approved else "rejected"
-        comment = f" Comment: {d.comment}" if d.comment else ""
-        await self._note(env, f"A supervisor {verdict} the tool call {d.tool_call_id}.{comment}")
+        applied = await self.history.update(env.call_id,
+                                            lambda h: h.decide_tool(d.tool_call_id, d.approved, d.decided_by))
+        if applied is None:
+            return  # the call has ended
+        h, held = applied
+        if held is None:
+            return  # decided before (a late or repeated decision), or never held
+        agent = await self._agent(h)
+        call = ToolCall(held.name, held.arguments)
+        if held.state == "approved":
+            outcome = await self._execute(env.tenant_id, None, agent.tool(held.name), call, None)
+            note = f"A supervisor approved the call of {held.name} ({held.tool_call_id}); it has run."
+        else:
+            why = "no supervisor decided in time" if d.decided_by == "timeout" else "a supervisor denied it"
+            outcome = ToolOutcome(False, error=f"not run: {why}")
+            note = f"The call of {held.name} ({held.tool_call_id}) was not run: {why}."
+        if d.comment:
+            note += f" The supervisor's comment: {d.comment}"
+        await self._tool_result(env, held.turn_id, held.tool_call_id, held.name, outcome)
+        told = note + " Tell the caller."
+        await self.history.update(env.call_id, lambda x: x.tool_result(held.tool_call_id, outcome.for_model(), told))
+        await self._agent_turn(env, f"tool-{held.tool_call_id}")
+
+    @approvals.on(events.ToolApprovalRequested)
+    async def on_approval_due(self, env: Envelope[events.ToolApprovalRequested]) -> None:
+        """The durable timeout of a held tool call: the request comes back (``Later``) when it is due, to
+        whichever replica is alive then, and is denied if nobody has decided."""
+        assert self.history is not None
+        h = await self.history.get(env.call_id)
+        held = h.held(env.data.tool_call_id) if h is not None else None
+        if held is None or held.state != "pending":
+            return  # the call has ended, or a decision came
+        remaining_ms = held.deadline_ms - _now_ms()
+        if remaining_ms > 0:
+            raise Later(remaining_ms / 1000)
+        await self._publish(env, events.ToolApprovalDecided(tool_call_id=held.tool_call_id, approved=False,
+                                                            decided_by="timeout", comment=None),
+                            turn_id=held.turn_id, epoch=env.epoch,
+                            event_id=f"{env.call_id}-{held.tool_call_id}-timeout")
+
+    @turns.on(events.TransferFailed)
+    async def on_transfer_failed(self, env: Envelope[events.TransferFailed]) -> None:
+        """The transport could not transfer: the model is told, and says so in a turn of its own."""
+        await self._note(env, f"The transfer could not be made ({env.data.reason}). Tell the caller and offer "
+                              "other help.")
+        if env.data.requested_by == "agent":
+            await self._agent_turn(env, f"transfer-failed-{env.id}")
+
+    async def _agent_turn(self, env: Envelope[Any], turn_id: str) -> None:
+        """The agent speaks without a caller turn, when no other turn is open (see ``CallHistory.add_agent_turn``)."""
+        assert self.history is not None
+        applied = await self.history.update(env.call_id, lambda h: h.add_agent_turn(turn_id, h.epoch))
+        if applied is None or not applied[1]:
+            return
+        h = applied[0]
+        await self._start_reply(env.model_copy(update={"epoch": h.epoch, "turn_id": turn_id}), h, turn_id)
 
     @turns.on(events.CallEnded)
     async def on_call_ended(self, env: Envelope[events.CallEnded]) -> None:

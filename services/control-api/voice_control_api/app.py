@@ -21,15 +21,19 @@ from .middleware import RequestContextMiddleware
 from .problems import PROBLEM_JSON, FieldError, Problem, install_problem_handlers, problem_response
 from .routers import (
     agents,
+    analytics,
     api_keys,
     audit_log,
     auth,
+    call_control,
     calls,
     chats,
+    knowledge,
     live,
     phone_numbers,
     tenant_secrets,
     tenants,
+    tool_calls,
     users,
     web_calls,
     webhooks,
@@ -70,10 +74,14 @@ TAGS = [
     {"name": "secrets", "description": "Tenant secrets, e.g. an agent's LLM API key: write-only, sealed (admin)"},
     {"name": "audit-log", "description": "Who changed what, when (admin)"},
     {"name": "live", "description": "Live calls: server-sent event feeds (per call, per tenant) and whispers"},
+    {"name": "knowledge", "description": "Knowledge bases and their documents (text, Markdown, HTML, PDF), "
+     "retrieved into the turns of the agents that name them"},
+    {"name": "analytics", "description": "Daily aggregates per agent (AHT, volume, cost, sentiment, FCR) and "
+     "tenants' price tables"},
 ]
 
 ROUTERS = (auth, tenants, users, api_keys, agents, phone_numbers, calls, chats, webhooks, tenant_secrets, audit_log,
-           web_calls, live)
+           web_calls, live, call_control, analytics, tool_calls, knowledge)
 
 
 def create_app(
@@ -126,7 +134,9 @@ def create_app(
             expose_headers=["ETag", "Location", "Retry-After", "X-Request-Id"],
             max_age=600,
         )
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(
+        RequestContextMiddleware, large_bodies=((knowledge.UPLOAD_PATH, settings.knowledge_max_upload_bytes + 65536),)
+    )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -35,11 +35,11 @@ REQUEST_SECONDS = Histogram(
 
 
 class BodyTooLarge(StarletteHTTPException):
-    """The request body grew past MAX_BODY_BYTES while it was read (an HTTPException, so the problem handlers
-    answer it wherever the read happens)."""
+    """The request body grew past its limit (MAX_BODY_BYTES, or a large-body route's) while it was read (an
+    HTTPException, so the problem handlers answer it wherever the read happens)."""
 
-    def __init__(self) -> None:
-        super().__init__(413, f"request body over {MAX_BODY_BYTES} bytes")
+    def __init__(self, limit: int = MAX_BODY_BYTES) -> None:
+        super().__init__(413, f"request body over {limit} bytes")
 
 
 class RequestContextMiddleware:
@@ -51,8 +51,13 @@ class RequestContextMiddleware:
     Content-Length is only the client's claim. A declared length over the limit is refused before reading.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, large_bodies: tuple[tuple[str, int], ...] = ()) -> None:
         self.app = app
+        # (path regex, byte limit): routes that take more than MAX_BODY_BYTES (knowledge document uploads)
+        self.large_bodies = tuple((re.compile(pattern), limit) for pattern, limit in large_bodies)
+
+    def _limit(self, path: str) -> int:
+        return next((limit for pattern, limit in self.large_bodies if pattern.match(path)), MAX_BODY_BYTES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,14 +72,15 @@ class RequestContextMiddleware:
         status: dict[str, Any] = {"code": 500, "sent": False}
 
         received = 0
+        limit = self._limit(scope.get("path", ""))
 
         async def receive_limited() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > MAX_BODY_BYTES:
-                    raise BodyTooLarge()
+                if received > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         async def send_with_id(message: Message) -> None:
@@ -88,8 +94,8 @@ class RequestContextMiddleware:
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
-                if _too_large(headers):
-                    raise BodyTooLarge()
+                if _too_large(headers, limit):
+                    raise BodyTooLarge(limit)
                 await self.app(scope, receive_limited, send_with_id)
             except BodyTooLarge as exc:
                 if status["sent"]:
@@ -124,11 +130,11 @@ class RequestContextMiddleware:
                     )
 
 
-def _too_large(headers: dict[bytes, bytes]) -> bool:
+def _too_large(headers: dict[bytes, bytes], limit: int) -> bool:
     length = headers.get(b"content-length")
     if length is None:
         return False
     try:
-        return int(length) > MAX_BODY_BYTES
+        return int(length) > limit
     except ValueError:
         return False

@@ -13,10 +13,30 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, WithJsonSchema, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    WithJsonSchema,
+    create_model,
+)
 from pydantic.fields import FieldInfo
 from voice_schemas import chat, webrtc
-from voice_schemas.agent import LlmSettings, RecordingSettings, SttSettings, TurnSettings
+from voice_schemas.agent import (
+    EndCallTool,
+    HttpTool,
+    KnowledgeSettings,
+    LlmSettings,
+    RecordingSettings,
+    SttSettings,
+    ToolSpec,
+    TransferCallTool,
+    TransferTarget,
+    TurnSettings,
+)
 from voice_schemas.streams import WEBHOOK_EVENT_TYPES
 
 from . import openapi_examples as ex
@@ -34,6 +54,8 @@ from .fields import (
     UtcDatetime,
     clean_text,
 )
+from .models_analytics import CallAnalytics
+from .models_knowledge import TurnSource
 from .openapi_examples import examples
 from .security import Role
 
@@ -144,6 +166,29 @@ class TenantCreated(Tenant):
     admin_api_key_id: str
 
 
+TRANSFER_PATTERN_DOC = (
+    "An exact E.164 number (`+14155550100`), an E.164 prefix ending in `*` (`+4930*`: every number starting "
+    "with +4930), or an exact SIP URI (`sip:desk@pbx.example.com`)"
+)
+
+
+class TransferAllowList(BaseModel):
+    """Where the tenant's live calls may be transferred (API transfers and agents' `transfer_call` tools);
+    empty: nowhere. Against toll fraud: only its admins change it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"patterns": ["+4930*", "+14155550100"]}]})
+    patterns: list[str] = Field(description=TRANSFER_PATTERN_DOC + ", normalised")
+
+
+class TransferAllowListUpdate(RequestModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"patterns": ["+49 30*", "sip:desk@pbx.example.com"]}]}
+    )
+    patterns: list[Annotated[str, Field(min_length=1, max_length=256), AfterValidator(clean_text)]] = Field(
+        max_length=200, description=TRANSFER_PATTERN_DOC + "; the whole list is replaced (at most 200)"
+    )
+
+
 # ------------------------------------------------------------------ users
 class UserCreate(RequestModel):
     model_config = examples(ex.USER_CREATE)
@@ -231,6 +276,38 @@ class RecordingConfig(RecordingSettings):
     )
 
 
+class KnowledgeConfig(KnowledgeSettings):
+    model_config = ConfigDict(extra="forbid")
+
+
+# Tools: the schema's models with unknown fields refused. What a shape cannot check (unique names, placeholders,
+# secrets, the egress guard, the transfer allow-list) is checked when a version is saved: usecases.agent_tools.
+class EndCallToolConfig(EndCallTool):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TransferTargetConfig(TransferTarget):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TransferCallToolConfig(TransferCallTool):
+    model_config = ConfigDict(extra="forbid")
+    destinations: list[TransferTargetConfig] = Field(min_length=1, max_length=20)  # type: ignore[assignment]
+
+
+class HttpToolConfig(HttpTool):
+    model_config = ConfigDict(extra="forbid")
+
+
+ToolConfig = Annotated[EndCallToolConfig | TransferCallToolConfig | HttpToolConfig, Field(discriminator="type")]
+MAX_TOOLS = 32
+
+
+def _stored_tools(value: Any) -> Any:
+    """Versions stored before tools existed hold bare tool ids that never named anything: dropped."""
+    return [t for t in value if not isinstance(t, str)] if isinstance(value, list) else value
+
+
 class AgentFields(RequestModel):
     """What an agent version is made of (the body of create and full replace)."""
 
@@ -243,9 +320,25 @@ class AgentFields(RequestModel):
     voice: ShortText | None = None
     stt: SttConfig = Field(default_factory=SttConfig)
     turn: TurnConfig = Field(default_factory=TurnConfig)
-    tools: list[Id] = Field(default_factory=list, max_length=64, description="Tool ids (see the tools API)")
+    tools: list[ToolConfig] = Field(
+        default_factory=list,
+        max_length=MAX_TOOLS,
+        description="What the agent can do besides talking (end_call, transfer_call, http). A PATCH replaces the "
+        "whole list. Names are unique; an HTTP tool's host must not be internal, its {param} placeholders must be "
+        "properties of its parameters and each {{secret:NAME}} must name a secret of this tenant; transfer "
+        "targets must be on the tenant's transfer allow-list.",
+    )
     recording: RecordingConfig = Field(
         default_factory=RecordingConfig, description="Call recording (off by default) and its spoken notice"
+    )
+    knowledge_base_ids: list[Id] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Knowledge bases of this tenant the agent retrieves from on every turn (a PATCH replaces the "
+        "list); each must exist in the tenant",
+    )
+    knowledge: KnowledgeConfig = Field(
+        default_factory=KnowledgeConfig, description="How much retrieved knowledge goes into a turn's prompt"
     )
     sentiment_alert_threshold: float = Field(
         -0.5,
@@ -272,10 +365,13 @@ LlmPatch = patch_of(LlmConfig)
 SttPatch = patch_of(SttConfig)
 TurnPatch = patch_of(TurnConfig)
 RecordingPatch = patch_of(RecordingConfig)
+KnowledgePatch = patch_of(KnowledgeConfig)
 
 
 class AgentPatch(
-    patch_of(AgentCreate, llm=LlmPatch, stt=SttPatch, turn=TurnPatch, recording=RecordingPatch)  # type: ignore[misc]
+    patch_of(  # type: ignore[misc]
+        AgentCreate, llm=LlmPatch, stt=SttPatch, turn=TurnPatch, recording=RecordingPatch, knowledge=KnowledgePatch
+    )
 ):
     """Fields to change; nested objects are merged. Every accepted update creates a new version."""
 
@@ -287,6 +383,9 @@ class Agent(AgentFields):
     """The current version of an agent."""
 
     model_config = ConfigDict(extra="ignore", **examples(ex.AGENT))
+    tools: Annotated[list[ToolSpec], BeforeValidator(_stored_tools)] = Field(  # type: ignore[assignment]
+        default_factory=list, description="The tools as stored (a header's {{secret:NAME}} is only the reference)"
+    )
     id: str
     tenant_id: str
     version: int = Field(description="Current version; every update adds one")
@@ -299,6 +398,9 @@ class AgentVersion(AgentFields):
     """One immutable version of an agent."""
 
     model_config = ConfigDict(extra="ignore", **examples(ex.AGENT_VERSION))
+    tools: Annotated[list[ToolSpec], BeforeValidator(_stored_tools)] = Field(  # type: ignore[assignment]
+        default_factory=list, description="The version's tools as stored"
+    )
     agent_id: str
     version: int
     created_at: datetime
@@ -363,6 +465,9 @@ class Turn(BaseModel):
         description="Voice-to-voice milliseconds of the turn: end of caller speech to first agent audio"
     )
     latency: dict[str, float] | None = Field(description="Per-stage breakdown in milliseconds")
+    sources: list[TurnSource] = Field(
+        default_factory=list, description="Agent turns: the knowledge chunks retrieved into the reply's prompt"
+    )
 
 
 class Call(BaseModel):
@@ -400,6 +505,10 @@ class CallDetail(Call):
     model_config = examples(ex.CALL_DETAIL)
     turns: list[Turn]
     recording: Recording | None = Field(None, description="The call's recording; null when it was not recorded")
+    analytics: CallAnalytics | None = Field(
+        None, description="Summary, disposition, tags, KPIs and estimated cost; null until analytics has summarised "
+        "the ended call"
+    )
 
 
 # ------------------------------------------------------------------ webhooks

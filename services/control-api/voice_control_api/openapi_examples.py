@@ -99,6 +99,37 @@ API_KEY: Example = {
 API_KEY_CREATED: Example = {**API_KEY, "last_used_at": None, "key": "vk_k3j9x2m1_Zb3...kept-secret..."}
 
 # ------------------------------------------------------------------ agents
+_TOOLS: list[Example] = [
+    {
+        "type": "http",
+        "name": "find_appointment",
+        "description": "Look up the caller's next appointment by their booking reference.",
+        "method": "GET",
+        "url": "https://api.acme-dental.example/v1/bookings/{reference}",
+        "headers": {"Authorization": "Bearer {{secret:booking_api_key}}"},
+        "parameters": {
+            "type": "object",
+            "properties": {"reference": {"type": "string", "pattern": "^[A-Z0-9]{6}$"}},
+            "required": ["reference"],
+        },
+        "timeout_s": 4.0,
+        "max_response_bytes": 16384,
+        "response_fields": ["booking.starts_at", "booking.dentist"],
+        "requires_approval": False,
+        "filler": "Let me look that up.",
+        "filler_after_ms": 1200,
+    },
+    {"type": "end_call", "name": "end_call"},
+    {
+        "type": "transfer_call",
+        "name": "transfer_call",
+        "description": "Transfer the caller to the front desk or to billing when they ask for a person.",
+        "destinations": [
+            {"name": "front desk", "target": "+14155550123"},
+            {"name": "billing", "target": "sip:billing@pbx.acme-dental.example"},
+        ],
+    },
+]
 _AGENT_FIELDS: Example = {
     "name": "Front desk",
     "system_prompt": "You are the front desk of Acme Dental. Book, move or cancel appointments.",
@@ -108,7 +139,7 @@ _AGENT_FIELDS: Example = {
     "voice": "en_US-amy-medium",
     "stt": {"model": "tiny.en", "language": "en"},
     "turn": {"end_of_turn_ms": 600, "interruptible": True, "min_barge_in_ms": 400, "min_turn_silence_ms": 200},
-    "tools": [],
+    "tools": _TOOLS,
     "is_active": True,
 }
 AGENT_FIELDS: Example = {

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 from voice_runtime.calltoken import CallTokenSettings
+from voice_runtime.embeddings import EmbeddingSettings
 from voice_runtime.recordings import RecordingStoreSettings
 from voice_runtime.settings import (
     BootstrapSettings,
@@ -22,7 +23,7 @@ from .proxies import ForwardedHeader, TrustedProxies
 
 
 class ControlApiSettings(
-    RecordingStoreSettings,
+    RecordingStoreSettings, EmbeddingSettings,
     DatabaseSettings, BootstrapSettings, SecretsSettings, EgressSettings, CallTokenSettings, CommonSettings
 ):
     # an error names the setting and what is wrong, never the value it refused (keys, DSNs with passwords)
@@ -129,6 +130,18 @@ class ControlApiSettings(
         "calls live now or ended within this window"
     )
     whisper_max_chars: int = Field(1_000, ge=1, le=1_000, description="Longest whisper text accepted")
+
+    # knowledge bases (the EMBEDDINGS_* settings, shared with brain, add vectors to the chunks)
+    knowledge_max_upload_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, le=200 * 1024 * 1024, description="Largest knowledge document upload (413 above)"
+    )
+    knowledge_chunk_chars: int = Field(800, ge=200, le=4000, description="Longest chunk of a knowledge document")
+    knowledge_chunk_overlap: int = Field(
+        150, ge=0, le=1000, description="Characters a chunk repeats of the one before (under half a chunk)"
+    )
+    knowledge_max_chunks: int = Field(
+        5_000, ge=1, le=100_000, description="Chunks one document may make (a longer one is refused: split it)"
+    )
 
     @field_validator("bootstrap_admin_email")
     @classmethod

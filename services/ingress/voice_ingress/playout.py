@@ -28,6 +28,7 @@ class _Turn:
     epoch: int
     progress_at: float  # the last time a frame of it arrived or played, or it became the turn being played
     chunks: dict[int, deque[AudioFrame]] = field(default_factory=dict)
+    frames_had: dict[int, int] = field(default_factory=dict)  # chunk -> highest frame index queued or played
     next_chunk: int = 0
     final_chunk: int | None = None
     started: bool = False
@@ -78,6 +79,12 @@ class PlayoutBuffer:
         if f.chunk < t.next_chunk:
             self.dropped_stale += 1
             return False
+        if f.frame is not None:  # a chunk sent again (its tts replica died mid-chunk): only frames not yet had
+            had = t.frames_had.get(f.chunk, -1)
+            if f.frame <= had:
+                self.dropped_stale += 1
+                return False
+            t.frames_had[f.chunk] = f.frame
         t.chunks.setdefault(f.chunk, deque()).append(f)
         t.progress_at = now
         if f.final:
@@ -107,6 +114,7 @@ class PlayoutBuffer:
         end_turn = end_chunk and (f.final or t.final_chunk == t.next_chunk)
         if end_chunk:
             del t.chunks[t.next_chunk]
+            t.frames_had.pop(t.next_chunk, None)
             t.next_chunk += 1
         if end_turn:
             self._finish(key)

@@ -21,12 +21,14 @@ from voice_runtime.logging import get_logger, safe_error
 from voice_runtime.service import Service
 from voice_schemas import CallRecord, events, make, subjects
 from voice_schemas.agent import NumberRoute
-from voice_schemas.streams import KV_CALLS
+from voice_schemas.streams import KV_CALLS, KV_REPLICAS
 
+from .liveness import CallReaper
 from .session import CallSession, Clock, LoopClock
 from .settings import IngressSettings
 from .transports.base import Endpoint, ProtocolError, Started, Transport
 from .transports.chat import ChatEndpoint
+from .transports.sip import SipEndpoint
 from .transports.twilio import TwilioEndpoint
 from .transports.webrtc import WebRtcEndpoint
 
@@ -43,10 +45,20 @@ class IngressService(Service):
         self.directory: AgentDirectory | None = None
         self.endpoints: list[Endpoint] = [TwilioEndpoint(self, settings), ChatEndpoint(self, settings, settings)]
         self.endpoints.append(WebRtcEndpoint(self, settings, settings.call_token_key_bytes()))
+        self.sip = SipEndpoint(self, settings)
+        self.endpoints.append(self.sip)
         self.clock: Clock = LoopClock()  # what playout is paced by
+        self.replica_id = subjects.new_id()  # named in the records of the calls whose connection this replica holds
+        self.reaper: CallReaper | None = None
+        self._leaving = asyncio.Event()
 
     async def on_start(self) -> None:
+        assert self.bus is not None
         self.directory = AgentDirectory(self.kv["agents"], self.kv["numbers"], self.settings)
+        self.reaper = CallReaper(self.replica_id, self.kv[KV_REPLICAS.bucket], self.kv[KV_CALLS.bucket],
+                                 self.bus.publish)
+        await self.reaper.liveness.beat()  # alive before the first call binds to this replica
+        self.spawn(self.reaper.liveness.run(self._leaving), name="ingress-liveness")
         for e in self.endpoints:
             await e.start()
 
@@ -56,6 +68,9 @@ class IngressService(Service):
                 await e.stop()
         for s in list(self.sessions.values()):
             await s.end(events.EndReason.shutdown)
+        self._leaving.set()
+        if self.reaper is not None:
+            await self.reaper.liveness.leave()
 
     def routes(self, app: FastAPI) -> None:
         for e in self.endpoints:
@@ -89,7 +104,9 @@ class IngressService(Service):
             pkey = None
         record = CallRecord(call_id=call_id, tenant_id=route.tenant_id, agent_id=agent.id,
                             agent_version=agent.version, channel=channel.value, started_at_ms=time.time() * 1000,
-                            provider_call_id=provider_call_id if pkey else None)
+                            provider_call_id=provider_call_id if pkey else None,
+                            # this replica until a connection binds elsewhere (_open): a chat stays here
+                            ingress_replica=self.replica_id)
         kv = self.kv[KV_CALLS.bucket]
         await kv.put(subjects.call_key(call_id), record.model_dump_json().encode())
         if pkey:
@@ -184,6 +201,9 @@ class IngressService(Service):
         record = await self._record(started.call_id) if started.call_id else None
         if record is None or started.call_id in self.sessions:
             raise ProtocolError("unknown or already connected call_id")
+        # this replica holds the connection now: if it dies, the others end the call (liveness.py)
+        record = record.model_copy(update={"ingress_replica": self.replica_id})
+        await self.kv[KV_CALLS.bucket].put(subjects.call_key(record.call_id), record.model_dump_json().encode())
         session = CallSession(record, transport, bus=self.bus, subscriber=self,
                               lead_ms=self.settings.playout_lead_ms, gap_ms=self.settings.playout_gap_ms,
                               on_closed=self._closed, clock=self.clock)

@@ -6,15 +6,24 @@ published on ``audio.played`` at its place on the call's clock (``callclock.py``
 publishes a cut there, so what the caller heard (recordings) is known whatever the transport. The session reaches
 its caller only through a ``Transport`` (``transports/base.py``) and knows no wire format; it reaches the platform
 only through the bus ports.
+
+Control commands (``control.*``) come on a per-call core subscription, so they reach the replica holding the caller
+whichever it is. A hang-up or a transfer runs off that subscription's task (ending the call unsubscribes it, and
+nats-py cancels a callback whose own subscription is removed at its next await), at once or, ``after_playout``, once
+the agent's last words have played. A transfer is the transport's (``Transport.transfer``): while it is in flight
+the call goes on; once the provider has taken it the call ends as ``transferred`` (the provider stopping the stream
+meanwhile is part of it); a transport that cannot, or a provider that refuses, gives ``call.transfer_failed`` and the
+call goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,13 +37,27 @@ from voice_schemas.audio import H_CUT, H_EPOCH, H_SEQ, H_TS, H_TURN, AudioFrame
 
 from .callclock import CallClock
 from .playout import Outgoing, PlayoutBuffer, TurnClosed
-from .transports.base import CallerAudio, CallerHungUp, DtmfPressed, Inbound, MarkPlayed, Started, Transport
+from .transports.base import (
+    CallerAudio,
+    CallerHungUp,
+    DtmfPressed,
+    Inbound,
+    MarkPlayed,
+    Started,
+    TransferRefused,
+    Transport,
+)
 
 log = get_logger(__name__)
 _tracer = trace.get_tracer("voice.ingress")
 SVC = "ingress"
 FRAME_S = 0.020
-HANGUP_PLAYOUT_LIMIT_S = 20.0  # an agent hang-up waits at most this long for its goodbye to play
+HANGUP_PLAYOUT_LIMIT_S = 20.0  # a hang-up or transfer after playout waits at most this long for the last words
+# the provider stops the stream while it carries out a transfer: the stream's end waits this long at most for the
+# transfer's outcome (the transport's own request timeout, at most 60 s, ends it first)
+TRANSFER_WAIT_LIMIT_S = 65.0
+_STREAM_ENDS = frozenset({events.EndReason.caller_hangup, events.EndReason.connection_lost})
+MAX_COMMANDS_RUNNING = 8  # hang-ups and transfers being carried out at once, per call
 # per-call bounds: marks in flight stay within the playout lead (a few); turns are remembered briefly
 MAX_PENDING_MARKS = 256
 MAX_REMEMBERED_TURNS = 16
@@ -79,6 +102,17 @@ class _Mark:
     end_of_turn: bool
 
 
+Command = Callable[[], Coroutine[Any, Any, Any]]  # a hang-up or transfer to carry out
+
+
+@dataclass(frozen=True, slots=True)
+class _AfterPlayout:
+    """A command waiting for the agent's last words to play: the turn to wait for (None: what is queued)."""
+
+    turn_id: str | None
+    run: Command
+
+
 class Recent(OrderedDict[str, Any]):
     """A dict that forgets its oldest entries beyond ``limit``."""
 
@@ -111,7 +145,6 @@ class CallSession:
         self.call_clock = CallClock(self.clock.time())
         self.media_ms = 0
         self.paused = False
-        self.hangup_pending = False
         self.ended = False
         self._counted = False  # counted in ACTIVE_CALLS
         self.end_reason: events.EndReason | None = None
@@ -124,9 +157,10 @@ class CallSession:
         self._heard: dict[str, list[int]] = {}  # turn -> chunk indices whose marks came back
         self._played: Recent = Recent(MAX_REMEMBERED_TURNS)  # turns whose final mark came back
         self._trace: Recent = Recent(MAX_REMEMBERED_TURNS)  # turn -> trace context of its first audio frame
-        self._hangup_turn: str | None = None
-        self._hangup_reason = events.EndReason.agent_hangup
-        self._hangup_timer: asyncio.Task[None] | None = None
+        self._after_playout: _AfterPlayout | None = None  # a hang-up or transfer waiting for the last words
+        self._after_playout_timer: asyncio.Task[None] | None = None
+        self._commands: set[asyncio.Task[Any]] = set()  # hang-ups and transfers being carried out
+        self._transfer: asyncio.Task[Any] | None = None  # the transfer in flight (True: the provider took it)
 
     # ------------------------------------------------------------ setup / teardown
     async def open(self) -> None:
@@ -164,13 +198,23 @@ class CallSession:
         """End the call once: stop playout, unsubscribe, publish CallEnded, close the transport, free state."""
         if self.ended:
             return
+        current = asyncio.current_task()
+        transfer = self._transfer
+        if reason in _STREAM_ENDS and transfer is not None and not transfer.done() and transfer is not current:
+            # the provider stops the stream once it carries out the transfer, maybe before it has answered
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(transfer), TRANSFER_WAIT_LIMIT_S)
+            if self.ended:
+                return  # it did: the call ended as transferred
         self.ended, self.end_reason = True, reason
         if self._counted:
             metrics.ACTIVE_CALLS.labels(SVC).dec()
-        current = asyncio.current_task()
         await self._cut_played()  # audio still queued at the far end is not heard
-        if self._hangup_timer is not None and self._hangup_timer is not current:
-            self._hangup_timer.cancel()
+        if self._after_playout_timer is not None and self._after_playout_timer is not current:
+            self._after_playout_timer.cancel()
+        for task in self._commands:
+            if task is not current:
+                task.cancel()
         if self._sender and self._sender is not current:
             self._sender.cancel()
         subs, self._subs = self._subs, []
@@ -228,8 +272,13 @@ class CallSession:
         self._played[turn_id] = True
         await self._publish(events.PlayoutFinished(cleared=False, heard_chunks=self._heard.pop(turn_id, [])),
                             turn_id=turn_id, epoch=epoch)
-        if self.hangup_pending and not self.buffer.pending() and self._hangup_turn in (None, turn_id):
-            await self.end(self._hangup_reason)
+        waiting = self._after_playout
+        if waiting is not None and not self.buffer.pending() and waiting.turn_id in (None, turn_id):
+            self._after_playout = None
+            timer, self._after_playout_timer = self._after_playout_timer, None
+            if timer is not None and timer is not asyncio.current_task():
+                timer.cancel()
+            await waiting.run()
 
     # ------------------------------------------------------------ platform -> caller
     async def _on_agent_audio(self, msg: Message) -> None:
@@ -253,27 +302,85 @@ class CallSession:
         elif isinstance(data, events.BargeIn):
             await self._barge_in(env.epoch)
         elif isinstance(data, events.HangUp):
-            await self._hang_up(data, env.turn_id)
+            self._when_played(env.turn_id, data.after_playout, functools.partial(self.end, data.reason))
+        elif isinstance(data, events.Transfer):
+            if self._transfer is not None and not self._transfer.done():
+                await self._transfer_failed(data, "a transfer of this call is already in progress")
+            else:
+                self._when_played(env.turn_id, data.after_playout, functools.partial(self._start_transfer, data))
 
     async def _on_call_ended(self, env: Envelope[Any]) -> None:
-        # ended elsewhere (a status callback on another replica): that replica announced it
-        await self.end(events.EndReason.status_callback, announce=False)
+        # ended elsewhere (a status callback on another replica): that replica announced it. Off this
+        # subscription's task, as a hang-up: end() unsubscribes it
+        if not self.ended:
+            self._run_command(functools.partial(self.end, events.EndReason.status_callback, announce=False),
+                              always=True)
 
-    async def _hang_up(self, cmd: events.HangUp, turn_id: str | None) -> None:
-        # after_playout: the goodbye may still be in synthesis; wait for that turn's final mark
+    # ------------------------------------------------------------ hang-ups and transfers
+    def _when_played(self, turn_id: str | None, after_playout: bool, run: Command) -> None:
+        """Run a command now, or, ``after_playout``, once the turn ``turn_id`` (the agent's last words, maybe
+        still in synthesis) and everything queued have played, within ``HANGUP_PLAYOUT_LIMIT_S``. A later
+        command replaces one still waiting."""
         waiting_for = turn_id if turn_id and turn_id not in self._played else None
-        if cmd.after_playout and (waiting_for or self.buffer.pending()):
-            self.hangup_pending = True
-            self._hangup_turn, self._hangup_reason = waiting_for, cmd.reason
-            if self._hangup_timer is None:
-                self._hangup_timer = asyncio.create_task(self._hang_up_later(cmd.reason),
-                                                         name=f"hangup:{self.call_id}")
+        if after_playout and (waiting_for or self.buffer.pending()):
+            self._after_playout = _AfterPlayout(waiting_for, run)
+            if self._after_playout_timer is None:
+                self._after_playout_timer = asyncio.create_task(self._after_playout_limit(),
+                                                                name=f"after-playout:{self.call_id}")
         else:
-            await self.end(cmd.reason)
+            self._run_command(run)
 
-    async def _hang_up_later(self, reason: events.EndReason) -> None:
+    async def _after_playout_limit(self) -> None:
         await asyncio.sleep(HANGUP_PLAYOUT_LIMIT_S)
-        await self.end(reason)
+        self._after_playout_timer = None
+        waiting, self._after_playout = self._after_playout, None
+        if waiting is not None and not self.ended:
+            await waiting.run()
+
+    def _run_command(self, run: Command, *, always: bool = False) -> asyncio.Task[Any] | None:
+        """Carry out a command in a task of its own (bounded per call, unless ``always``)."""
+        if self.ended:
+            return None
+        if len(self._commands) >= MAX_COMMANDS_RUNNING and not always:
+            log.warning("call_commands_dropped", call_id=self.call_id, running=len(self._commands))
+            return None
+        task = asyncio.create_task(run(), name=f"command:{self.call_id}")
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
+        return task
+
+    async def _start_transfer(self, cmd: events.Transfer) -> None:
+        if self.ended:
+            return
+        if self._transfer is not None and not self._transfer.done():
+            await self._transfer_failed(cmd, "a transfer of this call is already in progress")
+            return
+        self._transfer = self._run_command(functools.partial(self._carry_out_transfer, cmd))
+
+    async def _carry_out_transfer(self, cmd: events.Transfer) -> bool:
+        """The transport hands the caller over (True, and the call ends as transferred), or says why not."""
+        log.info("transfer_started", call_id=self.call_id, tenant_id=self.tenant_id, requested_by=cmd.requested_by,
+                 channel=self.transport.channel.value)
+        try:
+            await self.transport.transfer(cmd.target)
+        except TransferRefused as e:
+            reason = str(e)
+        except Exception as e:
+            metrics.ERRORS.labels(SVC, "transfer").inc()
+            reason = f"the transfer failed: {safe_error(e, 200)}"
+        else:
+            log.info("call_transferred", call_id=self.call_id, tenant_id=self.tenant_id)
+            await self.end(events.EndReason.transferred)
+            return True
+        if not self.ended:
+            await self._transfer_failed(cmd, reason)
+        return False
+
+    async def _transfer_failed(self, cmd: events.Transfer, reason: str) -> None:
+        log.info("transfer_failed", call_id=self.call_id, tenant_id=self.tenant_id, reason=reason[:300],
+                 requested_by=cmd.requested_by)
+        with contextlib.suppress(Exception):
+            await self._publish(events.TransferFailed(reason=reason[:300], requested_by=cmd.requested_by))
 
     async def _barge_in(self, new_epoch: int) -> None:
         """Drop the older epochs' audio, queued here and at the far end; each turn cut off reports what was heard.

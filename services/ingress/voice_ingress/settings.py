@@ -7,11 +7,13 @@ from voice_runtime.calltoken import CallTokenSettings
 from voice_runtime.settings import CommonSettings
 
 from .transports.chat import ChatSettings
+from .transports.sip import SipSettings
 from .transports.twilio import TwilioStreamSettings
 from .transports.webrtc import WebRtcSettings
 
 
-class IngressSettings(TwilioStreamSettings, ChatSettings, WebRtcSettings, CallTokenSettings, CommonSettings):
+class IngressSettings(TwilioStreamSettings, ChatSettings, WebRtcSettings, SipSettings, CallTokenSettings,
+                      CommonSettings):
     service_name: str = "ingress"
     http_port: int = Field(8080, validation_alias=AliasChoices("INGRESS_HTTP_PORT", "HTTP_PORT"))
     playout_lead_ms: int = Field(60, ge=0, le=400, description="Agent audio sent ahead of real time")

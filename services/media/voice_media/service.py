@@ -6,8 +6,13 @@ end, runs the call's ``CallPipeline`` inline on the event loop (Silero costs ~0.
 turn model off the loop (``turn_model.py``), and publishes what the ``TurnDetector`` decides through a per-call outbox
 that keeps events in order without ever making the audio path wait on the network.
 
-Per-call state is in this process's memory: if the replica dies, its calls lose turn detection
-until they end (resuming a call from the AUDIO stream on another replica is not implemented).
+Per-call state is in this process's memory, so a replica that dies would leave its calls without turn detection.
+Instead: each replica beats (``voice_runtime.liveness``, kind ``m``) and names itself as the call's follower in KV
+(``calls``: ``m.<call_id>``); when its heartbeat ages out, another replica takes the claim over by compare-and-set
+(one wins), rebuilds the call's turn detection from the caller audio the ``AUDIO`` stream kept since the last turn
+it captured (at most ``TAKEOVER_REPLAY_S``), then follows the live audio; frames that arrive during the replay wait
+and are deduplicated by their media time. Whatever the caller said since that turn is heard once; an utterance the
+dead replica was about to capture is captured by the new one.
 """
 
 from __future__ import annotations
@@ -25,16 +30,17 @@ from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from voice_runtime import metrics
 from voice_runtime.agents import AgentDirectory
-from voice_runtime.bus import Transient
+from voice_runtime.bus import Bus, Transient
 from voice_runtime.handlers import Handlers, Message
+from voice_runtime.liveness import Liveness
 from voice_runtime.logging import bind_call, get_logger, safe_error
 from voice_runtime.ports import Unsubscribable
 from voice_runtime.service import Service
-from voice_schemas import Envelope, events, make, parse, subjects
+from voice_schemas import CallRecord, Envelope, events, make, parse, subjects
 from voice_schemas.agent import TurnSettings
 from voice_schemas.audio import H_TS, TurnAudio, TurnAudioRequest
 from voice_schemas.envelope import Payload
-from voice_schemas.streams import CALLS, MEDIA_CALLS, ConsumerDef
+from voice_schemas.streams import AUDIO, CALLS, KV_CALLS, KV_REPLICAS, MEDIA_CALLS, ConsumerDef
 
 from . import turns
 from .call import CallPipeline
@@ -54,6 +60,8 @@ CALLS_NOT_CLAIMED = Counter("voice_media_calls_not_claimed_total", "Calls media 
 BARGE_INS = Counter("voice_media_barge_ins_total", "Suspected barge-ins by outcome", ["outcome"])
 # an stt replica that has not asked for a call's turn audio this long no longer holds it: another may take over
 TURN_AUDIO_READER_TTL_S = 2.0
+TAKEOVER_REPLAY_S = 20.0  # at most this much caller audio is replayed to rebuild a taken-over call's turn state
+LIVENESS_KIND = "m"
 PAUSE_DETECT_SECONDS = Histogram(
     "voice_media_pause_detect_seconds", "Caller speech onset to PausePlayout decision (audio time)",
     buckets=(0.032, 0.064, 0.096, 0.128, 0.16, 0.2, 0.25, 0.3, 0.5),
@@ -93,22 +101,51 @@ class MediaCall:
         self._wall_offset_ms = 0.0  # wall clock (epoch ms) minus media time, best recent estimate
         self._wall_offset_at = 0.0
         self._turn_audio_reader: tuple[str, float] | None = None  # (stt reader, monotonic time of its last ask)
+        # while a taken-over call replays the stored audio, live frames wait here (bounded: the replay is short)
+        self._held: list[tuple[bytes, int | None]] | None = None
+        self._last_ts: int | None = None
 
     # ------------------------------------------------------------ inbound
+    @staticmethod
+    def _ts(headers: dict[str, str] | None) -> int | None:
+        raw = headers.get(H_TS) if headers else None
+        return int(raw) if raw else None
+
+    def hold_live(self) -> None:
+        self._held = []
+
+    def replay(self, frames: list[tuple[dict[str, str], bytes]]) -> None:
+        """Rebuild the turn state from stored frames, then the live frames held meanwhile; a frame is pushed once
+        (by its media time)."""
+        held, self._held = self._held or [], None
+        for item in [(data, headers) for headers, data in frames] + [(data, ts) for data, ts in held]:
+            try:
+                data, meta = item
+                self._push(data, meta if not isinstance(meta, dict) else self._ts(meta))
+            except Exception as e:  # a bad stored frame is skipped, like a bad live one
+                metrics.ERRORS.labels(SERVICE, "audio_frame").inc()
+                log.warning("replayed_frame_failed", call_id=self.call_id, error=safe_error(e, 200))
+
+    def _push(self, data: bytes, ts: int | None) -> None:
+        if ts is not None and self._last_ts is not None and ts <= self._last_ts:
+            return  # already had (replayed, then live)
+        if ts is not None:
+            self._last_ts = ts
+        decisions = self.pipeline.push(data, ts)
+        self.last_audio = time.monotonic()
+        self._frames += 1
+        self._track_clock()
+        if decisions:
+            self.handle(decisions)
+
     async def on_audio(self, msg: Message) -> None:
         try:
-            ts: int | None = None
-            headers = msg.headers
-            if headers:
-                raw = headers.get(H_TS)
-                if raw:
-                    ts = int(raw)
-            decisions = self.pipeline.push(msg.data, ts)
-            self.last_audio = time.monotonic()
-            self._frames += 1
-            self._track_clock()
-            if decisions:
-                self.handle(decisions)
+            ts = self._ts(msg.headers)
+            if self._held is not None:
+                if len(self._held) < 3000:  # a minute of frames at most
+                    self._held.append((msg.data, ts))
+                return
+            self._push(msg.data, ts)
         except Exception as e:  # one bad frame must not kill the call's audio path
             metrics.ERRORS.labels(SERVICE, "audio_frame").inc()
             self._bad_frames += 1
@@ -328,6 +365,9 @@ class MediaService(Service):
             self._made.append(self.turn_model)
         self.calls: dict[str, MediaCall] = {}
         self.agents: AgentDirectory | None = None
+        self.replica_id = subjects.new_id()
+        self.liveness: Liveness | None = None
+        self._leaving = asyncio.Event()
 
     # ------------------------------------------------------------ lifecycle
     def consumer_for(self, handlers: Handlers) -> ConsumerDef:
@@ -339,6 +379,11 @@ class MediaService(Service):
             await self.turn_model.start()
         self.agents = AgentDirectory(self.kv["agents"], self.kv["numbers"], self.settings)
         self.spawn(self._watchdog(), name="media-watchdog")
+        if KV_REPLICAS.bucket in self.kv:
+            self.liveness = Liveness(LIVENESS_KIND, self.replica_id, self.kv[KV_REPLICAS.bucket], self._take_over,
+                                     on_lapsed=self._check_claims)
+            await self.liveness.beat()
+            self.spawn(self.liveness.run(self._leaving), name="media-liveness")
         log.info("media_models_ready", vad=self.vad.name,
                  turn_model=self.turn_model.name if self.turn_model is not None else None)
 
@@ -346,10 +391,13 @@ class MediaService(Service):
         return self.vad.loaded
 
     async def on_stop(self) -> None:
+        self._leaving.set()
         calls = list(self.calls.values())
         self.calls.clear()
         await asyncio.gather(*(c.close() for c in calls), return_exceptions=True)
         metrics.ACTIVE_CALLS.labels(SERVICE).set(0)
+        if self.liveness is not None:  # the claims stay: another replica takes the calls over at once
+            await self.liveness.leave()
         for model in self._made:
             model.close()
 
@@ -364,17 +412,25 @@ class MediaService(Service):
             return
         if self.stopping:
             raise Transient("media is shutting down")  # another replica claims it
+        call = await self._follow(call_id, env.tenant_id, env.data.agent_id, env.data.agent_version)
+        if call is not None:
+            await self._claim(call_id)
+
+    async def _follow(self, call_id: str, tenant_id: str, agent_id: str, agent_version: int, *,
+                      replay_since_ms: float | None = None) -> MediaCall | None:
+        """Follow the call's audio: its pipeline, subscriptions and playout state (None when it had ended).
+        ``replay_since_ms``: a call taken over from a dead replica, whose turn state is first rebuilt from the
+        caller audio stored since then."""
         assert self.agents is not None
-        data = env.data
         try:
-            agent = await asyncio.wait_for(self.agents.version(data.agent_id, data.agent_version), 5.0)
+            agent = await asyncio.wait_for(self.agents.version(agent_id, agent_version), 5.0)
         except Exception as e:  # KV unavailable: retry later
             raise Transient(f"agent lookup failed: {e!r}") from e
         turn_settings = agent.turn if agent is not None else TurnSettings()
         if agent is None:
-            log.warning("agent_not_found", call_id=call_id, agent_id=data.agent_id, version=data.agent_version)
+            log.warning("agent_not_found", call_id=call_id, agent_id=agent_id, version=agent_version)
         if call_id in self.calls:  # claimed by a concurrent redelivery while we looked it up
-            return
+            return None
         params = dataclasses.replace(self.settings.detector_params(), window_ms=self.vad.window_ms)
         detector = turns.TurnDetector(thresholds_of(turn_settings), params, new_id=subjects.new_id)
         pipeline = CallPipeline(
@@ -382,7 +438,9 @@ class MediaService(Service):
             sample_rate=self.vad.sample_rate,
             ring_seconds=(self.settings.max_utterance_ms + self.settings.pre_roll_ms) / 1000 + 2.0,
         )
-        call = MediaCall(self, call_id, env.tenant_id, pipeline)
+        call = MediaCall(self, call_id, tenant_id, pipeline)
+        if replay_since_ms is not None:
+            call.hold_live()  # live frames wait until the stored ones have been replayed
         self.calls[call_id] = call
         metrics.ACTIVE_CALLS.labels(SERVICE).set(len(self.calls))
         try:
@@ -395,13 +453,93 @@ class MediaService(Service):
                 call.subs.append(await self.on_events(subject, handler, per_call=True))
             if await self._already_ended(call_id):
                 await self.end_call(call_id, "ended_before_claim", capture=False)
-                return
+                return None
             await self._catch_up_playout(call)
+            if replay_since_ms is not None and isinstance(self.bus, Bus):
+                frames = await self.bus.replay(AUDIO.name, subjects.audio_in(call_id), replay_since_ms,
+                                               limit=int(TAKEOVER_REPLAY_S * 50))
+                call.replay(frames)
         except Exception as e:
             await self.end_call(call_id, "claim_failed", capture=False)
             raise Transient(f"subscribing failed: {e!r}") from e
-        log.info("call_claimed", call_id=call_id, tenant_id=env.tenant_id, agent_id=data.agent_id,
-                 end_of_turn_ms=turn_settings.end_of_turn_ms, interruptible=turn_settings.interruptible)
+        log.info("call_claimed", call_id=call_id, tenant_id=tenant_id, agent_id=agent_id,
+                 end_of_turn_ms=turn_settings.end_of_turn_ms, interruptible=turn_settings.interruptible,
+                 taken_over=replay_since_ms is not None)
+        return call
+
+    # ------------------------------------------------------------ surviving a replica's death
+    async def _claim(self, call_id: str) -> None:
+        """Name this replica as the call's follower, for the others to take over should it die."""
+        with contextlib.suppress(Exception):  # without the claim the call is followed, only not taken over
+            await self.kv[KV_CALLS.bucket].put(subjects.media_claim_key(call_id), self.replica_id.encode())
+
+    async def _take_over(self, alive: set[str]) -> None:
+        """Calls followed by a replica with no heartbeat: take each claim by compare-and-set (one replica wins)
+        and follow the call from the audio stored since its last captured turn."""
+        if self.stopping or self.liveness is None:
+            return
+        kv = self.kv[KV_CALLS.bucket]
+        try:
+            keys = await kv.keys()
+        except Exception:
+            return
+        for key in keys:
+            if not key.startswith("m."):
+                continue
+            call_id = key[2:]
+            try:
+                entry = await kv.get(key)
+            except Exception:
+                continue
+            owner = (entry.value or b"").decode()
+            if not owner or owner == self.replica_id or owner in alive or await self.liveness.is_alive(owner):
+                continue
+            try:
+                await kv.update(key, self.replica_id.encode(), last=entry.revision)
+            except Exception:
+                continue  # another replica took it first
+            await self._resume(call_id, owner)
+
+    async def _check_claims(self) -> None:
+        """This replica was presumed dead for a moment: the calls another replica has taken over are its now (never
+        two replicas following one call)."""
+        kv = self.kv[KV_CALLS.bucket]
+        for call_id in list(self.calls):
+            try:
+                owner = ((await kv.get(subjects.media_claim_key(call_id))).value or b"").decode()
+            except Exception:
+                continue
+            if owner and owner != self.replica_id:
+                log.warning("call_taken_by_another_replica", call_id=call_id)
+                call = self.calls.pop(call_id, None)
+                if call is not None:
+                    metrics.ACTIVE_CALLS.labels(SERVICE).set(len(self.calls))
+                    await call.close()
+
+    async def _resume(self, call_id: str, dead: str) -> None:
+        kv = self.kv[KV_CALLS.bucket]
+        try:
+            raw = (await kv.get(subjects.call_key(call_id))).value
+        except Exception:
+            raw = None
+        if not raw:  # the call has ended meanwhile
+            with contextlib.suppress(Exception):
+                await kv.delete(subjects.media_claim_key(call_id))
+            return
+        record = CallRecord.model_validate_json(raw)
+        since = time.time() * 1000 - TAKEOVER_REPLAY_S * 1000
+        last = await self._last_event(events.UtteranceCaptured.subject_for(call_id))
+        if last is not None and isinstance(last[1].data, events.UtteranceCaptured):
+            since = max(since, last[1].data.speech_end_wall_ms + 1)  # turns before it were captured already
+        try:
+            call = await self._follow(call_id, record.tenant_id, record.agent_id, record.agent_version,
+                                      replay_since_ms=since)
+        except Transient as e:
+            log.warning("takeover_failed", call_id=call_id, error=safe_error(e, 200))
+            return
+        if call is not None:
+            metrics.TAKEOVERS.labels(SERVICE, "call").inc()
+            log.warning("call_taken_over", call_id=call_id, tenant_id=record.tenant_id, dead_replica=dead)
 
     async def _last_event(self, subject: str) -> tuple[int, Envelope[Any]] | None:
         assert self.bus is not None
@@ -436,6 +574,9 @@ class MediaService(Service):
         if call is None:
             return
         metrics.ACTIVE_CALLS.labels(SERVICE).set(len(self.calls))
+        if reason != "shutdown":
+            with contextlib.suppress(Exception):
+                await self.kv[KV_CALLS.bucket].delete(subjects.media_claim_key(call_id))
         decisions = call.detector.end_of_call()
         if capture and self.settings.capture_on_call_end:
             call.handle([d for d in decisions if not isinstance(d, turns.RunTurnModel)])

@@ -118,7 +118,7 @@ async def speak_chunk(
     async def send(pcm: bytes, last: bool) -> None:
         frame = AudioFrame(
             pcm=pcm, seq=call.next_seq(), epoch=job.epoch, ts_ms=int(time.time() * 1000), turn_id=job.turn_id,
-            chunk=job.index, last_in_chunk=last, final=last and job.final,
+            chunk=job.index, last_in_chunk=last, final=last and job.final, frame=result.frames,
         )
         await publish(frame)
         result.frames += 1

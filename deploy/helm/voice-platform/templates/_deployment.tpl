@@ -90,6 +90,11 @@ spec:
             - name: sip
               containerPort: {{ $root.Values.sip.port }}
               protocol: UDP
+            {{- if $root.Values.sip.tcp }}
+            - name: sip-tcp
+              containerPort: {{ $root.Values.sip.port }}
+              protocol: TCP
+            {{- end }}
             {{- range $i := until (int $root.Values.sip.rtpPortCount) }}
             - name: rtp-{{ $i }}
               containerPort: {{ add $root.Values.sip.rtpPortStart $i }}

@@ -93,6 +93,25 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 {{- end }}
 
+{{/*
+NATS_REPLICAS of every service: 1, 3 or 5, and no more than the bundled NATS cluster has servers (a stream
+cannot have more copies than there are servers; the services would refuse to start).
+*/}}
+{{- define "voice.natsReplicas" -}}
+{{- $replicas := int .Values.streams.replicas }}
+{{- if not (has $replicas (list 1 3 5)) }}
+{{- fail (printf "streams.replicas: 1, 3 or 5, not %d" $replicas) }}
+{{- end }}
+{{- if and .Values.nats.enabled (not .Values.externalNats.url) }}
+{{- $cluster := (.Values.nats.config | default dict).cluster | default dict }}
+{{- $servers := ternary (int ($cluster.replicas | default 3)) 1 (default false $cluster.enabled) }}
+{{- if gt $replicas $servers }}
+{{- fail (printf "streams.replicas=%d needs a NATS cluster of at least %d servers; nats.config.cluster has %d" $replicas $replicas $servers) }}
+{{- end }}
+{{- end }}
+{{- $replicas }}
+{{- end }}
+
 {{- define "voice.publicBaseUrl" -}}
 {{- if .Values.publicBaseUrl }}
 {{- .Values.publicBaseUrl }}
@@ -152,14 +171,21 @@ Precedence: the service's `env`, then the global `env`, then what the chart deri
   "HTTP_HOST" "0.0.0.0"
   "HTTP_PORT" $svc.port
   "SHUTDOWN_GRACE_S" (max 1 (sub (sub (int $svc.terminationGracePeriodSeconds) (int $v.preStopSleepSeconds)) 5))
-  "OTEL_EXPORTER_OTLP_ENDPOINT" $v.otel.endpoint }}
+  "OTEL_EXPORTER_OTLP_ENDPOINT" $v.otel.endpoint
+  "NATS_REPLICAS" (include "voice.natsReplicas" $root)
+  "NATS_AUDIO_STORAGE" $v.streams.audioStorage }}
 {{- /* settings reach only the services that read them */}}
-{{- if eq $name "brain" }}
+{{- /* brain talks with the platform model; analytics asks it for post-call summaries */}}
+{{- if or (eq $name "brain") (eq $name "analytics") }}
 {{- $_ := set $derived "LLM_BASE_URL" $v.llm.baseUrl }}
 {{- $_ := set $derived "LLM_MODEL" $v.llm.model }}
 {{- end }}
 {{- if eq $name "ingress" }}
 {{- $_ := set $derived "PUBLIC_BASE_URL" (include "voice.publicBaseUrl" $root) }}
+{{- $_ := set $derived "TWILIO_API_BASE_URL" $v.twilio.apiBaseUrl }}
+{{- if $v.twilio.accountSid }}
+{{- $_ := set $derived "TWILIO_ACCOUNT_SID" $v.twilio.accountSid }}
+{{- end }}
 {{- end }}
 {{- if or (eq $name "brain") (eq $name "control-api") (eq $name "analytics") }}
 {{- $_ := set $derived "EGRESS_ALLOW" (join "," ($v.egressAllow | default list)) }}
@@ -173,9 +199,17 @@ Precedence: the service's `env`, then the global `env`, then what the chart deri
 {{- $_ := set $derived "CONSOLE_SECURE_COOKIES" (ternary "always" $v.console.secureCookies (and $tls (eq $v.console.secureCookies "auto"))) }}
 {{- end }}
 {{- if and (eq $name "ingress") $v.sip.enabled }}
-{{- $_ := set $derived "SIP_PORT" $v.sip.port }}
-{{- $_ := set $derived "RTP_PORT_MIN" $v.sip.rtpPortStart }}
-{{- $_ := set $derived "RTP_PORT_MAX" (add $v.sip.rtpPortStart $v.sip.rtpPortCount -1) }}
+{{- $_ := set $derived "SIP_ENABLED" "true" }}
+{{- $_ := set $derived "SIP_UDP_PORT" $v.sip.port }}
+{{- $_ := set $derived "SIP_TCP_ENABLED" (ternary "true" "false" $v.sip.tcp) }}
+{{- $_ := set $derived "SIP_TCP_PORT" $v.sip.port }}
+{{- $_ := set $derived "SIP_RTP_PORT_MIN" $v.sip.rtpPortStart }}
+{{- $_ := set $derived "SIP_RTP_PORT_MAX" (add $v.sip.rtpPortStart $v.sip.rtpPortCount -1) }}
+{{- $_ := set $derived "SIP_ADVERTISED_ADDRESS" ($v.sip.advertisedAddress | default $v.sip.service.loadBalancerIP) }}
+{{- $_ := set $derived "SIP_ALLOWED_SOURCES" (join "," ($v.sip.allowedSources | default list)) }}
+{{- $_ := set $derived "SIP_DEFAULT_COUNTRY_PREFIX" $v.sip.defaultCountryPrefix }}
+{{- $_ := set $derived "SIP_DEFAULT_NUMBER" $v.sip.defaultNumber }}
+{{- $_ := set $derived "SIP_MAX_CALLS" (min $v.sip.maxCallsPerReplica $v.sip.rtpPortCount) }}
 {{- end }}
 {{- if eq $name "ingress" }}
 {{- $_ := set $derived "CHAT_IDLE_TIMEOUT_S" $v.chat.idleTimeoutSeconds }}

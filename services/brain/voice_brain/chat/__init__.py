@@ -10,6 +10,7 @@ from .base import (
     Delta,
     Endpoint,
     ToolCall,
+    Usage,
 )
 from .registry import UnknownProvider, available, load_provider
 
@@ -24,6 +25,7 @@ __all__ = [
     "Endpoint",
     "ToolCall",
     "UnknownProvider",
+    "Usage",
     "available",
     "load_provider",
 ]

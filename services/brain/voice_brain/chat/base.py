@@ -27,14 +27,26 @@ from voice_runtime.egress import EgressPolicy
 class ToolCall:
     name: str
     arguments: Mapping[str, Any] = field(default_factory=dict)
+    id: str = ""  # the provider's id, when it gives one (brain names its calls itself)
+    malformed: bool = False  # the arguments were not a JSON object
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens of one completion as the endpoint reported them."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """A piece of the completion: text as it streams, tool calls once complete."""
+    """A piece of the completion: text as it streams, tool calls once complete, usage at the end (when the
+    endpoint reports it)."""
 
     text: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True, slots=True)

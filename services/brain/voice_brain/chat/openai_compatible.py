@@ -5,7 +5,8 @@ One ``AsyncOpenAI`` client is kept per endpoint (URL, key and guard), at most ``
 them: an agent may name its own endpoint, and a client keeps its connection pool warm between turns. An agent's
 endpoint is reached through the egress guard (its httpx client refuses internal addresses at connect time and on
 redirects); an endpoint without a key is called with no ``Authorization`` header. Endpoints that reject the
-``tools`` parameter (HTTP 400) are remembered and called without tools from then on.
+``tools`` parameter (HTTP 400) are remembered and called without tools from then on. Usage is asked for
+(``stream_options.include_usage``); an endpoint that rejects that too is called without it from then on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from voice_runtime.egress import guarded_client
 
-from .base import ChatLimits, ChatModel, ChatRequest, Delta, Endpoint, ToolCall
+from .base import ChatLimits, ChatModel, ChatRequest, Delta, Endpoint, ToolCall, Usage
 
 
 class OpenAIChatSettings(BaseSettings):
@@ -40,6 +41,7 @@ class _Client:
     client: AsyncOpenAI
     keyed: bool = True  # False: requests carry no Authorization header
     tools_supported: bool = True
+    usage_supported: bool = True
 
 
 class OpenAIChatModel(ChatModel):
@@ -55,24 +57,34 @@ class OpenAIChatModel(ChatModel):
                                   temperature=request.temperature, max_tokens=request.max_tokens, stream=True)
         if request.tools and self._c.tools_supported:
             kw["tools"] = [dict(t) for t in request.tools]
+        if self._c.usage_supported:
+            kw["stream_options"] = {"include_usage": True}
         if not self._c.keyed:
             kw["extra_headers"] = {"Authorization": omit}
         try:
             stream = await client.chat.completions.create(**kw)
         except BadRequestError:
-            if "tools" not in kw:
+            if "tools" not in kw and "stream_options" not in kw:
                 raise
-            self._c.tools_supported = False
-            kw.pop("tools")
+            # which one the server refused is not said in a standard way: drop both, remember both
+            self._c.tools_supported = self._c.tools_supported and "tools" not in kw
+            self._c.usage_supported = self._c.usage_supported and "stream_options" not in kw
+            kw.pop("tools", None)
+            kw.pop("stream_options", None)
             stream = await client.chat.completions.create(**kw)
         calls: dict[int, dict[str, str]] = {}
+        usage: Usage | None = None
         try:
             async for chunk in stream:
+                if chunk.usage is not None:
+                    usage = Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
                 if not chunk.choices:
                     continue
                 d = chunk.choices[0].delta
                 for tc in d.tool_calls or ():
-                    slot = calls.setdefault(tc.index, {"name": "", "args": ""})
+                    slot = calls.setdefault(tc.index, {"name": "", "args": "", "id": ""})
+                    if tc.id:
+                        slot["id"] = tc.id
                     if tc.function and tc.function.name:
                         slot["name"] += tc.function.name
                     if tc.function and tc.function.arguments:
@@ -82,15 +94,19 @@ class OpenAIChatModel(ChatModel):
         finally:
             await stream.close()
         if calls:
-            yield Delta(tool_calls=tuple(_tool_call(s["name"], s["args"]) for s in calls.values()))
+            yield Delta(tool_calls=tuple(_tool_call(s["name"], s["args"], s["id"]) for s in calls.values()))
+        if usage is not None:
+            yield Delta(usage=usage)
 
 
-def _tool_call(name: str, raw_args: str) -> ToolCall:
+def _tool_call(name: str, raw_args: str, call_id: str = "") -> ToolCall:
     try:
-        args = json.loads(raw_args) if raw_args else {}
+        args = json.loads(raw_args) if raw_args.strip() else {}
     except json.JSONDecodeError:
-        args = {}
-    return ToolCall(name, args if isinstance(args, dict) else {})
+        return ToolCall(name, {}, call_id, malformed=True)
+    if not isinstance(args, dict):
+        return ToolCall(name, {}, call_id, malformed=True)
+    return ToolCall(name, args, call_id)
 
 
 class OpenAIProvider:

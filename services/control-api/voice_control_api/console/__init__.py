@@ -11,10 +11,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
-from . import admin, agents, calls, signin
+from . import admin, agents, calls, live, signin
 from .web import STATIC_DIR
 
-ROUTERS = (signin, agents, calls, admin)
+ROUTERS = (signin, agents, calls, live, admin)
 
 
 def install(app: FastAPI) -> None:

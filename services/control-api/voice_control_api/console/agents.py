@@ -1,8 +1,13 @@
 """Agents in the console: list, create, edit (each save is a new version), version history and restore, and the
-pages that talk to an agent by voice (WebRTC) and by text."""
+pages that talk to an agent by voice (WebRTC) and by text.
+
+An agent's tools are edited as one JSON list (the API's ``tools`` field, which saving replaces whole), checked by the
+same request models and use case as the API; their refusals are shown next to the field."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -11,8 +16,9 @@ from pydantic import ValidationError
 from ..models import Agent, AgentCreate, AgentPatch, User
 from ..rest import IdPath
 from ..usecases import agents, phone_numbers, users
+from ..usecases.agent_tools import Tool
 from ..usecases.common import ExpectedVersion, Pagination
-from ..usecases.errors import UseCaseError
+from ..usecases.errors import InvalidField, UseCaseError
 from .web import ConsoleRoute, Ctx, Signed, Viewer, form_fields, page, problems_of, see_other, status_of
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
@@ -23,6 +29,7 @@ VersionPath = Path(ge=1, le=2_000_000_000)
 _TEXT = ("name", "system_prompt", "language")
 _CLEARABLE = ("first_message", "voice")
 _NESTED_CLEARABLE = {"llm": ("model", "base_url", "api_key_secret"), "stt": ("model", "language")}
+MAX_TOOLS_CHARS = 262_144
 _NESTED_NUMBERS = {
     "llm": ("temperature", "max_tokens"),
     "turn": ("end_of_turn_ms", "min_barge_in_ms", "min_turn_silence_ms"),
@@ -52,6 +59,34 @@ def agent_fields(form: dict[str, str], *, owner_field: bool) -> dict[str, Any]:
     return out
 
 
+def tools_of(text: str) -> list[Any]:
+    """The tools field: a JSON list of tools (empty: none). InvalidField says why it is not one."""
+    if len(text) > MAX_TOOLS_CHARS:
+        raise InvalidField("tools", f"must be at most {MAX_TOOLS_CHARS} characters")
+    if not text.strip():
+        return []
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidField("tools", f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
+    if not isinstance(value, list):
+        raise InvalidField("tools", "must be a JSON list of tools: [ {...}, ... ]")
+    return value
+
+
+def tools_text(tools: Sequence[Tool]) -> str:
+    """An agent's tools as the field shows them: each without the settings it leaves at their defaults."""
+    if not tools:
+        return ""
+    shown = [{"type": t.type, **t.model_dump(mode="json", exclude_defaults=True)} for t in tools]
+    return json.dumps(shown, indent=2, ensure_ascii=False)
+
+
+def _with_tools(fields: dict[str, Any], form: dict[str, str]) -> dict[str, Any]:
+    """``fields`` with the tools field parsed (a form without the field leaves the tools as they are)."""
+    return {**fields, "tools": tools_of(form["tools"])} if "tools" in form else fields
+
+
 def _int(value: str | None) -> int | None:
     try:
         return int(value) if value else None
@@ -79,6 +114,7 @@ async def _form_page(
     errors: list[str] | None = None,
     status: int = 200,
 ) -> Response:
+    errors = errors or []
     return page(
         request,
         "agents/form.html",
@@ -87,15 +123,16 @@ async def _form_page(
         agent=agent,
         v=values,
         supervisors=await _supervisors(ctx, viewer),
-        errors=errors or [],
+        errors=errors,
+        tool_errors=[e for e in errors if e.startswith("tools")],
     )
 
 
 def _values_of(agent: Agent | None) -> dict[str, Any]:
     """What the form shows: an agent's current fields, or the defaults of a new one."""
     if agent is not None:
-        return agent.model_dump(mode="json")
-    return AgentCreate().model_dump(mode="json")
+        return {**agent.model_dump(mode="json"), "tools_json": tools_text(agent.tools)}
+    return {**AgentCreate().model_dump(mode="json"), "tools_json": ""}
 
 
 @router.get("/agents")
@@ -127,10 +164,12 @@ async def create_agent(request: Request, ctx: Ctx, viewer: Signed) -> Response:
     form = await form_fields(request)
     fields = agent_fields(form, owner_field=viewer.is_admin)
     try:
-        agent = await agents.create_agent(ctx, viewer.principal, AgentCreate.model_validate(fields))
+        body = AgentCreate.model_validate(_with_tools(fields, form))
+        agent = await agents.create_agent(ctx, viewer.principal, body)
     except (ValidationError, UseCaseError) as e:
+        values = {**fields, "tools_json": form.get("tools", "")}
         return await _form_page(
-            request, ctx, viewer, agent=None, values=fields, errors=problems_of(e), status=status_of(e)
+            request, ctx, viewer, agent=None, values=values, errors=problems_of(e), status=status_of(e)
         )
     return see_other(f"/agents/{agent.id}", "agent-created")
 
@@ -168,10 +207,10 @@ async def save_agent(agent_id: IdPath, request: Request, ctx: Ctx, viewer: Signe
     form = await form_fields(request)
     fields = agent_fields(form, owner_field=viewer.is_admin)
     try:
-        body = AgentPatch.model_validate({**fields, "version": _int(form.get("version"))})
+        body = AgentPatch.model_validate({**_with_tools(fields, form), "version": _int(form.get("version"))})
         await agents.patch_agent(ctx, viewer.principal, agent_id, body, ExpectedVersion(version=body.version))
     except (ValidationError, UseCaseError) as e:
-        values = {**fields, "version": current.version}
+        values = {**fields, "version": current.version, "tools_json": form.get("tools", "")}
         return await _form_page(
             request, ctx, viewer, agent=current, values=values, errors=problems_of(e), status=status_of(e)
         )

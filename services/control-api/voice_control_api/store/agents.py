@@ -163,10 +163,18 @@ async def numbers_routed_to(conn: asyncpg.Connection, agent_id: str) -> int:
 
 
 async def using_secret(conn: asyncpg.Connection, tenant_id: str, name: str) -> list[str]:
-    """Live agents of the tenant whose current version names the secret as its LLM key."""
+    """Live agents of the tenant whose current version names the secret: as its LLM key, or as a
+    ``{{secret:NAME}}`` in a tool's URL or header value."""
     rows = await conn.fetch(
         f"""{_HEAD}
-        WHERE a.tenant_id = $1 AND a.deleted_at IS NULL AND v.config -> 'llm' ->> 'api_key_secret' = $2
+        WHERE a.tenant_id = $1 AND a.deleted_at IS NULL AND (
+          v.config -> 'llm' ->> 'api_key_secret' = $2
+          OR EXISTS (
+            SELECT 1 FROM jsonb_array_elements(
+              CASE jsonb_typeof(v.config -> 'tools') WHEN 'array' THEN v.config -> 'tools' ELSE '[]' END) t
+            WHERE jsonb_typeof(t) = 'object'
+              AND (strpos(t ->> 'url', '{{{{secret:' || $2 || '}}}}') > 0
+                   OR strpos(t ->> 'headers', '{{{{secret:' || $2 || '}}}}') > 0)))
         ORDER BY a.id
         """,
         tenant_id,

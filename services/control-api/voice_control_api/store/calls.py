@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from ..models import Call, Turn
+from ..models_knowledge import TurnSource
 from . import row_as
 
 COLUMNS = (
@@ -87,7 +88,7 @@ def _latency(raw: Any) -> tuple[float | None, dict[str, float] | None]:
 async def turns(conn: asyncpg.Connection, tenant_id: str, call_id: str) -> list[Turn]:
     rows = await conn.fetch(
         """
-        SELECT turn_id, speaker, text, started_at, ended_at, interrupted, latency_ms FROM call_turns
+        SELECT turn_id, speaker, text, started_at, ended_at, interrupted, latency_ms, sources FROM call_turns
         WHERE call_id = $1 AND tenant_id = $2
         ORDER BY COALESCE(started_at, ended_at) NULLS LAST, id
         """,
@@ -107,6 +108,13 @@ async def turns(conn: asyncpg.Connection, tenant_id: str, call_id: str) -> list[
                 interrupted=r["interrupted"],
                 latency_ms=headline,
                 latency=stages,
+                sources=_sources(r["sources"]),
             )
         )
     return out
+
+
+def _sources(raw: Any) -> list[TurnSource]:
+    """call_turns.sources: the knowledge chunks of an agent turn (jsonb list, as brain reported them)."""
+    value = json.loads(raw) if isinstance(raw, str) else raw
+    return [TurnSource.model_validate(s) for s in value] if isinstance(value, list) else []

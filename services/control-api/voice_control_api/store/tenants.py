@@ -54,3 +54,20 @@ async def rename(conn: asyncpg.Connection, tenant_id: str, name: str) -> Tenant:
         name,
     )
     return row_as(Tenant, row)
+
+
+async def transfer_allow_list(conn: asyncpg.Connection, tenant_id: str) -> list[str]:
+    """The tenant's transfer allow-list patterns, in the order they were set."""
+    rows = await conn.fetch(
+        "SELECT pattern FROM transfer_allow_list WHERE tenant_id = $1 ORDER BY position, pattern", tenant_id
+    )
+    return [r["pattern"] for r in rows]
+
+
+async def replace_transfer_allow_list(conn: asyncpg.Connection, tenant_id: str, patterns: list[str]) -> None:
+    """Replace the tenant's transfer allow-list with ``patterns`` (distinct, already validated)."""
+    await conn.execute("DELETE FROM transfer_allow_list WHERE tenant_id = $1", tenant_id)
+    await conn.executemany(
+        "INSERT INTO transfer_allow_list (tenant_id, pattern, position) VALUES ($1, $2, $3)",
+        [(tenant_id, p, i) for i, p in enumerate(patterns)],
+    )

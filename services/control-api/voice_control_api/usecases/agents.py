@@ -4,19 +4,19 @@ Admins see every agent of their tenant; a supervisor sees and changes only the a
 another's agent is "not found", like another tenant's.
 
 Every saved version is checked: its LLM endpoint must not be an internal address unless the operator allow-lists
-it (EGRESS_ALLOW; the connect-time guard in the data plane is what enforces it, this gives the early error), and
-the secret holding its key must be one of the agent's own tenant.
+it (EGRESS_ALLOW; the connect-time guard in the data plane is what enforces it, this gives the early error), the
+secret holding its key must be one of the agent's own tenant, its tools pass ``agent_tools`` (the same egress
+check on HTTP tools, their secrets, the transfer allow-list) and its ``knowledge_base_ids`` name bases of its own
+tenant (``knowledge.check_references``). A PATCH that sets ``tools`` replaces the whole list.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 from pydantic import ValidationError
-from voice_runtime.egress import BlockedAddress, check_url
 from voice_schemas import subjects
 from voice_schemas.agent import AgentConfig
 from voice_schemas.streams import KV_AGENTS
@@ -27,13 +27,13 @@ from ..principal import Principal
 from ..security import new_id
 from ..store import agents as store
 from ..store import users as user_store
-from . import audit_log, dataplane, tenant_secrets
+from . import agent_tools, audit_log, dataplane, knowledge, tenant_secrets
 from .common import ExpectedVersion, Listing, Pagination, connection, fetch_page, found, transaction
 from .errors import Conflict, Forbidden, InvalidField, InvalidFields
 
 _FIELDS = set(AgentFields.model_fields)
-_NESTED = ("llm", "stt", "turn")
-URL_CHECK_TIMEOUT_S = 2.0  # resolving an endpoint's name when it is saved; unresolved, the connect-time check decides
+# merged by a PATCH; every other field (tools and knowledge_base_ids too) is replaced
+_NESTED = ("llm", "stt", "turn", "recording", "knowledge")
 
 Fields = dict[str, Any]  # an agent's fields (AgentFields), as JSON values
 MakeFields = Callable[[asyncpg.Connection, Fields], Awaitable[Fields]]
@@ -56,7 +56,7 @@ def _changed(before: Fields, after: Fields) -> list[str]:
 
 
 def _merge(before: Fields, patch: Fields) -> Fields:
-    """``patch`` over ``before``; the nested objects (llm, stt, turn) are merged, not replaced."""
+    """``patch`` over ``before``; the nested objects (llm, stt, turn, recording) are merged, not replaced."""
     merged = dict(before)
     for key, value in patch.items():
         if key in _NESTED and isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -66,21 +66,14 @@ def _merge(before: Fields, patch: Fields) -> Fields:
     return merged
 
 
-async def _check_llm(ctx: AppContext, conn: asyncpg.Connection, tenant_id: str, fields: Fields) -> None:
-    llm = fields.get("llm") or {}
-    if base_url := llm.get("base_url"):
-        try:
-            async with asyncio.timeout(URL_CHECK_TIMEOUT_S):
-                await check_url(base_url, ctx.egress)
-        except BlockedAddress:
-            # the resolved address is not named: it would tell a tenant what internal names resolve to
-            raise InvalidField(
-                "llm.base_url", "reaches an internal address; an operator must allow-list its host:port (EGRESS_ALLOW)"
-            ) from None
-        except TimeoutError:
-            pass
-    if name := llm.get("api_key_secret"):
-        await tenant_secrets.check_reference(conn, tenant_id, "llm.api_key_secret", name)
+async def _check(ctx: AppContext, conn: asyncpg.Connection, config: AgentConfig) -> None:
+    """What only the server can refuse in a version about to be saved: its LLM endpoint and key, its tools."""
+    if config.llm.base_url:
+        await agent_tools.check_egress(ctx.egress, "llm.base_url", config.llm.base_url)
+    if config.llm.api_key_secret:
+        await tenant_secrets.check_reference(conn, config.tenant_id, "llm.api_key_secret", config.llm.api_key_secret)
+    await agent_tools.check(ctx.egress, conn, config.tenant_id, config.tools)
+    await knowledge.check_references(conn, config.tenant_id, config.knowledge_base_ids)
 
 
 async def _owner(
@@ -118,9 +111,9 @@ async def _new_version(
         expected.check(agent.version)
         before = _fields_of(agent)
         fields = _validated(await make_fields(conn, before))
-        await _check_llm(ctx, conn, principal.tenant_id, fields)
-        owner = await _owner(conn, principal, requested_owner, agent.owner_user_id)
         config = AgentConfig(id=agent.id, tenant_id=agent.tenant_id, version=agent.version + 1, **fields)
+        await _check(ctx, conn, config)
+        owner = await _owner(conn, principal, requested_owner, agent.owner_user_id)
         updated = await store.add_version(conn, config=config, owner_user_id=owner, created_by=principal.actor)
         changed = _changed(before, fields) + (["owner_user_id"] if owner != agent.owner_user_id else [])
         await audit_log.record(
@@ -133,10 +126,10 @@ async def _new_version(
 async def create_agent(ctx: AppContext, principal: Principal, body: AgentCreate) -> Agent:
     fields = _validated(body.model_dump(exclude={"owner_user_id"}))
     agent_id = new_id()
+    config = AgentConfig(id=agent_id, tenant_id=principal.tenant_id, version=1, **fields)
     async with transaction(ctx) as conn:
-        await _check_llm(ctx, conn, principal.tenant_id, fields)
+        await _check(ctx, conn, config)
         owner = await _owner(conn, principal, body.owner_user_id, None)
-        config = AgentConfig(id=agent_id, tenant_id=principal.tenant_id, version=1, **fields)
         agent = await store.create(conn, config=config, owner_user_id=owner, created_by=principal.actor)
         await audit_log.record(conn, principal, "agent.create", "agent", agent_id, version=1)
     await dataplane.publish_agent(ctx, agent)

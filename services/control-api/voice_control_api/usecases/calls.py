@@ -17,6 +17,7 @@ from ..context import AppContext
 from ..fields import normalize_e164
 from ..models import Call, CallDetail, Recording
 from ..principal import Principal
+from ..store import analytics as analytics_store
 from ..store import calls as store
 from ..store import recordings as recording_store
 from . import audit_log
@@ -58,12 +59,13 @@ async def list_calls(
 
 
 async def get_call(ctx: AppContext, principal: Principal, call_id: str) -> CallDetail:
-    """The call with its turns, in spoken order."""
+    """The call with its turns, in spoken order, and its post-call analytics once summarised."""
     async with connection(ctx) as conn:
         call = found(await store.get(conn, principal.tenant_id, call_id, owner=principal.owner_filter), "call")
         turns = await store.turns(conn, principal.tenant_id, call_id)
         rec = await recording_store.get(conn, principal.tenant_id, call_id)
-    return CallDetail(**call.model_dump(), turns=turns, recording=_recording(rec) if rec else None)
+        summary = await analytics_store.of_call(conn, principal.tenant_id, call_id)
+    return CallDetail(**call.model_dump(), turns=turns, recording=_recording(rec) if rec else None, analytics=summary)
 
 
 def _recording(row: asyncpg.Record) -> Recording:

@@ -48,7 +48,9 @@ async def delete_secret(ctx: AppContext, principal: Principal, name: str) -> Non
         found(await store.get(conn, principal.tenant_id, name, lock="update"), "secret")
         users = await agent_store.using_secret(conn, principal.tenant_id, name)
         if users:
-            raise Conflict(f"agents use this secret as llm.api_key_secret ({', '.join(users[:5])}); change them first")
+            raise Conflict(
+                f"agents use this secret (llm.api_key_secret or a tool) ({', '.join(users[:5])}); change them first"
+            )
         await store.delete(conn, principal.tenant_id, name)
         await audit_log.record(conn, principal, "secret.delete", "secret", name)
     await dataplane.publish_secret(ctx, principal.tenant_id, name)

@@ -17,6 +17,8 @@ The contract every transport keeps:
 - ``clear`` drops all agent audio queued in the transport or at the far end, at once.
 - ``decode`` raises ``ProtocolError`` for anything the protocol does not allow; that call ends with
   ``protocol_error`` and the reason, nothing else does.
+- ``transfer`` hands the caller to another destination where the protocol can (Twilio through its REST API);
+  a transport that cannot keeps the default, which refuses, and the call goes on.
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ class ProtocolError(ValueError):
     """The far end broke its protocol: only that call ends, with ``protocol_error`` and this message."""
 
 
+class TransferRefused(Exception):
+    """A transfer the transport cannot carry out; the message is the reason (``call.transfer_failed``), never
+    the destination. The call goes on."""
+
+
 # ---------------------------------------------------------------- the transport
 class Transport(ABC):
     """One caller connection. ``decode`` and ``encode_*`` translate; ``send`` and ``close`` do the I/O.
@@ -119,6 +126,13 @@ class Transport(ABC):
     async def clear(self) -> None:
         for m in self.encode_clear():
             await self.send(m)
+
+    async def transfer(self, target: str) -> None:
+        """Hand the caller to ``target`` (an E.164 number or a SIP URI, already allowed). Returns once the
+        provider has taken it over: the session then ends the call as ``transferred``, and the connection's own
+        end that follows is part of it. ``TransferRefused`` with the reason otherwise (the default: this
+        transport cannot transfer)."""
+        raise TransferRefused("transport cannot transfer")
 
 
 # ---------------------------------------------------------------- where connections come from

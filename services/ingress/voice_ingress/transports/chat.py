@@ -49,6 +49,7 @@ MEDIA_FORMAT = "text/plain"
 MAX_REMEMBERED_TURNS = 16  # turn ids a chat keeps (sent and not yet answered, or hanging up after)
 MAX_REQUEST_BYTES = 16 * 1024  # a request body (the longest message is 2,000 characters)
 GREETING = "greeting"  # the turn id brain gives the agent's first message
+CANNOT_TRANSFER = "transport cannot transfer"
 
 ACTIVE = Gauge("voice_ingress_chats_active", "Text chats this replica holds")
 REQUESTS = Counter("voice_ingress_chat_requests_total", "Chat requests by operation and outcome",
@@ -197,7 +198,8 @@ class ChatSession:
 
     # ------------------------------------------------------------ what the platform says
     async def _on_event(self, env: Envelope[Any]) -> None:
-        """Every event of the call, in the order published (one subscription): replies, hang-ups, an end."""
+        """Every event of the call, in the order published (one subscription): replies, hang-ups, transfers (refused:
+        ``call.transfer_failed``), an end."""
         data, turn_id = env.data, env.turn_id
         if isinstance(data, events.ReplyChunk):
             if data.final and data.hangup_after and turn_id:
@@ -215,6 +217,8 @@ class ChatSession:
                 self._hang_up_after[turn_id] = True  # its reply is still on the way: end once it is sent
             else:
                 self._end_later(data.reason)
+        elif isinstance(data, events.Transfer):  # a chat has nobody to hand over
+            await self._publish(events.TransferFailed(reason=CANNOT_TRANSFER, requested_by=data.requested_by))
         elif isinstance(data, events.CallEnded):
             if not self.ended:  # ended elsewhere: whoever ended it announced it
                 self._end_later(events.EndReason.status_callback, announce=False)

@@ -5,6 +5,10 @@ inbound ``connected``, ``start`` (with our ``call_id`` as a custom parameter), `
 ``dtmf``, ``mark`` (an echo of ours, once the audio before it has played, or at once when cleared), ``stop``;
 outbound ``media``, ``mark``, ``clear``. Every request and the WebSocket upgrade carry ``X-Twilio-Signature``.
 
+Transfers: ``TwilioMediaStream.transfer`` redirects the live call to ``<Dial>`` TwiML through Twilio's REST API
+(``twilio_rest.py``, the call's ``callSid`` from the stream's ``start``, ``TWILIO_ACCOUNT_SID`` and the auth token).
+Twilio then stops the media stream, and the session ends the call as ``transferred``.
+
 Fail closed: with ``TWILIO_AUTH_TOKEN`` every signature is checked; without it every request is refused (403),
 unless ``TWILIO_ALLOW_UNSIGNED=true`` says to accept unsigned requests (local development only; ``make run`` sets
 it on an all-embedded stack). Webhook bodies are read up to ``max_webhook_body_bytes`` before the signature can be
@@ -17,6 +21,7 @@ import base64
 import binascii
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -26,10 +31,10 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 from voice_runtime import metrics
 from voice_runtime.logging import get_logger
-from voice_runtime.settings import TwilioSettings
 from voice_schemas import events
 
 from ..codec import AgentAudioEncoder, CallerAudioDecoder
+from ..twilio_rest import TwilioRest, TwilioRestError, TwilioRestSettings, dial_twiml
 from .base import (
     DTMF_DIGITS,
     CallDesk,
@@ -41,6 +46,7 @@ from .base import (
     MarkPlayed,
     ProtocolError,
     Started,
+    TransferRefused,
     Transport,
 )
 
@@ -50,9 +56,9 @@ TERMINAL_STATUSES = {"completed", "busy", "no-answer", "failed", "canceled"}
 MEDIA_FORMAT = "audio/x-mulaw;rate=8000"
 
 
-class TwilioStreamSettings(TwilioSettings):
+class TwilioStreamSettings(TwilioRestSettings):
     """Twilio settings of ingress: the webhook's public URL and auth token, whether unsigned requests are
-    accepted, and the webhook's and media stream's limits."""
+    accepted, the webhook's and media stream's limits, and the REST API that carries out transfers."""
 
     twilio_allow_unsigned: bool = Field(
         False, description="Without TWILIO_AUTH_TOKEN, accept Twilio requests unsigned (local development only); "
@@ -90,9 +96,24 @@ def parse_message(raw: str | bytes, limit: int) -> dict[str, Any]:
         obj = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ProtocolError("malformed JSON") from e
+    except RecursionError as e:  # a few KiB of ``[[[[`` nest deeper than the parser recurses
+        raise ProtocolError("JSON nested too deeply") from e
     if not isinstance(obj, dict) or not isinstance(obj.get("event"), str):
         raise ProtocolError("message has no event")
     return obj
+
+
+async def text_messages(ws: WebSocket) -> AsyncIterator[str]:
+    """The stream's messages until the far end disconnects. Media Streams sends text frames only: a binary frame
+    is a protocol error."""
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            raise ProtocolError("binary frame")
+        yield text
 
 
 class TwilioMediaStream(Transport):
@@ -101,10 +122,13 @@ class TwilioMediaStream(Transport):
     channel = events.Channel.twilio
     media_format = MEDIA_FORMAT
 
-    def __init__(self, ws: WebSocket, max_message_bytes: int) -> None:
+    def __init__(self, ws: WebSocket, max_message_bytes: int, rest: TwilioRest | None = None) -> None:
         self.ws = ws
         self.limit = max_message_bytes
+        self.rest = rest  # None: no REST credentials configured (transfers are refused)
         self.stream_id: str | None = None
+        self.call_sid: str | None = None  # Twilio's CallSid, from ``start``
+        self.account_sid: str | None = None
         self.started = False
         self.closed = False
         self.decoder = CallerAudioDecoder("ulaw")
@@ -138,7 +162,7 @@ class TwilioMediaStream(Transport):
                 return [CallerHungUp()]
         except ProtocolError:
             raise
-        except (KeyError, TypeError, AttributeError, binascii.Error, ValueError) as e:
+        except (KeyError, TypeError, AttributeError, binascii.Error, ValueError, OverflowError) as e:
             raise ProtocolError(f"bad {event!r} message: {e!r}"[:200]) from e
         raise ProtocolError(f"unknown event {event!r}"[:200])
 
@@ -152,6 +176,8 @@ class TwilioMediaStream(Transport):
         params = start.get("customParameters") or {}
         self.started = True
         self.stream_id = str(start.get("streamSid") or msg.get("streamSid") or "")
+        self.call_sid = str(start.get("callSid") or "") or None
+        self.account_sid = str(start.get("accountSid") or "") or None
         return Started(call_id=str(params.get("call_id", "")), stream_id=self.stream_id)
 
     # ------------------------------------------------------------ outbound
@@ -171,6 +197,23 @@ class TwilioMediaStream(Transport):
 
     async def send(self, message: Any) -> None:
         await self.ws.send_text(message)
+
+    async def transfer(self, target: str) -> None:
+        """Redirect the call to ``<Dial>`` the target; Twilio then stops this media stream."""
+        if self.rest is None:
+            raise TransferRefused("Twilio REST credentials are not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN)")
+        if not self.call_sid:
+            raise TransferRefused("the media stream did not name its Twilio call (no callSid in start)")
+        if self.account_sid and self.account_sid != self.rest.account_sid:
+            raise TransferRefused("the call belongs to another Twilio account than TWILIO_ACCOUNT_SID")
+        try:
+            twiml = dial_twiml(target)
+        except ValueError as e:
+            raise TransferRefused(str(e)) from None
+        try:
+            await self.rest.update_call(self.call_sid, twiml=twiml)
+        except TwilioRestError as e:
+            raise TransferRefused(f"Twilio did not take the transfer: {e}") from None
 
     async def close(self, reason: events.EndReason) -> None:
         if self.closed:
@@ -193,6 +236,7 @@ class TwilioEndpoint(Endpoint):
         token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
         self.validator = RequestValidator(token) if token else None
         self.allow_unsigned = self.validator is None and settings.twilio_allow_unsigned
+        self.rest = TwilioRest.from_settings(settings)  # shared by every call's transfers
 
     async def start(self) -> None:
         if self.allow_unsigned:
@@ -201,6 +245,13 @@ class TwilioEndpoint(Endpoint):
         elif self.validator is None:
             log.warning("twilio_requests_refused",
                         detail="no TWILIO_AUTH_TOKEN: every Twilio webhook and media stream is refused (403)")
+        if self.rest is None:
+            log.info("twilio_transfers_off", detail="no TWILIO_ACCOUNT_SID or TWILIO_AUTH_TOKEN: transfers of "
+                     "Twilio calls fail (call.transfer_failed)")
+
+    async def stop(self) -> None:
+        if self.rest is not None:
+            await self.rest.close()
 
     def public_url(self, path: str) -> str:
         return self.settings.public_base_url.rstrip("/") + path
@@ -251,7 +302,8 @@ class TwilioEndpoint(Endpoint):
                 await ws.close(code=1008)
                 return
             await ws.accept()
-            await self.desk.serve(TwilioMediaStream(ws, self.settings.max_ws_message_bytes), ws.iter_text())
+            stream = TwilioMediaStream(ws, self.settings.max_ws_message_bytes, self.rest)
+            await self.desk.serve(stream, text_messages(ws))
 
     async def answer(self, form: dict[str, str]) -> Response:
         to = form.get("To", "")
