@@ -13,11 +13,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 from voice_control_api.service import ControlApiService
 from voice_control_api.settings import ControlApiSettings
 
@@ -26,7 +22,16 @@ from .helpers import BOOTSTRAP_KEY, PASSWORD, unique_email, unique_number
 
 pytestmark = pytest.mark.integration
 
-MAX_EXAMPLES = 8
+MAX_EXAMPLES = int(os.environ.get("CONTROL_FUZZ_EXAMPLES", "8"))  # `make bench-fuzz` runs the volume
+# The two checks that compare what the API accepts with what its document says, which it knowingly departs from
+# (each departure is counted by `make bench-fuzz`, bench/results/latest-fuzz.md): positive_data_acceptance fails
+# where validation the schema does not express refuses a schema-valid request (an e-mail address, E.164 numbers,
+# absolute URLs, a secret that must exist, If-Match that must name the current version: 412);
+# negative_data_rejection where pydantic's lax mode accepts what the schema calls another type (false for a number,
+# 0.5 for a date-time) and where unknown query parameters are ignored. Every other check runs.
+KNOWN_DEVIATIONS = [positive_data_acceptance, negative_data_rejection]
+if os.environ.get("CONTROL_FUZZ_ALL_CHECKS"):  # the volume run counts them too
+    KNOWN_DEVIATIONS = []
 # operations that reach the data plane (ingress), which this test does not run: their documented 503 is the answer
 NEEDS_DATA_PLANE = {("POST", "/v1/agents/{agent_id}/chats"), ("POST", "/v1/agents/{agent_id}/web-calls")}
 
@@ -91,12 +96,11 @@ def test_no_server_errors_and_responses_as_documented(
                 case.path_parameters[name] = fuzz_tenant.ids[name]
     if isinstance(case.body, dict) and "agent_id" in case.body and len(str(case.body["agent_id"])) % 2 == 0:
         case.body["agent_id"] = fuzz_tenant.ids["agent_id"]
-    checks = [status_code_conformance, content_type_conformance, response_schema_conformance]
     data_plane = (case.method.upper(), case.path) in NEEDS_DATA_PLANE
-    response = case.call_and_validate(
+    response = case.call_and_validate(  # every check schemathesis has but those of KNOWN_DEVIATIONS
         base_url=live_server.url,
         headers={"Authorization": f"Bearer {fuzz_tenant.key}"},
-        checks=checks if data_plane else [not_a_server_error, *checks],
+        excluded_checks=[*KNOWN_DEVIATIONS, not_a_server_error] if data_plane else KNOWN_DEVIATIONS,
     )
     if data_plane:
         assert response.status_code < 500 or response.status_code == 503, response.text
