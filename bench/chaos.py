@@ -33,7 +33,9 @@ from typing import Any
 import asyncpg
 import httpx
 
+from .agent import BenchAgent
 from .calls import CallResult, Target, Timeouts, conversation
+from .machine import git_commit
 from .procs import listening_pids
 from .speech import QUESTIONS, Utterance, Voice
 from .stats import summary
@@ -262,17 +264,31 @@ def fmt(s: dict[str, Any]) -> str:
 
 
 async def main_async(a: argparse.Namespace) -> int:
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     voice = Voice()
     questions = [voice.utter(q) for q in QUESTIONS]
     target = Target("platform", a.ingress, to=a.number)
+    agent = BenchAgent(a.nats, a.number) if a.nats else None  # the number reaches an agent of the bench's own
+    if agent is not None:
+        await agent.install()
+    probe = await conversation(target, [], Timeouts())
+    if probe.error:
+        raise SystemExit(f"cannot hold a call at {a.ingress} (number {a.number}): {probe.error}")
     killer = Killer(replica_ports(a.replicas), a.kill_every, seed=a.seed)
 
     def progress(msg: str) -> None:
         print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    rep = await chaos(target, killer, questions, calls=a.calls, concurrency=a.concurrency, turns=a.turns,
-                      t=Timeouts(), database_url=a.database_url, late_ms=a.late_ms, progress=progress)
-    settings = {k: v for k, v in vars(a).items() if k not in ("database_url",)}
+    try:
+        rep = await chaos(target, killer, questions, calls=a.calls, concurrency=a.concurrency, turns=a.turns,
+                          t=Timeouts(), database_url=a.database_url, late_ms=a.late_ms, progress=progress)
+    finally:
+        if agent is not None:
+            await agent.remove()
+    settings = {k: v for k, v in vars(a).items() if k not in ("database_url", "nats")}
+    settings["machine"] = {"git": git_commit(), "cores": os.cpu_count(),
+                           "load_average_at_start": load_at_start,
+                           "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest-chaos.md").write_text(markdown(rep, settings))
     (RESULTS / "latest-chaos.json").write_text(json.dumps({"figures": rep.figures(), "kills": [asdict(k) for k in
@@ -285,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ingress", default="http://127.0.0.1:8080")
-    ap.add_argument("--number", default="+15550100", help="the number the callers dial (the default agent's)")
+    ap.add_argument("--number", default="+15550100", help="the number the callers dial")
+    ap.add_argument("--nats", default="", help="the platform's NATS: a bench agent is put on --number for the run "
+                    "(make run prints it; without it the number must reach an agent already)")
     ap.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""),
                     help="where analytics stores calls (make run prints it)")
     ap.add_argument("--replicas", type=int, default=2, help="STAGE_REPLICAS of the running make run")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -217,7 +217,18 @@ def allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at the request's path: Starlette's own 405 names only the first route that
     matched the path, though each method of a path is a route of its own here (RFC 9110: ``Allow`` lists all)."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
+    for route in _flat(request.app.router.routes):
         if isinstance(route, BaseRoute) and route.matches(request.scope)[0] != Match.NONE:
             methods |= getattr(route, "methods", None) or set()
     return sorted(methods)
+
+
+def _flat(routes: Iterable[Any]) -> Iterator[Any]:
+    """The routes, with those of included routers in place (FastAPI keeps an included router as one entry whose
+    routes are its ``original_router``'s; the API's routers are included without a prefix)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _flat(inner.routes)
+        else:
+            yield route
