@@ -6,6 +6,12 @@ detection) beats with ``Liveness.run`` and names itself in the calls it holds; t
 replicas of that kind and act when one disappears (``on_gone``, also called once at start and every
 ``full_scan_s``, so that a change missed while NATS was unreachable is caught up). ``is_alive`` checks one replica
 right before acting, so a replica that has just started (and was not in the last read set) is never taken for dead.
+
+Reading the set costs no JetStream consumer per round: one long-lived watch of the bucket learns the replicas that
+beat (each put), and each round checks those with a direct get (a key that aged out is gone). Listing the bucket's
+keys every round instead creates an ephemeral consumer each time, and with every replica doing so twice a second the
+server's consumer limit was reached (found by the chaos run). A bucket that cannot be watched (the in-memory KV of
+unit tests) is listed.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ class Liveness:
         self.heartbeat_s, self.check_s, self.full_scan_s = heartbeat_s, check_s, full_scan_s
         self.on_lapsed = on_lapsed
         self._beaten = False
+        self._known: set[str] = set()  # replicas of the kind seen beating (the watch adds, a failed get removes)
+        self._watching = False
         self._alive: set[str] = set()
 
     def key(self, replica_id: str) -> str:
@@ -54,11 +62,44 @@ class Liveness:
             await self.replicas.delete(self.key(self.replica_id))
 
     async def alive(self) -> set[str]:
+        if not self._watching:
+            try:
+                keys = await self.replicas.keys()
+            except (KeyNotFoundError, NoKeysError):
+                return set()
+            return {k[len(self.prefix):] for k in keys if k.startswith(self.prefix)}
+        out: set[str] = set()
+        for replica in list(self._known):
+            if await self.is_alive(replica):
+                out.add(replica)
+            else:
+                self._known.discard(replica)  # aged out: a replica that beats again is added back by the watch
+        return out
+
+    async def _watch(self, stopping: asyncio.Event) -> None:
+        """Learn the replicas that beat from the bucket's updates (one ordered consumer for the process's life)."""
+        watchall = getattr(self.replicas, "watchall", None)
+        if watchall is None:
+            return
+        watcher = await watchall()
+        self._watching = True
         try:
-            keys = await self.replicas.keys()
-        except (KeyNotFoundError, NoKeysError):
-            return set()
-        return {k[len(self.prefix):] for k in keys if k.startswith(self.prefix)}
+            while not stopping.is_set():
+                try:
+                    entry = await watcher.updates(timeout=1.0)
+                except Exception:  # a timeout, or the connection coming back: keep watching
+                    continue
+                if entry is None or not getattr(entry, "key", "").startswith(self.prefix):
+                    continue
+                replica = entry.key[len(self.prefix):]
+                if getattr(entry, "operation", None) in ("DEL", "PURGE"):
+                    self._known.discard(replica)
+                else:
+                    self._known.add(replica)
+        finally:
+            self._watching = False
+            with contextlib.suppress(Exception):
+                await watcher.stop()
 
     async def is_alive(self, replica_id: str) -> bool:
         try:
@@ -68,6 +109,15 @@ class Liveness:
         return bool(entry.value)
 
     async def run(self, stopping: asyncio.Event) -> None:
+        watch = asyncio.create_task(self._watch(stopping))
+        try:
+            await self._run(stopping)
+        finally:
+            watch.cancel()
+            with contextlib.suppress(BaseException):
+                await watch
+
+    async def _run(self, stopping: asyncio.Event) -> None:
         last_beat = last_scan = 0.0
         while not stopping.is_set():
             now = time.monotonic()
