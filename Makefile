@@ -14,10 +14,11 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # portable llama.cpp build (the wheel is cached by uv and reused by later installs)
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: help install browser sip run test test-unit lint fmt schemas helm-check bench bench-soak bench-peer bench-stt bench-fuzz bench-chaos bench-knowledge clean
+.PHONY: help install browser sip run test test-unit lint fmt schemas helm-check bench bench-soak bench-peer bench-stt bench-fuzz bench-fuzz-sip bench-chaos bench-knowledge bench-intents bench-capacity clean
 
 help:
-	@echo "make run        install what is missing, start the whole platform (Ctrl-C stops it)"
+	@echo "make run        install what is missing, start the whole platform (Ctrl-C stops it); the embedded LLM is"
+	@echo "                Qwen2.5-Coder-1.5B (1.1 GB, installed and verified on first use), LLM_PROFILE=fast: SmolLM2"
 	@echo "make test       install what is missing, run the test suite against real NATS/PostgreSQL"
 	@echo "make lint       ruff + mypy"
 	@echo "make schemas    regenerate JSON Schemas and the AsyncAPI document"
@@ -89,14 +90,28 @@ bench-stt: $(STAMP)
 bench-fuzz: $(STAMP)
 	$(PY) -m bench.fuzz $(BENCH_ARGS)
 
+# 100,000 malformed and hostile SIP messages at the SIP port during a real SIP call (its own stack on free ports;
+# BENCH_ARGS="--messages 5000" for a short run; see bench/fuzz_sip.py)
+bench-fuzz-sip: $(STAMP)
+	$(PY) -m bench.fuzz_sip $(BENCH_ARGS)
+
 # kill a random stage worker every few seconds during 100 short calls (needs `make run STAGE_REPLICAS=2
 # TWILIO_ALLOW_UNSIGNED=true` in another terminal; see bench/chaos.py), then the fuzz volume
 bench-chaos: $(STAMP)
 	$(PY) -m bench.chaos $(BENCH_ARGS)
 
+# voice-to-voice of cached answers (an intent matched, no LLM request) beside the LLM path (needs `make run`)
+bench-intents: $(STAMP)
+	$(PY) -m bench.intents $(BENCH_ARGS)
+
 # knowledge retrieval latency at 10,000 chunks (its own database on the local or embedded PostgreSQL)
 bench-knowledge: $(STAMP)
 	$(PY) -m bench.knowledge $(BENCH_ARGS)
+
+# concurrent calls that ingress + media + the bus carry with stt/brain/tts answering at once (stand-ins), its own
+# stack on free ports, callers in their own process; BENCH_ARGS="--steps 10,50 --turns 1" for a short run
+bench-capacity: $(STAMP)
+	$(PY) -m bench.capacity $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(STATE)

@@ -162,6 +162,8 @@ class Killer:
             self._pending.remove(k)
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self.every_s <= 0:  # the baseline: the same calls with nothing killed
+            return
         try:
             while not stop.is_set():
                 if self.order is not None and not self.order:
@@ -237,7 +239,8 @@ async def chaos(target: Target, killer: Killer, questions: list[Utterance], *, c
 def markdown(rep: ChaosReport, args: dict[str, Any]) -> str:
     f = rep.figures()
     lines = [
-        "# Chaos run", "",
+        "# Chaos run" if args.get("kill_every", 1) > 0 else "# Chaos run, baseline (the same calls, nothing killed)",
+        "",
         f"Settings: {json.dumps(args)}", "",
         "| figure | value | goal |", "|---|---|---|",
         f"| calls completed | {f['calls_completed']} / {f['calls']} | all |",
@@ -290,9 +293,10 @@ async def main_async(a: argparse.Namespace) -> int:
                            "load_average_at_start": load_at_start,
                            "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest-chaos.md").write_text(markdown(rep, settings))
-    (RESULTS / "latest-chaos.json").write_text(json.dumps({"figures": rep.figures(), "kills": [asdict(k) for k in
-                                                           rep.kills], "settings": settings}, indent=1))
+    name = "latest-chaos" if a.kill_every > 0 else "latest-chaos-baseline"
+    (RESULTS / f"{name}.md").write_text(markdown(rep, settings))
+    (RESULTS / f"{name}.json").write_text(json.dumps({"figures": rep.figures(), "kills": [asdict(k) for k in
+                                                     rep.kills], "settings": settings}, indent=1))
     print(markdown(rep, settings))
     return 0
 
@@ -310,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--turns", type=int, default=3)
-    ap.add_argument("--kill-every", type=float, default=5.0)
+    ap.add_argument("--kill-every", type=float, default=5.0,
+                    help="seconds between kills; 0: the baseline, the same calls with nothing killed "
+                    "(written to latest-chaos-baseline.*)")
     ap.add_argument("--late-ms", type=float, default=3000.0)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)

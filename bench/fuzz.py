@@ -66,8 +66,9 @@ def log(msg: str) -> None:
 class Stack:
     """NATS, the LLM and the data plane as processes of this run, each logging to a file."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, ingress_env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.ingress_env = ingress_env or {}  # more settings of ingress (the SIP fuzz turns SIP on)
         self.ports = {n: free_port() for n in STACK}
         self.nats_port = free_port()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -105,7 +106,9 @@ class Stack:
                    STATE_DIR=str(self.root), PYTHONUNBUFFERED="1", MOONSHINE_MODELS_DIR=str(state_dir() / "models"))
         module = {n: m for n, m, _ in SERVICES}
         for name in STACK:
-            self._spawn(name, [sys.executable, "-m", module[name]], dict(env, HTTP_PORT=str(self.ports[name])))
+            extra = self.ingress_env if name == "ingress" else {}
+            self._spawn(name, [sys.executable, "-m", module[name]],
+                        dict(env, HTTP_PORT=str(self.ports[name]), **extra))
         for name in STACK:
             if not _ready(f"http://127.0.0.1:{self.ports[name]}/readyz", self.procs[name], 180):
                 raise RuntimeError(f"{name} did not become ready: {self.log(name)[-2000:]}")

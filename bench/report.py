@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import looplag
 from .calls import BargeInResult, CallResult, TurnResult
 from .events import STAGES
 from .stats import summary
@@ -227,8 +228,16 @@ def headline(rep: dict[str, Any]) -> list[str]:
                   f"{v['turns_without_reply']} of {v['turns']} turns got no reply",
                   f"- greeting: {_p(v['greeting_ms'])}",
                   f"- playout at the caller: {_playout_line(v['playout'])}"]
+        if v.get("loop_lag"):
+            lines.append(f"- {looplag.line(v['loop_lag'])}")
     if br:
         lines.append(browser_headline(br))
+    sp = rep.get("sip")
+    if sp:
+        lines.append(f"- SIP voice-to-voice (G.711 RTP at the caller: last packet of the question → first packet of "
+                     f"the reply with sound): {_p(sp['voice_to_voice_ms'])}; {sp['turns_without_reply']} of "
+                     f"{sp['turns']} turns got no reply over {sp['calls']} call(s)"
+                     + (f", {sp['calls_failed']} failed" if sp['calls_failed'] else ""))
     if b:
         bc = b["backchannel"]
         lines += [f"- barge-in, speech onset → caller stops hearing the agent (playout clock): "
@@ -255,7 +264,7 @@ def headline(rep: dict[str, Any]) -> list[str]:
                   + (f"**behind Pipecat on {len(lose)} figure(s): {'; '.join(lose)}**" if lose
                      else "ahead or level on every figure below"), "",
                   "| figure (lower is better) | ours | pipecat | ahead |", "|---|---:|---:|---|", *rows]
-    if not (v or b or sw or pe or so or br):
+    if not (v or b or sw or pe or so or br or sp):
         lines.append("- no call figures in this run")
     missing_parts = [name for name, present in (("voice-to-voice", v or pe or so), ("barge-in", b or pe),
                                                 ("peer comparison", pe)) if not present]

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 from voice_devstack.stack import first_admin_env
 
-from . import natsinfo, procs, report
+from . import looplag, natsinfo, procs, report
 from .agent import BenchAgent
 from .browser import Credentials, browser_phase
 from .bus import bus_overhead
@@ -43,11 +43,12 @@ from .calls import (
 )
 from .events import PlatformEvents
 from .machine import facts
+from .sip_calls import sip_phase
 from .soak import soak
 from .speech import INTERRUPTIONS, QUESTIONS, Utterance, Voice
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PHASES = ("v2v", "barge_in", "bus", "sweep", "browser")
+PHASES = ("v2v", "barge_in", "bus", "sweep", "browser", "sip")
 
 
 def log(msg: str) -> None:
@@ -83,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--browser-agent", default=os.environ.get("DEFAULT_AGENT_ID", "default-agent"),
                    help="agent the browser calls (it must exist in control-api)")
     g.add_argument("--chromium", default=None, help="Chromium binary (default: CHROMIUM_PATH, or chromium on PATH)")
-    g = ap.add_argument_group("what to run (default: v2v, barge_in, bus, sweep, browser)")
+    g = ap.add_argument_group("what to run (default: v2v, barge_in, bus, sweep, browser, sip)")
     g.add_argument("--only", default="", help=f"comma list of {', '.join(PHASES)}")
     g.add_argument("--skip", default="", help="comma list of phases to leave out")
     g.add_argument("--soak", action="store_true", help="run the soak only (make bench-soak)")
@@ -115,6 +116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="browser phase: silence before the first question (connecting and the greeting)")
     g.add_argument("--browser-gap-s", type=float, default=15.0,
                    help="browser phase: silence after each question (the reply)")
+    g.add_argument("--sip", default=os.environ.get("BENCH_SIP", "127.0.0.1:5060"),
+                   help="sip phase: ingress's SIP address (make run takes SIP calls on 127.0.0.1:5060)")
+    g.add_argument("--sip-calls", type=int, default=2, help="sip phase: calls, one at a time")
+    g.add_argument("--sip-turns", type=int, default=5, help="sip phase: questions per call")
     g = ap.add_argument_group("timing")
     g.add_argument("--quiet-s", type=float, default=1.5, help="agent silence that means the reply is over")
     g.add_argument("--reply-timeout-s", type=float, default=30.0)
@@ -408,12 +413,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"voice-to-voice: {args.calls} calls x {args.turns} turns, one call at a time")
                 watch = procs.ProcessWatch(pids)
                 idle = watch.snapshot()
+                lag_before = await looplag.scrape(ports)
                 watch.start()
                 try:
                     base_calls = await phase_v2v(target, qs, args, t)
                 finally:
                     await watch.stop()
                 rep["voice_to_voice"] = report.call_figures(base_calls)
+                rep["voice_to_voice"]["loop_lag"] = looplag.figures(lag_before, await looplag.scrape(ports))
                 rep["voice_to_voice"]["resources"] = watch.usage(1, idle)
                 rep["voice_to_voice"]["calls_detail"] = [c.to_json() for c in base_calls]
             if "barge_in" in phases:
@@ -437,6 +444,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 if rep["browser"].get("skipped"):
                     rep["notes"].append(f"browser phase skipped: {rep['browser']['skipped']}")
                     log(f"  skipped: {rep['browser']['skipped']}")
+            if "sip" in phases:
+                host, _, sip_port = args.sip.rpartition(":")
+                log(f"sip: {args.sip_calls} call(s) x {args.sip_turns} turns over SIP to {args.sip} ({args.to})")
+                rep["sip"] = await sip_phase(host or "127.0.0.1", int(sip_port), args.to, qs, calls=args.sip_calls,
+                                             turns=args.sip_turns)
+                if rep["sip"]["calls_failed"]:
+                    log(f"  failed calls: {rep['sip']['errors']}")
             if "sweep" in phases and base_calls:
                 log(f"concurrency sweep: {args.sweep} (cap {args.sweep_max})")
                 rep["sweep"] = await phase_sweep(target, qs, args, t, base_calls, pids)

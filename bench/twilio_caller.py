@@ -178,9 +178,11 @@ class TwilioCaller:
         return r.status_code
 
     # ------------------------------------------------------------ media stream
-    async def connect(self) -> None:
-        ws_url = self.base_url.replace("http", "ws", 1) + "/twilio/media"
-        public_ws = "wss://" + urllib.parse.urlsplit(self.public).netloc + "/twilio/media"
+    async def connect(self, query: str = "") -> None:
+        """Open the media stream (``query``: that of the TwiML's stream URL, e.g. an outbound call's call id)."""
+        suffix = f"/twilio/media?{query}" if query else "/twilio/media"
+        ws_url = self.base_url.replace("http", "ws", 1) + suffix
+        public_ws = "wss://" + urllib.parse.urlsplit(self.public).netloc + suffix
         self._ws = await websockets.connect(ws_url, additional_headers=self.sign(public_ws, {}), max_size=2**20)
         await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         self.timings.stream_started = time.monotonic()

@@ -56,6 +56,17 @@ def private_nats_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+async def private_bus(private_nats_url: str) -> AsyncIterator[object]:
+    """The platform's bus on the test's own NATS server, its streams and buckets provisioned."""
+    from voice_runtime.bus import Bus
+
+    b = await Bus.connect(private_nats_url, "test")
+    await b.provision()
+    yield b
+    await b.close()
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """DSN prefix (without database) of a reachable PostgreSQL."""

@@ -140,7 +140,8 @@ async def test_core_subscriptions_log_garbage_and_survive_handler_errors() -> No
 
 SECRETS = {"database_url", "llm_api_key", "llm_base_url", "twilio_auth_token", "bootstrap_admin_key", "secrets_key"}
 NEEDS = {
-    "ingress": {"twilio_auth_token"},
+    # secrets_key: SIP trunks' digest passwords and tenants' own Twilio tokens (sealed tenant secrets)
+    "ingress": {"twilio_auth_token", "secrets_key"},
     "media": set(),
     "stt": set(),
     # database_url: knowledge retrieval (read-only queries of the tenant's chunks)

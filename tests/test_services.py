@@ -53,6 +53,8 @@ def expected_samples(name: str, package: str) -> list[tuple[MetricWrapperBase, L
     expected: list[tuple[MetricWrapperBase, Labels]] = [
         (metrics.CONSUMER_PENDING, {"service": name, "consumer": d}) for d in durables
     ]
+    # every service measures its event loop's lag and says its nice value (README "Real-time work first")
+    expected += [(metrics.LOOP_LAG_MAX, {"service": name}), (metrics.PROCESS_NICE, {"service": name})]
     if name == "ingress":  # no durable consumer: its audio counters exist from import
         expected.append((metrics.AUDIO_FRAMES, {"service": name, "direction": "in", "outcome": "ok"}))
     if name == "control-api":  # no durable consumer: every request is counted, /healthz included

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .envelope import Payload, register
 
@@ -35,6 +35,10 @@ class EndReason(StrEnum):
     shutdown = "shutdown"
     supervisor = "supervisor"  # ended by a supervisor or an API client (POST /v1/calls/{id}/end)
     ingress_lost = "ingress_lost"  # the ingress replica holding the caller's connection died
+    busy = "busy"  # an outbound call: the callee was busy
+    no_answer = "no_answer"  # an outbound call: nobody answered in time
+    dial_failed = "dial_failed"  # an outbound call could not be placed (provider or trunk refused, unreachable)
+    machine = "machine"  # an outbound call reached an answering machine and the agent's rule hangs up
 
 
 # ---------------------------------------------------------------- lifecycle
@@ -58,6 +62,8 @@ class CallAnswered(Payload):
     DESCRIPTION = "The caller's media connection is up; audio flows."
     stream_id: str | None = None
     media_format: str = "audio/x-mulaw;rate=8000"
+    greet: bool = Field(True, description="Whether the agent greets now (false: an outbound call whose agent lets the "
+                        "callee speak first, or waits for the answering-machine check)")
 
 
 @register
@@ -68,6 +74,42 @@ class CallEnded(Payload):
     reason: EndReason
     detail: str | None = None
     duration_s: float | None = None
+
+
+DialStatus = Literal["ringing", "answered", "busy", "no_answer", "failed", "rejected"]
+
+
+@register
+class CallDialStatus(Payload):
+    TYPE = "call.dial_status"
+    SUBJECT = ("lifecycle", "dial_status")
+    DESCRIPTION = ("Progress of an outbound call started through the API: ringing, answered, busy, no_answer, "
+                   "failed or rejected (busy/no_answer/failed/rejected are followed by call.ended).")
+    status: DialStatus
+    detail: str = Field("", max_length=300)
+
+
+class DialRequest(BaseModel):
+    """control-api → ingress (request/reply on ``ingress_rpc("dial", "place")``): place an outbound call.
+    Not a call event."""
+
+    model_config = ConfigDict(extra="ignore")
+    call_id: str
+    tenant_id: str
+    agent_id: str
+    to_number: str = Field(pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164 destination (personal data)")
+    from_number: str | None = Field(None, description="Caller id shown to the callee (personal data)")
+    channel: Literal["twilio", "sip"] = "twilio"
+    trunk_id: str | None = None
+    agent_speaks_first: bool = True
+    machine_detection: Literal["off", "hangup", "message"] = "off"
+
+
+class DialReply(BaseModel):
+    """ingress → control-api: whether the dial was taken (the call's progress follows as call.dial_status)."""
+
+    accepted: bool
+    detail: str = Field("", max_length=300)
 
 
 # ---------------------------------------------------------------- media / VAD
@@ -184,6 +226,17 @@ class KnowledgeSource(Payload):
     score: float
 
 
+class TurnIntent(Payload):
+    """The intent a caller turn was classified as (not an event on its own): ``confidence`` is the cosine of the
+    closest example (``method`` embedding) or the word overlap (``lexical``, when the model could not load);
+    ``cached``: answered with the intent's fixed answer, without an LLM request."""
+
+    name: str = Field(max_length=64)
+    confidence: float
+    method: Literal["embedding", "lexical"] = "embedding"
+    cached: bool = False
+
+
 @register
 class TurnCompleted(Payload):
     TYPE = "turn.completed"
@@ -200,6 +253,9 @@ class TurnCompleted(Payload):
     usage: TurnUsage = Field(default_factory=lambda: TurnUsage())
     sources: list[KnowledgeSource] = Field(
         default_factory=list, max_length=8, description="Knowledge chunks retrieved into the turn's prompt"
+    )
+    intent: TurnIntent | None = Field(
+        None, description="The intent the caller's words matched (at or above the agent's threshold), if any"
     )
 
 
@@ -281,6 +337,48 @@ class TransferFailed(Payload):
                    "the call goes on.")
     reason: str = Field(max_length=300)
     requested_by: Literal["agent", "supervisor"] = "agent"
+
+
+@register
+class SendDtmf(Payload):
+    TYPE = "control.send_dtmf"
+    SUBJECT = ("control", "send_dtmf")
+    DESCRIPTION = ("Press keys towards the caller's side (RFC 4733 on SIP, in-band tones otherwise), after the "
+                   "agent's queued audio has played when after_playout.")
+    digits: str = Field(pattern=r"^[0-9*#A-D]{1,32}$", description="The keys, in order (personal data)")
+    after_playout: bool = True
+    requested_by: Literal["agent", "supervisor"] = "agent"
+
+
+@register
+class DtmfSent(Payload):
+    TYPE = "call.dtmf_sent"
+    SUBJECT = ("lifecycle", "dtmf_sent")
+    DESCRIPTION = "The keys of a control.send_dtmf went out to the caller's side (ok), or why they could not."
+    ok: bool = True
+    keys: int = Field(0, ge=0, description="How many keys were sent")
+    reason: str | None = Field(None, max_length=300)
+    requested_by: Literal["agent", "supervisor"] = "agent"
+
+
+@register
+class Hold(Payload):
+    TYPE = "control.hold"
+    SUBJECT = ("control", "hold")
+    DESCRIPTION = ("Put the caller on hold (after the agent's queued audio when after_playout): hold audio until "
+                   "the agent speaks again or max_s pass (call.hold_ended).")
+    max_s: float = Field(60.0, ge=1.0, le=600.0)
+    audio: Literal["tone", "silence"] = "tone"
+    after_playout: bool = True
+
+
+@register
+class HoldEnded(Payload):
+    TYPE = "call.hold_ended"
+    SUBJECT = ("lifecycle", "hold_ended")
+    DESCRIPTION = "A hold ended: the agent spoke again (resumed), or its time ran out (timeout)."
+    reason: Literal["resumed", "timeout"]
+    held_s: float = 0.0
 
 
 @register

@@ -134,11 +134,14 @@ KV_SECRETS = KvDef(
 )
 KV_REPLICAS = KvDef(
     "replicas", "Liveness of the replicas that hold calls: i.<replica_id> = last heartbeat (ingress); a key that "
-    "ages out (no heartbeat for ttl_s) is a dead replica, whose calls the others end or take over", ttl_s=1.5,
+    "ages out (no heartbeat for ttl_s) is a dead replica, whose calls the others end or take over", ttl_s=1.2,
     storage="memory",
     max_value_size=1024,
 )
-KV_BUCKETS: tuple[KvDef, ...] = (KV_AGENTS, KV_NUMBERS, KV_CALLS, KV_HISTORY, KV_SECRETS, KV_REPLICAS)
+KV_TRUNKS = KvDef("trunks", "SIP trunks per tenant: t.<trunk_id> = SipTrunk JSON (passwords are tenant secret names)")
+KV_BUCKETS: tuple[KvDef, ...] = (
+    KV_AGENTS, KV_NUMBERS, KV_CALLS, KV_HISTORY, KV_SECRETS, KV_REPLICAS, KV_TRUNKS,
+)
 
 
 def _p(cls: type[Payload]) -> str:
@@ -160,6 +163,7 @@ BRAIN_TURNS = ConsumerDef(
     (_p(ev.TranscriptFinalized), _p(ev.CallStarted), _p(ev.CallAnswered), _p(ev.CallEnded),
      _p(ev.SupervisorWhispered),
      _p(ev.DtmfReceived), _p(ev.ToolApprovalDecided), _p(ev.TransferFailed), _p(ev.PlayoutStarted),
+     _p(ev.DtmfSent), _p(ev.HoldEnded),
      _p(ev.PlayoutMarked), _p(ev.PlayoutFinished)),
     ack_wait_s=TAKEOVER_S, heartbeat_s=HEARTBEAT_S, max_deliver=6, description="brain: greet, take turns",
     concurrency=16,

@@ -177,6 +177,19 @@ def grant_key(jti: str) -> str:
     return "g." + check_id(jti, "call token id")
 
 
+def trunk_key(trunk_id: str) -> str:
+    """KV ``trunks`` key of a SIP trunk: 't.<trunk_id>'."""
+    return f"t.{check_id(trunk_id, 'trunk_id')}"
+
+
+def parse_trunk_key(key: str) -> str | None:
+    """The trunk id of a ``trunk_key``; None for any other key."""
+    parts = key.split(".")
+    if len(parts) != 2 or parts[0] != "t" or not _ID.fullmatch(parts[1]):
+        return None
+    return parts[1]
+
+
 def secret_key(tenant_id: str, name: str) -> str:
     """KV ``secrets`` key of a sealed tenant secret: 's.<tenant>.<name>'."""
     return f"s.{check_id(tenant_id, 'tenant_id')}.{check_id(name, 'secret name')}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from voice_runtime.ports import BusPort
@@ -12,8 +14,8 @@ from voice_schemas import AgentConfig, Envelope, events, make, parse, subjects
 class Call:
     """Starts and answers a call on entry; ``seen`` holds every envelope published on the call's subjects."""
 
-    def __init__(self, bus: BusPort, agent: AgentConfig) -> None:
-        self.bus, self.agent = bus, agent
+    def __init__(self, bus: BusPort, agent: AgentConfig, *, greet: bool = True) -> None:
+        self.bus, self.agent, self.greet = bus, agent, greet
         self.call_id = subjects.new_call_id()
         self.seen: list[Envelope[Any]] = []
         self._sub: Any = None
@@ -25,7 +27,7 @@ class Call:
 
         self._sub = await self.bus.subscribe(subjects.call_wildcard(self.call_id), collect)
         await self.pub(events.CallStarted(agent_id=self.agent.id, agent_version=1, channel="test"))
-        await self.pub(events.CallAnswered())
+        await self.pub(events.CallAnswered(greet=self.greet))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -59,3 +61,30 @@ async def make_agent(bus: BusPort, **kw: Any) -> AgentConfig:
     kv = (await bus.provision())["agents"]
     await kv.put(subjects.agent_version_key(agent.id, 1), agent.model_dump_json().encode())
     return agent
+
+
+Start = Callable[..., Awaitable[Any]]  # start(**settings) -> a started BrainService
+
+
+@contextlib.asynccontextmanager
+async def brains(bus: BusPort, llm_base_url: str, **defaults: Any) -> AsyncIterator[Start]:
+    """``start(**settings)`` runs a brain on ``bus`` (test timeouts unless ``defaults`` or ``settings`` say
+    otherwise); every brain started is stopped on exit."""
+    from voice_brain.service import BrainService
+    from voice_brain.settings import BrainSettings
+
+    started: list[BrainService] = []
+
+    async def start(**settings: Any) -> BrainService:
+        s: dict[str, Any] = dict(nats_url="nats://unused:4222", llm_base_url=llm_base_url,
+                                 llm_first_token_timeout_s=3.0, llm_total_timeout_s=6.0, shutdown_grace_s=1.0)
+        svc = BrainService(BrainSettings(**(s | defaults | settings)))
+        await svc.start(bus)
+        started.append(svc)
+        return svc
+
+    try:
+        yield start
+    finally:
+        for svc in started:
+            await svc.stop()

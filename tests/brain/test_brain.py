@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from voice_brain.prompting import system_prompt
 from voice_brain.service import BrainService
 from voice_brain.settings import BrainSettings
 from voice_runtime.bus import Bus
@@ -63,7 +64,7 @@ async def test_greets_then_answers_in_sentences(bus: Bus, brain: BrainService, o
         assert [c.text for c in turn] == ["Sure. We open at eight in the morning.", "See you then!", ""]
         assert [c.index for c in turn] == [0, 1, 2] and turn[-1].final and not turn[1].final
         sent = openai_double.requests[-1]["messages"]
-        assert sent[0] == {"role": "system", "content": "Be a baker."}
+        assert sent[0] == {"role": "system", "content": system_prompt(agent)}
         assert sent[1]["role"] == "assistant" and sent[-1] == {"role": "user", "content": "When do you open?"}
         await finish_playout(p, "turn1", 3)
         done = await p.wait(events.TurnCompleted, "turn1")
@@ -111,3 +112,16 @@ async def test_llm_failure_is_an_apology_not_dead_air(bus: Bus, brain: BrainServ
         await p.pub(events.TranscriptFinalized(utterance_id="u1", text="Hello?"), turn_id="t1")
         chunks = await p.wait(events.ReplyChunk, "t1", final=True, timeout=8)
         assert chunks[-1].data.final and "Sorry" in chunks[-1].data.text
+
+
+async def test_an_outbound_call_whose_agent_waits_is_not_greeted_but_answered(
+    bus: Bus, brain: BrainService, openai_double: FakeOpenAI
+) -> None:
+    """call.answered with greet false (an outbound call whose agent lets the callee speak first): no greeting; the
+    callee's "Hello?" is the first turn."""
+    agent = await make_agent(bus, system_prompt="Be a baker.")
+    async with Call(bus, agent, greet=False) as p:
+        await p.pub(events.TranscriptFinalized(utterance_id="u1", text="Hello?", speech_end_wall_ms=1.0),
+                    turn_id="turn1")
+        await p.wait(events.ReplyChunk, "turn1", final=True)
+        assert not p.of(events.ReplyChunk, "greeting")

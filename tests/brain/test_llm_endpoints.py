@@ -13,15 +13,13 @@ from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
-from voice_brain.service import BrainService
-from voice_brain.settings import BrainSettings
 from voice_runtime.memory import InMemoryBus
 from voice_runtime.secretbox import SecretBox
 from voice_schemas import events, subjects
 from voice_schemas.agent import LlmSettings
 from voice_schemas.streams import KV_SECRETS
 
-from .calls import Call, make_agent
+from .calls import Call, brains, make_agent
 from .fake_openai import FakeOpenAI, Script
 
 pytestmark = pytest.mark.integration
@@ -44,20 +42,9 @@ async def bus() -> InMemoryBus:
 async def brain(bus: InMemoryBus, openai_double: FakeOpenAI) -> AsyncIterator[Brain]:
     """Starts brain with the production ``openai`` provider and the given settings."""
     openai_double.reset()
-    started: list[BrainService] = []
-
-    async def start(**settings: Any) -> BrainService:
-        s: dict[str, Any] = dict(nats_url="nats://unused:4222", llm_base_url=UNREACHABLE, llm_api_key=PLATFORM_KEY,
-                                 llm_first_token_timeout_s=2.0, llm_total_timeout_s=4.0, secrets_key=SECRETS_KEY,
-                                 shutdown_grace_s=1.0)
-        svc = BrainService(BrainSettings(**(s | settings)))
-        await svc.start(bus)
-        started.append(svc)
-        return svc
-
-    yield start
-    for svc in started:
-        await svc.stop()
+    async with brains(bus, UNREACHABLE, llm_api_key=PLATFORM_KEY, llm_first_token_timeout_s=2.0,
+                      llm_total_timeout_s=4.0, secrets_key=SECRETS_KEY) as start:
+        yield start
 
 
 async def put_secret(bus: InMemoryBus, tenant_id: str, name: str, sealed: bytes) -> None:

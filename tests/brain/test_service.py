@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from voice_brain.chat import ToolCall
+from voice_brain.prompting import system_prompt
 from voice_brain.service import BrainService
 from voice_brain.settings import BrainSettings
 from voice_runtime.bus import Bus
@@ -85,7 +86,7 @@ async def test_greeting_then_a_turn_in_sentences(any_bus: BusPort, brain: BrainS
         assert endpoint.base_url == PLATFORM_LLM and model == "smollm2"
         # the operator's endpoint: the platform key, no egress guard
         assert endpoint.api_key == brain.settings.llm_api_key.get_secret_value() and endpoint.egress is None
-        assert request.messages[0] == {"role": "system", "content": "Be a baker."}
+        assert request.messages[0] == {"role": "system", "content": system_prompt(agent)}
         assert request.messages[1] == {"role": "assistant", "content": "Hi, this is the bakery."}
         assert request.messages[-1] == {"role": "user", "content": "When do you open?"}
         await call.pub(events.PlayoutStarted(first_audio_wall_ms=2.0), turn_id="t1")
@@ -265,7 +266,7 @@ async def test_a_long_call_keeps_a_bounded_history(memory_bus: InMemoryBus, memo
         assert largest < 64 * 1024
         assert not memory_bus.dead_letters
         prompt = llm.requests[-1][2].messages
-        assert prompt[0] == {"role": "system", "content": "Be a baker."}
+        assert prompt[0] == {"role": "system", "content": system_prompt(agent)}
         assert prompt[1]["role"] == "system" and "Question number 0:" in prompt[1]["content"]  # the summary
         assert prompt[-1] == {"role": "user", "content": "Question number 199: do you have rye bread with seeds today?"}
         assert prompt[-3]["content"].startswith("Question number 198:") and len(prompt) < 60

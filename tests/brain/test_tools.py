@@ -23,7 +23,7 @@ from voice_schemas import events, subjects
 from voice_schemas.agent import EndCallTool, HttpTool, TransferCallTool, TransferTarget
 from voice_schemas.streams import KV_SECRETS
 
-from .calls import Call, make_agent
+from .calls import Call, brains, make_agent
 from .fake_openai import FakeOpenAI, Script
 from .tool_server import ToolServer
 
@@ -45,20 +45,9 @@ async def bus() -> InMemoryBus:
 async def brain(bus: InMemoryBus, openai_double: FakeOpenAI, tool_server: ToolServer) -> AsyncIterator[Brain]:
     openai_double.reset()
     tool_server.requests.clear()
-    started: list[BrainService] = []
-
-    async def start(**settings: Any) -> BrainService:
-        s: dict[str, Any] = dict(nats_url="nats://unused:4222", llm_base_url=openai_double.base_url,
-                                 llm_first_token_timeout_s=3.0, llm_total_timeout_s=6.0, secrets_key=SECRETS_KEY,
-                                 egress_allow=f"127.0.0.1:{tool_server.port}", shutdown_grace_s=1.0)
-        svc = BrainService(BrainSettings(**(s | settings)))
-        await svc.start(bus)
-        started.append(svc)
-        return svc
-
-    yield start
-    for svc in started:
-        await svc.stop()
+    async with brains(bus, openai_double.base_url, secrets_key=SECRETS_KEY,
+                      egress_allow=f"127.0.0.1:{tool_server.port}") as start:
+        yield start
 
 
 def order_tool(server: ToolServer, **kw: Any) -> HttpTool:

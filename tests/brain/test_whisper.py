@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from voice_brain.conversation import CallHistory, HistoryLimits
+from voice_brain.prompting import system_prompt
 from voice_brain.service import BrainService
 from voice_brain.settings import BrainSettings
 from voice_runtime.bus import Bus
@@ -19,11 +20,8 @@ NOTE = "Offer the croissant deal before anything else."
 
 
 @pytest.fixture
-async def bus(private_nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect(private_nats_url, "test")
-    await b.provision()
-    yield b
-    await b.close()
+def bus(private_bus: Bus) -> Bus:
+    return private_bus
 
 
 @pytest.fixture
@@ -61,7 +59,7 @@ async def test_a_whisper_changes_the_next_request_and_is_never_spoken(
         await _turn(call, "t2", "Anything else?")
         sent = openai_double.requests[-1]["messages"]
         # the fixed system prompt first (the provider's prompt cache keeps matching it), then the note, once
-        assert sent[0] == {"role": "system", "content": "Be a baker."}
+        assert sent[0] == {"role": "system", "content": system_prompt(agent)}
         assert sent[1]["role"] == "system" and sent[1]["content"].endswith(NOTE)
         assert sum(NOTE in str(m["content"]) for m in sent) == 1
         assert sent[-1] == {"role": "user", "content": "Anything else?"}

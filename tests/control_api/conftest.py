@@ -124,6 +124,8 @@ async def world(client: httpx.AsyncClient, database_url: str) -> dict[str, Tenan
             201,
         )
         t.resources.update(knowledge_base=kb["id"], knowledge_document=kb_doc["id"])
+        trunk = await ok(await client.post("/v1/sip-trunks", json={"name": f"trunk {name}"}, headers=admin), 201)
+        t.resources.update(trunk=trunk["id"])
         t.resources.update(
             tenant=t.id,
             user=t.sup_user,

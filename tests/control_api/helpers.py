@@ -53,6 +53,8 @@ TENANT_TABLES = (
     "call_turns",
     "audit_log",
     "transfer_allow_list",
+    "sip_trunks",
+    "outbound_allow_list",
     "knowledge_bases",
     "knowledge_documents",
     "knowledge_chunks",

@@ -163,6 +163,14 @@ async def fresh_secret(client: httpx.AsyncClient, t: TenantCreds, role: str) -> 
     return {"name": name}
 
 
+async def fresh_trunk(client: httpx.AsyncClient, t: TenantCreds, role: str) -> Ids:
+    body = await ok(
+        await client.post("/v1/sip-trunks", json={"name": "gone " + uuid.uuid4().hex}, headers=bearer(t.admin_key)),
+        201,
+    )
+    return {"trunk_id": body["id"]}
+
+
 AGENT = {"agent_id": "agent_sup"}
 HIDDEN_AGENT = {"agent_id": "agent_admin"}
 KNOWLEDGE_BASE = {"knowledge_base_id": "knowledge_base"}
@@ -204,6 +212,12 @@ CASES: dict[tuple[str, str], Case] = {
     ("PUT", "/v1/tenants/{tenant_id}/transfer-allow-list"): Case(
         "item", admin_only(200), {"tenant_id": "tenant"}, body=lambda ids: {"patterns": ["+4930*"]}, platform=200
     ),
+    ("GET", "/v1/tenants/{tenant_id}/outbound-allow-list"): Case(
+        "item", all_ok(200), {"tenant_id": "tenant"}, platform=200
+    ),
+    ("PUT", "/v1/tenants/{tenant_id}/outbound-allow-list"): Case(
+        "item", admin_only(200), {"tenant_id": "tenant"}, body=lambda ids: {"patterns": ["+4930*"]}, platform=200
+    ),
     # users
     ("POST", "/v1/users"): Case(
         "create", admin_only(201), body=lambda ids: {"email": unique_email(), "password": PASSWORD}
@@ -242,6 +256,7 @@ CASES: dict[tuple[str, str], Case] = {
         "item", all_ok(200), {**AGENT, "version": "=1"}, hidden={**HIDDEN_AGENT, "version": "=1"}
     ),
     ("GET", "/v1/agents/{agent_id}/deployment"): Case("item", all_ok(200), AGENT, hidden=HIDDEN_AGENT),
+    ("GET", "/v1/agents/{agent_id}/intents/stats"): Case("item", all_ok(200), AGENT, hidden=HIDDEN_AGENT),
     # phone numbers
     ("POST", "/v1/phone-numbers"): Case(
         "create", admin_only(201), body=lambda ids: {"number": unique_number(), "agent_id": ids["agent_sup"]}
@@ -257,6 +272,20 @@ CASES: dict[tuple[str, str], Case] = {
     ),
     ("DELETE", "/v1/phone-numbers/{number_id}"): Case(
         "item", admin_only(204), {"number_id": "number_sup"}, fresh=fresh_number
+    ),
+    # SIP trunks (tests/control_api/test_sip_trunks.py checks their KV mirror and validation)
+    ("POST", "/v1/sip-trunks"): Case(
+        "create", admin_only(201), body=lambda ids: {"name": "trunk " + uuid.uuid4().hex}
+    ),
+    ("GET", "/v1/sip-trunks"): Case("list", admin_only(200)),
+    ("GET", "/v1/sip-trunks/{trunk_id}"): Case("item", admin_only(200), {"trunk_id": "trunk"}),
+    ("PATCH", "/v1/sip-trunks/{trunk_id}"): Case(
+        "item", admin_only(200), {"trunk_id": "trunk"}, body=lambda ids: {"supports_refer": False}
+    ),
+    ("DELETE", "/v1/sip-trunks/{trunk_id}"): Case("item", admin_only(204), {"trunk_id": "trunk"}, fresh=fresh_trunk),
+    # outbound calls: nothing is on the allow-list here (403); tests/e2e/test_outbound_call.py places real ones
+    ("POST", "/v1/calls"): Case(
+        "create", all_ok(403), body=lambda ids: {"agent_id": ids["agent_sup"], "to": "+14155550100"}
     ),
     # calls
     ("GET", "/v1/calls"): Case(
@@ -439,6 +468,10 @@ async def tenant_state(database_url: str, service: ControlApiService, tenant_id:
         keys += [
             ("secrets", subjects.secret_key(tenant_id, r["name"]))
             for r in await conn.fetch("SELECT name FROM tenant_secrets WHERE tenant_id = $1", tenant_id)
+        ]
+        keys += [
+            ("trunks", subjects.trunk_key(r["id"]))
+            for r in await conn.fetch("SELECT id FROM sip_trunks WHERE tenant_id = $1", tenant_id)
         ]
     finally:
         await conn.close()

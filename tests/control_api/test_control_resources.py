@@ -30,7 +30,7 @@ async def test_errors_are_problem_json_everywhere(client: httpx.AsyncClient, ten
     admin = bearer(tenant.admin_key)
     body = problem(await client.get("/v1/nowhere", headers=admin), 404)
     assert body["instance"] == "/v1/nowhere" and body["request_id"]
-    r = await client.post("/v1/calls", headers=admin)
+    r = await client.put("/v1/calls", headers=admin)
     problem(r, 405)
     assert "GET" in r.headers["allow"]
     r = await client.post("/v1/agents", json={"llm": {"temperature": 5}}, headers=admin)
@@ -330,8 +330,10 @@ async def test_calls_list_filters_and_detail_with_ordered_turns(
         "latency_ms",
         "latency",
         "sources",
+        "intent",
     }
     assert reply["sources"] == []  # no knowledge retrieved (tests/control_api/test_knowledge.py fills it)
+    assert reply["intent"] is None  # no intent matched (tests/control_api/test_intents.py fills it)
 
     async def ids(**params: Any) -> list[str]:
         body = await ok(await client.get("/v1/calls", params={"limit": 200, **params}, headers=admin))

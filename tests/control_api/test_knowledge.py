@@ -14,13 +14,13 @@ import httpx
 import pytest
 from voice_analytics import recorder
 from voice_brain.knowledge import Knowledge
-from voice_brain.service import BrainService
+from voice_brain.prompting import system_prompt
 from voice_brain.settings import BrainSettings
 from voice_control_api.service import ControlApiService
 from voice_runtime.memory import InMemoryBus
 from voice_schemas import AgentConfig, events, subjects
 
-from ..brain.calls import Call
+from ..brain.calls import Call, brains
 from ..brain.fake_openai import EMBEDDING_DIMENSIONS, FakeOpenAI, Script
 from ..knowledge.pdfs import make_pdf
 from .conftest import make_settings
@@ -52,20 +52,10 @@ async def bus() -> InMemoryBus:
 @pytest.fixture
 async def brain(bus: InMemoryBus, llm: FakeOpenAI, database_url: str) -> AsyncIterator[Any]:
     llm.reset(Script(text="It is free behind the restaurant after six, according to our menu."))
-    started: list[BrainService] = []
-
-    async def start(**settings: Any) -> BrainService:
-        # a generous timeout: this asserts what is retrieved, never how fast (bench/knowledge.py measures that)
-        s: dict[str, Any] = dict(nats_url="nats://unused:4222", llm_base_url=llm.base_url, database_url=database_url,
-                                 knowledge_timeout_s=5.0, llm_first_token_timeout_s=5.0, shutdown_grace_s=1.0)
-        svc = BrainService(BrainSettings(**(s | settings)))
-        await svc.start(bus)
-        started.append(svc)
-        return svc
-
-    yield start
-    for svc in started:
-        await svc.stop()
+    # a generous timeout: this asserts what is retrieved, never how fast (bench/knowledge.py measures that)
+    async with brains(bus, llm.base_url, database_url=database_url, knowledge_timeout_s=5.0,
+                      llm_first_token_timeout_s=5.0) as start:
+        yield start
 
 
 async def create_base(client: httpx.AsyncClient, t: TenantCreds, name: str) -> str:
@@ -202,11 +192,12 @@ async def test_a_question_answered_from_an_uploaded_pdf_cites_it_and_tenants_sta
     svc = await brain()
 
     call, done = await ask(bus, config_a, "Where can I park my car tonight?")
-    # the prompt: the fixed system prompt first, then the chunk with its source; nothing of tenant B
+    # the prompt: the fixed system prompt first; the chunk with its source right before the caller's words (what
+    # changes every turn goes last: the LLM server's prompt cache keeps the rest); nothing of tenant B
     messages = llm.requests[-1]["messages"]
-    assert messages[0] == {"role": "system", "content": prompt}
+    assert messages[0] == {"role": "system", "content": system_prompt(config_a)}
     (knowledge,) = knowledge_messages(llm.requests[-1])
-    assert messages[1]["content"] == knowledge
+    assert messages[-2]["content"] == knowledge and messages[-1]["role"] == "user"
     assert "[1] Source: menu.pdf" in knowledge and "Parking is free in the courtyard behind the restaurant" in knowledge
     assert "4711" not in json.dumps(llm.requests[-1])
     # the turn carries its sources; analytics stores them; the call detail shows them

@@ -12,6 +12,7 @@ needs, TwiML that parses, and that only a live call can be redirected. Errors ar
 - ``POST /2010-04-01/Accounts/{AccountSid}/Calls.json``: create an outbound call (``To``, ``From``, ``Url`` or
   ``Twiml``, optional ``StatusCallback``); 201 with a new ``CA...`` sid, status ``queued``.
 - ``GET`` of a call: its resource.
+- ``call_back``: what Twilio sends a created call's ``StatusCallback`` (ringing, in-progress, busy, ...), signed.
 
 Every request is recorded (``requests``) for assertions, whether it was answered with success or not.
 ``fail_next`` scripts error answers; ``on_update`` / ``on_create`` are awaited (in the server's event loop, the
@@ -34,11 +35,13 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from twilio.request_validator import RequestValidator
 
 from ..conftest import free_port
 
@@ -89,6 +92,7 @@ class TwilioRestDouble:
     on_update: Hook | None = None
     on_create: Hook | None = None
     port: int = 0
+    status_callbacks: dict[str, str] = field(default_factory=dict)  # sid -> StatusCallback of a created call
 
     @property
     def base_url(self) -> str:
@@ -221,7 +225,25 @@ class TwilioRestDouble:
             if fault is not None:
                 return done(self._error(fault.status, fault.code, fault.message))
         call = self.add_call(to=to, from_=from_, status="queued", direction="outbound-api")
+        callback = form.get("StatusCallback", [None])[0]
+        if callback:
+            self.status_callbacks[call["sid"]] = callback
         return done(JSONResponse(call, status_code=201))
+
+    async def call_back(self, sid: str, status: str, *, public: str, real: str) -> int:
+        """What Twilio does as a created call progresses: POST the call's ``StatusCallback`` (form ``CallSid``,
+        ``AccountSid``, ``CallStatus``, ``Direction``...), signed with the auth token over the URL as given;
+        ``public`` is the base of that URL, ``real`` where it is served here. The call's status follows."""
+        url = self.status_callbacks[sid]
+        call = self.calls[sid]
+        call["status"] = status
+        params = {"CallSid": sid, "AccountSid": self.account_sid, "CallStatus": status, "From": call["from"],
+                  "To": call["to"], "Direction": "outbound-api", "ApiVersion": API.strip("/")}
+        signature = RequestValidator(self.auth_token).compute_signature(url, params)
+        async with httpx.AsyncClient(timeout=10) as client:
+            r = await client.post(real + url.removeprefix(public), data=params,
+                                  headers={"X-Twilio-Signature": signature})
+        return r.status_code
 
     def _preview(self, request: Request, call_sid: str | None, form: dict[str, list[str]]) -> Recorded:
         return Recorded(request.method, request.url.path, self.account_sid, call_sid, form, self._basic(request), 0)
@@ -241,8 +263,8 @@ class TwilioRestDouble:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[TwilioRestDouble]:
-        """Serve on a free loopback port in the current event loop until the block ends."""
-        self.port = free_port()
+        """Serve on loopback (``port``, or a free one) in the current event loop until the block ends."""
+        self.port = self.port or free_port()
         server = uvicorn.Server(uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, lifespan="off",
                                                log_config=None, access_log=False))
         task = asyncio.create_task(server.serve())

@@ -30,6 +30,7 @@ from voice_schemas.agent import LlmSettings
 from ..conftest import free_port
 
 TWILIO_TOKEN = "test-auth-token-0123456789abcdef"
+TWILIO_ACCOUNT = "AC" + "0" * 32  # the account the Twilio-style caller's `start` names
 PUBLIC = "https://voice.example.test"
 CALL_TOKEN_KEY = base64.b64encode(os.urandom(32)).decode()  # browser calls: ingress verifies what control-api mints
 STACK = ("ingress", "media", "stt", "brain", "tts", "analytics")
@@ -44,6 +45,8 @@ class Platform:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
     sip_port: int = 0  # ingress's SIP listener (UDP and TCP) on loopback
+    twilio_api_port: int = 0  # where ingress finds Twilio's REST API (a test serves tests/doubles/twilio_rest.py)
+    sip_callee_port: int = 0  # a SIP trunk's outbound proxy on loopback (SIPp as the callee), egress-allowed
 
     @property
     def ingress(self) -> str:
@@ -82,7 +85,7 @@ def platform(database_url: str) -> Iterator[Platform]:
         llm_url = f"http://127.0.0.1:{llm_port}/v1"
         assert _wait_ready(llm_url + "/models", llm, 60), "embedded LLM did not start"
     p = Platform(f"nats://127.0.0.1:{nats_port}", database_url, llm_url, {n: free_port() for n in STACK},
-                 sip_port=free_port())
+                 sip_port=free_port(), twilio_api_port=free_port(), sip_callee_port=free_port())
     base_env = dict(os.environ, NATS_URL=p.nats_url, DATABASE_URL=database_url, LLM_BASE_URL=llm_url,
                     LLM_MODEL=os.environ.get("LLM_MODEL", "smollm2"), TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
                     TWILIO_ALLOW_UNSIGNED="false",  # every Twilio request is signed, as in production
@@ -91,6 +94,9 @@ def platform(database_url: str) -> Iterator[Platform]:
                     CALL_TOKEN_KEY=CALL_TOKEN_KEY, WEBRTC_LOOPBACK_CANDIDATE="true",
                     SIP_ENABLED="true", SIP_BIND_HOST="127.0.0.1", SIP_UDP_PORT=str(p.sip_port),
                     SIP_TCP_PORT=str(p.sip_port),
+                    # outbound Twilio calls (tests/e2e/test_outbound_call.py serves the REST double on this port)
+                    TWILIO_ACCOUNT_SID=TWILIO_ACCOUNT, TWILIO_API_BASE_URL=f"http://127.0.0.1:{p.twilio_api_port}",
+                    EGRESS_ALLOW=f"127.0.0.1:{p.sip_callee_port}",  # outbound SIP to SIPp on loopback
                     # the converted Moonshine model is kept across test runs (converting takes ~20 s)
                     MOONSHINE_MODELS_DIR=str(state_dir() / "models"))
     module = {n: m for n, m, _ in SERVICES}

@@ -70,6 +70,7 @@ def control_api(platform: Platform) -> Iterator[ControlApi]:
         HTTP_PORT=str(port),
         BOOTSTRAP_ADMIN_KEY=BOOTSTRAP_KEY,
         CALL_TOKEN_KEY=CALL_TOKEN_KEY,  # browser calls (tests/e2e/test_browser_call.py): ingress verifies the grant
+        EGRESS_ALLOW=f"127.0.0.1:{platform.sip_callee_port}",  # a SIP trunk's proxy (tests/e2e/test_outbound_call.py)
         LOG_FORMAT="json",
         SHUTDOWN_GRACE_S="3",
         PYTHONUNBUFFERED="1",

@@ -10,8 +10,9 @@ import asyncpg
 import pytest
 from voice_runtime.bus import Bus
 
+from bench.sip_caller import SipCaller
+
 from .conftest import Platform, configure_agent, poll, speech, transcribe, words
-from .sip_caller import SipCaller
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

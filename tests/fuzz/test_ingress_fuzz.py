@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from voice_runtime.bus import Bus
 from voice_schemas import subjects
 from voice_schemas.audio import FRAME_BYTES, H_SEQ, AudioFrame
 
+from bench.fuzz import log_errors
 from bench.fuzz_ingress import Target, drive, generate, plan, script_strategy, webhook_strategy
 from bench.twilio_caller import TwilioCaller
 
@@ -52,24 +52,13 @@ class Ingress:
     log: Path
 
     def errors(self) -> list[str]:
-        """Log lines at error level, tracebacks and uncaught exceptions."""
-        out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                if json.loads(line).get("level") in ("error", "critical"):
-                    out.append(line)
-                    continue
-            if line.startswith(("ERROR", "CRITICAL", "Traceback")):
-                out.append(line)
-        return out
+        """Log lines at error level (by event), tracebacks and uncaught exceptions."""
+        return sorted(log_errors(self.log.read_text(errors="replace")).elements())
 
 
 @pytest.fixture
-async def bus(private_nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect(private_nats_url, "test")
-    await b.provision()
-    yield b
-    await b.close()
+def bus(private_bus: Bus) -> Bus:
+    return private_bus
 
 
 @pytest.fixture

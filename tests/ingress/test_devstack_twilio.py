@@ -63,5 +63,6 @@ def test_make_run_gives_the_secrets_key_only_to_the_services_that_use_it(tmp_pat
     env = {"SECRETS_KEY": "leaked", "CALL_TOKEN_KEY": "leaked", "PATH": "/bin"}
     for name, _, _ in stack.SERVICES:
         got = stack.service_env(name, env, key, token_key)
-        assert got.get("SECRETS_KEY") == (key if name in ("control-api", "brain", "analytics") else None), name
+        assert got.get("SECRETS_KEY") == (key if name in ("control-api", "brain", "analytics", "ingress")
+                                          else None), name
         assert got.get("CALL_TOKEN_KEY") == (token_key if name in ("control-api", "ingress") else None), name

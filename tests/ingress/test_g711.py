@@ -83,3 +83,19 @@ def test_a_tone_survives_the_round_trip() -> None:
     lag = int(np.argmax([np.dot(ref[:n], back[k:k + n]) for k in range(400)]))
     corr = np.corrcoef(ref[:n], back[lag:lag + n])[0, 1]
     assert corr > 0.99 and abs(np.std(back[lag:lag + n]) / np.std(ref[:n]) - 1) < 0.05
+
+
+def test_the_encoder_gives_one_phone_frame_per_frame_in_and_keeps_out_what_would_alias() -> None:
+    """One 20 ms payload for each 20 ms frame from the first on (a burst of three every third frame was sent back to
+    back: 60 ms of jitter at the caller), the phone band kept, what lies above 4 kHz filtered out before decimation."""
+    def through(freq: float) -> tuple[list[int], float]:
+        enc = AgentAudioEncoder("ulaw")
+        x = (np.sin(np.arange(16000) / 16000 * 2 * np.pi * freq) * 8000).astype(np.int16)
+        per_frame = [enc.encode(x[i:i + 320].tobytes()) for i in range(0, x.size, 320)]
+        y = g711.decode(b"".join(p for ps in per_frame for p in ps), "ulaw").astype(np.float64)[200:]
+        return [len(ps) for ps in per_frame], float(np.std(y) / np.std(x.astype(np.float64)))
+
+    counts, gain = through(1000)
+    assert counts == [1] * 50 and abs(gain - 1) < 0.02
+    assert through(3000)[1] > 0.9  # the top of the phone band
+    assert through(6000)[1] < 0.03  # would fold to 2 kHz: more than 30 dB down

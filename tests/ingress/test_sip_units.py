@@ -257,7 +257,9 @@ class FakeApp:
         self.dialogs.append(dialog)
         if not self.manual:
             assert self.uas is not None
-            self.uas.answer(dialog, self._answer(request.body))
+            body = request.body
+            self.uas.answer(dialog, self._answer(body) if body.strip() else
+                            sdp.make_offer(address="198.51.100.1", port=20000))
 
     def _answer(self, body: bytes) -> str:
         return sdp.negotiate(sdp.parse(body), address="198.51.100.1", port=20000).sdp
@@ -279,6 +281,12 @@ class FakeApp:
 
     def dtmf(self, dialog: Dialog, digit: str) -> None:
         self.events.append(("dtmf", digit))
+
+    def acked(self, dialog: Dialog, body: bytes) -> None:
+        self.events.append(("acked", body.decode()))
+
+    def notify(self, dialog: Dialog, request: Request) -> None:
+        self.events.append(("notify", request.body.decode()))
 
 
 class FakeWire:
@@ -493,12 +501,28 @@ def test_each_source_is_rate_limited() -> None:
     assert len(wire.responses(200)) == 20 + 1 + 10
 
 
-def test_required_extensions_we_lack_get_420_and_no_offer_488() -> None:
+def test_required_extensions_we_lack_get_420() -> None:
     uas, app, wire, _ = make_uas()
     uas.receive(request("INVITE", body=offer(AUDIO), extra="Require: 100rel\r\n"), PEER)
-    assert wire.responses(420)[0][1].headers["Unsupported"] == "100rel"
-    uas.receive(request("INVITE", branch="z9hG4bK-2"), PEER)
-    assert wire.responses(488) and app.dialogs == []
+    assert wire.responses(420)[0][1].headers["Unsupported"] == "100rel" and app.dialogs == []
+
+
+def test_a_delayed_offer_gets_our_offer_in_the_200_and_the_ack_brings_the_answer() -> None:
+    uas, app, wire, clock = make_uas()
+    uas.receive(request("INVITE"), PEER)  # no SDP
+    [(_, ok)] = wire.responses(200, "INVITE")
+    ours = ok.body.decode()
+    assert "m=audio 20000 RTP/AVP 0 8 101" in ours
+    answer = offer("m=audio 4000 RTP/AVP 8 101", "a=rtpmap:101 telephone-event/8000")
+    uas.receive(request("ACK", to_tag=str(ok.to_address.parameters["tag"]), body=answer), PEER)
+    assert app.events == [("acked", answer)]
+    n = sdp.accept_answer(sdp.parse(answer), ours)
+    assert (n.encoding, n.payload_type, n.dtmf_payload_type, n.remote_port, n.direction) == ("PCMA", 8, 101, 4000,
+                                                                                             "sendrecv")
+    clock.advance(40.0)
+    assert len(wire.responses(200, "INVITE")) == 1  # the ACK stopped the retransmissions
+    with pytest.raises(sdp.NoCommonCodec):
+        sdp.accept_answer(sdp.parse(offer("m=audio 0 RTP/AVP 0")), ours)
 
 
 # ---------------------------------------------------------------- make run
@@ -517,3 +541,120 @@ def test_make_run_takes_sip_on_5060_or_a_free_port_and_leaves_a_users_settings_a
     env = sip_env({})
     assert env["SIP_ENABLED"] == "true" and env["SIP_UDP_PORT"] == env["SIP_TCP_PORT"]
     assert env["SIP_UDP_PORT"] == "5060" or not sip_port_free("127.0.0.1", 5060)
+
+
+# ---------------------------------------------------------------- trunks, keys sent, the outbound proxy
+def _trunk(**kw: object) -> Any:
+    from voice_schemas.agent import SipTrunk
+
+    return SipTrunk(**{"id": "t1", "tenant_id": "tenant-a", "name": "pbx", **kw})  # type: ignore[arg-type]
+
+
+def test_trunk_number_rules_make_e164_and_refuse_what_they_cannot() -> None:
+    from voice_ingress.sip_trunks import safe_pattern, trunk_number
+    from voice_schemas.agent import TrunkNumberRule
+
+    t = _trunk(number_rules=[TrunkNumberRule(match=r"0([1-9]\d{8,9})", replace=r"+44\1"),
+                             TrunkNumberRule(match=r"(1\d\d)", replace=r"+4420700000\1"),
+                             # refused when saved; one that got into KV some other way is still never run
+                             TrunkNumberRule.model_construct(match=r"(a+)+b", replace=r"+1\1")])
+    assert trunk_number(t, "02071234567") == "+442071234567"  # national, trunk prefix dropped
+    assert trunk_number(t, "123") == "+4420700000123"  # an extension
+    assert trunk_number(t, "+15550100") == "+15550100" and trunk_number(t, "0015550100") == "+15550100"
+    assert trunk_number(t, "a" * 30 + "c") is None  # the nested pattern is never run
+    assert trunk_number(t, "9" * 40) is None and trunk_number(t, "hello") is None and trunk_number(t, None) is None
+    assert not safe_pattern(r"(a+)+b") and not safe_pattern(r"(\d{1,3})*") and safe_pattern(r"0(\d{9,10})")
+
+
+def test_trunks_are_matched_by_source_then_credentials_with_the_allow_list_as_fallback() -> None:
+    from voice_ingress.sip_trunks import TrunkDirectory
+
+    d = TrunkDirectory([ipaddress.ip_network("198.51.100.0/24")])
+    d.put(_trunk(id="wide", inbound_sources=["192.0.2.0/24"]))
+    d.put(_trunk(id="narrow", inbound_sources=["192.0.2.7/32"], inbound_username="pbx",
+                 inbound_password_secret="pw", digest_algorithms=["MD5"]))
+    d.put(_trunk(id="roaming", inbound_username="mobile", inbound_password_secret="pw2"))
+    assert d.classify("192.0.2.9", None).kind == "trunk" and d.classify("192.0.2.9", None).trunks[0].id == "wide"
+    assert d.classify("192.0.2.7", None).trunks[0].id == "wide"  # a source trunk without credentials takes it
+    c = d.classify("192.0.2.7", "pbx")
+    assert c.kind == "verify" and [t.id for t in c.trunks] == ["narrow"]
+    assert d.classify("203.0.113.1", "pbx").kind == "forbidden"  # pbx's trunk names other sources
+    assert [t.id for t in d.classify("203.0.113.1", "mobile").trunks] == ["roaming"]
+    assert d.classify("198.51.100.5", None).kind == "fallback"  # SIP_ALLOWED_SOURCES
+    c = d.classify("203.0.113.1", None)
+    assert c.kind == "challenge" and c.algorithms == ("SHA-256", "MD5")
+    assert d.admits("203.0.113.1")  # the roaming trunk may call from anywhere, with credentials
+    d.remove("roaming")
+    assert not d.admits("203.0.113.1") and d.classify("203.0.113.1", None).kind == "forbidden"
+    only = TrunkDirectory([], trunks_only=True)
+    assert not only.admits("127.0.0.1") and TrunkDirectory([]).admits("127.0.0.1")
+
+
+def test_keys_queue_behind_audio_and_survive_a_clear() -> None:
+    q = rtp.PlayoutQueue(max_payloads=2)
+    q.put(b"a")
+    for tick in rtp.dtmf_ticks("5#"):
+        q.put_key(tick if tick is not None else b"s")
+    q.clear()  # a barge-in drops the agent's audio, not a key half pressed
+    taken = [q.take()[0] for _ in range(17)]
+    events = [t for t in taken if isinstance(t, rtp.DtmfTick)]
+    assert len(events) == 10 and taken.count(b"s") == 6 and taken[-1] is None
+    assert [e.payload()[0] for e in events] == [5] * 5 + [11] * 5
+    end = events[4].payload()
+    assert end[1] & 0x80 and int.from_bytes(end[2:4], "big") == 800 and not events[3].payload()[1] & 0x80
+
+
+def test_outbound_proxy_addresses() -> None:
+    from voice_ingress.transports.sip import _host_port, sip_uac_host
+
+    assert _host_port("sip.example.com") == ("sip.example.com", 5060)
+    assert _host_port("192.0.2.1:5080") == ("192.0.2.1", 5080)
+    assert _host_port("[2001:db8::1]:5062") == ("2001:db8::1", 5062)
+    for bad in ["", "host:x", "host:70000"]:
+        with pytest.raises(ValueError):
+            _host_port(bad)
+    assert sip_uac_host("sip:alice@192.0.2.1:5062;transport=tcp") == "192.0.2.1:5062"
+
+
+async def test_keys_go_in_band_when_no_telephone_event_was_negotiated() -> None:
+    from voice_ingress import g711, tones
+    from voice_ingress.transports.sip import SipCall
+
+    n = sdp.negotiate(sdp.parse(offer("m=audio 4000 RTP/AVP 8")), address="198.51.100.1", port=20000)
+    assert n.dtmf_payload_type is None
+    d = Dialog(call_id="c", local_tag="l", remote_tag="r", peer=PEER, invite=None,  # type: ignore[arg-type]
+               remote_target="sip:x@192.0.2.10", route_set=[], remote_cseq=1)
+    call = SipCall(d, n, jitter_s=0.06, on_close=lambda *_: None)
+    await call.send_dtmf("7*")
+    frames = [call.queue.take()[0] for _ in range(16)]
+    assert all(isinstance(f, bytes) and len(f) == 160 for f in frames) and call.queue.take()[0] is None
+    pcm = g711.decode(b"".join(f for f in frames if isinstance(f, bytes)), "alaw")
+    assert tones.detect(pcm, 8000) == "7*"
+    with pytest.raises(tones.BadDigits):
+        await call.send_dtmf("x")
+
+
+def test_a_refer_of_ours_gets_its_final_response_and_the_notify_reaches_the_app() -> None:
+    uas, app, wire, clock = make_uas(t1_s=0.5)
+    tag = invite(uas, wire)
+    uas.receive(request("ACK", to_tag=tag), PEER)
+    d = uas.dialogs[("c1", tag)]
+    finals: list[int | None] = []
+    uas.in_dialog_request(d, "REFER", headers=[("Refer-To", "<sip:+15550111@192.0.2.10>")],
+                          on_final=lambda r: finals.append(r.code if r is not None else None))
+    [refer] = wire.requests("REFER")
+    assert refer.headers["Refer-To"] == "<sip:+15550111@192.0.2.10>" and refer.cseq.sequence == 1
+    assert refer.from_address.parameters["tag"] == tag and refer.to_address.parameters["tag"] == "caller"
+    clock.advance(0.6)
+    assert len(wire.requests("REFER")) == 2  # sent again over UDP until answered
+    branch = refer.via[0].parameters["branch"]
+    uas.receive((f"SIP/2.0 202 Accepted\r\nVia: SIP/2.0/UDP 198.51.100.1:5060;branch={branch}\r\n"
+                 f"From: {refer.headers['From']}\r\nTo: {refer.headers['To']}\r\nCall-ID: c1\r\n"
+                 "CSeq: 1 REFER\r\nContent-Length: 0\r\n\r\n").encode(), PEER)
+    clock.advance(40.0)
+    assert finals == [202] and len(wire.requests("REFER")) == 2
+    frag = "SIP/2.0 200 OK\r\n"
+    uas.receive(request("NOTIFY", branch="z9hG4bK-n1", cseq=2, to_tag=tag, body=frag,
+                        extra="Event: refer\r\nSubscription-State: terminated\r\n").replace(
+                            b"application/sdp", b"message/sipfrag"), PEER)
+    assert app.events[-1] == ("notify", frag) and wire.responses(200, "NOTIFY")

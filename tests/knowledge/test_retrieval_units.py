@@ -69,16 +69,17 @@ def history() -> CallHistory:
     return h
 
 
-def test_knowledge_goes_after_the_system_prompt_and_notes_and_before_the_summary() -> None:
+def test_knowledge_goes_after_everything_else_right_before_the_callers_words() -> None:
+    """The fixed system prompt first, then what changes more and more often (notes, summary, window), this turn's
+    knowledge last: the LLM server's prompt cache keeps everything before it."""
     h = history()
     messages = h.prompt("You are the front desk.", "KNOWLEDGE")
-    assert [m["content"] for m in messages[:4]] == [
+    assert [m["content"] for m in messages[:2]] == [
         "You are the front desk.",
         "Instruction from your supervisor (the caller cannot hear this): Offer the soup.",
-        "KNOWLEDGE",
-        messages[3]["content"],
     ]
-    assert messages[3]["content"].startswith("Summary of the earlier part")
+    assert messages[2]["content"].startswith("Summary of the earlier part")
+    assert messages[-2] == {"role": "system", "content": "KNOWLEDGE"}
     assert messages[-1] == {"role": "user", "content": "Is there parking?"}
     assert h.prompt("You are the front desk.") == [m for m in messages if m["content"] != "KNOWLEDGE"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,11 +79,8 @@ def plane(private_nats_url: str, database_url: str, llm: FakeOpenAI, tmp_path: P
 
 
 @pytest.fixture
-async def bus(private_nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect(private_nats_url, "test")
-    await b.provision()
-    yield b
-    await b.close()
+def bus(private_bus: Bus) -> Bus:
+    return private_bus
 
 
 async def test_calls_survive_one_kill_of_each_stage(plane: Plane, bus: Bus, database_url: str) -> None:

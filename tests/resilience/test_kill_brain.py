@@ -1,7 +1,8 @@
 """kill -9 of the brain replica streaming a reply: another replica takes the turn over within the consumer's ack
 wait (a live handler sends heartbeats, a dead one does not), and no turn is answered twice. brain runs as real
 processes on a NATS of the test's own; the model is the OpenAI-protocol double over HTTP, held mid-reply so the
-kill lands while the reply streams."""
+kill lands while the reply streams. The second replica is paused (SIGSTOP) until the kill, so that the first is
+the one replying."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import asyncio
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,9 @@ class Brains:
         return proc
 
     def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)  # one paused by a test that failed before resuming it
         stop_all(self.procs)
 
 
@@ -49,11 +53,8 @@ def llm() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture
-async def bus(private_nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect(private_nats_url, "test")
-    await b.provision()
-    yield b
-    await b.close()
+def bus(private_bus: Bus) -> Bus:
+    return private_bus
 
 
 @pytest.fixture
@@ -78,7 +79,9 @@ async def held(llm: FakeOpenAI, timeout: float = 20.0) -> None:
 @pytest.mark.parametrize("when", ["after-a-sentence", "before-any-word"])
 async def test_killing_the_replica_mid_reply_hands_the_turn_to_another(
         bus: Bus, brains: Brains, llm: FakeOpenAI, when: str) -> None:
-    first = brains.start()
+    first, second = brains.start(), brains.start()
+    second.send_signal(signal.SIGSTOP)  # paused while the first takes the call, so the kill hits the one replying
+    await asyncio.sleep(0.6)  # a fetch the second had pending at the server expires (0.5 s)
     agent = await make_agent(bus)
     async with Call(bus, agent) as call:
         await call.wait(events.ReplyChunk, "greeting", timeout=20)
@@ -90,10 +93,12 @@ async def test_killing_the_replica_mid_reply_hands_the_turn_to_another(
         if when == "after-a-sentence":
             await call.wait(events.ReplyChunk, "t1", timeout=20)  # "We open at eight." went out
         first.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
         first.wait(10)
         llm.reset(Script(text="Sorry, we open at eight."))  # what the model says to the replica taking over
-        brains.start()
+        second.send_signal(signal.SIGCONT)
         await call.wait(events.ReplyChunk, "t1", final=True, timeout=30)
+        print(f"brain: the turn finished by the other replica {time.monotonic() - killed_at:.2f} s after kill -9")
         got = chunks(call, "t1")
         assert [c.index for c in got] == list(range(len(got)))  # contiguous: nothing doubled, nothing skipped
         assert sum(c.final for c in got) == 1  # answered once

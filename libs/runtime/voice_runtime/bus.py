@@ -70,6 +70,11 @@ class Later(Exception):
         self.delay_s = max(0.0, delay_s)
 
 
+class NotMine(Exception):
+    """This copy of the message is not this replica's to settle (another replica may be working on it): neither ack
+    nor nak. Should nobody settle it, JetStream delivers it again once its ack wait runs out."""
+
+
 class UnsupportedServer(RuntimeError):
     """The NATS server is too old for our consumers (multi-subject filters arrived in 2.10)."""
 
@@ -306,9 +311,14 @@ class Bus:
         return kv
 
     async def _place_bucket(self, want: KvDef) -> None:
-        """An existing bucket's replicas are raised to ``NATS_REPLICAS``, never lowered (as for streams)."""
+        """An existing bucket's replicas are raised to ``NATS_REPLICAS``, never lowered (as for streams); its TTL
+        follows the definition (the liveness bucket's TTL is how fast a dead replica is noticed)."""
         stream = f"KV_{want.bucket}"
         cfg = (await self.js.stream_info(stream)).config
+        if want.ttl_s and abs((cfg.max_age or 0.0) - want.ttl_s) > 1e-3:
+            was, cfg.max_age = cfg.max_age, want.ttl_s
+            await self.js.update_stream(cfg)
+            log.info("bucket_ttl_changed", bucket=want.bucket, ttl_s=want.ttl_s, was=was)
         have = cfg.num_replicas or 1
         if have < want.replicas:
             cfg.num_replicas = want.replicas
@@ -468,7 +478,7 @@ class Bus:
 class Outcome:
     """What the ack policy decided for one delivery."""
 
-    action: Literal["ack", "nak", "dead_letter"]
+    action: Literal["ack", "nak", "dead_letter", "leave"]
     delay_s: float = 0.0
     error: str = ""
 
@@ -494,6 +504,8 @@ async def deliver(d: ConsumerDef, service: str, handler: Handler, subject: str, 
                         "call_id": env.call_id, "tenant_id": env.tenant_id, "turn_id": env.turn_id or ""},
         ):
             await handler(env)
+    except NotMine:
+        return Outcome("leave")
     except Later as e:
         if delivered >= d.max_deliver:
             return Outcome("dead_letter", error=f"still not due after {delivered} deliveries"[:500])
@@ -604,6 +616,8 @@ class DurableConsumer:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=outcome.delay_s)
                 metrics.EVENTS_HANDLED.labels(svc, name, "nak").inc()
+            elif outcome.action == "leave":
+                metrics.EVENTS_HANDLED.labels(svc, name, "leave").inc()
             else:
                 await self._dead_letter(msg, outcome.error, delivered)
         except asyncio.CancelledError:

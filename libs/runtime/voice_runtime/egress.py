@@ -85,6 +85,15 @@ async def resolve(host: str, port: int) -> list[IpAddress]:
     return out
 
 
+async def checked_address(policy: EgressPolicy, host: str, port: int) -> str:
+    """The address to dial for ``host:port``: resolved once and checked (``BlockedAddress`` when internal and not
+    allow-listed). Every guarded network backend (httpcore here, httpcore2 in ``egress_httpx2``) connects to what
+    this returns, never to the name, so a second DNS answer (rebinding) is never used."""
+    ips = await resolve(host, port)
+    policy.check(host, port, ips)
+    return str(ips[0])
+
+
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore network backend that resolves, checks and dials the checked address."""
 
@@ -94,10 +103,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        ips = await resolve(host, port)
-        self.policy.check(host, port, ips)
+        address = await checked_address(self.policy, host, port)
         # TLS still verifies the name: httpcore passes the URL's host as server_hostname in start_tls
-        return await self.inner.connect_tcp(str(ips[0]), port, timeout=timeout, local_address=local_address,
+        return await self.inner.connect_tcp(address, port, timeout=timeout, local_address=local_address,
                                             socket_options=socket_options)
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,

@@ -28,9 +28,11 @@ from .logging import get_logger, safe_error
 
 log = get_logger(__name__)
 
-# with the bucket's TTL (KV_REPLICAS.ttl_s, 1.5 s), a dead replica is noticed within TTL + CHECK_S (about 2 s)
-HEARTBEAT_S = 0.5
-CHECK_S = 0.5
+# with the bucket's TTL (KV_REPLICAS.ttl_s, 1.2 s), a dead replica is noticed within TTL + CHECK_S of its last beat
+# (at most ~1.45 s after it dies, since it beat at most HEARTBEAT_S before); a live one is taken for dead only if its
+# loop stalls for TTL - HEARTBEAT_S (0.95 s), and then it finds out (``on_lapsed``) and checks what it held
+HEARTBEAT_S = 0.25
+CHECK_S = 0.25
 OnGone = Callable[[set[str]], Awaitable[None]]  # the replicas of the kind alive now -> act on the calls of the others
 
 

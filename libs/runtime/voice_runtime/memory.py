@@ -175,6 +175,11 @@ class MemoryConsumer:
                                 delivered)
         if outcome.action == "ack":
             self.acked += 1
+        elif outcome.action == "leave":
+            # JetStream would deliver it again after the ack wait unless another copy was settled; in memory there
+            # is no other copy, so it comes back after a pause
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.bus.max_backoff_s, self.pending.put_nowait, (msg, delivered + 1))
         elif outcome.action == "nak":
             self.naked += 1
             loop = asyncio.get_running_loop()

@@ -54,3 +54,18 @@ LLM_TOKENS = Counter("voice_llm_tokens_total", "Completion tokens (streamed delt
 LLM_TTFT = Histogram(
     "voice_llm_time_to_first_token_seconds", "LLM request to first token", ["service"], buckets=LATENCY_BUCKETS
 )
+# real-time work first (README "Real-time work first"): how late the event loop runs a 20 ms timer, the process's
+# nice value and the compute threads each engine was given
+LOOP_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.25, 0.5, 1.0, 2.5)
+LOOP_LAG = Histogram(
+    "voice_event_loop_lag_seconds", "How much later than asked the event loop ran a 20 ms timer", ["service"],
+    buckets=LOOP_LAG_BUCKETS,
+)
+LOOP_LAG_MAX = Gauge(
+    "voice_event_loop_lag_max_seconds", "Worst event loop lag of the last 10 to 20 seconds", ["service"]
+)
+PROCESS_NICE = Gauge("voice_process_nice", "The process's nice value (higher: yields the CPU to others)", ["service"])
+ENGINE_THREADS = Gauge(
+    "voice_engine_threads", "Compute threads an engine's model runs with (0: the runtime's default, all cores)",
+    ["service", "engine"],
+)

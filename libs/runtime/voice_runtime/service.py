@@ -24,6 +24,7 @@ from .bus import Bus
 from .handlers import EnvelopeHandler, Handlers, RawHandler, catching, declared_handlers, envelope_callback
 from .logging import configure_logging, get_logger
 from .ports import BusPort, Stoppable, Unsubscribable
+from .realtime import report_priority, watch_loop_lag
 from .settings import CommonSettings
 from .telemetry import setup_tracing
 
@@ -191,7 +192,18 @@ def run_service(factory: Callable[[], Service], *, ws: bool = False) -> None:
         timeout_graceful_shutdown=int(s.shutdown_grace_s),
         ws="websockets-sansio" if ws else "auto",
     )
-    asyncio.run(_Server(config).serve())
+    asyncio.run(_serve(_Server(config), service.name, s.loop_lag_interval_ms / 1000))
+
+
+async def _serve(server: uvicorn.Server, name: str, lag_interval_s: float) -> None:
+    """Serve, measuring the event loop's lag the whole time (README "Real-time work first")."""
+    report_priority(name)
+    lag = asyncio.create_task(watch_loop_lag(name, lag_interval_s), name="loop-lag") if lag_interval_s else None
+    try:
+        await server.serve()
+    finally:
+        if lag is not None:
+            lag.cancel()
 
 
 class _Server(uvicorn.Server):

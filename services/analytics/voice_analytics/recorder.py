@@ -82,13 +82,16 @@ async def turn_completed(conn: asyncpg.Connection, env: Envelope[Any]) -> None:
     usage = (u.llm_input_tokens, u.llm_output_tokens, u.llm_tokens_estimated, u.tts_characters)
     none = (0, 0, False, 0)
     if d.caller_text:
+        i = d.intent  # the intent the caller's words matched (on the caller row: it is about them)
         await conn.execute(
             "INSERT INTO call_turns(call_id, tenant_id, turn_id, speaker, text, started_at, ended_at,"
-            " interrupted, latency_ms, llm_input_tokens, llm_output_tokens, llm_tokens_estimated, tts_characters)"
-            " VALUES ($1,$2,$3,'caller',$4,$5,$6,false,NULL,$7,$8,$9,$10)"
+            " interrupted, latency_ms, llm_input_tokens, llm_output_tokens, llm_tokens_estimated, tts_characters,"
+            " intent, intent_confidence, intent_cached)"
+            " VALUES ($1,$2,$3,'caller',$4,$5,$6,false,NULL,$7,$8,$9,$10,$11,$12,$13)"
             " ON CONFLICT (call_id, turn_id, speaker) DO NOTHING",
             env.call_id, env.tenant_id, turn_id, d.caller_text, _ts(d.caller_started_at),
-            _ts(d.caller_ended_at), *(none if agent_row else usage))
+            _ts(d.caller_ended_at), *(none if agent_row else usage),
+            i.name if i else None, i.confidence if i else None, i.cached if i else None)
     if agent_row:
         await conn.execute(
             "INSERT INTO call_turns(call_id, tenant_id, turn_id, speaker, text, started_at, ended_at,"

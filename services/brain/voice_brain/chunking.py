@@ -4,6 +4,12 @@ A sentence ends at . ! ? … (optionally followed by quotes/brackets) and then w
 abbreviation. A title ("Dr.", "Mr.") never ends a sentence. Another abbreviation ("a.m.", "e.g.", "etc.") ends
 one only when the next word starts with a capital ("at 5 p.m. See you" splits, "at 8 a.m. tomorrow" does not);
 when the buffer ends right after it, the decision waits for the next token (one token of delay, only there).
+
+The first clause (``first_clause_chars``, off by default): until the reply's first chunk has gone out, a comma,
+semicolon, colon or dash followed by whitespace ends a chunk too, once the text up to it is at least that long,
+so speech starts before the model finishes a long first sentence ("Your order left our warehouse on Monday," is
+spoken while "and it should arrive by Friday." streams). Only the first chunk: later clauses would cost prosody
+for no gain in latency. A clause does not count as a sentence (``push_chunks`` says which chunks end one).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import re
 
 _END = re.compile(r"""[.!?…]+["')\]]*\s""")
 _LAST_WORD = re.compile(r"(\S+)$")
+_CLAUSE = re.compile(r"(?:[,;:]|\s[\u2014\u2013-])\s")  # , ; : or a spaced dash (em, en, hyphen)
 MIN_CHARS = 12  # "Hi. " style fragments are merged into the next sentence
 
 # never the end of a sentence: a name follows
@@ -33,12 +40,30 @@ def _kind(word: str) -> str:
 
 
 class SentenceChunker:
-    def __init__(self, min_chars: int = MIN_CHARS) -> None:
+    def __init__(self, min_chars: int = MIN_CHARS, first_clause_chars: int = 0) -> None:
         self.min_chars = min_chars
+        self.first_clause_chars = first_clause_chars  # 0: no clause chunk
         self._buf = ""
+        self._started = False  # a chunk has gone out
 
     def push(self, delta: str) -> list[str]:
-        """Add streamed text; return the sentences completed by it."""
+        """Add streamed text; return the chunks completed by it (sentences, and possibly a first clause)."""
+        return [text for text, _ in self.push_chunks(delta)]
+
+    def push_chunks(self, delta: str) -> list[tuple[str, bool]]:
+        """Add streamed text; return the chunks completed by it, each with whether it ends a sentence."""
+        out = [(text, True) for text in self._sentences(delta)]
+        if not out and not self._started and self.first_clause_chars:
+            for m in _CLAUSE.finditer(self._buf):
+                clause = self._buf[: m.end()].strip()
+                if len(clause) >= self.first_clause_chars:
+                    out.append((clause, False))
+                    self._buf = self._buf[m.end():]
+                    break
+        self._started = self._started or bool(out)
+        return out
+
+    def _sentences(self, delta: str) -> list[str]:
         self._buf += delta
         buf = self._buf
         out: list[str] = []

@@ -61,7 +61,11 @@ class HistoryLimits:
     most the agent's ``max_tokens`` of reply) + ``recent_turn_ids`` ids: well under the 1 MiB KV value limit."""
 
     window_messages: int = 40  # MAX_HISTORY_MESSAGES: recent messages kept verbatim (and sent in every prompt)
-    window_chars: int = 16_000  # and at most this much text in them
+    window_chars: int = 16_000  # MAX_HISTORY_CHARS: and at most this much text in them
+    window_turns: int = 20  # MAX_HISTORY_TURNS: and at most this many caller turns
+    # over any window bound, the window is cut to this share of each bound at once (1.0: just under it), so its
+    # start (and the summary) stays put for several turns and the LLM server's prompt cache keeps matching
+    trim_to: float = 1.0
     message_chars: int = 2_000  # one message longer than this is cut (a very long transcript or note)
     summary_chars: int = 4_000  # the summary of older messages
     summary_line_chars: int = 160  # one summary line: the first sentence of a message, cut at a word
@@ -150,6 +154,7 @@ class TurnState(BaseModel):
     llm_tokens_estimated: bool = False
     knowledge: str | None = None  # the knowledge message of the turn's prompt (bounded by the agent's max_chars)
     sources: list[events.KnowledgeSource] = Field(default_factory=list)  # the chunks in it
+    intent: events.TurnIntent | None = None  # the caller's words matched this intent (voice_brain.intents)
 
 
 class HeldToolCall(BaseModel):
@@ -185,6 +190,7 @@ class CallHistory(BaseModel):
     # away) and bounded by ``HistoryLimits.supervisor_notes``
     supervisor_notes: list[dict[str, str]] = Field(default_factory=list)
     held_tools: list[HeldToolCall] = Field(default_factory=list)  # tool calls awaiting a supervisor (bounded)
+    on_hold: bool = False  # the agent put the caller on hold (control.hold) and no call.hold_ended came yet
 
     # ------------------------------------------------------------ reading
     def heard_text(self, turn: TurnState) -> str:
@@ -203,34 +209,42 @@ class CallHistory(BaseModel):
         return "\n".join([SUMMARY_TITLE, *lines])
 
     def prompt(self, system_prompt: str, knowledge: str | None = None) -> list[dict[str, Any]]:
-        """The chat messages for the next completion: the agent's prompt, the supervisor's whispers (each a system
-        message, oldest first), the knowledge retrieved for the current turn (``knowledge``, else what the turn
-        stored: one system message), the summary of the earlier call (once there is one), then the recent window.
-        The fixed system prompt stays the first message, so a provider's prompt cache keeps matching it; a whisper
-        or the turn's knowledge changes only what follows it."""
+        """The chat messages for the next completion, ordered for the LLM server's prompt cache (it reuses the
+        longest prefix it evaluated before): the fixed system prompt first (``prompting.system_prompt``: never
+        anything of the turn), then what changes seldom, then what changes every turn: the supervisor's whispers
+        (each a system message, oldest first), the summary of the earlier call (once there is one), the recent
+        window (it only grows between compactions), and the knowledge retrieved for the current turn
+        (``knowledge``, else what the turn stored: one system message) right before the current turn's caller
+        words, so the turn's tool rounds reuse the whole prefix and the next turn the window up to this one."""
         head = [{"role": "system", "content": system_prompt}]
         head += [{"role": "system", "content": SUPERVISOR_NOTE + n["text"]} for n in self.supervisor_notes]
-        current = self.turns.get(self.current_turn) if self.current_turn else None
-        knowledge = knowledge or (current.knowledge if current is not None else None)
-        if knowledge:
-            head.append({"role": "system", "content": knowledge})
         summary = self.summary_text()
         if summary:
             head.append({"role": "system", "content": summary})
-        return head + self._window_messages()
+        window = self._window_messages()
+        current = self.turns.get(self.current_turn) if self.current_turn else None
+        knowledge = knowledge or (current.knowledge if current is not None else None)
+        if knowledge:
+            at = next((i for i, m in enumerate(self.messages) if m["role"] == "user"
+                       and m.get("turn_id") == self.current_turn), None)
+            # the window's index of that message (orphaned tool results are left out of the window)
+            at = len(window) if at is None else len(self._window_messages(self.messages[:at]))
+            window.insert(at, {"role": "system", "content": knowledge})
+        return head + window
 
-    def _window_messages(self) -> list[dict[str, Any]]:
+    def _window_messages(self, messages: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """The window as chat messages. A tool result is sent only after the assistant message that called it (the
         window's start may have cut that message off: an orphaned result is dropped, as providers refuse it)."""
         out: list[dict[str, Any]] = []
         announced: set[str] = set()
-        for m in self.messages:
+        for m in self.messages if messages is None else messages:
             if m["role"] == "tool":
                 if m.get("tool_call_id") in announced:
                     out.append({"role": "tool", "tool_call_id": m["tool_call_id"], "content": m["content"]})
             elif m.get("tool_calls"):
                 announced.update(c["id"] for c in m["tool_calls"])
-                out.append({"role": "assistant", "content": m["content"] or None, "tool_calls": m["tool_calls"]})
+                # "" not None: llama.cpp's server refuses an assistant message whose content is null
+                out.append({"role": "assistant", "content": m["content"] or "", "tool_calls": m["tool_calls"]})
             else:
                 out.append({"role": m["role"], "content": m["content"]})
         return out
@@ -314,6 +328,11 @@ class CallHistory(BaseModel):
             t.first_sentence_wall_ms = x.first_sentence_wall_ms
             t.agent_started_at = iso(x.first_sentence_wall_ms)
         return True
+
+    def needs_reply(self, turn_id: str) -> bool:
+        """The turn is the call's, unanswered so far (its reply not finished), not superseded."""
+        t = self.turns.get(turn_id)
+        return t is not None and not t.reply_done and not t.completed and not self.is_superseded(turn_id)
 
     def take_over(self, turn_id: str) -> tuple[int, int] | None:
         """The replica streaming this turn's reply is gone (its transcript came back to another one): a new attempt,
@@ -444,6 +463,15 @@ class CallHistory(BaseModel):
             t.knowledge = text
             t.sources = list(sources)
 
+    def note_intent(self, turn_id: str, intent: events.TurnIntent, hint: str | None) -> None:
+        """The intent the turn's words matched (in its ``turn.completed``); ``hint`` joins the turn's knowledge
+        message, so every completion of the turn (tool rounds too) reads it after the fixed system prompt."""
+        t = self.turns.get(turn_id)
+        if t is not None:
+            t.intent = intent
+            if hint and not (t.knowledge or "").startswith(hint):
+                t.knowledge = "\n\n".join(x for x in (hint, t.knowledge) if x)
+
     def add_usage(self, turn_id: str, input_tokens: int, output_tokens: int, estimated: bool) -> None:
         t = self.turns.get(turn_id)
         if t is not None:
@@ -486,9 +514,18 @@ class CallHistory(BaseModel):
             if isinstance(m.get("content"), str) and len(m["content"]) > limits.message_chars:
                 m["content"] = _cut(m["content"], limits.message_chars)
         chars = sum(len(str(m.get("content") or "")) for m in self.messages)
-        while self.messages and (len(self.messages) > limits.window_messages or chars > limits.window_chars):
+        turns = sum(m["role"] == "user" for m in self.messages)
+        if (len(self.messages) > limits.window_messages or chars > limits.window_chars
+                or turns > limits.window_turns):
+            keep_messages = max(1, int(limits.window_messages * limits.trim_to))
+            keep_chars = int(limits.window_chars * limits.trim_to)
+            keep_turns = max(1, int(limits.window_turns * limits.trim_to))
+        else:
+            keep_messages, keep_chars, keep_turns = limits.window_messages, limits.window_chars, limits.window_turns
+        while self.messages and (len(self.messages) > keep_messages or chars > keep_chars or turns > keep_turns):
             old = self.messages.pop(0)
             chars -= len(str(old.get("content") or ""))
+            turns -= old["role"] == "user"
             line = summary_line(old, limits.summary_line_chars)
             if line is not None:
                 self.summary.append(line)
@@ -525,5 +562,5 @@ def turn_completed(h: CallHistory, t: TurnState, now_ms: float) -> events.TurnCo
         usage=events.TurnUsage(llm_input_tokens=t.llm_input_tokens, llm_output_tokens=t.llm_output_tokens,
                                llm_tokens_estimated=t.llm_tokens_estimated,
                                tts_characters=0 if h.text_only else sum(len(c) for c in t.chunks)),
-        sources=t.sources,
+        sources=t.sources, intent=t.intent,
     )

@@ -8,12 +8,16 @@ Rules:
 
 - Each sentence goes out the moment the chunker completes it (``final=False``); what is left when the stream
   ends goes out as the final chunk, which may be empty (tts then closes the turn with one silent frame).
-- A reply with no text at all says ``GOODBYE`` after an ``end_call`` tool call, ``SAY_AGAIN`` otherwise.
+- A reply with no text at all says ``GOODBYE`` after an ``end_call`` tool call, nothing after other tool calls
+  (pressing keys in a phone menu is not a turn to be asked to repeat), ``SAY_AGAIN`` otherwise.
 - Any failure (the model's, a limit, a failed emit) ends the reply with ``apology`` as the final chunk.
 - Superseded (a newer caller turn): ``stop`` set (on the replica streaming the reply: at once, the pending read
   of the model is cancelled) or ``emit`` raising ``ReplySuperseded`` (found in the call's history at the next
   chunk, whichever replica took the newer turn) ends the reading and closes the reply with an empty final chunk
   marked ``superseded`` at the next index, so downstream playout closes the turn. No hang-up.
+- Made for the ear: with ``first_clause_chars`` the first chunk may be a clause (``chunking.py``); with
+  ``max_sentences`` the reply ends once that many of the model's sentences went out (the completion is closed, a
+  partial sentence after them dropped, no further tool round), then closes with an empty final chunk.
 - Cancellation (a barge-in) emits nothing more: the partial sentence is dropped (the new epoch drops the rest).
 - ``end_call`` sets ``hang_up`` on the final chunk and on the outcome; the service then hangs up after playout.
 - Other tool calls (``tools``, when given): once the model's completion ends with them, what it said so far goes
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .chat import Delta, ToolCall
-from .chunking import SentenceChunker
+from .chunking import MIN_CHARS, SentenceChunker
 from .conversation import END_CALL, ReplyTimings, SentChunk, span_ms
 
 GOODBYE = "Goodbye."
@@ -88,10 +92,15 @@ async def _next(deltas: AsyncIterator[Delta], halt: asyncio.Future[Any] | None) 
 
 async def stream_reply(deltas: AsyncIterator[Delta], emit: Emit, *, apology: str, clock: Clock = wall_ms,
                        min_sentence_chars: int | None = None, stop: asyncio.Event | None = None,
-                       tools: RunTools | None = None, max_tool_rounds: int = MAX_TOOL_ROUNDS) -> ReplyOutcome:
+                       tools: RunTools | None = None, max_tool_rounds: int = MAX_TOOL_ROUNDS,
+                       max_sentences: int | None = None, first_clause_chars: int = 0) -> ReplyOutcome:
     """Turn ``deltas`` into emitted chunks (see the module rules). Closes ``deltas`` when done or cancelled."""
-    chunker = SentenceChunker() if min_sentence_chars is None else SentenceChunker(min_sentence_chars)
+    chunker = SentenceChunker(MIN_CHARS if min_sentence_chars is None else min_sentence_chars, first_clause_chars)
     started = clock()
+    sentences = 0  # the model's sentences sent (a first clause is not one; tool lines are not counted)
+
+    def capped() -> bool:
+        return max_sentences is not None and sentences >= max_sentences
     first_token: float | None = None
     index = 0
     hang_up = False
@@ -115,7 +124,7 @@ async def stream_reply(deltas: AsyncIterator[Delta], emit: Emit, *, apology: str
 
     async def read(completion: AsyncIterator[Delta]) -> list[ToolCall]:
         """One completion's text out as sentences; its tool calls (``end_call`` taken as ``hang_up``) back."""
-        nonlocal first_token, hang_up
+        nonlocal first_token, hang_up, sentences
         calls: list[ToolCall] = []
         halt: asyncio.Future[Any] | None = asyncio.ensure_future(stop.wait()) if stop is not None else None
         try:
@@ -127,8 +136,13 @@ async def stream_reply(deltas: AsyncIterator[Delta], emit: Emit, *, apology: str
                         hang_up = True
                     else:
                         calls.append(call)
-                for sentence in chunker.push(delta.text):
-                    await send(sentence, final=False)
+                for text, ends_sentence in chunker.push_chunks(delta.text):
+                    if capped():
+                        break
+                    await send(text, final=False)
+                    sentences += ends_sentence
+                if capped():
+                    break  # the rest of the completion is not read (nor generated: the stream is closed)
         finally:
             if halt is not None:
                 halt.cancel()
@@ -151,6 +165,9 @@ async def stream_reply(deltas: AsyncIterator[Delta], emit: Emit, *, apology: str
         while completion is not None:
             calls = await read(completion)
             completion = None
+            if capped():
+                chunker.flush()  # past the cap: the partial sentence is dropped, no further tool round
+                break
             if calls and tools is not None and rounds < max_tool_rounds:
                 rounds += 1
                 rest = chunker.flush()  # what the model said before calling: spoken while the tools run
@@ -158,8 +175,8 @@ async def stream_reply(deltas: AsyncIterator[Delta], emit: Emit, *, apology: str
                     await send(rest, final=False)
                 completion = await tools(tuple(calls), say)
         rest = chunker.flush()
-        if not rest and index == 0:
-            rest = GOODBYE if hang_up else SAY_AGAIN
+        if not rest and index == 0:  # (after tools that ran silently, e.g. keys pressed in a phone menu: nothing)
+            rest = GOODBYE if hang_up else "" if rounds else SAY_AGAIN
         await send(rest, final=True)
 
     try:

@@ -9,17 +9,18 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from opentelemetry import trace
 from voice_runtime import metrics
 from voice_runtime.agents import AgentDirectory
-from voice_runtime.bus import Later, Transient
+from voice_runtime.bus import Later, NotMine, Transient
 from voice_runtime.handlers import Handlers, delivery
 from voice_runtime.logging import get_logger, safe_error
 from voice_runtime.service import Service
 from voice_schemas import AgentConfig, Envelope, events, make, subjects
-from voice_schemas.agent import HttpTool, ToolSpec, TransferCallTool
+from voice_schemas.agent import DTMF_MAX_DIGITS, HoldTool, HttpTool, SendDtmfTool, ToolSpec, TransferCallTool
 from voice_schemas.streams import BRAIN_APPROVALS, BRAIN_TURNS, KV_HISTORY, KV_SECRETS
 
 from .chat import ChatLimits, ChatModelProvider, ChatRequest, Delta, Endpoint, ToolCall, load_provider
@@ -35,7 +36,10 @@ from .conversation import (
 )
 from .endpoints import AgentEndpoints, refusal_reason
 from .history import HistoryStore
+from .intents import IntentClassifier, for_turn
 from .knowledge import Knowledge
+from .mcp_tools import McpTool, McpTools, model_functions
+from .prompting import system_prompt
 from .reply import ReplySuperseded, Say, stream_reply
 from .settings import BrainSettings
 from .tools import (
@@ -111,6 +115,18 @@ class _ReplyRun:
     complete: Callable[[list[dict[str, Any]]], AsyncIterator[Delta]]  # prompt messages -> a metered completion
     meter: _Meter = field(default_factory=_Meter)
     transfer_to: str | None = None  # set by transfer_call: carried out once the reply has played
+    text_only: bool = False  # a text chat: no keypad, no hold
+    dtmf: str = ""  # keys send_dtmf pressed in this reply: sent once it has played
+    hold: tuple[float, str] | None = None  # (seconds, audio) set by hold: the hold starts once the reply has played
+    mcp: dict[str, McpTool] = field(default_factory=dict)  # the MCP tools offered in this reply, by function name
+
+
+def _put_on_hold(h: CallHistory) -> None:
+    h.on_hold = True
+
+
+def _off_hold(h: CallHistory) -> None:
+    h.on_hold = False
 
 
 def _prompt_chars(messages: list[dict[str, Any]]) -> int:
@@ -133,18 +149,25 @@ class BrainService(Service):
         self.directory: AgentDirectory | None = None
         self.endpoints: AgentEndpoints | None = None
         self.http_tools: HttpTools | None = None
+        self.mcp: McpTools | None = None  # agents' MCP servers
         self._egress = settings.egress_policy()
         self._box = settings.secret_box()
         self.knowledge = Knowledge(settings)  # retrieval from the agents' knowledge bases (off without DATABASE_URL)
+        self.intents = IntentClassifier(settings.intents_model, cache_agents=settings.intents_cache_agents)
 
     async def on_start(self) -> None:
         s = self.settings
-        self.history = HistoryStore(self.kv[KV_HISTORY.bucket], HistoryLimits(window_messages=s.max_history_messages))
+        self.history = HistoryStore(self.kv[KV_HISTORY.bucket], HistoryLimits(
+            window_messages=s.max_history_messages, window_chars=s.max_history_chars,
+            window_turns=s.max_history_turns, trim_to=s.history_trim_to))
         self.directory = AgentDirectory(self.kv["agents"], self.kv["numbers"], s)
         self.endpoints = AgentEndpoints(platform=Endpoint(s.llm_base_url, s.llm_api_key.get_secret_value()),
                                         egress=self._egress, box=self._box, secrets=self.kv[KV_SECRETS.bucket])
         self.http_tools = HttpTools(self._egress, self.endpoints.tenant_key)
+        self.mcp = McpTools(self._egress, self.endpoints.tenant_key, wait_s=s.mcp_list_wait_s,
+                            cache_entries=s.mcp_cache_entries)
         await self.knowledge.start()
+        await self.intents.start()  # loads the model in the background; the first classification waits for it
         # every replica hears barge-ins: whichever streams the call's reply cancels it
         await self.on_events(events.BargeIn.subject_pattern(), self._on_barge_in)
 
@@ -157,7 +180,10 @@ class BrainService(Service):
         await self.chat.aclose()
         if self.http_tools is not None:
             await self.http_tools.aclose()
+        if self.mcp is not None:
+            await self.mcp.aclose()
         await self.knowledge.aclose()
+        await self.intents.aclose()
 
     # ------------------------------------------------------------ helpers
     async def _agent(self, h: CallHistory) -> AgentConfig:
@@ -189,13 +215,18 @@ class BrainService(Service):
         assert self.history is not None
         h = CallHistory(call_id=env.call_id, tenant_id=env.tenant_id, agent_id=env.data.agent_id,
                         agent_version=env.data.agent_version, text_only=env.data.channel == events.Channel.chat)
-        await self._agent(h)  # fail early (and retry) while the agent is not in KV yet
+        agent = await self._agent(h)  # fail early (and retry) while the agent is not in KV yet
+        if self.mcp is not None:
+            self.mcp.prefetch(agent)  # its MCP servers listed before the caller's first turn
         await self.history.create(h)  # False on redelivery: history already there
 
     @turns.on(events.CallAnswered)
     async def on_call_answered(self, env: Envelope[events.CallAnswered]) -> None:
-        """The caller's media is up: greet with the agent's first message."""
+        """The caller's media is up: greet with the agent's first message (unless the call says not to: an outbound
+        call whose agent lets the callee speak first)."""
         assert self.history is not None
+        if not env.data.greet:
+            return
         h = await self.history.get(env.call_id)
         if h is None:
             raise Transient("call history not created yet")
@@ -227,7 +258,16 @@ class BrainService(Service):
             await self._start_reply(env, h, turn_id)
         elif delivery.get() > 1:
             await self._take_over(env, turn_id)
+        elif h.needs_reply(turn_id) and not self._replying(env.call_id, turn_id):
+            # a first delivery of a turn another replica has begun: this copy was handed to this replica while it
+            # stalled, then to the other one. Acking it would settle the message even if the other died mid-reply;
+            # left alone, it comes back after the ack wait unless the other replica finishes the turn
+            raise NotMine()
         # otherwise: a duplicate transcript, an ended call or a stale epoch
+
+    def _replying(self, call_id: str, turn_id: str) -> bool:
+        active = self.active.get(call_id)
+        return active is not None and active.turn_id == turn_id
 
     async def _take_over(self, env: Envelope[Any], turn_id: str) -> None:
         """The transcript came back (its ack wait passed without the heartbeats of the replica that had it): that
@@ -278,7 +318,8 @@ class BrainService(Service):
                      superseded: asyncio.Event, attempt: int = 0) -> None:
         history, endpoints = self.history, self.endpoints
         assert history is not None and endpoints is not None
-        tools = model_tools(agent)
+        offered = await self.mcp.tools_for(agent) if self.mcp is not None else {}  # cached per agent version
+        tools = model_tools(agent) + model_functions(offered)
         speech_end_wall_ms = h.turns[turn_id].speech_end_wall_ms
         with tracer.start_as_current_span("brain llm", attributes={
             "call_id": env.call_id, "tenant_id": env.tenant_id, "turn_id": turn_id, "agent_id": agent.id,
@@ -300,7 +341,7 @@ class BrainService(Service):
                                       max_tokens=agent.llm.max_tokens, tools=tools)
                 return run.meter.count(model.stream(request), _prompt_chars(messages))
 
-            run = _ReplyRun(env, agent, turn_id, complete)
+            run = _ReplyRun(env, agent, turn_id, complete, mcp=offered, text_only=h.text_only)
             chunk_id = f"{env.call_id}-{turn_id}-"
             again = f"-a{attempt}" if attempt else ""  # a taken-over reply: never deduplicated against the old one
 
@@ -332,10 +373,20 @@ class BrainService(Service):
             async def run_tools(calls: tuple[ToolCall, ...], say: Say) -> AsyncIterator[Delta] | None:
                 return await self._run_tools(run, calls, say)
 
-            knowledge = await self.knowledge.attach(history, h, agent, turn_id)  # None: none, or skipped
+            # a confident intent: a cached answer (no LLM request) or its tool's call starts the reply, else a hint
+            intent = await for_turn(self.intents, agent, h.turns[turn_id].caller_text, env.call_id)
+            cached = intent is not None and intent.intent.cached
+            knowledge = None if cached else await self.knowledge.attach(history, h, agent, turn_id)
+            if intent is not None:
+                await history.update(env.call_id, lambda x: x.note_intent(turn_id, intent.intent, intent.hint))
+                knowledge = "\n\n".join(x for x in (intent.hint, knowledge) if x) or None
+            first = intent.completion if intent is not None else None
+            prompt = h.prompt(system_prompt(agent, h.text_only), knowledge) if first is None else []
             try:
-                outcome = await stream_reply(complete(h.prompt(agent.system_prompt, knowledge)), emit,
-                                             apology=self.settings.apology, stop=superseded, tools=run_tools)
+                outcome = await stream_reply(first or complete(prompt), emit, apology=self.settings.apology,
+                                             stop=superseded, tools=run_tools,
+                                             max_sentences=agent.llm.max_sentences,
+                                             first_clause_chars=0 if h.text_only else agent.llm.first_clause_chars)
             except asyncio.CancelledError:
                 span.add_event("cancelled")
                 raise
@@ -346,12 +397,30 @@ class BrainService(Service):
                 log.warning("reply_failed", call_id=env.call_id, turn_id=turn_id, agent_id=agent.id,
                             error_type=type(outcome.error).__name__, reason=refusal_reason(outcome.error))
                 span.record_exception(outcome.error)
+        await self._after_reply(env, run, turn_id, outcome.superseded,
+                                final=outcome.hang_up or run.transfer_to is not None)
         if outcome.hang_up:
             await self._publish(env, events.HangUp(after_playout=True), turn_id=turn_id, epoch=env.epoch,
                                 event_id=f"{env.call_id}-{turn_id}-hangup")
         elif run.transfer_to is not None and not outcome.superseded:
             await self._publish(env, events.Transfer(target=run.transfer_to, after_playout=True, requested_by="agent"),
                                 turn_id=turn_id, epoch=env.epoch, event_id=f"{env.call_id}-{turn_id}-transfer")
+
+    async def _after_reply(self, env: Envelope[Any], run: _ReplyRun, turn_id: str, superseded: bool,
+                           final: bool) -> None:
+        """What the reply's tools asked to happen once it has played (before a hang-up or transfer, which ingress
+        runs after them): the keys of ``send_dtmf``, then the hold of ``hold`` (not when the call ends or moves)."""
+        assert self.history is not None
+        if superseded:
+            return
+        if run.dtmf:
+            await self._publish(env, events.SendDtmf(digits=run.dtmf, after_playout=True, requested_by="agent"),
+                                turn_id=turn_id, epoch=env.epoch, event_id=f"{env.call_id}-{turn_id}-dtmf")
+        if run.hold is not None and not final:
+            seconds, audio = run.hold
+            await self._publish(env, events.Hold(max_s=seconds, audio="silence" if audio == "silence" else "tone"),
+                                turn_id=turn_id, epoch=env.epoch, event_id=f"{env.call_id}-{turn_id}-hold")
+            await self.history.update(env.call_id, _put_on_hold)
 
     # ------------------------------------------------------------ tools
     async def _run_tools(self, run: _ReplyRun, calls: tuple[ToolCall, ...], say: Say) -> AsyncIterator[Delta] | None:
@@ -362,12 +431,12 @@ class BrainService(Service):
         env, agent, turn_id = run.env, run.agent, run.turn_id
         named = [(f"tc-{subjects.new_id()}", c) for c in calls]
         results: dict[str, str] = {}
-        held: list[tuple[HeldToolCall, ToolSpec]] = []
+        held: list[tuple[HeldToolCall, ToolSpec | McpTool]] = []
         for tool_call_id, c in named:
             await self._publish(env, events.ToolCallRequested(tool_call_id=tool_call_id, name=c.name,
                                                               arguments=dict(c.arguments)),
                                 turn_id=turn_id, epoch=env.epoch, event_id=f"{env.call_id}-{tool_call_id}-call")
-            spec = agent.tool(c.name)
+            spec: ToolSpec | McpTool | None = agent.tool(c.name) or run.mcp.get(c.name)
             if spec is not None and spec.requires_approval and not c.malformed:
                 try:
                     self._check(spec, c.arguments)  # a call with bad arguments is not worth a supervisor's time
@@ -400,13 +469,13 @@ class BrainService(Service):
         if held:
             await say(held[0][1].approval_line)
             return None
-        return run.complete(stored[0].prompt(agent.system_prompt))
+        return run.complete(stored[0].prompt(system_prompt(agent, stored[0].text_only)))
 
     @staticmethod
-    def _check(spec: ToolSpec, arguments: Any) -> None:
-        check_arguments(tool_parameters(spec), arguments)
+    def _check(spec: ToolSpec | McpTool, arguments: Any) -> None:
+        check_arguments(spec.parameters if isinstance(spec, McpTool) else tool_parameters(spec), arguments)
 
-    async def _execute(self, tenant_id: str, run: _ReplyRun | None, spec: ToolSpec | None, call: ToolCall,
+    async def _execute(self, tenant_id: str, run: _ReplyRun | None, spec: ToolSpec | McpTool | None, call: ToolCall,
                        say: Say | None) -> ToolOutcome:
         """Run one tool call (``run``/``say`` are None for a call approved after its reply ended)."""
         if spec is None:
@@ -424,11 +493,16 @@ class BrainService(Service):
             run.transfer_to = target
             return ToolOutcome(True, result={"status": "the caller will be transferred once you have finished "
                                              "speaking; say a short goodbye"})
-        if not isinstance(spec, HttpTool):
+        if isinstance(spec, SendDtmfTool | HoldTool):
+            return await self._keys_or_hold(run, spec, call, say)
+        if isinstance(spec, McpTool):
+            assert self.mcp is not None
+            task = asyncio.ensure_future(timed(partial(self.mcp.call, tenant_id, spec, call.arguments)))
+        elif isinstance(spec, HttpTool):
+            assert self.http_tools is not None
+            task = asyncio.ensure_future(timed(partial(self.http_tools.call, tenant_id, spec, call.arguments)))
+        else:
             return ToolOutcome(False, error=f"the tool {call.name!r} cannot be run here")
-        assert self.http_tools is not None
-        http = self.http_tools
-        task = asyncio.ensure_future(timed(lambda: http.call(tenant_id, spec, call.arguments)))
         try:
             if say is not None and spec.filler:
                 done, _ = await asyncio.wait({task}, timeout=spec.filler_after_ms / 1000)
@@ -443,6 +517,32 @@ class BrainService(Service):
         finally:
             if not task.done():
                 task.cancel()
+
+    @staticmethod
+    async def _keys_or_hold(run: _ReplyRun | None, spec: SendDtmfTool | HoldTool, call: ToolCall,
+                            say: Say | None) -> ToolOutcome:
+        """``send_dtmf`` and ``hold`` (arguments checked): carried out by ingress once the reply has played."""
+        if run is None:
+            return ToolOutcome(False, error=f"{spec.name} only works during your reply")
+        if run.text_only:
+            return ToolOutcome(False, error="this is a text chat: there is no phone line to "
+                               + ("press keys on" if isinstance(spec, SendDtmfTool) else "put on hold"))
+        if isinstance(spec, SendDtmfTool):
+            digits = str(call.arguments["digits"])
+            if len(run.dtmf) + len(digits) > DTMF_MAX_DIGITS:
+                return ToolOutcome(False, error=f"at most {DTMF_MAX_DIGITS} keys per reply")
+            run.dtmf += digits
+            return ToolOutcome(True, result={
+                "status": f"the {len(digits)} key(s) will be pressed once you have finished speaking; you are told "
+                          "when they were sent. Say nothing more unless you need to."})
+        seconds = min(int(call.arguments.get("seconds") or spec.max_hold_s), spec.max_hold_s)
+        if say is not None:
+            await say(spec.line)
+        run.hold = (float(seconds), spec.audio)
+        heard = "a soft hold tone" if spec.audio == "tone" else "silence"
+        return ToolOutcome(True, result={
+            "status": f"the caller was told: {spec.line!r}. Once you have finished speaking they hear {heard} for "
+                      f"up to {seconds} s, until you speak again. Say nothing more now."})
 
     async def _tool_result(self, env: Envelope[Any], turn_id: str | None, tool_call_id: str, name: str,
                            outcome: ToolOutcome) -> None:
@@ -521,6 +621,8 @@ class BrainService(Service):
         applied = await self.history.update(env.call_id, lambda h: h.add_supervisor_note(env.id, env.data.text))
         if applied is None:
             log.info("whisper_without_history", call_id=env.call_id)  # the call has ended (history deleted)
+        elif applied[1] and applied[0].on_hold:  # a supervisor's word takes the caller off hold: the agent speaks
+            await self._agent_turn(env, f"whisper-{env.id}")
 
     @turns.on(events.DtmfReceived)
     async def on_dtmf(self, env: Envelope[events.DtmfReceived]) -> None:
@@ -544,7 +646,8 @@ class BrainService(Service):
         agent = await self._agent(h)
         call = ToolCall(held.name, held.arguments)
         if held.state == "approved":
-            outcome = await self._execute(env.tenant_id, None, agent.tool(held.name), call, None)
+            spec = agent.tool(held.name) or (await self.mcp.tools_for(agent) if self.mcp else {}).get(held.name)
+            outcome = await self._execute(env.tenant_id, None, spec, call, None)
             note = f"A supervisor approved the call of {held.name} ({held.tool_call_id}); it has run."
         else:
             why = "no supervisor decided in time" if d.decided_by == "timeout" else "a supervisor denied it"
@@ -573,6 +676,30 @@ class BrainService(Service):
                                                             decided_by="timeout", comment=None),
                             turn_id=held.turn_id, epoch=env.epoch,
                             event_id=f"{env.call_id}-{held.tool_call_id}-timeout")
+
+    @turns.on(events.DtmfSent)
+    async def on_dtmf_sent(self, env: Envelope[events.DtmfSent]) -> None:
+        """Ingress pressed the keys (the model is told), or could not (told, and it says so in a turn of its own)."""
+        d = env.data
+        if d.ok:
+            await self._note(env, f"The {d.keys} key(s) you asked for were pressed (DTMF sent).")
+            return
+        await self._note(env, f"The keys could not be pressed ({d.reason or 'unknown reason'}). Tell the caller "
+                              "if it matters, or try another way.")
+        if d.requested_by == "agent":
+            await self._agent_turn(env, f"dtmf-failed-{env.id}")
+
+    @turns.on(events.HoldEnded)
+    async def on_hold_ended(self, env: Envelope[events.HoldEnded]) -> None:
+        """The hold ended: by the agent speaking (nothing more to do), or at its limit (the agent takes the caller
+        back in a turn of its own)."""
+        assert self.history is not None
+        applied = await self.history.update(env.call_id, _off_hold)
+        if applied is None or env.data.reason != "timeout":
+            return
+        await self._note(env, f"The caller has been on hold for {round(env.data.held_s)} s, the longest allowed. "
+                              "Thank them for holding and tell them where things stand.")
+        await self._agent_turn(env, f"hold-ended-{env.id}")
 
     @turns.on(events.TransferFailed)
     async def on_transfer_failed(self, env: Envelope[events.TransferFailed]) -> None:

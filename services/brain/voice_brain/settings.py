@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 from voice_runtime.embeddings import EmbeddingSettings
 from voice_runtime.settings import CommonSettings, EgressSettings, LlmSettings, SecretsSettings
@@ -19,6 +21,11 @@ class BrainSettings(LlmSettings, SecretsSettings, EgressSettings, EmbeddingSetti
     llm_total_timeout_s: float = Field(30.0, gt=0, description="Upper bound of one completion")
     max_history_messages: int = Field(40, ge=2, description="Recent messages kept per call and sent in every "
                                       "prompt; older ones live on in a bounded summary")
+    # the context sent to the LLM stays bounded, so the first token does not slow down as the call goes on
+    max_history_turns: int = Field(10, ge=1, description="Caller turns kept in that window at most")
+    max_history_chars: int = Field(4_000, ge=200, description="Characters of text in that window at most")
+    history_trim_to: float = Field(0.5, gt=0.0, le=1.0, description="Over a bound, the window is cut to this share "
+                                   "of it at once, so the prompt's start (and the LLM server's cache) holds for turns")
     apology: str = "Sorry, I'm having trouble answering right now. Could you say that again?"
 
     # knowledge retrieval (voice_brain.knowledge): reads the chunks control-api stores; off without DATABASE_URL
@@ -31,3 +38,19 @@ class BrainSettings(LlmSettings, SecretsSettings, EgressSettings, EmbeddingSetti
         "the caller's words with EMBEDDINGS_BASE_URL); slower: the reply goes without it",
     )
     knowledge_pool_max: int = Field(4, ge=1, le=50, description="PostgreSQL connections per replica for retrieval")
+
+    # MCP servers of agents (voice_brain.mcp_tools)
+    mcp_list_wait_s: float = Field(
+        2.0, ge=0.0, le=30.0, description="Longest a turn waits for its agent's MCP tool listings (listed once per "
+        "agent version when a call starts, then cached); a server listed later offers its tools from the next turn",
+    )
+    mcp_cache_entries: int = Field(512, ge=1, le=100_000, description="MCP tool listings (agent version and server) "
+                                   "kept per replica (LRU)")
+
+    # intents (voice_brain.intents): each caller turn classified against the agent's intents before the LLM
+    intents_model: Literal["minilm", "lexical"] = Field(
+        "minilm", description="minilm: sentence embeddings (all-MiniLM-L6-v2 int8 ONNX, bundled); lexical: word "
+        "overlap only (also the fallback when the model cannot load)",
+    )
+    intents_cache_agents: int = Field(256, ge=1, le=100_000, description="Agent versions whose example vectors "
+                                      "are kept per replica (LRU)")

@@ -2,7 +2,8 @@
 
 - ``model_tools``: the OpenAI function schemas of an agent's tools. ``end_call`` is always offered (the agent's own
   ``end_call`` entry only changes its description); ``transfer_call`` takes one of its destinations by name (the
-  model never sees or invents a number).
+  model never sees or invents a number); ``send_dtmf`` takes the keys (checked against the tool's ``max_digits``),
+  ``hold`` an optional number of seconds up to the tool's ``max_hold_s``.
 - ``check_arguments``: the arguments against the tool's JSON Schema before anything runs; a refusal goes back to
   the model as a tool error, never crashes the turn.
 - ``HttpTools``: a tenant's HTTP tool called through the egress guard (no internal addresses, on every redirect
@@ -30,7 +31,9 @@ from voice_schemas.agent import (
     ARGUMENT_PLACEHOLDER,
     SECRET_PLACEHOLDER,
     AgentConfig,
+    HoldTool,
     HttpTool,
+    SendDtmfTool,
     ToolSpec,
     TransferCallTool,
 )
@@ -69,6 +72,15 @@ def tool_parameters(tool: ToolSpec) -> dict[str, Any]:
         return {"type": "object", "required": ["destination"], "properties": {
             "destination": {"type": "string", "enum": [d.name for d in tool.destinations],
                             "description": "Who to transfer the caller to"}}}
+    if isinstance(tool, SendDtmfTool):
+        return {"type": "object", "required": ["digits"], "properties": {
+            "digits": {"type": "string", "pattern": f"^[0-9*#A-D]{{1,{tool.max_digits}}}$",
+                       "description": "The keys to press, in order: 0-9, * and # (A-D on special lines), "
+                                      "no spaces, e.g. '1' or '4721#'"}}}
+    if isinstance(tool, HoldTool):
+        return {"type": "object", "properties": {
+            "seconds": {"type": "integer", "minimum": 5, "maximum": tool.max_hold_s,
+                        "description": f"How long the hold may last at most (default {tool.max_hold_s})"}}}
     params: dict[str, Any] = END_CALL_TOOL["function"]["parameters"]
     return params
 

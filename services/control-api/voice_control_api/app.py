@@ -28,9 +28,12 @@ from .routers import (
     call_control,
     calls,
     chats,
+    intents,
     knowledge,
     live,
+    outbound_calls,
     phone_numbers,
+    sip_trunks,
     tenant_secrets,
     tenants,
     tool_calls,
@@ -67,6 +70,8 @@ TAGS = [
     {"name": "api-keys", "description": "API keys: hashed, shown once, revocable (admin)"},
     {"name": "agents", "description": "Agents with immutable versions; mirrored to JetStream KV for the data plane"},
     {"name": "phone-numbers", "description": "E.164 numbers routed to agents; mirrored to JetStream KV"},
+    {"name": "sip-trunks", "description": "SIP trunks per tenant (PBX or carrier): inbound sources and digest "
+     "credentials, number rules, outbound proxy (admin); mirrored to JetStream KV"},
     {"name": "calls", "description": "Calls and transcripts (read-only)"},
     {"name": "chats", "description": "Text chats with an agent (no audio), stored as calls of channel `chat`"},
     {"name": "web-calls", "description": "Browser calls (WebRTC) with an agent, stored as calls of channel `webrtc`"},
@@ -81,7 +86,7 @@ TAGS = [
 ]
 
 ROUTERS = (auth, tenants, users, api_keys, agents, phone_numbers, calls, chats, webhooks, tenant_secrets, audit_log,
-           web_calls, live, call_control, analytics, tool_calls, knowledge)
+           web_calls, live, call_control, analytics, tool_calls, knowledge, intents, sip_trunks, outbound_calls)
 
 
 def create_app(

@@ -4,7 +4,8 @@ reads them.
 Layout (bucket ``agents``): ``a.<id>`` holds the current version's AgentConfig JSON, ``a.<id>.v<n>``
 every version ever published (calls pinned to a version keep reading it). Bucket ``numbers``:
 ``n<digits>`` holds the NumberRoute JSON. Bucket ``secrets``: ``s.<tenant>.<name>`` holds the SecretBox
-ciphertext as stored in PostgreSQL (only the services holding SECRETS_KEY can open it).
+ciphertext as stored in PostgreSQL (only the services holding SECRETS_KEY can open it). Bucket ``trunks``:
+``t.<id>`` holds the SipTrunk JSON.
 
 PostgreSQL is the record; KV is derived from it. Writes happen after the database commit; a write
 that fails is repaired by the next resync (at start, periodically, and soon after any failure).
@@ -25,7 +26,7 @@ from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from voice_runtime.logging import get_logger
 from voice_schemas import subjects
-from voice_schemas.agent import AgentConfig, NumberRoute
+from voice_schemas.agent import AgentConfig, NumberRoute, SipTrunk
 
 log = get_logger(__name__)
 
@@ -40,6 +41,7 @@ class Snapshot:
     versions: set[tuple[str, int]]  # every (agent_id, version) that exists, live agent or not
     numbers: list[NumberRoute]
     secrets: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (tenant_id, name) -> sealed value
+    trunks: list[SipTrunk] = field(default_factory=list)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class ResyncReport:
     agents_written: int = 0
     numbers_written: int = 0
     secrets_written: int = 0
+    trunks_written: int = 0
     keys_deleted: list[str] = field(default_factory=list)
 
 
@@ -61,10 +64,11 @@ def _version_of(value: bytes | None) -> int | None:
 
 
 class ConfigPublisher:
-    def __init__(self, agents: KeyValue, numbers: KeyValue, secrets: KeyValue) -> None:
+    def __init__(self, agents: KeyValue, numbers: KeyValue, secrets: KeyValue, trunks: KeyValue | None = None) -> None:
         self.agents = agents
         self.numbers = numbers
         self.secrets = secrets
+        self.trunks = trunks  # None: a deployment without the bucket (tests of other resources)
 
     # ------------------------------------------------------------------ agents
     async def publish_agent(self, cfg: AgentConfig) -> bool:
@@ -127,6 +131,15 @@ class ConfigPublisher:
     async def retract_secret(self, tenant_id: str, name: str) -> None:
         await self.secrets.delete(subjects.secret_key(tenant_id, name))
 
+    # ------------------------------------------------------------------ SIP trunks
+    async def publish_trunk(self, trunk: SipTrunk) -> None:
+        if self.trunks is not None:
+            await self.trunks.put(subjects.trunk_key(trunk.id), trunk.model_dump_json().encode())
+
+    async def retract_trunk(self, trunk_id: str) -> None:
+        if self.trunks is not None:
+            await self.trunks.delete(subjects.trunk_key(trunk_id))
+
     # ------------------------------------------------------------------ full resync
     async def resync(self, load: Callable[[], Awaitable[Snapshot]]) -> ResyncReport:
         """Make KV match PostgreSQL.
@@ -139,6 +152,7 @@ class ConfigPublisher:
         agent_entries = await _entries(self.agents)
         number_entries = await _entries(self.numbers)
         secret_entries = await _entries(self.secrets)
+        trunk_entries = await _entries(self.trunks) if self.trunks is not None else {}
         snap = await load()
         report = ResyncReport()
         # A database without a single agent version or secret next to a KV full of routes is far more likely a
@@ -189,6 +203,16 @@ class ConfigPublisher:
             ours=lambda key: subjects.parse_secret_key(key) is not None,
             deleted=report.keys_deleted if may_delete else None,
         )
+        if self.trunks is not None:
+            trunks = {subjects.trunk_key(t.id): t.model_dump_json().encode() for t in snap.trunks}
+            report.trunks_written = await _converge(
+                self.trunks,
+                trunk_entries,
+                trunks,
+                same=_same_json,
+                ours=lambda key: subjects.parse_trunk_key(key) is not None,
+                deleted=report.keys_deleted if may_delete else None,
+            )
         return report
 
 

@@ -27,10 +27,15 @@ from pydantic.fields import FieldInfo
 from voice_schemas import chat, webrtc
 from voice_schemas.agent import (
     EndCallTool,
+    HoldTool,
     HttpTool,
     KnowledgeSettings,
     LlmSettings,
+    McpAllowedTool,
+    McpServerSpec,
+    OutboundSettings,
     RecordingSettings,
+    SendDtmfTool,
     SttSettings,
     ToolSpec,
     TransferCallTool,
@@ -55,6 +60,7 @@ from .fields import (
     clean_text,
 )
 from .models_analytics import CallAnalytics
+from .models_intents import IntentConfig, TurnIntentOut
 from .models_knowledge import TurnSource
 from .openapi_examples import examples
 from .security import Role
@@ -280,6 +286,10 @@ class KnowledgeConfig(KnowledgeSettings):
     model_config = ConfigDict(extra="forbid")
 
 
+class OutboundConfig(OutboundSettings):
+    model_config = ConfigDict(extra="forbid")
+
+
 # Tools: the schema's models with unknown fields refused. What a shape cannot check (unique names, placeholders,
 # secrets, the egress guard, the transfer allow-list) is checked when a version is saved: usecases.agent_tools.
 class EndCallToolConfig(EndCallTool):
@@ -299,8 +309,34 @@ class HttpToolConfig(HttpTool):
     model_config = ConfigDict(extra="forbid")
 
 
-ToolConfig = Annotated[EndCallToolConfig | TransferCallToolConfig | HttpToolConfig, Field(discriminator="type")]
+class SendDtmfToolConfig(SendDtmfTool):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HoldToolConfig(HoldTool):
+    model_config = ConfigDict(extra="forbid")
+
+
+ToolConfig = Annotated[
+    EndCallToolConfig | TransferCallToolConfig | HttpToolConfig | SendDtmfToolConfig | HoldToolConfig,
+    Field(discriminator="type"),
+]
 MAX_TOOLS = 32
+
+
+# MCP servers (their tools offered as <server>__<tool>): what a shape cannot check is usecases.agent_mcp
+class McpAllowedToolConfig(McpAllowedTool):
+    model_config = ConfigDict(extra="forbid")
+
+
+class McpServerConfig(McpServerSpec):
+    model_config = ConfigDict(extra="forbid")
+    allowed_tools: list[McpAllowedToolConfig] = Field(  # type: ignore[assignment]
+        min_length=1, max_length=32,
+        description="The only tools of the server the model is offered (required; a bare name or an object with "
+        "the tool's timeout_s, approval and filler): the server's other tools, and ones it adds later, are never "
+        "offered or run",
+    )
 
 
 def _stored_tools(value: Any) -> Any:
@@ -323,10 +359,18 @@ class AgentFields(RequestModel):
     tools: list[ToolConfig] = Field(
         default_factory=list,
         max_length=MAX_TOOLS,
-        description="What the agent can do besides talking (end_call, transfer_call, http). A PATCH replaces the "
+        description="What the agent can do besides talking (end_call, transfer_call, send_dtmf, hold, http). A "
+        "PATCH replaces the "
         "whole list. Names are unique; an HTTP tool's host must not be internal, its {param} placeholders must be "
         "properties of its parameters and each {{secret:NAME}} must name a secret of this tenant; transfer "
         "targets must be on the tenant's transfer allow-list.",
+    )
+    mcp_servers: list[McpServerConfig] = Field(
+        default_factory=list,
+        max_length=8,
+        description="MCP servers (streamable HTTP) whose allow-listed tools the agent can call, offered to the model "
+        "as <server>__<tool> with the server's input schema. A PATCH replaces the whole list. The URL's host must "
+        "not be internal; header values may hold {{secret:NAME}} (a secret of this tenant).",
     )
     recording: RecordingConfig = Field(
         default_factory=RecordingConfig, description="Call recording (off by default) and its spoken notice"
@@ -339,6 +383,21 @@ class AgentFields(RequestModel):
     )
     knowledge: KnowledgeConfig = Field(
         default_factory=KnowledgeConfig, description="How much retrieved knowledge goes into a turn's prompt"
+    )
+    outbound: OutboundConfig = Field(
+        default_factory=OutboundConfig,
+        description="Outbound calls (POST /v1/calls): who speaks first, and the answering-machine check",
+    )
+    intents: list[IntentConfig] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Frequent questions: example phrases, and a fixed answer spoken without the LLM and/or a tool "
+        "(end_call, or an HTTP tool without required arguments) run at once on a confident match; otherwise the LLM "
+        "gets the intent as a hint. A PATCH replaces the whole list. Counts: GET /v1/agents/{id}/intents/stats",
+    )
+    intent_threshold: float = Field(
+        0.6, ge=0.05, le=1.0,
+        description="Confidence a match needs (cosine of the closest example; word overlap without the model)",
     )
     sentiment_alert_threshold: float = Field(
         -0.5,
@@ -366,11 +425,13 @@ SttPatch = patch_of(SttConfig)
 TurnPatch = patch_of(TurnConfig)
 RecordingPatch = patch_of(RecordingConfig)
 KnowledgePatch = patch_of(KnowledgeConfig)
+OutboundPatch = patch_of(OutboundConfig)
 
 
 class AgentPatch(
     patch_of(  # type: ignore[misc]
-        AgentCreate, llm=LlmPatch, stt=SttPatch, turn=TurnPatch, recording=RecordingPatch, knowledge=KnowledgePatch
+        AgentCreate, llm=LlmPatch, stt=SttPatch, turn=TurnPatch, recording=RecordingPatch, knowledge=KnowledgePatch,
+        outbound=OutboundPatch,
     )
 ):
     """Fields to change; nested objects are merged. Every accepted update creates a new version."""
@@ -386,6 +447,9 @@ class Agent(AgentFields):
     tools: Annotated[list[ToolSpec], BeforeValidator(_stored_tools)] = Field(  # type: ignore[assignment]
         default_factory=list, description="The tools as stored (a header's {{secret:NAME}} is only the reference)"
     )
+    mcp_servers: list[McpServerSpec] = Field(  # type: ignore[assignment]
+        default_factory=list, description="The MCP servers as stored (a header's {{secret:NAME}} is only the reference)"
+    )
     id: str
     tenant_id: str
     version: int = Field(description="Current version; every update adds one")
@@ -400,6 +464,9 @@ class AgentVersion(AgentFields):
     model_config = ConfigDict(extra="ignore", **examples(ex.AGENT_VERSION))
     tools: Annotated[list[ToolSpec], BeforeValidator(_stored_tools)] = Field(  # type: ignore[assignment]
         default_factory=list, description="The version's tools as stored"
+    )
+    mcp_servers: list[McpServerSpec] = Field(  # type: ignore[assignment]
+        default_factory=list, description="The version's MCP servers as stored"
     )
     agent_id: str
     version: int
@@ -467,6 +534,9 @@ class Turn(BaseModel):
     latency: dict[str, float] | None = Field(description="Per-stage breakdown in milliseconds")
     sources: list[TurnSource] = Field(
         default_factory=list, description="Agent turns: the knowledge chunks retrieved into the reply's prompt"
+    )
+    intent: TurnIntentOut | None = Field(
+        None, description="Caller turns: the intent the words matched (null: none at the agent's threshold)"
     )
 
 

@@ -14,7 +14,7 @@ from voice_runtime import db
 from voice_runtime.logging import get_logger, safe_error
 from voice_runtime.recordings import make_store
 from voice_runtime.service import Service
-from voice_schemas.streams import KV_AGENTS, KV_NUMBERS, KV_SECRETS
+from voice_schemas.streams import KV_AGENTS, KV_NUMBERS, KV_SECRETS, KV_TRUNKS
 
 from .app import create_app
 from .context import AppContext
@@ -72,7 +72,8 @@ class ControlApiService(Service):
         await bootstrap(pool, s)
         await first_run(pool, s, passwords)
         self.publisher = ConfigPublisher(
-            self.kv[KV_AGENTS.bucket], self.kv[KV_NUMBERS.bucket], self.kv[KV_SECRETS.bucket]
+            self.kv[KV_AGENTS.bucket], self.kv[KV_NUMBERS.bucket], self.kv[KV_SECRETS.bucket],
+            self.kv.get(KV_TRUNKS.bucket),
         )
         self._resync_wanted = asyncio.Event()
         self.ctx = AppContext(
@@ -97,6 +98,7 @@ class ControlApiService(Service):
             agents=report.agents_written,
             numbers=report.numbers_written,
             secrets=report.secrets_written,
+            trunks=report.trunks_written,
             deleted=len(report.keys_deleted),
         )
 
@@ -115,12 +117,14 @@ class ControlApiService(Service):
             self._resync_wanted.clear()
             try:
                 report = await self.resync()
-                if report.agents_written or report.numbers_written or report.secrets_written or report.keys_deleted:
+                if (report.agents_written or report.numbers_written or report.secrets_written or report.trunks_written
+                        or report.keys_deleted):
                     log.info(
                         "kv_repaired",
                         agents=report.agents_written,
                         numbers=report.numbers_written,
                         secrets=report.secrets_written,
+                        trunks=report.trunks_written,
                         deleted=len(report.keys_deleted),
                     )
             except Exception as e:

@@ -66,6 +66,12 @@ class ControlApiSettings(
         description="Store the default agent (DEFAULT_AGENT_ID in DEFAULT_TENANT_ID) as an editable agent when it "
         "has never existed",
     )
+    bootstrap_default_agent_spec: Path | None = Field(
+        None,
+        description="A JSON file the default agent is seeded from when it is first stored: {\"agent\": agent "
+        "fields, \"knowledge_base\": {\"name\", \"description\", \"documents\": [{\"filename\", \"text\"}]}} "
+        "(`make run` writes the demo restaurant's here; usecases.default_agent_spec)",
+    )
 
     # web console
     console_session_ttl_s: int = Field(

@@ -12,7 +12,8 @@
   times), or when a later event starts without its End having arrived. The marker bit is not needed: some gateways
   never set it.
 - ``PlayoutQueue``: the agent's G.711 payloads and the marks between them, bounded, handed out one per 20 ms tick;
-  a mark is reported once every payload queued before it has been handed out; ``clear`` drops it all.
+  a mark is reported once every payload queued before it has been handed out; ``clear`` drops it all. Keys pressed
+  towards the far end (``DtmfTick``, RFC 4733 events) queue in the same order, one tick each.
 """
 
 from __future__ import annotations
@@ -215,13 +216,52 @@ class _Mark:
     name: str
 
 
+DTMF_VOLUME = 10  # -10 dBm0, the level RFC 4733 §2.3.4 suggests
+END_REPEATS = 3  # the End packet is sent three times (RFC 4733 §2.5.1.4)
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfTick:
+    """20 ms of one key pressed as an RFC 4733 event: tick ``index`` of ``ticks`` (the last one ends it)."""
+
+    event: int
+    index: int
+    ticks: int
+
+    @property
+    def end(self) -> bool:
+        return self.index == self.ticks - 1
+
+    def payload(self) -> bytes:
+        """The telephone-event payload: event, E bit and volume, the duration so far in 8 kHz samples."""
+        duration = (self.index + 1) * SAMPLES_PER_PACKET
+        return struct.pack("!BBH", self.event, (0x80 if self.end else 0) | DTMF_VOLUME, duration)
+
+
+def dtmf_ticks(digits: str, *, tone_ms: int = 100, gap_ms: int = 60) -> list[DtmfTick | None]:
+    """Each key as ``tone_ms`` of event ticks, then ``gap_ms`` of ticks without one (None: silence)."""
+    tone, gap = max(1, tone_ms // 20), gap_ms // 20
+    out: list[DtmfTick | None] = []
+    for d in digits:
+        event = DTMF_EVENTS.index(d)
+        out += [DtmfTick(event, i, tone) for i in range(tone)]
+        out += [None] * gap
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Gap:
+    payload: bytes  # silence between keys
+
+
 class PlayoutQueue:
     """The agent's 20 ms payloads and marks, in order, bounded; one payload per tick."""
 
-    def __init__(self, *, max_payloads: int = 50, max_marks: int = 64) -> None:
-        self.max_payloads, self.max_marks = max_payloads, max_marks
-        self._queue: deque[bytes | _Mark] = deque()
+    def __init__(self, *, max_payloads: int = 50, max_marks: int = 64, max_keys: int = 512) -> None:
+        self.max_payloads, self.max_marks, self.max_keys = max_payloads, max_marks, max_keys
+        self._queue: deque[bytes | _Mark | DtmfTick | _Gap] = deque()
         self._payloads = 0
+        self._keys = 0
         self._marks = 0
         self.dropped = 0
         self._early: list[str] = []  # marks reported without waiting (the queue of marks was full)
@@ -237,6 +277,15 @@ class PlayoutQueue:
         self._queue.append(payload)
         self._payloads += 1
 
+    def put_key(self, tick: DtmfTick | bytes) -> None:
+        """One tick of keys pressed (an event, or the gap's silence), bounded apart from the agent's audio: a
+        command's keys are queued at once, its audio only a few frames ahead."""
+        if self._keys >= self.max_keys:
+            self.dropped += 1
+            return
+        self._queue.append(tick if isinstance(tick, DtmfTick) else _Gap(tick))
+        self._keys += 1
+
     def put_mark(self, name: str) -> None:
         if self._marks >= self.max_marks:
             self._early.append(name)
@@ -245,10 +294,13 @@ class PlayoutQueue:
         self._marks += 1
 
     def clear(self) -> None:
-        self._queue.clear()
+        """Drop the agent's audio and marks; keys being pressed stay (a barge-in does not cut a key in half)."""
+        kept = [i for i in self._queue if isinstance(i, DtmfTick | _Gap)]
+        self._queue = deque(kept)
         self._payloads = self._marks = 0
+        self._keys = len(kept)
 
-    def take(self) -> tuple[bytes | None, list[str]]:
+    def take(self) -> tuple[bytes | DtmfTick | None, list[str]]:
         """The payload for this tick (None: nothing queued) and the marks passed on the way: each mark whose audio
         has all been handed out by the previous ticks."""
         marks, self._early = self._early, []
@@ -258,6 +310,12 @@ class PlayoutQueue:
                 self._marks -= 1
                 marks.append(item.name)
                 continue
+            if isinstance(item, DtmfTick):
+                self._keys -= 1
+                return item, marks
+            if isinstance(item, _Gap):
+                self._keys -= 1
+                return item.payload, marks
             self._payloads -= 1
             return item, marks
         return None, marks

@@ -204,3 +204,47 @@ def negotiate(offer: Offer, *, address: str, port: int, session_version: int = 1
     return Negotiated(remote_host=remote, remote_port=media.port, payload_type=int(pt), encoding=encoding,
                       dtmf_payload_type=int(dtmf) if dtmf else None, direction=direction,
                       sdp="\r\n".join(lines) + "\r\n")
+
+
+# ---------------------------------------------------------------- when we offer (delayed offer, outbound calls)
+OFFER_DTMF_PT = 101
+
+
+def make_offer(*, address: str, port: int, session_id: str = "1", session_version: int = 1,
+               direction: Direction = "sendrecv") -> str:
+    """Our offer: one audio section with PCMU, PCMA (in that order of preference) and telephone-event."""
+    family = "IP6" if ipaddress.ip_address(address).version == 6 else "IP4"
+    lines = ["v=0", f"o=- {session_id} {session_version} IN {family} {address}", "s=-", f"c=IN {family} {address}",
+             "t=0 0", f"m=audio {port} RTP/AVP 0 8 {OFFER_DTMF_PT}", "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000",
+             f"a=rtpmap:{OFFER_DTMF_PT} telephone-event/8000", f"a=fmtp:{OFFER_DTMF_PT} {DTMF_EVENTS}", "a=ptime:20",
+             f"a={direction}"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def accept_answer(answer: Offer, our_offer: str) -> Negotiated:
+    """The answer to ``our_offer`` (``make_offer``'s text) -> what it settles; ``NoCommonCodec`` when the answer
+    takes none of our codecs, ``SdpError`` when it names no address."""
+    for m in answer.media:
+        if m.kind != "audio" or m.port == 0 or m.proto.upper() != "RTP/AVP":
+            continue
+        codec = next(((pt, enc[0]) for pt in m.formats if (enc := _encoding(m, pt)) is not None
+                      and enc[0] in LAWS and enc[1] == 8000), None)
+        if codec is None:
+            continue
+        dtmf = next((pt for pt in m.formats if (enc := _encoding(m, pt)) is not None
+                     and enc[0] == "TELEPHONE-EVENT" and enc[1] == 8000), None)
+        remote = m.connection or answer.connection
+        if remote is None:
+            raise SdpError("no c= line for the audio section")
+        theirs: Direction = m.direction or answer.direction or "sendrecv"
+        if remote in ("0.0.0.0", "::") and theirs == "sendrecv":
+            theirs = "sendonly"
+        return Negotiated(remote_host=remote, remote_port=m.port, payload_type=int(codec[0]), encoding=codec[1],
+                          dtmf_payload_type=int(dtmf) if dtmf else None, direction=MIRROR[theirs], sdp=our_offer)
+    raise NoCommonCodec("the answer accepts no audio section with PCMU or PCMA")
+
+
+def placeholder(our_offer: str) -> Negotiated:
+    """Before the answer arrives: nothing is sent (no address yet), μ-law assumed."""
+    return Negotiated(remote_host="0.0.0.0", remote_port=0, payload_type=0, encoding="PCMU",
+                      dtmf_payload_type=OFFER_DTMF_PT, direction="sendrecv", sdp=our_offer)

@@ -19,10 +19,11 @@ from voice_runtime import metrics
 from voice_runtime.agents import AgentDirectory
 from voice_runtime.logging import get_logger, safe_error
 from voice_runtime.service import Service
-from voice_schemas import CallRecord, events, make, subjects
+from voice_schemas import AgentConfig, CallRecord, events, make, subjects
 from voice_schemas.agent import NumberRoute
 from voice_schemas.streams import KV_CALLS, KV_REPLICAS
 
+from .dialing import DialHandler, TwilioAccounts, TwilioDialer
 from .liveness import CallReaper
 from .session import CallSession, Clock, LoopClock
 from .settings import IngressSettings
@@ -47,6 +48,17 @@ class IngressService(Service):
         self.endpoints.append(WebRtcEndpoint(self, settings, settings.call_token_key_bytes()))
         self.sip = SipEndpoint(self, settings)
         self.endpoints.append(self.sip)
+        twilio = self.endpoints[0]
+        assert isinstance(twilio, TwilioEndpoint)
+        # outbound calls (POST /v1/calls): Twilio through the platform's account, SIP through the tenant's trunk
+        accounts = TwilioAccounts(twilio.rest, settings, settings.secret_box(), lambda: self.kv.get("secrets"),
+                                  self._record)
+        twilio_dialer = TwilioDialer(accounts, self, stream_url=twilio.stream_url(),
+                                     status_url=twilio.public_url("/twilio/status"))
+        twilio.call_token = accounts.token_for_call  # the tenant's own token signs its calls' webhooks
+        self.dialing = DialHandler(self, {"twilio": twilio_dialer, "sip": self.sip})
+        twilio.on_dial_status = self.dialing.report
+        self.sip.on_status = self.dialing.report
         self.clock: Clock = LoopClock()  # what playout is paced by
         self.replica_id = subjects.new_id()  # named in the records of the calls whose connection this replica holds
         self.reaper: CallReaper | None = None
@@ -61,8 +73,11 @@ class IngressService(Service):
         self.spawn(self.reaper.liveness.run(self._leaving), name="ingress-liveness")
         for e in self.endpoints:
             await e.start()
+        await self.dialing.start()
 
     async def on_stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.dialing.stop()
         for e in self.endpoints:
             with contextlib.suppress(Exception):
                 await e.stop()
@@ -79,7 +94,8 @@ class IngressService(Service):
     # ------------------------------------------------------------ calls (the CallDesk of the endpoints)
     async def create_call(self, *, channel: events.Channel, to_number: str, from_number: str | None,
                           provider_call_id: str | None, agent_id: str | None = None,
-                          tenant_id: str | None = None) -> str | None:
+                          tenant_id: str | None = None, call_id: str | None = None, direction: str = "inbound",
+                          greet_on_answer: bool = True) -> str | None:
         """Create a call routed by the number called, or, for a call granted to one agent (a browser call or a
         chat, ``agent_id`` and ``tenant_id`` from a verified call token), to that agent. None: no such active
         agent (or it belongs to another tenant)."""
@@ -96,8 +112,12 @@ class IngressService(Service):
             if routed is None or agent is None or not agent.is_active:
                 log.info("call_rejected_no_agent", number=to_number)
                 return None
+            if tenant_id is not None and routed.tenant_id != tenant_id:
+                # a tenant's SIP trunk reaches only that tenant's numbers
+                log.warning("call_rejected_other_tenant", tenant_id=tenant_id, channel=channel.value)
+                return None
             route = routed
-        call_id = subjects.new_call_id()
+        call_id = call_id or subjects.new_call_id()  # an outbound call's id is control-api's
         try:
             pkey = subjects.provider_key(provider_call_id) if provider_call_id else None
         except subjects.InvalidSubjectToken:
@@ -106,7 +126,8 @@ class IngressService(Service):
                             agent_version=agent.version, channel=channel.value, started_at_ms=time.time() * 1000,
                             provider_call_id=provider_call_id if pkey else None,
                             # this replica until a connection binds elsewhere (_open): a chat stays here
-                            ingress_replica=self.replica_id)
+                            ingress_replica=self.replica_id, direction="outbound" if direction == "outbound"
+                            else "inbound", greet_on_answer=greet_on_answer)
         kv = self.kv[KV_CALLS.bucket]
         await kv.put(subjects.call_key(call_id), record.model_dump_json().encode())
         if pkey:
@@ -128,17 +149,22 @@ class IngressService(Service):
             entry = await kv.get(subjects.provider_key(provider_call_id))
         except (KeyNotFoundError, subjects.InvalidSubjectToken):
             return
-        call_id = (entry.value or b"").decode()
+        await self.end_call((entry.value or b"").decode(), reason)
+
+    async def end_call(self, call_id: str, reason: events.EndReason, detail: str | None = None) -> None:
+        """End the call wherever it is: its session here, or, when another replica (or none: an outbound call not
+        connected yet) holds it, by announcing ``call.ended``."""
+        assert self.bus is not None
         session = self.sessions.get(call_id)
         if session is not None:
-            await session.end(reason)
+            await session.end(reason, detail)
             return
         record = await self._record(call_id)
         if record is None:
             return  # already ended
         # the caller's connection may live on another replica: the CallEnded event reaches it
-        await self.bus.publish(make(events.CallEnded(reason=reason), tenant_id=record.tenant_id, call_id=call_id,
-                                    event_id=f"{call_id}-ended"))
+        await self.bus.publish(make(events.CallEnded(reason=reason, detail=detail), tenant_id=record.tenant_id,
+                                    call_id=call_id, event_id=f"{call_id}-ended"))
         await self._forget(record)
 
     async def serve(self, transport: Transport, inbound: AsyncIterable[Any]) -> None:
@@ -235,6 +261,26 @@ class IngressService(Service):
         for key in keys:
             with contextlib.suppress(Exception):
                 await kv.delete(key)
+
+    async def call_record(self, call_id: str) -> CallRecord | None:
+        return await self._record(call_id)
+
+    async def bind_provider_id(self, call_id: str, provider_call_id: str) -> None:
+        """An outbound call's provider id (Twilio's CallSid), once the provider names it: its status callbacks and
+        media stream find the call by it."""
+        record = await self._record(call_id)
+        try:
+            pkey = subjects.provider_key(provider_call_id)
+        except subjects.InvalidSubjectToken:
+            return
+        if record is None:
+            return
+        # the key alone (it expires with the bucket's TTL): the record is the connection's to write (_open)
+        await self.kv[KV_CALLS.bucket].put(pkey, call_id.encode())
+
+    async def agent(self, agent_id: str) -> AgentConfig | None:
+        assert self.directory is not None
+        return await self.directory.current(agent_id)
 
     async def _record(self, call_id: str) -> CallRecord | None:
         kv = self.kv[KV_CALLS.bucket]

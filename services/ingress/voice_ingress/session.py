@@ -14,6 +14,13 @@ the agent's last words have played. A transfer is the transport's (``Transport.t
 the call goes on; once the provider has taken it the call ends as ``transferred`` (the provider stopping the stream
 meanwhile is part of it); a transport that cannot, or a provider that refuses, gives ``call.transfer_failed`` and the
 call goes on.
+
+Keys and holds (``control.send_dtmf``, ``control.hold``) are steps: they wait for the same playout, run in order
+before a hang-up or transfer waiting with them, and never replace one. Keys go out through ``Transport.send_dtmf``
+(``call.dtmf_sent`` says whether they did); the agent's next audio waits until their tones have played, and so does a
+hang-up or transfer that came with them. On hold the caller hears the hold tone (``tones.HoldTone``) or silence while
+the call's audio still reaches the platform; the hold ends (``call.hold_ended``) when agent audio of a new turn plays
+("resumed": the caller spoke and was answered, a supervisor's decision was told) or at its ``max_s`` ("timeout").
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ import functools
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from opentelemetry import trace
 from voice_runtime import metrics, telemetry
@@ -35,6 +42,7 @@ from voice_runtime.ports import Publisher, Unsubscribable
 from voice_schemas import CallRecord, Envelope, events, make, subjects
 from voice_schemas.audio import H_CUT, H_EPOCH, H_SEQ, H_TS, H_TURN, AudioFrame
 
+from . import tones
 from .callclock import CallClock
 from .playout import Outgoing, PlayoutBuffer, TurnClosed
 from .transports.base import (
@@ -58,6 +66,7 @@ HANGUP_PLAYOUT_LIMIT_S = 20.0  # a hang-up or transfer after playout waits at mo
 TRANSFER_WAIT_LIMIT_S = 65.0
 _STREAM_ENDS = frozenset({events.EndReason.caller_hangup, events.EndReason.connection_lost})
 MAX_COMMANDS_RUNNING = 8  # hang-ups and transfers being carried out at once, per call
+MAX_WAITING_STEPS = 4  # keys to press and holds waiting for playout, per call
 # per-call bounds: marks in flight stay within the playout lead (a few); turns are remembered briefly
 MAX_PENDING_MARKS = 256
 MAX_REMEMBERED_TURNS = 16
@@ -105,12 +114,23 @@ class _Mark:
 Command = Callable[[], Coroutine[Any, Any, Any]]  # a hang-up or transfer to carry out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _AfterPlayout:
-    """A command waiting for the agent's last words to play: the turn to wait for (None: what is queued)."""
+    """Commands waiting for the agent's last words to play: the turn to wait for (None: what is queued), the
+    hang-up or transfer (a later one replaces it), and the steps (keys, a hold) that run before it, in order."""
 
     turn_id: str | None
-    run: Command
+    run: Command | None = None
+    steps: list[Command] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Hold:
+    """The caller is on hold until ``until`` (clock time) or until the agent speaks again."""
+
+    started: float
+    until: float
+    tone: tones.HoldTone | None  # None: silence
 
 
 class Recent(OrderedDict[str, Any]):
@@ -157,10 +177,12 @@ class CallSession:
         self._heard: dict[str, list[int]] = {}  # turn -> chunk indices whose marks came back
         self._played: Recent = Recent(MAX_REMEMBERED_TURNS)  # turns whose final mark came back
         self._trace: Recent = Recent(MAX_REMEMBERED_TURNS)  # turn -> trace context of its first audio frame
-        self._after_playout: _AfterPlayout | None = None  # a hang-up or transfer waiting for the last words
+        self._after_playout: _AfterPlayout | None = None  # commands waiting for the last words
         self._after_playout_timer: asyncio.Task[None] | None = None
         self._commands: set[asyncio.Task[Any]] = set()  # hang-ups and transfers being carried out
         self._transfer: asyncio.Task[Any] | None = None  # the transfer in flight (True: the provider took it)
+        self._tones_until = 0.0  # clock time until which DTMF tones sent are playing (the agent's audio waits)
+        self._hold: _Hold | None = None
 
     # ------------------------------------------------------------ setup / teardown
     async def open(self) -> None:
@@ -184,7 +206,8 @@ class CallSession:
             return
         self._sender = asyncio.create_task(self._playout_loop(), name=f"playout:{self.call_id}")
         await self._publish(events.CallAnswered(stream_id=self.transport.stream_id,
-                                                media_format=self.transport.media_format))
+                                                media_format=self.transport.media_format,
+                                                greet=self.record.greet_on_answer))
 
     async def _follow(self, subscribing: Awaitable[Unsubscribable]) -> None:
         sub = await subscribing
@@ -207,6 +230,7 @@ class CallSession:
             if self.ended:
                 return  # it did: the call ended as transferred
         self.ended, self.end_reason = True, reason
+        self._hold = None
         if self._counted:
             metrics.ACTIVE_CALLS.labels(SVC).dec()
         await self._cut_played()  # audio still queued at the far end is not heard
@@ -278,7 +302,7 @@ class CallSession:
             timer, self._after_playout_timer = self._after_playout_timer, None
             if timer is not None and timer is not asyncio.current_task():
                 timer.cancel()
-            await waiting.run()
+            await self._carry_out(waiting)
 
     # ------------------------------------------------------------ platform -> caller
     async def _on_agent_audio(self, msg: Message) -> None:
@@ -308,6 +332,10 @@ class CallSession:
                 await self._transfer_failed(data, "a transfer of this call is already in progress")
             else:
                 self._when_played(env.turn_id, data.after_playout, functools.partial(self._start_transfer, data))
+        elif isinstance(data, events.SendDtmf):
+            self._when_played(env.turn_id, data.after_playout, functools.partial(self._send_dtmf, data), step=True)
+        elif isinstance(data, events.Hold):
+            self._when_played(env.turn_id, data.after_playout, functools.partial(self._start_hold, data), step=True)
 
     async def _on_call_ended(self, env: Envelope[Any]) -> None:
         # ended elsewhere (a status callback on another replica): that replica announced it. Off this
@@ -317,13 +345,22 @@ class CallSession:
                               always=True)
 
     # ------------------------------------------------------------ hang-ups and transfers
-    def _when_played(self, turn_id: str | None, after_playout: bool, run: Command) -> None:
+    def _when_played(self, turn_id: str | None, after_playout: bool, run: Command, *, step: bool = False) -> None:
         """Run a command now, or, ``after_playout``, once the turn ``turn_id`` (the agent's last words, maybe
-        still in synthesis) and everything queued have played, within ``HANGUP_PLAYOUT_LIMIT_S``. A later
-        command replaces one still waiting."""
+        still in synthesis) and everything queued have played, within ``HANGUP_PLAYOUT_LIMIT_S``. A later hang-up
+        or transfer replaces one still waiting; a ``step`` (keys, a hold) joins the steps that run before it."""
         waiting_for = turn_id if turn_id and turn_id not in self._played else None
         if after_playout and (waiting_for or self.buffer.pending()):
-            self._after_playout = _AfterPlayout(waiting_for, run)
+            waiting = self._after_playout
+            if waiting is None:
+                waiting = self._after_playout = _AfterPlayout(waiting_for)
+            waiting.turn_id = waiting_for
+            if not step:
+                waiting.run = run
+            elif len(waiting.steps) < MAX_WAITING_STEPS:
+                waiting.steps.append(run)
+            else:
+                log.warning("call_steps_dropped", call_id=self.call_id, waiting=len(waiting.steps))
             if self._after_playout_timer is None:
                 self._after_playout_timer = asyncio.create_task(self._after_playout_limit(),
                                                                 name=f"after-playout:{self.call_id}")
@@ -335,7 +372,79 @@ class CallSession:
         self._after_playout_timer = None
         waiting, self._after_playout = self._after_playout, None
         if waiting is not None and not self.ended:
+            await self._carry_out(waiting)
+
+    async def _carry_out(self, waiting: _AfterPlayout) -> None:
+        """What waited for playout: a lone hang-up or transfer at once (as it always has); steps in a task of their
+        own (keys take time to send), in order, then the hang-up or transfer once their tones have played."""
+        if not waiting.steps:
+            if waiting.run is not None:
+                await waiting.run()
+            return
+        self._run_command(functools.partial(self._in_order, waiting), always=True)
+
+    async def _in_order(self, waiting: _AfterPlayout) -> None:
+        for step in waiting.steps:
+            await step()
+        if waiting.run is not None and not self.ended:
+            left = self._tones_until - self.clock.time()
+            if left > 0:
+                await self.clock.sleep(left)
             await waiting.run()
+
+    # ------------------------------------------------------------ keys and holds
+    async def _send_dtmf(self, cmd: events.SendDtmf) -> None:
+        """Press the keys through the transport, in order behind the audio sent; ``call.dtmf_sent`` either way."""
+        if self.ended:
+            return
+        try:
+            digits = tones.check_digits(cmd.digits)
+            started = self.clock.time()
+            async with self._send_lock:
+                if self.ended:
+                    return
+                await self.transport.send_dtmf(digits)
+        except NotImplementedError as e:
+            reason = str(e) or "this kind of call cannot send DTMF"
+        except tones.BadDigits as e:
+            reason = str(e)
+        except Exception as e:
+            metrics.ERRORS.labels(SVC, "dtmf").inc()
+            reason = f"the keys could not be sent: {safe_error(e, 200)}"
+        else:
+            self._tones_until = max(self._tones_until, started + tones.duration_s(digits))
+            log.info("dtmf_sent", call_id=self.call_id, tenant_id=self.tenant_id, keys=len(digits),
+                     requested_by=cmd.requested_by)  # never the keys themselves (a PIN, an account number)
+            with contextlib.suppress(Exception):
+                await self._publish(events.DtmfSent(ok=True, keys=len(digits), requested_by=cmd.requested_by))
+            return
+        log.info("dtmf_failed", call_id=self.call_id, tenant_id=self.tenant_id, reason=reason[:300])
+        with contextlib.suppress(Exception):
+            await self._publish(events.DtmfSent(ok=False, keys=0, reason=reason[:300], requested_by=cmd.requested_by))
+
+    async def _start_hold(self, cmd: events.Hold) -> None:
+        if self.ended:
+            return
+        now = self.clock.time()
+        self._hold = _Hold(started=now, until=now + cmd.max_s,
+                           tone=tones.HoldTone() if cmd.audio == "tone" else None)
+        log.info("hold_started", call_id=self.call_id, tenant_id=self.tenant_id, max_s=cmd.max_s, audio=cmd.audio)
+        self._wake.set()
+
+    async def _end_hold(self, reason: Literal["resumed", "timeout"]) -> None:
+        hold, self._hold = self._hold, None
+        if hold is None:
+            return
+        held_s = round(self.clock.time() - hold.started, 3)
+        log.info("hold_ended", call_id=self.call_id, tenant_id=self.tenant_id, reason=reason, held_s=held_s)
+        await self._publish(events.HoldEnded(reason=reason, held_s=held_s))
+
+    async def _play_hold(self, starts_at: float) -> None:
+        """One frame of the hold tone, paced and reported played like the agent's audio."""
+        assert self._hold is not None and self._hold.tone is not None
+        pcm = self._hold.tone.next_frame()
+        if await self._to_caller(self.transport.play, pcm):
+            await self._tap_played(AudioFrame(pcm=pcm, seq=0, epoch=self.buffer.epoch), starts_at)
 
     def _run_command(self, run: Command, *, always: bool = False) -> asyncio.Task[Any] | None:
         """Carry out a command in a task of its own (bounded per call, unless ``always``)."""
@@ -416,20 +525,41 @@ class CallSession:
             if not self.paused and deadline - now > lead_s + 1e-6:  # (a microsecond: float sums never loop here)
                 await clock.sleep(deadline - now - lead_s)
                 continue
+            if self._tones_until > now and not self.paused and self.buffer.pending():
+                await clock.sleep(min(self._tones_until - now, 0.1))  # keys are being pressed: the agent waits
+                continue
             out = None if self.paused else self.buffer.next(now)
             if isinstance(out, TurnClosed):
                 await self._give_up(out)
                 continue
+            hold = self._hold
+            if out is None and hold is not None and not self.paused:
+                try:
+                    if now >= hold.until:
+                        await self._end_hold("timeout")
+                        continue
+                    if hold.tone is not None:
+                        await self._play_hold(deadline)
+                        deadline += FRAME_S
+                        continue
+                except Exception as e:  # as below: a hold event not published must not stop the caller's audio
+                    metrics.ERRORS.labels(SVC, "playout").inc()
+                    log.warning("playout_event_failed", call_id=self.call_id, error=safe_error(e, 200))
+                    continue
             if out is None:
                 if self.buffer.pending() and not self.paused:
                     metrics.AUDIO_FRAMES.labels(SVC, "out", "underrun").inc()
                 self._wake.clear()
                 give_up_at = None if self.paused else self.buffer.wake_at()
+                if hold is not None and not self.paused:
+                    give_up_at = hold.until if give_up_at is None else min(give_up_at, hold.until)
                 timeout = None if give_up_at is None else max(0.0, give_up_at - clock.time())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
             try:
+                if hold is not None:  # the agent speaks again
+                    await self._end_hold("resumed")
                 await self._play(out, deadline)
             except Exception as e:  # a playout event not published must not stop the caller's audio
                 metrics.ERRORS.labels(SVC, "playout").inc()

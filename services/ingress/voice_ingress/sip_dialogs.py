@@ -20,8 +20,12 @@ What it keeps per RFC 3261:
 - Our BYE is a client transaction: retransmitted over UDP (T1 doubling to T2) until a final response, 64·T1 at most.
 - OPTIONS → 200; unknown methods → 405 with Allow; missing or malformed mandatory headers → 400; an unsupported
   ``Require`` → 420; a request for a dialog we do not know → 481.
-- Sources: out-of-dialog requests from outside ``allowed`` get 403 and no dialog, and every source address is
-  rate-limited (a token bucket, the table of sources bounded): scanners probe every public 5060.
+- Sources: out-of-dialog requests from a source ``admit`` refuses (the trunks and the allow-list; else outside
+  ``allowed``) get 403 and no dialog, and every source address is rate-limited (a token bucket, the table of
+  sources bounded): scanners probe every public 5060.
+- Requests of ours (``client_request``; the UAC's INVITE in ``sip_uac.py``, REFER by ``in_dialog_request``): their
+  responses found by Via branch, retransmitted over UDP until a final response. A dialog we started
+  (``local_party``/``remote_party`` set) takes in-dialog requests like any other; NOTIFY → 200 and the application.
 
 Every table is bounded (``MAX_DIALOGS``, ``MAX_TRANSACTIONS``, ``MAX_SOURCES``), and responses echo only what the
 request carried. Logs never name numbers or addresses of callers.
@@ -45,7 +49,7 @@ from .sdp import NoCommonCodec
 log = get_logger(__name__)
 SVC = "ingress"
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY"
 SUPPORTED = "timer"
 MAX_MESSAGE_BYTES = 16 * 1024
 MAX_DIALOGS = 4096
@@ -54,7 +58,8 @@ MAX_SOURCES = 4096
 MIN_SESSION_EXPIRES = 90
 MAGIC = "z9hG4bK"
 MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
-REASONS = {100: "Trying", 180: "Ringing", 200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+REASONS = {100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 202: "Accepted",
+           400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 408: "Request Timeout", 415: "Unsupported Media Type", 420: "Bad Extension",
            422: "Session Interval Too Small", 480: "Temporarily Unavailable",
            481: "Call/Transaction Does Not Exist", 486: "Busy Here", 487: "Request Terminated",
@@ -116,6 +121,12 @@ class Application(Protocol):
     def dtmf(self, dialog: Dialog, digit: str) -> None:
         """A digit sent as SIP INFO."""
 
+    def acked(self, dialog: Dialog, body: bytes) -> None:
+        """The ACK of our 2xx carried a body: the SDP answer to the offer we made in it (a delayed offer)."""
+
+    def notify(self, dialog: Dialog, request: Request) -> None:
+        """A NOTIFY in the dialog (200 sent): the progress of a REFER we sent (``message/sipfrag``)."""
+
 
 @dataclass
 class Dialog:
@@ -131,6 +142,8 @@ class Dialog:
     remote_cseq: int
     state: Literal["early", "confirmed", "terminated"] = "early"
     local_cseq: int = 0
+    local_party: str | None = None  # our From/To header with our tag (a dialog we started); else the INVITE's To
+    remote_party: str | None = None  # theirs with their tag (a dialog we started); else the INVITE's From
     answered: bool = False
     session_expires: int | None = None
     app: Any = None  # the application's call
@@ -193,6 +206,7 @@ class UasSettings:
     local_host: str = "127.0.0.1"  # in Contact and Via of what we send
     local_port: int = 5060
     allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)  # empty: any
+    admit: Callable[[str], bool] | None = None  # decides instead of ``allowed`` (the trunks and the allow-list)
     rate_per_s: float = 20.0  # out-of-dialog requests per source address
     rate_burst: float = 40.0
     user_agent: str = "voice-platform"
@@ -208,6 +222,7 @@ class UserAgentServer:
         self.dialogs: Bounded = Bounded(MAX_DIALOGS)  # (Call-ID, our tag) -> Dialog
         self._tx: Bounded = Bounded(MAX_TRANSACTIONS)  # (branch, method) -> _ServerTx
         self._client_tx: dict[str, Dialog] = {}  # branch of our BYE -> its dialog
+        self._clients: Bounded = Bounded(MAX_TRANSACTIONS)  # branch of another request of ours -> its handler
         self._sources: Bounded = Bounded(MAX_SOURCES)  # source address -> token bucket
         self.refused = 0  # requests dropped by the rate limit or refused by the allow-list
 
@@ -282,6 +297,8 @@ class UserAgentServer:
         return True
 
     def allowed(self, peer: Peer) -> bool:
+        if self.settings.admit is not None:
+            return self.settings.admit(peer.host)
         if not self.settings.allowed:
             return True
         try:
@@ -356,10 +373,6 @@ class UserAgentServer:
         if req.body.strip() and (ct is None or ct.split(";")[0].strip().lower() != "application/sdp"):
             self._reply(req, peer, 415, key=key, headers=[("Accept", "application/sdp")])
             return
-        if not req.body.strip():
-            # an INVITE without an offer (delayed offer) is not supported yet
-            self._reply(req, peer, 488, key=key, headers=[("Warning", '399 - "an SDP offer is required"')])
-            return
         se = _session_expires(req)
         if se is not None and se < MIN_SESSION_EXPIRES:
             self._reply(req, peer, 422, key=key, headers=[("Min-SE", str(MIN_SESSION_EXPIRES))])
@@ -408,6 +421,9 @@ class UserAgentServer:
             self._reply(req, peer, 200, key=key, dialog=d)
             if digit is not None:
                 self.app.dtmf(d, digit)
+        elif method == "NOTIFY":
+            self._reply(req, peer, 200, key=key, dialog=d)
+            self.app.notify(d, req)
         else:
             self._reply(req, peer, 405, key=key, dialog=d, headers=[("Allow", ALLOW)])
 
@@ -458,6 +474,8 @@ class UserAgentServer:
             d._pending_ack = None
             if d.state == "early":
                 d.state = "confirmed"
+            if req.body.strip():
+                self.app.acked(d, req.body)
 
     def _on_cancel(self, req: Request, peer: Peer, key: str) -> None:
         tx = self._tx.get((key, "INVITE"))
@@ -476,6 +494,10 @@ class UserAgentServer:
         if not vias:
             return
         branch = vias[0].parameters.get("branch") or ""
+        handler = self._clients.get(str(branch))
+        if handler is not None:
+            handler(resp)
+            return
         d = self._client_tx.get(str(branch))
         if d is None or resp.code < 200:
             return
@@ -526,6 +548,79 @@ class UserAgentServer:
             d._pending_ack = None
         self._send_bye(d)
 
+    # ------------------------------------------------------------ requests of ours (a UAC, REFER)
+    def client_request(self, data: bytes, peer: Peer, branch: str, on_response: Callable[[Response], None], *,
+                       invite: bool, on_timeout: Callable[[], None] | None) -> _Retransmit:
+        """Send one request of ours: its responses (by Via branch) go to ``on_response`` until ``forget``. Over
+        UDP it is sent again at T1, 2·T1 ... (an INVITE without cap, until the caller stops it on a provisional
+        response; others capped at T2), until stopped; ``on_timeout`` after 64·T1 unless stopped first."""
+        self._clients[branch] = on_response
+        self.wire.send(data, peer)
+        send = (lambda: self.wire.send(data, peer)) if not peer.reliable else None
+        return self._retransmit(send, cap=not invite, on_timeout=on_timeout)
+
+    def forget(self, branch: str) -> None:
+        self._clients.pop(branch, None)
+
+    def in_dialog_request(self, d: Dialog, method: str, *, headers: list[tuple[str, str]] | None = None,
+                          body: bytes = b"", content_type: str | None = None,
+                          on_final: Callable[[Response | None], None] | None = None) -> None:
+        """Send a request in the dialog (REFER ...): ``on_final`` gets its final response, or None after 64·T1."""
+        d.local_cseq += 1
+        branch = MAGIC + new_tag()
+        req = self._dialog_request(d, method, branch, d.local_cseq)
+        req.headers.add("Contact", self._contact(d.peer))
+        for name, value in headers or []:
+            req.headers.add(name, value)
+        req.body = body
+        if body and content_type:
+            req.headers.add("Content-Type", content_type)
+        req.headers.add("Content-Length", str(len(body)))
+        done: list[_Retransmit] = []
+
+        def on_response(resp: Response) -> None:
+            if resp.code < 200 or resp.cseq.method != method:
+                return
+            self.forget(branch)
+            if done:
+                done[0].stop()
+            if on_final is not None:
+                on_final(resp)
+
+        def timeout() -> None:
+            self.forget(branch)
+            if on_final is not None:
+                on_final(None)
+
+        done.append(self.client_request(bytes(req), d.peer, branch, on_response, invite=False, on_timeout=timeout))
+
+    def _dialog_request(self, d: Dialog, method: str, branch: str, seq: int) -> Request:
+        req = Request(method, URI.parse(d.remote_target))
+        req.headers.add("Via", f"SIP/2.0/{d.peer.transport} {self._hostport()};branch={branch};rport")
+        req.headers.add("Max-Forwards", "70")
+        for route in d.route_set:
+            req.headers.add("Route", route)
+        req.headers.add("From", local_party(d))
+        req.headers.add("To", remote_party(d))
+        req.headers.add("Call-ID", d.call_id)
+        req.headers.add("CSeq", str(CSeq(seq, method)))
+        req.headers.add("User-Agent", self.settings.user_agent)
+        return req
+
+    def ack_2xx(self, d: Dialog, seq: int) -> bytes:
+        """The ACK of a 2xx to our INVITE (its own transaction-less request, a new branch)."""
+        req = self._dialog_request(d, "ACK", MAGIC + new_tag(), seq)
+        req.headers.add("Content-Length", "0")
+        data = bytes(req)
+        self.wire.send(data, d.peer)
+        return data
+
+    def host_port(self) -> str:
+        return self._hostport()
+
+    def contact(self, peer: Peer) -> str:
+        return self._contact(peer)
+
     # ------------------------------------------------------------ internals
     def _remember(self) -> None:
         """Forget transactions past their 64·T1 (oldest first: the table is in insertion order)."""
@@ -563,9 +658,8 @@ class UserAgentServer:
         req.headers.add("Max-Forwards", "70")
         for route in d.route_set:
             req.headers.add("Route", route)
-        # our side of the dialog: From is the INVITE's To with our tag, To is its From
-        req.headers.add("From", _with_tag(d.invite.headers["To"], d.local_tag))
-        req.headers.add("To", d.invite.headers["From"])
+        req.headers.add("From", local_party(d))
+        req.headers.add("To", remote_party(d))
         req.headers.add("Call-ID", d.call_id)
         req.headers.add("CSeq", str(CSeq(d.local_cseq, "BYE")))
         req.headers.add("User-Agent", self.settings.user_agent)
@@ -697,6 +791,15 @@ def _stamp(top: Via, peer: Peer) -> Via:
 
 def _with_tag(header: str, tag: str) -> str:
     return f"{header};tag={tag}"
+
+
+def local_party(d: Dialog) -> str:
+    """Our end of the dialog as a From (or To) header: the INVITE's To with our tag when the peer called us."""
+    return d.local_party or _with_tag(d.invite.headers["To"], d.local_tag)
+
+
+def remote_party(d: Dialog) -> str:
+    return d.remote_party or d.invite.headers["From"]
 
 
 def _capabilities() -> list[tuple[str, str]]:

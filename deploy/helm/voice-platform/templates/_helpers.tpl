@@ -187,7 +187,7 @@ Precedence: the service's `env`, then the global `env`, then what the chart deri
 {{- $_ := set $derived "TWILIO_ACCOUNT_SID" $v.twilio.accountSid }}
 {{- end }}
 {{- end }}
-{{- if or (eq $name "brain") (eq $name "control-api") (eq $name "analytics") }}
+{{- if or (eq $name "brain") (eq $name "control-api") (eq $name "analytics") (eq $name "ingress") }}
 {{- $_ := set $derived "EGRESS_ALLOW" (join "," ($v.egressAllow | default list)) }}
 {{- end }}
 {{- if eq $name "control-api" }}
@@ -207,6 +207,9 @@ Precedence: the service's `env`, then the global `env`, then what the chart deri
 {{- $_ := set $derived "SIP_RTP_PORT_MAX" (add $v.sip.rtpPortStart $v.sip.rtpPortCount -1) }}
 {{- $_ := set $derived "SIP_ADVERTISED_ADDRESS" ($v.sip.advertisedAddress | default $v.sip.service.loadBalancerIP) }}
 {{- $_ := set $derived "SIP_ALLOWED_SOURCES" (join "," ($v.sip.allowedSources | default list)) }}
+{{- $_ := set $derived "SIP_TRUNKS_ONLY" (ternary "true" "false" (default false $v.sip.trunksOnly)) }}
+{{- $_ := set $derived "SIP_REALM" ($v.sip.realm | default "voice-platform") }}
+{{- $_ := set $derived "SIP_DIAL_TIMEOUT_S" ($v.sip.dialTimeoutSeconds | default 60) }}
 {{- $_ := set $derived "SIP_DEFAULT_COUNTRY_PREFIX" $v.sip.defaultCountryPrefix }}
 {{- $_ := set $derived "SIP_DEFAULT_NUMBER" $v.sip.defaultNumber }}
 {{- $_ := set $derived "SIP_MAX_CALLS" (min $v.sip.maxCallsPerReplica $v.sip.rtpPortCount) }}

@@ -7,6 +7,8 @@ endpoint is reached through the egress guard (its httpx client refuses internal 
 redirects); an endpoint without a key is called with no ``Authorization`` header. Endpoints that reject the
 ``tools`` parameter (HTTP 400) are remembered and called without tools from then on. Usage is asked for
 (``stream_options.include_usage``); an endpoint that rejects that too is called without it from then on.
+Tool calls written as text (``<tool_call>{...}</tool_call>``, as llama.cpp returns Qwen's) are taken out of the
+spoken text and returned as calls (``textcalls.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from voice_runtime.egress import guarded_client
 
 from .base import ChatLimits, ChatModel, ChatRequest, Delta, Endpoint, ToolCall, Usage
+from .textcalls import TextToolCalls
 
 
 class OpenAIChatSettings(BaseSettings):
@@ -74,6 +77,7 @@ class OpenAIChatModel(ChatModel):
             stream = await client.chat.completions.create(**kw)
         calls: dict[int, dict[str, str]] = {}
         usage: Usage | None = None
+        in_text = TextToolCalls()  # tool calls a model writes as text (llama.cpp serving Qwen): never spoken
         try:
             async for chunk in stream:
                 if chunk.usage is not None:
@@ -89,12 +93,15 @@ class OpenAIChatModel(ChatModel):
                         slot["name"] += tc.function.name
                     if tc.function and tc.function.arguments:
                         slot["args"] += tc.function.arguments
-                if d.content:
-                    yield Delta(text=d.content)
+                if d.content and (speak := in_text.push(d.content)):
+                    yield Delta(text=speak)
         finally:
             await stream.close()
-        if calls:
-            yield Delta(tool_calls=tuple(_tool_call(s["name"], s["args"], s["id"]) for s in calls.values()))
+        rest, written = in_text.finish()
+        if rest:
+            yield Delta(text=rest)
+        if calls or written:
+            yield Delta(tool_calls=(*(_tool_call(s["name"], s["args"], s["id"]) for s in calls.values()), *written))
         if usage is not None:
             yield Delta(usage=usage)
 

@@ -164,7 +164,7 @@ async def numbers_routed_to(conn: asyncpg.Connection, agent_id: str) -> int:
 
 async def using_secret(conn: asyncpg.Connection, tenant_id: str, name: str) -> list[str]:
     """Live agents of the tenant whose current version names the secret: as its LLM key, or as a
-    ``{{secret:NAME}}`` in a tool's URL or header value."""
+    ``{{secret:NAME}}`` in a tool's URL or header value or an MCP server's header value."""
     rows = await conn.fetch(
         f"""{_HEAD}
         WHERE a.tenant_id = $1 AND a.deleted_at IS NULL AND (
@@ -174,7 +174,11 @@ async def using_secret(conn: asyncpg.Connection, tenant_id: str, name: str) -> l
               CASE jsonb_typeof(v.config -> 'tools') WHEN 'array' THEN v.config -> 'tools' ELSE '[]' END) t
             WHERE jsonb_typeof(t) = 'object'
               AND (strpos(t ->> 'url', '{{{{secret:' || $2 || '}}}}') > 0
-                   OR strpos(t ->> 'headers', '{{{{secret:' || $2 || '}}}}') > 0)))
+                   OR strpos(t ->> 'headers', '{{{{secret:' || $2 || '}}}}') > 0))
+          OR EXISTS (
+            SELECT 1 FROM jsonb_array_elements(
+              CASE jsonb_typeof(v.config -> 'mcp_servers') WHEN 'array' THEN v.config -> 'mcp_servers' ELSE '[]' END) m
+            WHERE jsonb_typeof(m) = 'object' AND strpos(m ->> 'headers', '{{{{secret:' || $2 || '}}}}') > 0))
         ORDER BY a.id
         """,
         tenant_id,

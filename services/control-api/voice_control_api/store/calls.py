@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from ..models import Call, Turn
+from ..models_intents import TurnIntentOut
 from ..models_knowledge import TurnSource
 from . import row_as
 
@@ -88,7 +89,8 @@ def _latency(raw: Any) -> tuple[float | None, dict[str, float] | None]:
 async def turns(conn: asyncpg.Connection, tenant_id: str, call_id: str) -> list[Turn]:
     rows = await conn.fetch(
         """
-        SELECT turn_id, speaker, text, started_at, ended_at, interrupted, latency_ms, sources FROM call_turns
+        SELECT turn_id, speaker, text, started_at, ended_at, interrupted, latency_ms, sources,
+               intent, intent_confidence, intent_cached FROM call_turns
         WHERE call_id = $1 AND tenant_id = $2
         ORDER BY COALESCE(started_at, ended_at) NULLS LAST, id
         """,
@@ -109,6 +111,8 @@ async def turns(conn: asyncpg.Connection, tenant_id: str, call_id: str) -> list[
                 latency_ms=headline,
                 latency=stages,
                 sources=_sources(r["sources"]),
+                intent=TurnIntentOut(name=r["intent"], confidence=r["intent_confidence"] or 0.0,
+                                     cached=bool(r["intent_cached"])) if r["intent"] else None,
             )
         )
     return out

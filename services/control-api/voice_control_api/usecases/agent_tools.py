@@ -3,7 +3,9 @@
 The request models (``models.ToolConfig``) give each tool its shape; this module refuses what a shape cannot:
 
 - names: unique per agent, ignoring case (the model tells tools apart by name alone), and a built-in's name
-  (``end_call``, ``transfer_call``) only on that built-in; transfer destination names unique per tool;
+  (``end_call``, ``transfer_call``, ``send_dtmf``, ``hold``) only on that built-in; transfer destination names unique
+  per tool; a hold's spoken ``line`` is words (not blank, no line breaks); ``send_dtmf``'s ``max_digits`` and a
+  hold's ``max_hold_s`` are bounded by their shape (1-32 keys, 5-600 s);
 - HTTP tools: an http(s) URL without credentials whose host is literal (a ``{param}`` placeholder in the host or
   port would let the model choose where the request goes); ``{param}`` placeholders in the URL and header values
   that each name a property of ``parameters`` (the syntax brain fills, ``voice_brain.tools``: any other brace is
@@ -27,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -36,12 +38,20 @@ import asyncpg
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 from voice_runtime.egress import BlockedAddress, EgressPolicy, check_url
-from voice_schemas.agent import ARGUMENT_PLACEHOLDER, SECRET_PLACEHOLDER, EndCallTool, HttpTool, TransferCallTool
+from voice_schemas.agent import (
+    ARGUMENT_PLACEHOLDER,
+    SECRET_PLACEHOLDER,
+    EndCallTool,
+    HoldTool,
+    HttpTool,
+    SendDtmfTool,
+    TransferCallTool,
+)
 
 from . import tenant_secrets, transfers
 from .errors import InvalidField
 
-Tool = EndCallTool | TransferCallTool | HttpTool
+Tool = EndCallTool | TransferCallTool | HttpTool | SendDtmfTool | HoldTool
 
 URL_CHECK_TIMEOUT_S = 2.0  # resolving a host when it is saved; unresolved in time, the connect-time check decides
 PLACEHOLDER = ARGUMENT_PLACEHOLDER  # an argument of the call, filled in by brain
@@ -54,7 +64,8 @@ RESERVED_HEADERS = frozenset(
 )
 MAX_PARAMETERS_BYTES = 16_384  # one tool's JSON Schema; 32 tools of it stay well inside a KV value (256 KiB)
 MAX_HEADER_VALUE_CHARS = 4096
-BUILT_IN_NAMES = {"end_call": "end_call", "transfer_call": "transfer_call"}  # name -> the only type that may use it
+# name -> the only type that may use it
+BUILT_IN_NAMES = {"end_call": "end_call", "transfer_call": "transfer_call", "send_dtmf": "send_dtmf", "hold": "hold"}
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters but TAB
 
 
@@ -173,8 +184,14 @@ def _check_url(tool: HttpTool, where: str, params: set[str], refs: Refs) -> None
 
 
 def _check_headers(tool: HttpTool, where: str, params: set[str], refs: Refs) -> None:
+    check_headers(tool.headers, where, params, refs)
+
+
+def check_headers(headers: Mapping[str, str], where: str, params: set[str], refs: Refs) -> None:
+    """Header names and values of a tool (or an MCP server, with no ``params``) at ``where``; the secrets they name
+    go to ``refs``."""
     seen: set[str] = set()
-    for name, value in tool.headers.items():
+    for name, value in headers.items():
         at = f"{where}.headers.{name}"
         if not HEADER_NAME.fullmatch(name):
             raise InvalidField(f"{where}.headers", "a header name must be an HTTP token (letters, digits, -, _ ...)")
@@ -223,6 +240,9 @@ def check_tools(tools: Sequence[Tool]) -> Refs:
                     raise InvalidField(f"{where}.destinations.{j}.name", "another destination has this name")
                 destinations.add(d.name.strip().lower())
                 refs.targets.append((f"{where}.destinations.{j}.target", d.target))
+        elif isinstance(tool, HoldTool):
+            if not tool.line.strip() or _CONTROL.search(tool.line):
+                raise InvalidField(f"{where}.line", "must be words to say (no line breaks or control characters)")
         elif isinstance(tool, HttpTool):
             params = check_parameters(tool.parameters, f"{where}.parameters")
             _check_url(tool, where, params, refs)

@@ -27,13 +27,13 @@ from ..principal import Principal
 from ..security import new_id
 from ..store import agents as store
 from ..store import users as user_store
-from . import agent_tools, audit_log, dataplane, knowledge, tenant_secrets
+from . import agent_mcp, agent_tools, audit_log, dataplane, intents, knowledge, tenant_secrets
 from .common import ExpectedVersion, Listing, Pagination, connection, fetch_page, found, transaction
 from .errors import Conflict, Forbidden, InvalidField, InvalidFields
 
 _FIELDS = set(AgentFields.model_fields)
 # merged by a PATCH; every other field (tools and knowledge_base_ids too) is replaced
-_NESTED = ("llm", "stt", "turn", "recording", "knowledge")
+_NESTED = ("llm", "stt", "turn", "recording", "knowledge", "outbound")
 
 Fields = dict[str, Any]  # an agent's fields (AgentFields), as JSON values
 MakeFields = Callable[[asyncpg.Connection, Fields], Awaitable[Fields]]
@@ -73,7 +73,9 @@ async def _check(ctx: AppContext, conn: asyncpg.Connection, config: AgentConfig)
     if config.llm.api_key_secret:
         await tenant_secrets.check_reference(conn, config.tenant_id, "llm.api_key_secret", config.llm.api_key_secret)
     await agent_tools.check(ctx.egress, conn, config.tenant_id, config.tools)
+    await agent_mcp.check(ctx.egress, conn, config.tenant_id, config.mcp_servers, config.tools)
     await knowledge.check_references(conn, config.tenant_id, config.knowledge_base_ids)
+    intents.check(config)  # unique names, tools that run without arguments
 
 
 async def _owner(

@@ -24,6 +24,7 @@ from ..security import Passwords, key_prefix, new_id, sha256_hex
 from ..settings import ControlApiSettings
 from ..store import agents, api_keys, tenants, users
 from ..store import secrets as platform_secrets
+from . import default_agent_spec
 from .audit_log import record
 
 log = get_logger(__name__)
@@ -180,12 +181,20 @@ async def stored_default_agent(pool: asyncpg.Pool, settings: ControlApiSettings)
     existed: the same configuration the data plane falls back to, now editable. Deleted, it stays deleted."""
     if not settings.bootstrap_default_agent:
         return
+    prepared = None
+    if settings.bootstrap_default_agent_spec is not None:  # read and parsed only for a first store
+        async with pool.acquire() as conn:
+            if await agents.ever_existed(conn, settings.default_agent_id):
+                return
+        prepared = await default_agent_spec.prepare(settings, settings.bootstrap_default_agent_spec)
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
         if await agents.ever_existed(conn, settings.default_agent_id):
             return
         await _ensure_tenant(conn, settings)
         config = default_agent(settings).model_copy(update={"name": DEFAULT_AGENT_NAME})
+        if prepared is not None:  # e.g. `make run`'s demo restaurant: its knowledge base, tools and intents
+            config = await default_agent_spec.apply(conn, prepared, config, settings)
         await agents.create(conn, config=config, owner_user_id=None, created_by="bootstrap")
         await record(
             conn, None, "agent.create", "agent", config.id, tenant_id=config.tenant_id, by="bootstrap", version=1

@@ -1,5 +1,5 @@
-"""The config mirror in JetStream KV (agents, numbers, sealed tenant secrets): written after each database commit,
-and the snapshot a resync compares with.
+"""The config mirror in JetStream KV (agents, numbers, sealed tenant secrets, SIP trunks): written after each
+database commit, and the snapshot a resync compares with.
 
 A KV write that fails is logged and left to the resync the failure requests; it never fails the request,
 whose change is already committed.
@@ -16,7 +16,8 @@ from voice_schemas.agent import AgentConfig, NumberRoute
 from ..context import AppContext
 from ..kvsync import Snapshot
 from ..models import Agent, PhoneNumber
-from ..store import agents, numbers, tenant_secrets
+from ..models_trunks import SipTrunkOut
+from ..store import agents, numbers, tenant_secrets, trunks
 from .common import transaction
 
 log = get_logger(__name__)
@@ -75,6 +76,15 @@ async def publish_secret(ctx: AppContext, tenant_id: str, name: str) -> None:
     await _mirror(ctx, write, "kv_publish_failed", tenant_id=tenant_id, secret=name)
 
 
+async def publish_trunk(ctx: AppContext, row: SipTrunkOut) -> None:
+    trunk = trunks.as_trunk(row)
+    await _mirror(ctx, lambda: ctx.publisher.publish_trunk(trunk), "kv_publish_failed", trunk_id=row.id)
+
+
+async def retract_trunk(ctx: AppContext, trunk_id: str) -> None:
+    await _mirror(ctx, lambda: ctx.publisher.retract_trunk(trunk_id), "kv_retract_failed", trunk_id=trunk_id)
+
+
 async def load_snapshot(pool: asyncpg.Pool) -> Snapshot:
     """What KV should hold, read in one consistent snapshot of PostgreSQL."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
@@ -83,4 +93,5 @@ async def load_snapshot(pool: asyncpg.Pool) -> Snapshot:
             versions=await agents.all_versions(conn),
             numbers=await numbers.all_routes(conn),
             secrets=await tenant_secrets.all_sealed(conn),
+            trunks=await trunks.all_trunks(conn),
         )

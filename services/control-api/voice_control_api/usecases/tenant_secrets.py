@@ -15,6 +15,7 @@ from ..models import TenantSecret
 from ..principal import Principal
 from ..store import agents as agent_store
 from ..store import tenant_secrets as store
+from ..store import trunks as trunk_store
 from . import audit_log, dataplane
 from .common import Listing, Pagination, fetch_page, found, transaction
 from .errors import Conflict, InvalidField, NotConfigured
@@ -49,8 +50,12 @@ async def delete_secret(ctx: AppContext, principal: Principal, name: str) -> Non
         users = await agent_store.using_secret(conn, principal.tenant_id, name)
         if users:
             raise Conflict(
-                f"agents use this secret (llm.api_key_secret or a tool) ({', '.join(users[:5])}); change them first"
+                f"agents use this secret (llm.api_key_secret, a tool or an MCP server) ({', '.join(users[:5])}); "
+                "change them first"
             )
+        trunks = await trunk_store.using_secret(conn, principal.tenant_id, name)
+        if trunks:
+            raise Conflict(f"SIP trunks use this secret ({', '.join(trunks[:5])}); change them first")
         await store.delete(conn, principal.tenant_id, name)
         await audit_log.record(conn, principal, "secret.delete", "secret", name)
     await dataplane.publish_secret(ctx, principal.tenant_id, name)

@@ -17,6 +17,7 @@ tenant's list; other use cases (agent tools checked at save time, the transfer c
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import asyncpg
 
@@ -71,6 +72,12 @@ def parse_pattern(value: str) -> str:
     value = value.strip()
     if is_sip_uri(value):
         return _sip(value)
+    return parse_number_pattern(value)
+
+
+def parse_number_pattern(value: str) -> str:
+    """An E.164 number, or a number prefix ending in ``*``, normalised. ValueError says what is wrong."""
+    value = value.strip()
     if value.endswith("*"):
         prefix = _SEPARATORS.sub("", value)
         if not _PREFIX.fullmatch(prefix):
@@ -81,14 +88,14 @@ def parse_pattern(value: str) -> str:
     return normalize_e164(value)
 
 
-def parse_patterns(values: list[str]) -> list[str]:
+def parse_patterns(values: list[str], parse: Callable[[str], str] = parse_pattern) -> list[str]:
     """A whole allow-list, normalised, duplicates dropped (first one kept). InvalidField names the bad entry."""
     if len(values) > MAX_PATTERNS:
         raise InvalidField("patterns", f"at most {MAX_PATTERNS} entries")
     out: dict[str, None] = {}
     for i, value in enumerate(values):
         try:
-            out[parse_pattern(value)] = None
+            out[parse(value)] = None
         except ValueError as e:
             raise InvalidField(f"patterns[{i}]", str(e)) from None
     return list(out)

@@ -19,6 +19,8 @@ The contract every transport keeps:
   ``protocol_error`` and the reason, nothing else does.
 - ``transfer`` hands the caller to another destination where the protocol can (Twilio through its REST API);
   a transport that cannot keeps the default, which refuses, and the call goes on.
+- ``send_dtmf`` presses keys towards the caller's side (RFC 4733 on SIP, in-band tones on Twilio and WebRTC); a
+  transport that cannot keeps the default (``NotImplementedError``), and the call goes on.
 """
 
 from __future__ import annotations
@@ -134,15 +136,23 @@ class Transport(ABC):
         transport cannot transfer)."""
         raise TransferRefused("transport cannot transfer")
 
+    async def send_dtmf(self, digits: str) -> None:
+        """Press ``digits`` (1 to 32 of 0-9 * # A-D, already checked) towards the caller's side, after the audio
+        sent so far: RFC 4733 events where they were negotiated (SIP), else in-band tones
+        (``voice_ingress.tones``). Returns once they are sent, or queued in order behind that audio; the session
+        holds the agent's next audio back for ``tones.duration_s(digits)``. ``NotImplementedError`` with the reason
+        (the default) where this transport cannot: the session reports it in ``call.dtmf_sent`` (not ok)."""
+        raise NotImplementedError("this kind of call cannot send DTMF")
+
 
 # ---------------------------------------------------------------- where connections come from
 class CallDesk(Protocol):
     """What an endpoint needs of the ingress service (``IngressService`` provides it)."""
 
     async def create_call(self, *, channel: events.Channel, to_number: str, from_number: str | None,
-                          provider_call_id: str | None) -> str | None:
+                          provider_call_id: str | None, tenant_id: str | None = None) -> str | None:
         """Route the called number to its agent and record the call; its call id, or None when no active
-        agent answers the number."""
+        agent answers the number (or, with ``tenant_id``, a SIP trunk's tenant, when another tenant owns it)."""
 
     async def end_by_provider_id(self, provider_call_id: str, reason: events.EndReason) -> None:
         """The provider says the call is over (it may be live on another replica)."""

@@ -50,6 +50,7 @@ MAX_REMEMBERED_TURNS = 16  # turn ids a chat keeps (sent and not yet answered, o
 MAX_REQUEST_BYTES = 16 * 1024  # a request body (the longest message is 2,000 characters)
 GREETING = "greeting"  # the turn id brain gives the agent's first message
 CANNOT_TRANSFER = "transport cannot transfer"
+CANNOT_DTMF = "a text chat cannot send DTMF"
 
 ACTIVE = Gauge("voice_ingress_chats_active", "Text chats this replica holds")
 REQUESTS = Counter("voice_ingress_chat_requests_total", "Chat requests by operation and outcome",
@@ -219,6 +220,8 @@ class ChatSession:
                 self._end_later(data.reason)
         elif isinstance(data, events.Transfer):  # a chat has nobody to hand over
             await self._publish(events.TransferFailed(reason=CANNOT_TRANSFER, requested_by=data.requested_by))
+        elif isinstance(data, events.SendDtmf):  # nor a keypad
+            await self._publish(events.DtmfSent(ok=False, reason=CANNOT_DTMF, requested_by=data.requested_by))
         elif isinstance(data, events.CallEnded):
             if not self.ended:  # ended elsewhere: whoever ended it announced it
                 self._end_later(events.EndReason.status_callback, announce=False)

@@ -1,11 +1,20 @@
-"""SIP: a PBX or carrier trunk calls an agent. UAS over UDP and TCP, media over RTP (G.711 μ-law or A-law).
+"""SIP: a PBX or carrier trunk calls an agent, and agents call out through a tenant's trunk. UAS and UAC over UDP
+and TCP, media over RTP (G.711 μ-law or A-law).
 
 ``SipEndpoint`` listens on ``SIP_UDP_PORT`` / ``SIP_TCP_PORT`` and feeds every message to the user agent server
 (``sip_dialogs.py``: transactions, dialogs, timers). It is the UAS's ``Application``: for a new INVITE it reads
-the SDP offer (``sdp.py``; 400 unreadable, 488 no PCMU/PCMA), routes the called number through the same directory
-as Twilio (``IngressService.create_call``, 404 when no agent answers it), binds an RTP port, rings, answers with
-its SDP, and serves the call like any transport. The called number is the Request-URI's user (the To user when it
-has none, ``SIP_DEFAULT_NUMBER`` when neither is a number), made E.164 by ``SIP_DEFAULT_COUNTRY_PREFIX``.
+the SDP offer (``sdp.py``; 400 unreadable, 488 no PCMU/PCMA; none at all: a delayed offer, ours goes in the 200 and
+the answer comes in the ACK), finds the tenant's trunk it comes through (``sip_trunks.py``: by source address
+and/or digest credentials, 401/403; else the platform-wide ``SIP_ALLOWED_SOURCES``), routes the called number
+through the same directory as Twilio (``IngressService.create_call``, 404 when no agent answers it, or when the
+number is not the trunk's tenant's), binds an RTP port, rings, answers with its SDP, and serves the call like any
+transport. The called number is the trunk's number rules applied to the Request-URI's user; without a trunk the
+Request-URI's user (the To user when it has none, ``SIP_DEFAULT_NUMBER`` when neither is a number), made E.164 by
+``SIP_DEFAULT_COUNTRY_PREFIX``.
+
+``SipEndpoint.dial`` is the SIP ``Dialer`` of outbound calls (``dialing.py``): a UAC INVITE to the trunk's
+outbound proxy (``sip_uac.py``), and once answered the call is served like an inbound one. ``SipCall.transfer``
+sends REFER and follows its NOTIFYs; ``SipCall.send_dtmf`` sends RFC 4733 events.
 
 ``SipCall`` is the call's transport: its RTP socket (``RtpMedia``), the caller's packets through a jitter buffer
 and G.711 decoder into 20 ms PCM16 16 kHz frames, RFC 4733 telephone events into digits, and the agent's audio
@@ -22,25 +31,36 @@ from ``SIP_RTP_PORT_MIN``..``SIP_RTP_PORT_MAX`` so they can be forwarded.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
+import hmac
 import ipaddress
+import os
 import random
 import re
 import socket
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
-from sipmessage import Request
+from pydantic import Field, SecretStr, field_validator, model_validator
+from sipmessage import Request, Response
 from voice_runtime import metrics
+from voice_runtime.egress import BlockedAddress, checked_address
 from voice_runtime.logging import get_logger, safe_error
-from voice_runtime.settings import _Settings
+from voice_runtime.secretbox import parse_key
+from voice_runtime.settings import EgressSettings, SecretsSettings
 from voice_schemas import events
+from voice_schemas.agent import SipTrunk
 
-from .. import g711, rtp, sdp
+from .. import g711, rtp, sdp, sip_uac, tones
 from ..codec import PHONE_FRAME_BYTES, AgentAudioEncoder, CallerAudioDecoder
-from ..sip_dialogs import MAX_MESSAGE_BYTES, Dialog, Peer, UasSettings, UserAgentServer
+from ..dialing import DialOutcome, OnStatus
+from ..sip_dialogs import MAX_MESSAGE_BYTES, Dialog, Peer, UasSettings, UserAgentServer, local_party
+from ..sip_digest import Credentials, DigestError, DigestServer, parse_authorization
+from ..sip_trunks import TrunkDirectory, tenant_secret, trunk_number
 from .base import (
     CallDesk,
     CallerAudio,
@@ -51,6 +71,7 @@ from .base import (
     MarkPlayed,
     ProtocolError,
     Started,
+    TransferRefused,
     Transport,
 )
 
@@ -63,14 +84,17 @@ INBOX_LIMIT = 256
 INBOX_AUDIO_LIMIT = INBOX_LIMIT - 32  # the rest is kept for marks, digits, the start and the end
 MAX_RTP_BYTES = 1500
 MAX_TCP_CONNECTIONS = 256
+AUTH_FAILURES_PER_MIN = 10  # wrong digest credentials a source may present per minute
 TCP_IDLE_S = 3600.0  # a connection carrying a call may be quiet for the whole call
 CLOSE_GRACE_S = 0.5  # BYEs sent on shutdown get this long to leave before the sockets close
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+_SIP_URI = re.compile(r"^sips?:[^\s<>\"?]{1,256}$")  # no ?headers: the transferee would copy them
 _FRAMES_DROPPED_IN = metrics.AUDIO_FRAMES.labels(SVC, "in", "dropped")
 
 
-class SipSettings(_Settings):
-    """SIP settings of ingress: listeners, the address to advertise behind NAT, RTP ports, numbers, limits."""
+class SipSettings(SecretsSettings, EgressSettings):
+    """SIP settings of ingress: listeners, the address to advertise behind NAT, RTP ports, numbers, limits, and
+    what trunks need (``SECRETS_KEY`` opens their passwords)."""
 
     sip_enabled: bool = Field(False, description="Accept SIP calls (UDP and TCP listeners)")
     sip_bind_host: str = Field("0.0.0.0", description="Address the SIP and RTP sockets bind to")
@@ -93,8 +117,20 @@ class SipSettings(_Settings):
     sip_ring_ms: int = Field(0, ge=0, le=60_000, description="Ringing (180) before the call is answered")
     sip_max_calls: int = Field(100, ge=1, le=10_000, description="SIP calls one replica takes; more get 486")
     sip_allowed_sources: str = Field(
-        "", description="Comma-separated addresses or CIDR networks whose calls are taken; others get 403 and no "
-        "dialog. Empty: any source (put the trunk's addresses here on a public address)")
+        "", description="Comma-separated addresses or CIDR networks whose calls are taken (routed by number to any "
+        "tenant, without a trunk); others get 403 and no dialog unless a tenant's trunk names them or asks for "
+        "digest credentials. Empty: any source (put the trunk's addresses here on a public address)")
+    sip_trunks_only: bool = Field(
+        False, description="Take calls only through tenants' trunks (SIP_ALLOWED_SOURCES then admits no one)")
+    sip_realm: str = Field("voice-platform", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.@_-]+$",
+                           description="Digest realm of the challenges sent to trunks")
+    sip_digest_key: SecretStr | None = Field(
+        None, description="Key of the digest nonces (32+ random bytes, base64), the same on every replica. Unset: "
+        "derived from SECRETS_KEY, else random per replica (a caller answering a challenge on another replica "
+        "is challenged again)")
+    sip_nonce_ttl_s: int = Field(300, ge=10, le=3600, description="A digest nonce's lifetime (then stale=true)")
+    sip_dial_timeout_s: int = Field(60, ge=5, le=600,
+                                    description="An outbound call not answered within this is CANCELled")
     sip_rate_per_s: float = Field(20.0, gt=0, description="Out-of-dialog SIP requests per second per source")
     sip_jitter_ms: int = Field(60, ge=0, le=500, description="Longest wait for a reordered RTP packet")
     sip_user_agent: str = Field("voice-platform", description="Server header of our responses")
@@ -138,8 +174,29 @@ class SipSettings(_Settings):
             raise ValueError("SIP_T2_MS is below SIP_T1_MS")
         return self
 
+    @field_validator("sip_digest_key")
+    @classmethod
+    def _digest_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                raw = base64.b64decode(value.get_secret_value().strip(), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("SIP_DIGEST_KEY must be base64") from None
+            if len(raw) < 16:
+                raise ValueError("SIP_DIGEST_KEY must hold at least 16 bytes")
+        return value
+
     def allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(s, strict=False) for s in _split(self.sip_allowed_sources)]
+
+    def nonce_key(self) -> bytes | None:
+        """The digest nonces' key: SIP_DIGEST_KEY, else one derived from SECRETS_KEY, else None."""
+        if self.sip_digest_key is not None:
+            return base64.b64decode(self.sip_digest_key.get_secret_value().strip())
+        if self.secrets_key is not None:
+            return hmac.new(parse_key(self.secrets_key.get_secret_value()), b"sip-digest-nonce",
+                            hashlib.sha256).digest()
+        return None
 
 
 def _split(value: str) -> list[str]:
@@ -235,6 +292,11 @@ class SipCall(Transport):
         self.negotiated = negotiated
         self.call_id: str | None = None
         self.stream_id = None
+        self.trunk: SipTrunk | None = None  # the tenant's trunk the call came or went through
+        self.signalling: UserAgentServer | None = None  # sends our REFER in the dialog
+        self.transfer_timeout_s = 60.0
+        self._refer: asyncio.Future[int] | None = None  # the final status the NOTIFYs of our REFER report
+        self._event_ts = 0
         self._on_close = on_close
         self.rtp: asyncio.DatagramTransport | None = None
         self.port = 0
@@ -261,11 +323,17 @@ class SipCall(Transport):
         self.encoder = AgentAudioEncoder(law)
         self.silence = bytes([g711.SILENCE[law]]) * PHONE_FRAME_BYTES
         self.sender.payload_type = n.payload_type
+        if type(self) in (SipCall, SipCallPcma):  # the law settled late (an answer to our offer): say it right
+            self.__class__ = SipCallPcma if n.encoding == "PCMA" else SipCall
 
     async def bind(self, host: str, ports: tuple[int, int] | None) -> int:
-        self.rtp = await bind_rtp(host, ports, self._on_packet)
-        self.port = int(self.rtp.get_extra_info("sockname")[1])
+        self.attach(await bind_rtp(host, ports, self._on_packet))
         return self.port
+
+    def attach(self, transport: asyncio.DatagramTransport) -> None:
+        """Take an RTP socket bound before the call existed (its port went into our offer)."""
+        self.rtp = transport
+        self.port = int(transport.get_extra_info("sockname")[1])
 
     def start(self, call_id: str, stream_id: str) -> None:
         """Answered: media flows both ways and the call binds."""
@@ -340,13 +408,121 @@ class SipCall(Transport):
         if self.negotiated.we_send and self.rtp is not None:
             target = self.latched or self.remote
             try:
-                self.rtp.sendto(self.sender.packet(payload or self.silence), target)
-                self.packets_out += 1
+                if isinstance(payload, rtp.DtmfTick):
+                    self._send_key(payload, target)
+                else:
+                    self.rtp.sendto(self.sender.packet(payload or self.silence), target)
+                    self.packets_out += 1
             except (OSError, RuntimeError, ValueError):
                 pass  # the far end's address is unusable for now; the call goes on
         self.sender.tick()
         if len(self.jitter):
             self._drain()  # packets held behind a gap leave once their wait is over
+
+    def _send_key(self, tick: rtp.DtmfTick, target: tuple[str, int]) -> None:
+        """One 20 ms tick of an RFC 4733 event: every packet of the event carries its first tick's timestamp;
+        the last tick's End packet goes three times. Sequence numbers and the media clock go on as for audio."""
+        pt = self.negotiated.dtmf_payload_type
+        if self.rtp is None:
+            return
+        if pt is None:  # a re-offer dropped telephone-event while keys were queued: silence in their place
+            self.rtp.sendto(self.sender.packet(self.silence), target)
+            self.packets_out += 1
+            return
+        if tick.index == 0:
+            self._event_ts = self.sender.timestamp
+        data = tick.payload()
+        for _ in range(rtp.END_REPEATS if tick.end else 1):
+            self.rtp.sendto(self.sender.packet(data, payload_type=pt, timestamp=self._event_ts,
+                                               marker=tick.index == 0), target)
+            self.packets_out += 1
+
+    async def send_dtmf(self, digits: str) -> None:
+        """Keys towards the far end, queued behind the audio sent so far: RFC 4733 events on the negotiated
+        telephone-event payload type (``tones.TONE_MS`` each, ``tones.GAP_MS`` apart), or in-band tones when the
+        far end offered no telephone-event."""
+        if self.closed:
+            raise ConnectionError("the SIP call is over")
+        tones.check_digits(digits)
+        if self.negotiated.dtmf_payload_type is None:
+            for payload in self.encoder.flush() + tones.g711_frames(digits, self.law):
+                self.queue.put_key(payload)
+            return
+        for payload in self.encoder.flush():
+            self.queue.put(payload)
+        for tick in rtp.dtmf_ticks(digits, tone_ms=tones.TONE_MS, gap_ms=tones.GAP_MS):
+            self.queue.put_key(tick if tick is not None else self.silence)
+
+    # ------------------------------------------------------------ transfer (REFER, RFC 3515)
+    def refer_target(self, target: str) -> str:
+        """``target`` as a Refer-To URI: a SIP URI as given, an E.164 number at the trunk's proxy (or the far
+        end of the dialog when the call came without a trunk)."""
+        if _SIP_URI.match(target):
+            return target
+        if not _E164.match(target):
+            raise TransferRefused("the transfer target is neither an E.164 number nor a SIP URI")
+        host = ""
+        if self.trunk is not None and self.trunk.outbound_proxy:
+            host = self.trunk.outbound_proxy
+        else:
+            with contextlib.suppress(ValueError):
+                host = str(sip_uac_host(self.dialog.remote_target))
+        if not host:
+            raise TransferRefused("no host to send a number to (the call has no trunk with an outbound proxy)")
+        return f"sip:{target}@{host};user=phone"
+
+    async def transfer(self, target: str) -> None:
+        """REFER the far end to ``target``; returns once a NOTIFY reports the new call answered (2xx in its
+        ``message/sipfrag``), or the far end hung up after accepting (the session then ends the call as
+        transferred, with our BYE); ``TransferRefused`` when the trunk does not take REFER, the far end
+        refuses it, or the target fails."""
+        if self.trunk is not None and not self.trunk.supports_refer:
+            raise TransferRefused("the SIP trunk does not support transfers (REFER)")
+        if self.closed or self.signalling is None or self.dialog.state == "terminated":
+            raise TransferRefused("the call is over")
+        if self._refer is not None and not self._refer.done():
+            raise TransferRefused("a transfer of this call is already in progress")
+        refer_to = self.refer_target(target)
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future[Response | None] = loop.create_future()
+        self._refer = loop.create_future()
+
+        def on_final(resp: Response | None) -> None:
+            if not accepted.done():
+                accepted.set_result(resp)
+
+        self.signalling.in_dialog_request(
+            self.dialog, "REFER", headers=[("Refer-To", f"<{refer_to}>"),
+                                           ("Referred-By", f"<{_party_uri(self.dialog)}>")], on_final=on_final)
+        resp = await accepted
+        if resp is None:
+            raise TransferRefused("the far end did not answer the REFER")
+        if resp.code >= 300:
+            raise TransferRefused(f"the far end refused the transfer ({resp.code})")
+        try:
+            code = await asyncio.wait_for(asyncio.shield(self._refer), self.transfer_timeout_s)
+        except TimeoutError:
+            raise TransferRefused("the transfer did not complete in time") from None
+        if code == 0 or 200 <= code < 300:
+            log.info("sip_transferred", call_id=self.call_id)
+            return
+        raise TransferRefused(f"the transfer target answered {code}")
+
+    def refer_progress(self, request: Request) -> None:
+        """A NOTIFY of our REFER's implicit subscription: its sipfrag's status line; a final one settles it."""
+        if self._refer is None or self._refer.done():
+            return
+        event = (request.headers.get("Event") or "").split(";")[0].strip().lower()
+        if event != "refer":
+            return
+        line = request.body.decode("utf-8", "replace").strip().split("\r\n", 1)[0].split("\n", 1)[0]
+        parts = line.split()
+        code = int(parts[1]) if len(parts) >= 2 and parts[0] == "SIP/2.0" and parts[1].isdigit() else None
+        state = (request.headers.get("Subscription-State") or "").split(";")[0].strip().lower()
+        if code is not None and code >= 200:
+            self._refer.set_result(code)
+        elif state == "terminated":
+            self._refer.set_result(500 if code is None else code)
 
     # ------------------------------------------------------------ events
     def _push(self, event: Inbound) -> None:
@@ -364,6 +540,8 @@ class SipCall(Transport):
     def hung_up(self) -> None:
         """BYE from the caller."""
         self.hung_up_by_caller = True
+        if self._refer is not None and not self._refer.done():
+            self._refer.set_result(0)  # the far end left after accepting our REFER: it carried it out
         if self.started:
             self._push(CallerHungUp())
         self.end_inbound()
@@ -434,6 +612,23 @@ def new_call(dialog: Dialog, negotiated: sdp.Negotiated, *, jitter_s: float,
     return cls(dialog, negotiated, jitter_s=jitter_s, on_close=on_close)
 
 
+def sip_uac_host(uri: str) -> str:
+    """The host[:port] of a SIP URI (``sip:user@host:port;params``)."""
+    rest = uri.split(":", 1)[1] if ":" in uri else uri
+    rest = rest.split(";", 1)[0].split("?", 1)[0]
+    host = rest.rsplit("@", 1)[-1]
+    if not host:
+        raise ValueError("no host in the URI")
+    return host
+
+
+def _party_uri(d: Dialog) -> str:
+    """Our own URI in the dialog (for Referred-By)."""
+    header = local_party(d)
+    start, end = header.find("<"), header.find(">")
+    return header[start + 1:end] if 0 <= start < end else header.split(";", 1)[0].strip()
+
+
 _END = object()
 
 
@@ -473,10 +668,22 @@ class SipEndpoint(Endpoint):
         if settings.sip_rtp_port_min is not None and settings.sip_rtp_port_max is not None:
             ports = (settings.sip_rtp_port_min, settings.sip_rtp_port_max)
         self.rtp_ports = ports
+        self.trunks = TrunkDirectory(settings.allowed_networks(), trunks_only=settings.sip_trunks_only)
         self.uas = UserAgentServer(self, self, _LoopScheduler(), UasSettings(
             t1_s=settings.sip_t1_ms / 1000, t2_s=settings.sip_t2_ms / 1000, local_host=self.address,
-            allowed=settings.allowed_networks(), rate_per_s=settings.sip_rate_per_s,
+            allowed=settings.allowed_networks(), admit=self.trunks.admits, rate_per_s=settings.sip_rate_per_s,
             rate_burst=2 * settings.sip_rate_per_s, user_agent=settings.sip_user_agent))
+        key = settings.nonce_key()
+        self._shared_nonces = key is not None
+        self.digest = DigestServer(key or os.urandom(32), settings.sip_realm, ttl_s=settings.sip_nonce_ttl_s)
+        self.box = settings.secret_box()
+        self.secrets: Any = None  # KV ``secrets`` (trunk passwords), once started
+        self._acks: dict[tuple[str, str], asyncio.Future[bytes]] = {}  # delayed offers awaiting the ACK's answer
+        self._auth_failures: OrderedDict[str, tuple[float, int]] = OrderedDict()  # source -> (window start, count)
+        self._stopping = asyncio.Event()
+        self._trunk_watch: asyncio.Task[None] | None = None
+        self.egress = settings.egress_policy()
+        self.on_status: OnStatus | None = None  # the dial handler's progress callback (ringing)
 
     @property
     def live_calls(self) -> int:
@@ -486,6 +693,15 @@ class SipEndpoint(Endpoint):
     async def start(self) -> None:
         if not self.settings.sip_enabled:
             return
+        kv: dict[str, Any] = getattr(self.desk, "kv", {}) or {}
+        self.secrets = kv.get("secrets")
+        if kv.get("trunks") is not None:
+            self._stopping.clear()
+            self._trunk_watch = asyncio.create_task(self.trunks.run(kv["trunks"], self._stopping),
+                                                    name="sip-trunks")
+        if not self._shared_nonces:
+            log.info("sip_digest_nonces_local", detail="neither SIP_DIGEST_KEY nor SECRETS_KEY is set: digest "
+                     "nonces are this replica's own")
         loop = asyncio.get_running_loop()
         host = self.settings.sip_bind_host
         self.udp, _ = await loop.create_datagram_endpoint(lambda: _SipUdp(self),
@@ -512,6 +728,11 @@ class SipEndpoint(Endpoint):
     async def stop(self) -> None:
         if not self.settings.sip_enabled:
             return
+        self._stopping.set()
+        if self._trunk_watch is not None:
+            self._trunk_watch.cancel()
+            with contextlib.suppress(BaseException):
+                await self._trunk_watch
         tasks = list(self._calls)
         for t in tasks:
             t.cancel()  # a call being served ends with `shutdown` (BYE to the caller)
@@ -538,7 +759,7 @@ class SipEndpoint(Endpoint):
 
     def send(self, data: bytes, peer: Peer) -> None:
         if peer.transport == "UDP":
-            if self.udp is not None:
+            if self.udp is not None and not self.udp.is_closing():
                 self.udp.sendto(data, (peer.host, peer.port))
             return
         writer = self._tcp_writers.get((peer.host, peer.port))
@@ -550,7 +771,24 @@ class SipEndpoint(Endpoint):
         if len(self._tcp_writers) >= MAX_TCP_CONNECTIONS or not addr:
             writer.close()
             return
-        peer = Peer("TCP", addr[0], addr[1])
+        await self._tcp_serve(reader, writer, Peer("TCP", addr[0], addr[1]))
+
+    async def _tcp_connect(self, host: str, port: int) -> Peer:
+        """A TCP connection of ours to a trunk (kept and read like an accepted one), or the one already open."""
+        peer = Peer("TCP", host, port)
+        writer = self._tcp_writers.get((host, port))
+        if writer is not None and not writer.is_closing():
+            return peer
+        if len(self._tcp_writers) >= MAX_TCP_CONNECTIONS:
+            raise ConnectionError("too many SIP TCP connections")
+        reader, out = await asyncio.wait_for(asyncio.open_connection(host, port, limit=MAX_MESSAGE_BYTES), 5)
+        self._tcp_writers[(host, port)] = out
+        task = asyncio.create_task(self._tcp_serve(reader, out, peer), name="sip-tcp-out")
+        self._tcp_tasks.add(task)
+        task.add_done_callback(self._tcp_tasks.discard)
+        return peer
+
+    async def _tcp_serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
         self._tcp_writers[(peer.host, peer.port)] = writer
         task = asyncio.current_task()
         if task is not None:
@@ -610,10 +848,18 @@ class SipEndpoint(Endpoint):
         return call.negotiated.sdp
 
     def bye(self, dialog: Dialog) -> None:
+        self._release_ack(dialog)
         if isinstance(dialog.app, SipCall):
             dialog.app.hung_up()
 
+    def _release_ack(self, dialog: Dialog) -> None:
+        """A delayed offer's ACK will not come (BYE, or 64·T1 passed): stop waiting for its answer."""
+        waiting = self._acks.get(dialog.key)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(b"")
+
     def ack_lost(self, dialog: Dialog) -> None:
+        self._release_ack(dialog)
         if isinstance(dialog.app, SipCall):
             dialog.app.end_inbound()  # the connection is lost: the call ends
 
@@ -621,28 +867,114 @@ class SipEndpoint(Endpoint):
         if isinstance(dialog.app, SipCall) and dialog.app.started:
             dialog.app._push(DtmfPressed(digit))
 
+    def notify(self, dialog: Dialog, request: Request) -> None:
+        if isinstance(dialog.app, SipCall):
+            dialog.app.refer_progress(request)
+
+    def acked(self, dialog: Dialog, body: bytes) -> None:
+        waiting = self._acks.get(dialog.key)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(body)
+            return
+        call = dialog.app
+        if isinstance(call, SipCall):  # the answer to the offer we made in a 2xx to a re-INVITE without one
+            with contextlib.suppress(ValueError):
+                call.update(sdp.accept_answer(sdp.parse(body), call.negotiated.sdp))
+
     # ------------------------------------------------------------ answering an INVITE
+    def _guessing(self, host: str, failed: bool = False) -> bool:
+        """A source past ``AUTH_FAILURES_PER_MIN`` wrong credentials in its minute (counting this one when
+        ``failed``): its credentials are not even checked until the minute is over (password guessing)."""
+        now = asyncio.get_running_loop().time()
+        start, count = self._auth_failures.get(host, (now, 0))
+        if now - start > 60:
+            start, count = now, 0
+        if failed:
+            count += 1
+            self._auth_failures[host] = (start, count)
+            self._auth_failures.move_to_end(host)
+            while len(self._auth_failures) > 4096:
+                self._auth_failures.popitem(last=False)
+        return count >= AUTH_FAILURES_PER_MIN
+
+    async def _authorize(self, d: Dialog, req: Request) -> tuple[bool, SipTrunk | None]:
+        """Which trunk the INVITE comes through (None: the platform-wide allow-list took it), or False once it
+        has been refused (401 with a challenge, or 403)."""
+        header = req.headers.get("Authorization") or req.headers.get("Proxy-Authorization")
+        presented = None
+        if header and self._guessing(d.peer.host):
+            metrics.ERRORS.labels(SVC, "sip_auth_failed").inc()
+            self.uas.reject(d, 403)
+            return False, None
+        if header:
+            try:
+                presented = parse_authorization(header)
+            except DigestError:
+                metrics.ERRORS.labels(SVC, "sip_auth_failed").inc()
+                self.uas.reject(d, 403)
+                return False, None
+        c = self.trunks.classify(d.peer.host, presented.username if presented else None)
+        if c.kind == "trunk":
+            return True, c.trunks[0]
+        if c.kind == "fallback":
+            return True, None
+        if c.kind == "challenge":
+            self.uas.reject(d, 401, [("WWW-Authenticate", h) for h in self.digest.challenges(c.algorithms)])
+            return False, None
+        if c.kind == "verify" and presented is not None:
+            for t in c.trunks:
+                if t.inbound_username is None or t.inbound_password_secret is None:
+                    continue
+                password = await tenant_secret(self.box, self.secrets, t.tenant_id, t.inbound_password_secret)
+                if password is None:
+                    continue
+                verdict = self.digest.verify(presented, method=req.method, username=t.inbound_username,
+                                             password=password, algorithms=t.digest_algorithms)
+                if verdict == "ok":
+                    return True, t
+                if verdict == "stale":
+                    self.uas.reject(d, 401, [("WWW-Authenticate", h)
+                                             for h in self.digest.challenges(t.digest_algorithms, stale=True)])
+                    return False, None
+        metrics.ERRORS.labels(SVC, "sip_auth_failed").inc()
+        log.info("sip_trunk_refused", detail="no trunk takes this source with these credentials")
+        if presented is not None:
+            self._guessing(d.peer.host, failed=True)
+        self.uas.reject(d, 403)
+        return False, None
+
     async def _answer(self, d: Dialog, req: Request) -> None:
-        try:
-            offer = sdp.parse(req.body)
-            sdp.negotiate(offer, address=self.address, port=9)  # can we take it at all?
-        except sdp.NoCommonCodec:
-            self.uas.reject(d, 488, [("Warning", '305 - "Incompatible media format"')])
+        offer: sdp.Offer | None = None
+        if req.body.strip():
+            try:
+                offer = sdp.parse(req.body)
+                sdp.negotiate(offer, address=self.address, port=9)  # can we take it at all?
+            except sdp.NoCommonCodec:
+                self.uas.reject(d, 488, [("Warning", '305 - "Incompatible media format"')])
+                return
+            except sdp.SdpError:
+                self.uas.reject(d, 400)
+                return
+        taken, trunk = await self._authorize(d, req)
+        if not taken:
             return
-        except sdp.SdpError:
-            self.uas.reject(d, 400)
-            return
-        number = called_number(req, self.settings)
+        if trunk is not None:
+            number = trunk_number(trunk, req.uri.user) or trunk_number(trunk, req.to_address.uri.user)
+        else:
+            number = called_number(req, self.settings)
         if number is None:
             self.uas.reject(d, 404)
             return
         pid = provider_id(d.call_id)
         from_number = normalise_number(req.from_address.uri.user, self.settings.sip_default_country_prefix)
         call_id = await self.desk.create_call(channel=CHANNEL, to_number=number, from_number=from_number,
-                                              provider_call_id=pid)
+                                              provider_call_id=pid,
+                                              tenant_id=trunk.tenant_id if trunk is not None else None)
         if call_id is None:
             self.uas.reject(d, 404)
             return
+        if trunk is not None:
+            log.info("sip_trunk_call", call_id=call_id, tenant_id=trunk.tenant_id, trunk_id=trunk.id)
         call: SipCall | None = None
         reason = events.EndReason.connection_lost
         try:
@@ -650,16 +982,22 @@ class SipEndpoint(Endpoint):
                 reason = events.EndReason.caller_hangup  # CANCELled while the call was being created
                 return
             try:
-                n = sdp.negotiate(offer, address=self.address, port=9)
-                call = new_call(d, n, jitter_s=self.settings.sip_jitter_ms / 1000, on_close=self._call_closed)
+                first = sdp.negotiate(offer, address=self.address, port=9) if offer is not None \
+                    else sdp.placeholder("")
+                call = new_call(d, first, jitter_s=self.settings.sip_jitter_ms / 1000, on_close=self._call_closed)
+                call.trunk, call.signalling = trunk, self.uas
                 port = await call.bind(self.settings.sip_bind_host, self.rtp_ports)
             except NoFreePort as e:
                 log.warning("sip_no_rtp_port", call_id=call_id, error=str(e))
                 self.uas.reject(d, 503, [("Retry-After", "5")])
                 reason = events.EndReason.error
                 return
-            call.update(sdp.negotiate(offer, address=self.address, port=port, session_id=_session_id(d),
-                                      session_version=1))
+            if offer is not None:
+                call.update(sdp.negotiate(offer, address=self.address, port=port, session_id=_session_id(d),
+                                          session_version=1))
+            else:  # a delayed offer: ours goes in the 200, the answer comes in the ACK
+                call.update(sdp.placeholder(sdp.make_offer(address=self.address, port=port,
+                                                           session_id=_session_id(d))))
             d.app = call
             if d.state == "terminated":
                 reason = events.EndReason.caller_hangup
@@ -670,18 +1008,32 @@ class SipEndpoint(Endpoint):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ring.wait(), self.settings.sip_ring_ms / 1000)
                 self._rings.pop(d.key, None)
+            waiting: asyncio.Future[bytes] | None = None
+            if offer is None:
+                waiting = self._acks[d.key] = asyncio.get_running_loop().create_future()
             if not self.uas.answer(d, call.negotiated.sdp):
                 reason = events.EndReason.caller_hangup
                 return
+            if waiting is not None:
+                body = await waiting
+                try:
+                    call.update(sdp.accept_answer(sdp.parse(body), call.negotiated.sdp))
+                except ValueError:
+                    log.info("sip_delayed_offer_unanswered", call_id=call_id,
+                             detail="the ACK carried no usable SDP answer")
+                    reason = events.EndReason.protocol_error
+                    return
             call.start(call_id, stream_id=pid)
             log.info("sip_call_answered", call_id=call_id, transport=d.peer.transport,
-                     encoding=call.negotiated.encoding, dtmf=call.negotiated.dtmf_payload_type is not None)
+                     encoding=call.negotiated.encoding, dtmf=call.negotiated.dtmf_payload_type is not None,
+                     delayed_offer=offer is None)
             await self.desk.serve(call, call.messages())
         except asyncio.CancelledError:
             reason = events.EndReason.shutdown
             raise
         finally:
             self._rings.pop(d.key, None)
+            self._acks.pop(d.key, None)
             if call is not None:
                 await call.close(reason)
             else:
@@ -689,6 +1041,104 @@ class SipEndpoint(Endpoint):
             # a call that never bound to a session has not been ended by one
             with contextlib.suppress(Exception):
                 await self.desk.end_by_provider_id(pid, reason)
+
+    # ------------------------------------------------------------ outbound calls (dialing.py's Dialer)
+    async def refusal(self, request: events.DialRequest) -> str | None:
+        """Why this ingress cannot place the call at all (the dial handler refuses it before creating it)."""
+        if not self.settings.sip_enabled or self.udp is None:
+            return "SIP is not enabled on this ingress"
+        trunk = self.trunks.get(request.trunk_id) if request.trunk_id else None
+        if trunk is None or trunk.tenant_id != request.tenant_id:
+            return "no such SIP trunk for this tenant"
+        if not trunk.outbound_proxy:
+            return "the SIP trunk has no outbound proxy"
+        return None
+
+    async def dial(self, request: events.DialRequest) -> DialOutcome:
+        """Call ``request.to_number`` through the tenant's trunk: UAC INVITE to its outbound proxy (digest when
+        challenged), ``on_status(call_id, "ringing")`` on 180/183; once answered the call runs like an inbound
+        one (its record must exist in KV ``calls``: the dial handler makes it) and ``answered`` is returned."""
+        refused = await self.refusal(request)
+        trunk = self.trunks.get(request.trunk_id) if request.trunk_id else None
+        if refused is not None or trunk is None or not trunk.outbound_proxy:
+            return DialOutcome("failed", refused or "no such SIP trunk")
+        if len(self._calls) >= self.settings.sip_max_calls:
+            return DialOutcome("failed", "this ingress is at SIP_MAX_CALLS")
+        try:
+            host, port = _host_port(trunk.outbound_proxy)
+            address = await checked_address(self.egress, host, port)
+            peer = (Peer("UDP", address, port) if trunk.outbound_transport == "udp"
+                    else await self._tcp_connect(address, port))
+        except BlockedAddress as e:
+            return DialOutcome("failed", str(e)[:200])
+        except (ValueError, OSError, TimeoutError) as e:
+            return DialOutcome("failed", f"the trunk's outbound proxy cannot be reached: {safe_error(e, 120)}")
+        credentials = None
+        if trunk.outbound_username and trunk.outbound_password_secret:
+            password = await tenant_secret(self.box, self.secrets, trunk.tenant_id, trunk.outbound_password_secret)
+            if password is None:
+                return DialOutcome("failed", "the trunk's outbound password cannot be opened")
+            credentials = Credentials(trunk.outbound_username, password)
+        holder: list[SipCall] = []
+
+        def on_packet(data: bytes, addr: tuple[str, int]) -> None:
+            if holder:
+                holder[0]._on_packet(data, addr)
+
+        try:
+            media = await bind_rtp(self.settings.sip_bind_host, self.rtp_ports, on_packet)
+        except NoFreePort as e:
+            return DialOutcome("failed", str(e))
+        offer = sdp.make_offer(address=self.address, port=int(media.get_extra_info("sockname")[1]),
+                               session_id=str(random.getrandbits(31)))
+        target = f"sip:{request.to_number}@{_uri_host(host)}:{port}"
+        caller = request.from_number or trunk.outbound_caller_id or "anonymous"
+
+        async def ringing() -> None:
+            if self.on_status is not None:
+                await self.on_status(request.call_id, "ringing")
+
+        answered = False
+        try:
+            result = await sip_uac.invite(self.uas, peer, request_uri=target, to_uri=target,
+                                          from_uri=f"sip:{caller}@{_uri_host(self.address)}", sdp=offer,
+                                          credentials=credentials, timeout_s=self.settings.sip_dial_timeout_s,
+                                          on_ringing=ringing)
+            log.info("sip_dial_result", call_id=request.call_id, tenant_id=trunk.tenant_id, trunk_id=trunk.id,
+                     status=result.status, detail=result.detail)
+            if result.status != "answered" or result.dialog is None:
+                return DialOutcome(result.status, result.detail)
+            d = result.dialog
+            try:
+                n = sdp.accept_answer(sdp.parse(result.answer), offer)
+            except ValueError:
+                self.uas.hangup(d)
+                return DialOutcome("failed", "the callee's answer has no usable SDP")
+            call = new_call(d, n, jitter_s=self.settings.sip_jitter_ms / 1000, on_close=self._call_closed)
+            call.attach(media)
+            call.trunk, call.signalling = trunk, self.uas
+            holder.append(call)
+            d.app = call
+            task = asyncio.create_task(self._serve_outbound(call, request.call_id, provider_id(d.call_id)),
+                                       name="sip-outbound")
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+            answered = True
+            return DialOutcome("answered")
+        finally:
+            if not answered:
+                media.close()
+
+    async def _serve_outbound(self, call: SipCall, call_id: str, pid: str) -> None:
+        reason = events.EndReason.connection_lost
+        try:
+            call.start(call_id, stream_id=pid)
+            await self.desk.serve(call, call.messages())
+        except asyncio.CancelledError:
+            reason = events.EndReason.shutdown
+            raise
+        finally:
+            await call.close(reason)
 
     def _call_closed(self, call: SipCall, reason: events.EndReason) -> None:
         if not call.hung_up_by_caller:
@@ -705,6 +1155,25 @@ def _next_version(call: SipCall) -> int:
         return int(line.split()[2]) + 1
     except (IndexError, ValueError):
         return 2
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` -> (host, port), 5060 by default."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    else:
+        host, port = value, ""
+    if not host or (port and not port.isdigit()) or not 0 < int(port or 5060) < 65536:
+        raise ValueError("the outbound proxy is not host[:port]")
+    return host, int(port or 5060)
+
+
+def _uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _content_length(head: bytes) -> int | None:

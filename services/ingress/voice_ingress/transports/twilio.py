@@ -5,6 +5,8 @@ inbound ``connected``, ``start`` (with our ``call_id`` as a custom parameter), `
 ``dtmf``, ``mark`` (an echo of ours, once the audio before it has played, or at once when cleared), ``stop``;
 outbound ``media``, ``mark``, ``clear``. Every request and the WebSocket upgrade carry ``X-Twilio-Signature``.
 
+DTMF: ``send_dtmf`` sends in-band tones (``tones.py``) as ``media``, since a Media Stream carries nothing else.
+
 Transfers: ``TwilioMediaStream.transfer`` redirects the live call to ``<Dial>`` TwiML through Twilio's REST API
 (``twilio_rest.py``, the call's ``callSid`` from the stream's ``start``, ``TWILIO_ACCOUNT_SID`` and the auth token).
 Twilio then stops the media stream, and the session ends the call as ``transferred``.
@@ -21,7 +23,7 @@ import base64
 import binascii
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -33,6 +35,7 @@ from voice_runtime import metrics
 from voice_runtime.logging import get_logger
 from voice_schemas import events
 
+from .. import tones
 from ..codec import AgentAudioEncoder, CallerAudioDecoder
 from ..twilio_rest import TwilioRest, TwilioRestError, TwilioRestSettings, dial_twiml
 from .base import (
@@ -53,6 +56,9 @@ from .base import (
 log = get_logger(__name__)
 SVC = "ingress"
 TERMINAL_STATUSES = {"completed", "busy", "no-answer", "failed", "canceled"}
+# an outbound call's CallStatus -> its dial status (completed: ends as any call, by the terminal status above)
+TWILIO_DIAL_STATUSES = {"ringing": "ringing", "in-progress": "answered", "answered": "answered", "busy": "busy",
+                        "no-answer": "no_answer", "failed": "failed", "canceled": "failed"}
 MEDIA_FORMAT = "audio/x-mulaw;rate=8000"
 
 
@@ -215,6 +221,18 @@ class TwilioMediaStream(Transport):
         except TwilioRestError as e:
             raise TransferRefused(f"Twilio did not take the transfer: {e}") from None
 
+    def encode_dtmf(self, digits: str) -> list[Any]:
+        """In-band DTMF as ``media`` (a Media Stream takes only media, mark and clear): the tones made at 8 kHz and
+        μ-law encoded directly, after what the agent's encoder still holds back."""
+        payloads = self.encoder.flush() + tones.g711_frames(digits, "ulaw")
+        return [json.dumps({"event": "media", "streamSid": self.stream_id,
+                            "media": {"payload": base64.b64encode(p).decode()}}) for p in payloads]
+
+    async def send_dtmf(self, digits: str) -> None:
+        """Queued at Twilio behind the audio sent so far, as any media: it plays them in order."""
+        for m in self.encode_dtmf(digits):
+            await self.send(m)
+
     async def close(self, reason: events.EndReason) -> None:
         if self.closed:
             return
@@ -236,7 +254,11 @@ class TwilioEndpoint(Endpoint):
         token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
         self.validator = RequestValidator(token) if token else None
         self.allow_unsigned = self.validator is None and settings.twilio_allow_unsigned
-        self.rest = TwilioRest.from_settings(settings)  # shared by every call's transfers
+        self.rest = TwilioRest.from_settings(settings)  # shared by every call's transfers and outbound calls
+        # outbound calls' progress from their status callbacks (DialHandler.report; set by the service)
+        self.on_dial_status: Callable[[str, Any], Awaitable[None]] | None = None
+        # an outbound call's tenant's own auth token, when it has its own Twilio account (dialing.TwilioAccounts)
+        self.call_token: Callable[[str], Awaitable[str | None]] | None = None
 
     async def start(self) -> None:
         if self.allow_unsigned:
@@ -265,6 +287,15 @@ class TwilioEndpoint(Endpoint):
             return self.allow_unsigned
         return bool(signature) and bool(self.validator.validate(url, params, signature))
 
+    async def _tenant_signed(self, call_id: str | None, url: str, params: dict[str, Any],
+                             signature: str | None) -> bool:
+        """Signed by the token of the tenant's own Twilio account, for an outbound call (``call_id`` in the URL)
+        of a tenant that has one."""
+        if not call_id or not signature or self.call_token is None:
+            return False
+        token = await self.call_token(call_id)
+        return bool(token) and bool(RequestValidator(token).validate(url, params, signature))
+
     async def _signed_form(self, request: Request, path: str) -> dict[str, str] | Response:
         """The webhook's form, or the refusal to answer with (413 too large, 403 not signed)."""
         try:
@@ -273,7 +304,9 @@ class TwilioEndpoint(Endpoint):
             metrics.ERRORS.labels(SVC, "webhook_too_large").inc()
             return Response("request body too large", status_code=413)
         url = self.public_url(path) + (f"?{request.url.query}" if request.url.query else "")
-        if not self.signature_ok(url, form, request.headers.get("x-twilio-signature")):
+        signature = request.headers.get("x-twilio-signature")
+        if not self.signature_ok(url, form, signature) and not await self._tenant_signed(
+                request.query_params.get("call_id"), url, form, signature):
             metrics.ERRORS.labels(SVC, "bad_signature").inc()
             return Response("invalid Twilio signature", status_code=403)
         return form
@@ -291,13 +324,23 @@ class TwilioEndpoint(Endpoint):
             form = await self._signed_form(request, "/twilio/status")
             if isinstance(form, Response):
                 return form
+            call_id = request.query_params.get("call_id")
+            if call_id and self.on_dial_status is not None:  # an outbound call we placed (the query is signed)
+                status = TWILIO_DIAL_STATUSES.get(form.get("CallStatus", ""))
+                if status is not None:
+                    await self.on_dial_status(call_id, status)
+                    return Response(status_code=204)
             if form.get("CallStatus") in TERMINAL_STATUSES:
                 await self.desk.end_by_provider_id(form.get("CallSid", ""), events.EndReason.status_callback)
             return Response(status_code=204)
 
         @app.websocket("/twilio/media")
         async def media(ws: WebSocket) -> None:
-            if not self.signature_ok(self.stream_url(), {}, ws.headers.get("x-twilio-signature")):
+            # an outbound call's stream URL carries its call id (dialing.TwilioDialer): signed with the query
+            url = self.stream_url() + (f"?{ws.url.query}" if ws.url.query else "")
+            signature = ws.headers.get("x-twilio-signature")
+            if not self.signature_ok(url, {}, signature) and not await self._tenant_signed(
+                    ws.query_params.get("call_id"), url, {}, signature):
                 metrics.ERRORS.labels(SVC, "bad_signature").inc()
                 await ws.close(code=1008)
                 return

@@ -61,6 +61,7 @@ from voice_schemas.audio import FRAME_BYTES, SAMPLE_RATE, SAMPLES_PER_FRAME
 from voice_schemas.streams import KV_CALLS
 from voice_schemas.webrtc import WebRtcAnswer, WebRtcError, WebRtcOffer
 
+from .. import tones
 from .base import CallDesk, CallerAudio, CallerHungUp, Endpoint, Inbound, MarkPlayed, ProtocolError, Started, Transport
 
 log = get_logger(__name__)
@@ -561,6 +562,16 @@ class WebRtcCall(Transport):
 
     async def clear(self) -> None:
         self.track.clear()
+
+    async def send_dtmf(self, digits: str) -> None:
+        """In-band tones on the agent's track, behind the audio queued there; the track's queue is bounded, so the
+        tones go in as it drains (returns with at most a second of them still queued)."""
+        for frame in tones.pcm16_frames(digits):
+            while self.track.queued_frames >= self.track.max_frames - 1:
+                if self.closed:
+                    raise ConnectionError("the peer connection is closed")
+                await asyncio.sleep(0.02)
+            await self.send(frame)
 
     async def close(self, reason: events.EndReason) -> None:
         if self.closed:

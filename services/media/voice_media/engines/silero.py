@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from voice_runtime.realtime import report_threads
 
 from .. import assets
 from ..settings import MediaSettings
@@ -93,6 +94,7 @@ class SileroVoiceActivity(VoiceActivity):
         opts.log_severity_level = 3
         path = self.model_path or assets.pipecat_file(assets.SILERO_VAD)
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        report_threads("media", self.name, 1)
 
     def stream(self) -> SileroStream:
         if self.session is None:

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from voice_runtime.realtime import report_threads
 
 from .. import assets
 from ..settings import MediaSettings
@@ -56,6 +57,7 @@ class SmartTurnV3(TurnModel):
         opts.log_severity_level = 3
         path = self.model_path or assets.pipecat_file(assets.SMART_TURN_V3)
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        report_threads("media", self.name, self.options.turn_model_threads)
         self._features = assets.whisper_log_mel()
         self.warm_up()
 

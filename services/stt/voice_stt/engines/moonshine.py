@@ -23,6 +23,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from voice_runtime.logging import get_logger
 from voice_runtime.paths import state_dir
+from voice_runtime.realtime import report_threads
 
 from ..engine import SpeechToText, Transcription
 from ..settings import SttSettings
@@ -172,6 +173,7 @@ class MoonshineSpeechToText(SpeechToText):
         self._model = MoonshineModel(model_dir, o.moonshine_threads)
         self.warm_up()
         log.info("stt_model_loaded", model=self.model_name, path=str(model_dir), threads=o.moonshine_threads)
+        report_threads("stt", "moonshine", o.moonshine_threads)
 
     def max_tokens(self, samples: int) -> int:
         o = self.options

@@ -18,6 +18,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from voice_runtime.logging import get_logger
 from voice_runtime.paths import state_dir
+from voice_runtime.realtime import report_threads
 
 from ..engine import SpeechToText, Transcription
 from ..settings import SttSettings
@@ -119,6 +120,7 @@ class WhisperSpeechToText(SpeechToText):
         model = WhisperModel(str(model_dir), device=o.stt_device, compute_type=o.stt_compute_type,
                              cpu_threads=threads, num_workers=self.workers)
         self.multilingual = bool(model.model.is_multilingual)
+        report_threads("stt", "whisper", threads)
         self._languages = frozenset(model.supported_languages)
         self._model = model
         self.warm_up()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from voice_runtime.realtime import report_threads
 
 from ..engine import TextToSpeech
 from ..settings import TtsSettings
@@ -25,7 +26,11 @@ class PiperSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
 
-    tts_threads: int = Field(0, ge=0, le=64, description="Compute threads per synthesis; 0 = all cores")
+    tts_threads: int = Field(
+        1, ge=0, le=64, description="Compute threads per synthesis; 0 = all cores. 1 on 2 cores: while the first "
+        "sentence is synthesized the LLM is still writing the next on its threads, and real-time audio (ingress "
+        "playout, media VAD) needs a core the moment it wakes (README \"Real-time work first\")",
+    )
 
 
 class PiperVoiceModel:
@@ -51,6 +56,7 @@ class PiperVoiceModel:
         session = onnxruntime.InferenceSession(str(model_path), sess_options=options,
                                                providers=["CPUExecutionProvider"])
         self._voice = PiperVoice(session=session, config=config)
+        report_threads("tts", "piper", threads)
         self._syn = SynthesisConfig(length_scale=length_scale)
         self._name = name
 

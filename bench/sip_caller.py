@@ -1,4 +1,5 @@
-"""A SIP caller for end-to-end tests: a minimal UAC over UDP (INVITE, ACK, BYE) with its own RTP end.
+"""A SIP caller for end-to-end tests and the bench's SIP phase: a minimal UAC over UDP (INVITE, ACK, BYE) with its
+own RTP end.
 
 SIPp plays a pcap's RTP from its own media port and records nothing, so a test that must hear the agent uses this
 caller instead: it sends the caller's speech as μ-law RTP at 20 ms pace (silence between utterances, as a phone
@@ -41,6 +42,8 @@ class SipCaller:
         self._tasks: list[asyncio.Task[None]] = []
         self._responses: asyncio.Queue[Response] = asyncio.Queue()
         self.requests: list[Message] = []
+        self.speech_ended_at: float | None = None  # when the last queued speech packet went out
+        self.speech_sent = asyncio.Event()  # set then
 
     # ------------------------------------------------------------ signalling
     def _headers(self, method: str, cseq: int, branch: str) -> str:
@@ -115,6 +118,7 @@ class SipCaller:
     # ------------------------------------------------------------ media
     def say(self, ulaw: bytes) -> None:
         """Queue speech (8 kHz μ-law) to be sent from the next 20 ms tick on."""
+        self.speech_sent.clear()
         self._speech += [ulaw[i:i + 160].ljust(160, b"\xff") for i in range(0, len(ulaw), 160)]
 
     async def _send_rtp(self) -> None:
@@ -123,9 +127,13 @@ class SipCaller:
         sender = rtp.RtpSender(0)
         start, n = loop.time(), 0
         while True:
-            payload = self._speech.pop(0) if self._speech else b"\xff" * 160
+            speech = bool(self._speech)
+            payload = self._speech.pop(0) if speech else b"\xff" * 160
             with contextlib.suppress(OSError):
                 self.media.sendto(sender.packet(payload), self.remote_rtp)
+            if speech and not self._speech:
+                self.speech_ended_at = time.monotonic()
+                self.speech_sent.set()
             sender.tick()
             n += 1
             await asyncio.sleep(max(0.0, start + n * FRAME_S - loop.time()))

@@ -1,0 +1,39 @@
+"""`make bench-capacity` in miniature: its own stack with the stand-ins, one step of two calls, one question each.
+
+Checks that the calls are held end to end (greeting, question, reply through ingress, media, the stand-ins and
+back) and that the report has its fields; never a timing figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.capacity import run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+async def test_capacity_bench_two_calls(tmp_path: Path) -> None:
+    rep = await asyncio.to_thread(run, ["--steps", "2", "--turns", "1", "--stagger-s", "0.5", "--out",
+                                        str(tmp_path)])
+    saved = json.loads((tmp_path / "latest-capacity.json").read_text())
+    assert saved["steps"] == json.loads(json.dumps(rep["steps"], default=str))
+    assert "Knee" in (tmp_path / "latest-capacity.md").read_text()
+    (step,) = rep["steps"]
+    assert step["calls"] == 2 and step["calls_ok"] == 2, step["errors"]
+    assert step["turns"] == 2 and step["turns_answered"] == 2
+    assert step["agent_frames"] > 100 and step["odd_sized_frames"] == 0
+    assert step["jitter_ms"]["n"] > 0 and step["jitter_ms"]["p50"] is not None
+    for key in ("late_pct", "underruns", "call_seconds", "machine_cpu_pct_all_cores", "verdict"):
+        assert key in step
+    assert {"ingress", "media", "nats-server", "standins", "caller"} <= set(step["processes"])
+    for figures in step["processes"].values():
+        assert figures["cpu_pct"] is not None and figures["cpu_us_per_call_frame"] is not None
+    assert step["platform"]["cpu_us_per_call_frame"] is not None and step["processes_died"] == []
+    knee = rep["knee"]
+    assert knee["first_bad_calls"] in (None, 2) and knee["reason"]
+    assert knee["last_good_calls"] == (0 if knee["first_bad_calls"] else 2)
