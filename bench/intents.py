@@ -68,7 +68,11 @@ class Completed:
 async def main_async(a: argparse.Namespace) -> int:
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     agent = BenchAgent(a.nats, a.number)
-    agent.agent = agent.agent.model_copy(update={"intents": INTENTS})
+    # an agent of its own, with a version no replica has cached (agent versions are immutable: brain keeps the
+    # ones it read, so the plain bench agent's version 1 must not be reused with intents added)
+    agent.agent = agent.agent.model_copy(update={"id": "bench-intents", "version": int(time.time()),
+                                                 "intents": INTENTS})
+    agent.route = agent.route.model_copy(update={"agent_id": "bench-intents"})
     await agent.install()
     nc = await nats.connect(a.nats, name="bench-intents")
     completed = Completed()
