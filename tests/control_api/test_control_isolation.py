@@ -257,6 +257,7 @@ CASES: dict[tuple[str, str], Case] = {
     ),
     ("GET", "/v1/agents/{agent_id}/deployment"): Case("item", all_ok(200), AGENT, hidden=HIDDEN_AGENT),
     ("GET", "/v1/agents/{agent_id}/intents/stats"): Case("item", all_ok(200), AGENT, hidden=HIDDEN_AGENT),
+    ("GET", "/v1/analytics/agents/{agent_id}/intents"): Case("item", all_ok(200), AGENT, hidden=HIDDEN_AGENT),
     # phone numbers
     ("POST", "/v1/phone-numbers"): Case(
         "create", admin_only(201), body=lambda ids: {"number": unique_number(), "agent_id": ids["agent_sup"]}

@@ -105,6 +105,14 @@ async def test_intent_counts_per_agent(client: httpx.AsyncClient, database_url: 
                                       headers=bearer(a.admin_key)))
     assert {i["name"]: i["turns"] for i in stats["intents"]} == {"hours": 2, "address": 0, "bye": 0}
 
+    # the analytics API: the same counts over UTC days
+    today = datetime.now(UTC).date()
+    stats = await ok(await client.get(f"/v1/analytics/agents/{agent['id']}/intents", headers=bearer(a.admin_key),
+                                      params={"from": str(today - timedelta(days=1)), "to": str(today)}))
+    assert {i["name"]: i["turns"] for i in stats["intents"]} == {"hours": 2, "address": 0, "bye": 0}
+    r = await client.get(f"/v1/analytics/agents/{agent['id']}/intents", headers=bearer(b.admin_key))
+    assert r.status_code == 404
+
     # the caller turn carries its intent in the call's transcript
     call = await ok(await client.get(f"/v1/calls/{recent}", headers=bearer(a.admin_key)))
     by_turn = {(t["turn_id"], t["speaker"]): t for t in call["turns"]}

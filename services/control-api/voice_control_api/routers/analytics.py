@@ -1,17 +1,18 @@
-"""Post-call analytics: a tenant's price table and the daily aggregates per agent."""
+"""Post-call analytics: a tenant's price table, the daily aggregates per agent and an agent's intent counts."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
 from ..deps import AUTHED, Auth, Ctx, QueryText, errors
 from ..models_analytics import DailyReport, TenantPrices, TenantPricesPut
+from ..models_intents import IntentStats
 from ..problems import invalid
 from ..rest import IdPath, IfMatch, expected_version, set_etag
-from ..usecases import analytics
+from ..usecases import analytics, intents
 
 router = APIRouter(tags=["analytics"], responses=AUTHED)
 
@@ -82,6 +83,29 @@ async def agent_daily(
     start, end = _range(from_, to)
     return await analytics.daily(ctx, principal, agent_id=agent_id, start=start, end=end,
                                  fcr_window_hours=fcr_window_hours, require_agent=True)
+
+
+@router.get(
+    "/v1/analytics/agents/{agent_id}/intents",
+    response_model=IntentStats,
+    responses=errors(404),
+    summary="Intent counts of one agent over UTC days",
+    description="The agent's intent counts (as `GET /v1/agents/{agent_id}/intents/stats`) for the calls that started "
+    "from `from` to `to` inclusive (UTC days; default: the last 30 days, at most 366): caller turns per intent, how "
+    "many the cache answered without an LLM request, mean confidence; configured intents never matched count 0. "
+    "404 when the agent is not yours to see.",
+)
+async def agent_intents(
+    agent_id: IdPath,
+    principal: Auth,
+    ctx: Ctx,
+    from_: Annotated[date | None, Query(alias="from", description="First UTC day (YYYY-MM-DD)")] = None,
+    to: QueryDay = None,
+) -> IntentStats:
+    start, end = _range(from_, to)
+    after = datetime.combine(start, time.min, tzinfo=UTC)
+    before = datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC)
+    return await intents.stats(ctx, principal, agent_id, after, before)
 
 
 @router.get(
