@@ -32,7 +32,10 @@ def turn_figures(turns: list[TurnResult]) -> dict[str, Any]:
     delta: list[float] = []
     for tr in turns:
         s = tr.stages or {}
-        parts = [s.get("end_of_turn_ms"), s.get("stt_ms"), s.get("llm_first_sentence_ms"), s.get("bus_and_playout_ms")]
+        llm = s.get("llm_first_sentence_ms")
+        if llm is not None and s.get("early_start_ms") is not None:  # begun early: only what came after counts
+            llm = max(llm - (s.get("early_start_ms") or 0.0), 0.0)
+        parts = [s.get("end_of_turn_ms"), s.get("stt_ms"), llm, s.get("bus_and_playout_ms")]
         v = s.get("voice_to_voice_ms")
         if v is not None and all(p is not None for p in parts):
             other.append(v - sum(p for p in parts if p is not None))
@@ -232,6 +235,9 @@ def headline(rep: dict[str, Any]) -> list[str]:
             lines.append(f"- {looplag.line(v['loop_lag'])}")
     if br:
         lines.append(browser_headline(br))
+    eo = rep.get("eot")
+    if eo:
+        lines.append(eot_headline(eo))
     sp = rep.get("sip")
     if sp:
         lines.append(f"- SIP voice-to-voice (G.711 RTP at the caller: last packet of the question → first packet of "
@@ -264,12 +270,46 @@ def headline(rep: dict[str, Any]) -> list[str]:
                   + (f"**behind Pipecat on {len(lose)} figure(s): {'; '.join(lose)}**" if lose
                      else "ahead or level on every figure below"), "",
                   "| figure (lower is better) | ours | pipecat | ahead |", "|---|---:|---:|---|", *rows]
-    if not (v or b or sw or pe or so or br or sp):
+    if not (v or b or sw or pe or so or br or sp or eo):
         lines.append("- no call figures in this run")
     missing_parts = [name for name, present in (("voice-to-voice", v or pe or so), ("barge-in", b or pe),
                                                 ("peer comparison", pe)) if not present]
     if missing_parts:
         lines += ["", f"Not measured in this run: {', '.join(missing_parts)} (see the other `latest*.md` reports)."]
+    return [*lines, ""]
+
+
+def eot_headline(eo: dict[str, Any]) -> str:
+    """The end-of-turn phase (bench/eot.py) in one line: end of turn per kind, cut-offs, replies begun early."""
+    kinds = "; ".join(f"{kind} {_p(k['end_of_turn_ms'])}" for kind, k in eo["kinds"].items())
+    cut = (eo["kinds"].get("paused") or {}).get("cut_off") or {}
+    es = eo["early_start"]
+    return (f"- end of turn (speech offset → decision, platform's figure) by kind: {kinds}; sentences broken off by "
+            f"a {_f(eo['pause_s'] * 1000)} ms pause cut off in {cut.get('cut', '-')} of {cut.get('told', '-')}; "
+            f"replies begun early (likely-final transcript) in {es['begun_early']} of {es['turns']} turns")
+
+
+def eot_section(eo: dict[str, Any]) -> list[str]:
+    lines = ["## End of turn by kind of utterance", "",
+             "The platform's end-of-turn time (speech offset → decision, from `turn.completed`), caller "
+             "voice-to-voice, and replies whose LLM request began on the likely-final transcript, before the end of "
+             "turn was decided "
+             f"(`early_start_ms`: by how much). `paused`: a sentence broken off after a dangling word, "
+             f"{_f(eo['pause_s'] * 1000)} ms of silence, then its end; cut off = the turn ended in the pause.", "",
+             "| kind | asked | answered | end of turn p50 | p95 | n | v2v p50 | p95 | n | begun early | head start p50 "
+             "| cut off |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind, k in eo["kinds"].items():
+        e, v, es, cut = k["end_of_turn_ms"], k["voice_to_voice_ms"], k["early_start"], k["cut_off"]
+        lines.append(f"| {kind} | {k['asked']} | {k['answered']} | {_q(e, 'p50')} | {_q(e, 'p95')} | {_n(e)} | "
+                     f"{_q(v, 'p50')} | {_q(v, 'p95')} | {_n(v)} | {es['begun_early']} of {es['turns']} | "
+                     f"{_q(es['early_start_ms'], 'p50')} | "
+                     + (f"{cut['cut']} of {cut['told']}" if cut else "-") + " |")
+    lines += ["", "What the platform heard (first two of each kind):", ""]
+    for kind, k in eo["kinds"].items():
+        for ex in k["examples"]:
+            lines.append(f"- {kind}: said \"{ex['said']}\" → transcript \"{ex['heard']}\"")
+    if eo.get("errors"):
+        lines += ["", f"Errors: {eo['errors']}"]
     return [*lines, ""]
 
 
@@ -314,6 +354,8 @@ def markdown(rep: dict[str, Any]) -> str:
                   f"{_playout_line(v['playout'])}.", ""]
         if v.get("errors"):
             lines += [f"Errors: {v['errors']}", ""]
+    if rep.get("eot"):
+        lines += eot_section(rep["eot"])
     b = rep.get("barge_in")
     if b:
         bc = b["backchannel"]

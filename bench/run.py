@@ -41,6 +41,7 @@ from .calls import (
     concurrent_conversations,
     conversation,
 )
+from .eot import KINDS, eot_phase
 from .events import PlatformEvents
 from .machine import facts
 from .sip_calls import sip_phase
@@ -48,7 +49,7 @@ from .soak import soak
 from .speech import INTERRUPTIONS, QUESTIONS, Utterance, Voice
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PHASES = ("v2v", "barge_in", "bus", "sweep", "browser", "sip")
+PHASES = ("v2v", "eot", "barge_in", "bus", "sweep", "browser", "sip")
 
 
 def log(msg: str) -> None:
@@ -93,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--warmup", type=int, default=1, help="uncounted warm-up calls (one question each) first")
     g.add_argument("--calls", type=int, default=4, help="voice-to-voice: calls, one at a time")
     g.add_argument("--turns", type=int, default=5, help="voice-to-voice: questions per call")
+    g.add_argument("--eot-rounds", type=int, default=2,
+                   help=f"end-of-turn phase: times each of its {sum(len(v) for v in KINDS.values())} "
+                        "utterances is said")
     g.add_argument("--barge-in-trials", type=int, default=4)
     g.add_argument("--bus-seconds", type=float, default=10.0)
     g.add_argument("--bus-streams", type=int, default=40, help="audio streams under load (50 frames/s each)")
@@ -423,6 +427,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 rep["voice_to_voice"]["loop_lag"] = looplag.figures(lag_before, await looplag.scrape(ports))
                 rep["voice_to_voice"]["resources"] = watch.usage(1, idle)
                 rep["voice_to_voice"]["calls_detail"] = [c.to_json() for c in base_calls]
+            if "eot" in phases:
+                log(f"end of turn: {len(KINDS)} kinds of utterance x {args.eot_rounds} rounds")
+                rep["eot"] = await eot_phase(target, voice, t, rounds=args.eot_rounds)
+                for kind, k in rep["eot"]["kinds"].items():
+                    log(f"  {kind}: end of turn {k['end_of_turn_ms']}, early {k['early_start']['begun_early']}/"
+                        f"{k['early_start']['turns']}" + (f", cut off {k['cut_off']}" if k["cut_off"] else ""))
             if "barge_in" in phases:
                 log(f"barge-in: {args.barge_in_trials} interruptions and backchannels on one call")
                 b = await phase_barge_in(target, voice, qs, args.barge_in_trials, t)

@@ -78,23 +78,32 @@ class AudioFrame:
 class TurnAudioRequest:
     """stt asks media for the caller's turn in progress (``subjects.media_call_rpc(call_id, TURN_AUDIO)``, core
     request/reply). ``reader`` names the asking stt replica: media serves one reader per call at a time and answers
-    the others ``taken``, so two replicas never re-decode the same turn."""
+    the others ``taken``, so two replicas never re-decode the same turn. ``likely_final``: the ask of the replica
+    making the turn's likely final transcript at a pause (``vad.speech_paused``): always answered, and it neither
+    takes nor keeps the reader's place."""
 
     reader: str
+    likely_final: bool = False
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"reader": self.reader}).encode()
+        body: dict[str, object] = {"reader": self.reader}
+        if self.likely_final:
+            body["likely_final"] = True
+        return json.dumps(body).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TurnAudioRequest:
-        """Raises ``ValueError`` for anything but ``{"reader": "<non-empty string>"}``."""
+        """Raises ``ValueError`` for anything but ``{"reader": "<non-empty string>"[, "likely_final": bool]}``."""
         try:
-            reader = json.loads(data).get("reader")
+            body = json.loads(data)
+            reader, likely_final = body.get("reader"), body.get("likely_final", False)
         except (ValueError, AttributeError) as e:
             raise ValueError("a turn audio request is a JSON object with a reader") from e
         if not isinstance(reader, str) or not reader or len(reader) > 128:
             raise ValueError("a turn audio request needs a reader (1-128 characters)")
-        return cls(reader)
+        if not isinstance(likely_final, bool):
+            raise ValueError("likely_final is true or false")
+        return cls(reader, likely_final)
 
 
 @dataclass(frozen=True, slots=True)

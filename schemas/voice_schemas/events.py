@@ -132,6 +132,16 @@ class SpeechStopped(Payload):
 
 
 @register
+class SpeechPaused(Payload):
+    TYPE = "vad.speech_paused"
+    SUBJECT = ("vad", "paused")
+    DESCRIPTION = ("The caller's speech seems to have stopped (a short silence, before the speech offset is sure): "
+                   "stt decodes the turn so far at once as its likely final transcript, so a reply can begin early.")
+    at_ms: int = Field(description="Media time the speech seems to have stopped (the VAD's tail removed)")
+    speech_ms: int = Field(0, description="Speech of the segment so far, ms")
+
+
+@register
 class UtteranceCaptured(Payload):
     TYPE = "utterance.captured"
     SUBJECT = ("utterance",)
@@ -141,9 +151,10 @@ class UtteranceCaptured(Payload):
     end_ms: int
     sample_rate: int = 16_000
     audio_b64: str = Field(description="PCM16 mono little-endian audio, base64")
-    end_of_turn: Literal["silence", "model", "max_duration", "call_end"] = "silence"
+    end_of_turn: Literal["silence", "model", "transcript", "max_duration", "call_end"] = "silence"
     end_of_turn_ms: float = Field(0.0, description="Speech offset to end-of-turn decision, ms")
     speech_end_wall_ms: float = Field(0.0, description="Wall clock (epoch ms) of the speech offset")
+    speech_end_ms: int = Field(0, description="Media time of the speech offset (0: not known)")
 
 
 # ---------------------------------------------------------------- transcripts
@@ -158,6 +169,9 @@ class TranscriptPartial(Payload):
     start_ms: int = Field(0, description="Media time of the first transcribed sample")
     end_ms: int = Field(0, description="Media time up to which the audio was transcribed")
     stt_ms: float = Field(0.0, description="Time spent transcribing, ms")
+    likely_final: bool = Field(False, description="The whole turn so far, decoded at a pause that may end it "
+                               "(vad.speech_paused): its final transcript unless the caller goes on; brain may "
+                               "prepare its reply on it, media weighs whether the words sound finished")
 
 
 @register
@@ -202,6 +216,8 @@ class LatencyBreakdown(Payload):
     tts_first_audio_ms: float | None = None
     bus_and_playout_ms: float | None = None
     voice_to_voice_ms: float | None = None
+    early_start_ms: float | None = Field(None, description="The reply's model request began this long before the "
+                                         "final transcript, on the likely-final one (None: it began after)")
 
 
 class TurnUsage(Payload):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from voice_runtime.bus import Bus
+from voice_runtime.memory import InMemoryBus
+from voice_runtime.ports import BusPort
 
 from .fake_openai import FakeOpenAI
 from .tool_server import ToolServer
@@ -26,3 +29,16 @@ def tool_server() -> Iterator[ToolServer]:
     t.start()
     yield t
     t.stop()
+
+
+@pytest.fixture(params=[pytest.param("memory", marks=pytest.mark.unit),
+                        pytest.param("nats", marks=pytest.mark.integration)])
+async def any_bus(request: pytest.FixtureRequest) -> AsyncIterator[BusPort]:
+    """The same test body on the in-memory bus and on a real NATS server of the test's own."""
+    if request.param == "memory":
+        yield InMemoryBus("test")
+        return
+    b = await Bus.connect(request.getfixturevalue("private_nats_url"), "test")
+    await b.provision()
+    yield b
+    await b.close()

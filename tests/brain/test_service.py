@@ -26,18 +26,6 @@ from .fakes import FakeChatProvider, FakeReply
 PLATFORM_LLM = "http://platform-llm.test/v1"
 
 
-@pytest.fixture(params=[pytest.param("memory", marks=pytest.mark.unit),
-                        pytest.param("nats", marks=pytest.mark.integration)])
-async def any_bus(request: pytest.FixtureRequest) -> AsyncIterator[BusPort]:
-    if request.param == "memory":
-        yield InMemoryBus("test")
-        return
-    b = await Bus.connect(request.getfixturevalue("private_nats_url"), "test")
-    await b.provision()
-    yield b
-    await b.close()
-
-
 @pytest.fixture
 async def memory_bus() -> InMemoryBus:
     return InMemoryBus("test")

@@ -12,6 +12,7 @@ from voice_media.service import MediaService
 from voice_runtime.ports import BusPort
 from voice_schemas import Envelope, events, make, parse, subjects
 from voice_schemas.audio import H_SEQ, H_TS
+from voice_schemas.envelope import Payload
 
 FRAME = 320
 WATCHED = (events.SpeechStarted, events.SpeechStopped, events.UtteranceCaptured, events.PausePlayout,
@@ -21,8 +22,9 @@ WATCHED = (events.SpeechStarted, events.SpeechStopped, events.UtteranceCaptured,
 class Call:
     """A test call: publishes what ingress would and records what media publishes (with arrival times)."""
 
-    def __init__(self, bus: BusPort, media: MediaService) -> None:
+    def __init__(self, bus: BusPort, media: MediaService, *, watch: tuple[type[Payload], ...] = ()) -> None:
         self.bus, self.media = bus, media
+        self.watched: tuple[type[Payload], ...] = WATCHED + watch
         self.call_id = subjects.new_call_id()
         self.got: list[tuple[float, Envelope[Any]]] = []
         self.subs: list[Any] = []
@@ -32,7 +34,7 @@ class Call:
         async def record(msg: Any) -> None:
             self.got.append((time.monotonic(), parse(msg.data)))
 
-        for kind in WATCHED:
+        for kind in self.watched:
             self.subs.append(await self.bus.subscribe(kind.subject_for(self.call_id), record))
         started = events.CallStarted(agent_id="default-agent", agent_version=1, channel=events.Channel.test)
         await self.bus.publish(make(started, tenant_id="default", call_id=self.call_id))

@@ -32,9 +32,10 @@ async def media() -> AsyncIterator[tuple[MediaService, InMemoryBus]]:
     model.close()
 
 
-async def ask(bus: InMemoryBus, call_id: str, reader: str = "stt-a") -> TurnAudio:
+async def ask(bus: InMemoryBus, call_id: str, reader: str = "stt-a", *, likely_final: bool = False) -> TurnAudio:
     raw = await bus.request(
-        subjects.media_call_rpc(call_id, subjects.TURN_AUDIO), TurnAudioRequest(reader).to_bytes(), timeout=2.0
+        subjects.media_call_rpc(call_id, subjects.TURN_AUDIO), TurnAudioRequest(reader, likely_final).to_bytes(),
+        timeout=2.0,
     )
     return TurnAudio.from_bytes(raw)
 
@@ -66,3 +67,28 @@ async def test_the_turn_so_far_is_handed_to_one_reader(media: tuple[MediaService
     await call.end()
     with pytest.raises(NoResponders):  # the call is released: nobody answers for it
         await ask(bus, call.call_id)
+
+
+async def test_the_likely_final_ask_is_always_answered_and_takes_no_place(
+        media: tuple[MediaService, InMemoryBus]) -> None:
+    svc, bus = media
+    call = Call(bus, svc)
+    await call.start()
+    assert await ask(bus, call.call_id, likely_final=True) == TurnAudio()  # no turn: nothing, and no place taken
+    assert svc.calls[call.call_id]._turn_audio_reader is None
+    await call.speak(np.concatenate([quiet(300), tone(700)]), realtime=False)
+    await call.wait_for(events.SpeechStarted)
+    partials = await ask(bus, call.call_id, reader="stt-a")
+    place = svc.calls[call.call_id]._turn_audio_reader
+    assert place is not None and place[0] == "stt-a"
+
+    likely = await ask(bus, call.call_id, reader="stt-b", likely_final=True)  # another replica, at a pause
+    assert not likely.taken and likely.turn_id == partials.turn_id and likely.pcm == partials.pcm
+    assert (likely.start_ms, likely.end_ms) == (partials.start_ms, partials.end_ms)
+    assert svc.calls[call.call_id]._turn_audio_reader == place, "the partials' reader keeps its place, unrefreshed"
+    assert (await ask(bus, call.call_id, reader="stt-b")).taken  # its partials still wait their turn
+
+    svc.calls[call.call_id]._turn_audio_reader = ("stt-a", 0.0)  # the partials' reader went quiet (TTL)
+    await ask(bus, call.call_id, reader="stt-c", likely_final=True)
+    assert svc.calls[call.call_id]._turn_audio_reader == ("stt-a", 0.0), "a likely final ask never takes the place"
+    await call.end()

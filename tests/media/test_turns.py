@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +19,7 @@ from voice_media.turns import (
     SegmentDiscarded,
     SpeechBegan,
     SpeechEnded,
+    SpeechPaused,
     TurnDetector,
     TurnEnded,
     TurnThresholds,
@@ -322,6 +323,8 @@ _step = st.one_of(
     st.tuples(st.just("start"), st.sampled_from(["a", "b"])),
     st.tuples(st.just("finish"), st.sampled_from(["a", "b"])),
     st.tuples(st.just("model"), st.booleans()),
+    # likely final words: (sound finished, audio end relative to now, of the current turn or another)
+    st.tuples(st.just("words"), st.tuples(st.sampled_from([True, False, None]), st.integers(-300, 0), st.booleans())),
 )
 
 
@@ -341,6 +344,9 @@ def test_invariants_hold_for_any_input(steps: list[tuple[str, object]], interrup
             out += det.playout_started(str(arg), det.epoch)
         elif kind == "finish":
             out += det.playout_finished(str(arg))
+        elif kind == "words":
+            finished, back, current = cast(tuple[bool | None, int, bool], arg)
+            out += det.on_transcript((det.turn_id or "gone") if current else "other", t + back, finished)
         else:
             out += det.on_turn_model(last_req, bool(arg))
         for d in out[-3:]:
@@ -355,6 +361,8 @@ def test_invariants_hold_for_any_input(steps: list[tuple[str, object]], interrup
         elif isinstance(d, ResumePlayout | BargeIn):
             assert pause_open
             pause_open = False
+        elif isinstance(d, SpeechPaused):
+            assert not pause_open, "no likely final transcript of a suspected barge-in"
         if isinstance(d, BargeIn):
             assert d.epoch == epoch + 1
             epoch = d.epoch

@@ -1,6 +1,7 @@
 """Moonshine base with the real model: the one-time conversion and its cache, phone audio beside whisper on the
-same clips, the engine chosen by STT_ENGINE through the unchanged service, and partial transcripts of a long
-utterance from the real media service, all on real NATS."""
+same clips, the engine chosen by STT_ENGINE through the unchanged service, partial and likely final transcripts of
+a long utterance from the real media service, and a likely final reused by the final transcript, all on real
+NATS."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 from voice_devstack.speech import phone_line_pcm16, speech_int16, speech_pcm16, word_error_rate
 from voice_media.service import MediaService
 from voice_media.settings import MediaSettings
 from voice_runtime.bus import Bus
 from voice_schemas import make, parse, subjects
-from voice_schemas.events import TranscriptFinalized, TranscriptPartial, UtteranceCaptured
+from voice_schemas.audio import TurnAudio
+from voice_schemas.events import SpeechPaused, TranscriptFinalized, TranscriptPartial, UtteranceCaptured
 from voice_stt.engines import moonshine_models
 from voice_stt.engines.moonshine import MoonshineSettings, MoonshineSpeechToText
 from voice_stt.engines.whisper import WhisperSettings, WhisperSpeechToText
@@ -40,6 +43,10 @@ LONG = (
     "I would like to book a table for four people on Friday evening, and if you can, somewhere near the "
     "window because it is my mother's birthday."
 )
+
+
+def reused_count() -> float:
+    return REGISTRY.get_sample_value("voice_stt_likely_final_total", {"outcome": "reused"}) or 0.0
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +205,7 @@ async def test_partials_of_a_long_utterance_arrive_in_order_before_its_final(
 
         # one subscription for both kinds: arrival order is the server's order
         sub = await client.nc.subscribe(subjects.call_filter(call.call_id, "transcript", "*"), cb=record)
+        reused = reused_count()
         audio = speech_int16(LONG, deterministic=True)
         silence = np.zeros(16_000 // 2, dtype=np.int16)
         await call.speak(np.concatenate([silence, audio, silence, silence, silence]))  # real time, ~9 s
@@ -209,8 +217,13 @@ async def test_partials_of_a_long_utterance_arrive_in_order_before_its_final(
         kinds = [e.type for e in got]
         final = got[-1]
         assert kinds[-1] == "transcript.final" and kinds.count("transcript.final") == 1, kinds
-        partials = [e for e in got if isinstance(e.data, TranscriptPartial)]
+        partials = [e for e in got if isinstance(e.data, TranscriptPartial) and not e.data.likely_final]
         assert len(partials) >= 3, kinds
+        # likely finals (decoded at the pauses media reports) are their own series: same utterance, before the final
+        likely = [e for e in got if isinstance(e.data, TranscriptPartial) and e.data.likely_final]
+        assert {p.data.utterance_id for p in likely} <= {final.data.utterance_id}
+        assert not {p.id for p in likely} & {p.id for p in partials}
+        assert likely and reused_count() == reused + 1  # the last pause covered all the speech: no second decode
         ends = [p.data.end_ms for p in partials]
         assert ends == sorted(ends) and len(set(ends)) == len(ends)
         assert {p.data.utterance_id for p in partials} == {final.data.utterance_id}
@@ -240,3 +253,33 @@ async def test_partials_of_a_long_utterance_arrive_in_order_before_its_final(
         assert call.call_id not in partial_calls.calls
     finally:
         await media.stop()
+
+
+async def test_a_pause_yields_a_likely_final_that_the_final_transcript_reuses(
+    stt_service: SttService, client: Bus
+) -> None:
+    """Media is a stand-in here (it answers with the whole sentence as the turn so far at the pause)."""
+    call_id = subjects.new_call_id()
+    text = PHONE_SENTENCES[1]
+    pcm = phone_line_pcm16(text)
+    ms = len(pcm) // 16  # 8 kHz PCM16
+
+    async def media(msg: Any) -> None:
+        await msg.respond(TurnAudio(turn_id="turn-1", start_ms=0, end_ms=ms, speaking=False, sample_rate=8_000,
+                                    pcm=pcm).to_bytes())
+
+    rpc = await client.nc.subscribe(subjects.media_call_rpc(call_id, subjects.TURN_AUDIO), cb=media)
+    sub = await client.nc.subscribe(subjects.call_filter(call_id, "transcript", "*"))
+    await client.publish(make(SpeechPaused(at_ms=ms - 200), tenant_id="tenant-a", call_id=call_id, turn_id="turn-1"))
+    likely = parse((await sub.next_msg(timeout=30)).data)
+    assert isinstance(likely.data, TranscriptPartial) and likely.data.likely_final
+    assert word_error_rate(text, likely.data.text) <= 0.15, likely.data.text
+    reused = reused_count()
+    u = UtteranceCaptured(utterance_id="turn-1", start_ms=0, end_ms=ms, speech_end_ms=ms - 200, sample_rate=8_000,
+                          audio_b64=base64.b64encode(pcm).decode())
+    await client.publish(make(u, tenant_id="tenant-a", call_id=call_id, turn_id="turn-1"))
+    final = parse((await sub.next_msg(timeout=30)).data)
+    assert isinstance(final.data, TranscriptFinalized) and final.data.text == likely.data.text
+    assert reused_count() == reused + 1 and final.data.stt_ms < likely.data.stt_ms
+    await sub.unsubscribe()
+    await rpc.unsubscribe()

@@ -144,3 +144,34 @@ def test_peer_headline_names_the_figures_where_we_lose() -> None:
     assert "1,678 ms (n=2)" in row and "462 ms (n=2)" in row and row.rstrip(" |").endswith("pipecat")
     stops = next(line for line in head.splitlines() if "caller stops hearing (playout clock) p50" in line)
     assert stops.rstrip(" |").endswith("ours")
+
+
+def test_a_reply_begun_early_counts_only_its_model_time_after_the_transcript() -> None:
+    early = {**BRAIN_LATENCY, "llm_first_sentence_ms": 300.0, "early_start_ms": 120.0}
+    turns = [TurnResult("c1", 0, "q", 2.0, v2v_ms=2200.0, stages=_turn_event(early))]
+    fig = turn_figures(turns)
+    # 2206 - (368 + 891 + (300 - 120) + 256)
+    assert fig["stages_ms"]["between_stages_ms"]["p50"] == 511.0
+    assert fig["stages_ms"]["early_start_ms"]["n"] == 1
+
+
+def test_the_end_of_turn_phase_reports_each_kind_and_tells_a_cut_off_sentence() -> None:
+    from bench.eot import KINDS, Asked, cut_off
+    from bench.report import eot_headline, eot_section
+    from bench.speech import Utterance
+
+    paused = Asked("paused", Utterance("I would like to book a table for … four people", b""),
+                   "I would like to book a table for")
+    assert cut_off(paused, "four people at eight.") is True
+    assert cut_off(paused, "I would like to book a table for four people at eight.") is False
+    assert cut_off(paused, None) is None and cut_off(Asked("short", Utterance("Yes", b""), ""), "Yes") is None
+    empty = {"n": 0, "missing": 0}
+    kinds = {k: {"asked": 2, "answered": 2, "end_of_turn_ms": {"n": 2, "p50": 250.0, "missing": 0},
+                 "voice_to_voice_ms": empty, "early_start": {"turns": 2, "begun_early": 1, "early_start_ms": empty},
+                 "cut_off": {"told": 2, "cut": 1} if k == "paused" else None,
+                 "examples": [{"said": "x", "heard": None}]} for k in KINDS}
+    eo = {"calls": 1, "errors": [], "pause_s": 0.8, "kinds": kinds, "early_start": {"turns": 8, "begun_early": 4}}
+    line = eot_headline(eo)
+    assert "cut off in 1 of 2" in line and "4 of 8 turns" in line and "question p50 250 ms" in line
+    table = "\n".join(eot_section(eo))
+    assert "| paused | 2 | 2 | 250 ms |" in table and "| 1 of 2 |" in table

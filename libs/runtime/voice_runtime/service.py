@@ -84,11 +84,12 @@ class Service:
             self._subs.append(sub)
         return sub
 
-    async def on_events(self, subject: str, handler: EnvelopeHandler, *, per_call: bool = False) -> Unsubscribable:
+    async def on_events(self, subject: str, handler: EnvelopeHandler, *, per_call: bool = False,
+                        queue: str = "") -> Unsubscribable:
         """A core subscription to JSON envelopes: parsed, failures logged; garbage is dropped here (the durable
-        consumers of the same subjects dead-letter it)."""
+        consumers of the same subjects dead-letter it). ``queue``: one replica of the group receives each."""
         assert self.bus is not None
-        sub = await self.bus.subscribe(subject, envelope_callback(self.name, subject, handler))
+        sub = await self.bus.subscribe(subject, envelope_callback(self.name, subject, handler), queue=queue)
         if not per_call:
             self._subs.append(sub)
         return sub

@@ -113,6 +113,7 @@ class ReplyTimings:
     llm_first_token_ms: float | None
     llm_first_sentence_ms: float | None
     first_sentence_wall_ms: float
+    early_start_ms: float | None = None  # begun on the likely-final transcript this long before the final one
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,7 @@ class TurnState(BaseModel):
     llm_first_token_ms: float | None = None
     llm_first_sentence_ms: float | None = None
     first_sentence_wall_ms: float | None = None
+    early_start_ms: float | None = None  # the reply began on the likely-final transcript (voice_brain.early)
     first_audio_wall_ms: float | None = None
     agent_started_at: str | None = None
     hangup_after: bool = False
@@ -326,6 +328,7 @@ class CallHistory(BaseModel):
             t.llm_first_token_ms = x.llm_first_token_ms
             t.llm_first_sentence_ms = x.llm_first_sentence_ms
             t.first_sentence_wall_ms = x.first_sentence_wall_ms
+            t.early_start_ms = x.early_start_ms
             t.agent_started_at = iso(x.first_sentence_wall_ms)
         return True
 
@@ -550,7 +553,7 @@ def turn_completed(h: CallHistory, t: TurnState, now_ms: float) -> events.TurnCo
     """The ``turn.completed`` fact for a settled turn, with its latency breakdown."""
     latency = events.LatencyBreakdown(
         end_of_turn_ms=t.end_of_turn_ms, stt_ms=t.stt_ms, llm_first_token_ms=t.llm_first_token_ms,
-        llm_first_sentence_ms=t.llm_first_sentence_ms,
+        llm_first_sentence_ms=t.llm_first_sentence_ms, early_start_ms=t.early_start_ms,
         bus_and_playout_ms=span_ms(t.first_sentence_wall_ms, t.first_audio_wall_ms),
         voice_to_voice_ms=span_ms(t.speech_end_wall_ms, t.first_audio_wall_ms),
     )

@@ -5,9 +5,10 @@ the agent's chat model (``chat/``) at the endpoint ``endpoints.py`` picks for it
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -30,10 +31,12 @@ from .conversation import (
     CallHistory,
     HeldToolCall,
     HistoryLimits,
+    ReplyTimings,
     SentChunk,
     TurnState,
     turn_completed,
 )
+from .early import EARLY, EarlyCompletion, EarlyReplies, log_failure
 from .endpoints import AgentEndpoints, refusal_reason
 from .history import HistoryStore
 from .intents import IntentClassifier, for_turn
@@ -55,6 +58,7 @@ from .tools import (
 
 log = get_logger(__name__)
 tracer = trace.get_tracer("voice.brain")
+EARLY_QUEUE = "brain-early"  # the queue group in which one replica begins each likely-final turn's reply
 
 
 def _now_ms() -> float:
@@ -119,6 +123,8 @@ class _ReplyRun:
     dtmf: str = ""  # keys send_dtmf pressed in this reply: sent once it has played
     hold: tuple[float, str] | None = None  # (seconds, audio) set by hold: the hold starts once the reply has played
     mcp: dict[str, McpTool] = field(default_factory=dict)  # the MCP tools offered in this reply, by function name
+    early: EarlyCompletion | None = None  # the first completion was begun on the likely-final transcript
+    transcript_wall_ms: float = 0.0  # when the final transcript reached this replica
 
 
 def _put_on_hold(h: CallHistory) -> None:
@@ -131,6 +137,34 @@ def _off_hold(h: CallHistory) -> None:
 
 def _prompt_chars(messages: list[dict[str, Any]]) -> int:
     return sum(len(str(m.get("content") or "")) + len(str(m.get("tool_calls") or "")) for m in messages)
+
+
+def _prompt(h: CallHistory, agent: AgentConfig, intent: Any, knowledge: str | None) -> list[dict[str, Any]]:
+    """The first completion's messages for the history's current turn: the intent's hint and the retrieved
+    knowledge go right before the caller's words (``CallHistory.prompt``)."""
+    if intent is not None:
+        knowledge = "\n\n".join(x for x in (intent.hint, knowledge) if x) or None
+    return h.prompt(system_prompt(agent, h.text_only), knowledge)
+
+
+def _request(agent: AgentConfig, messages: list[dict[str, Any]], tools: Sequence[dict[str, Any]]) -> ChatRequest:
+    return ChatRequest(messages=messages, temperature=agent.llm.temperature, max_tokens=agent.llm.max_tokens,
+                       tools=tools)
+
+
+def _with_head_start(chunk: SentChunk, run: _ReplyRun) -> SentChunk:
+    """A reply begun early: its timings count from the model's real start, and say by how much it led the final
+    transcript (``early_start_ms``)."""
+    early, x = run.early, chunk.timings
+    if early is None or x is None:
+        return chunk
+    start = early.started_wall_ms
+    first = early.first_text_wall_ms
+    return dataclasses.replace(chunk, timings=ReplyTimings(
+        llm_start_wall_ms=start, llm_first_token_ms=None if first is None else round(first - start, 1),
+        llm_first_sentence_ms=round(x.first_sentence_wall_ms - start, 1),
+        first_sentence_wall_ms=x.first_sentence_wall_ms,
+        early_start_ms=round(max(run.transcript_wall_ms - start, 0.0), 1)))
 
 
 class BrainService(Service):
@@ -154,6 +188,8 @@ class BrainService(Service):
         self._box = settings.secret_box()
         self.knowledge = Knowledge(settings)  # retrieval from the agents' knowledge bases (off without DATABASE_URL)
         self.intents = IntentClassifier(settings.intents_model, cache_agents=settings.intents_cache_agents)
+        self.early = (EarlyReplies(max_calls=settings.early_reply_max_calls, ttl_s=settings.early_reply_ttl_s,
+                                   spawn=self.spawn) if settings.early_replies else None)
 
     async def on_start(self) -> None:
         s = self.settings
@@ -170,10 +206,15 @@ class BrainService(Service):
         await self.intents.start()  # loads the model in the background; the first classification waits for it
         # every replica hears barge-ins: whichever streams the call's reply cancels it
         await self.on_events(events.BargeIn.subject_pattern(), self._on_barge_in)
+        if self.early is not None:  # one replica begins each likely-final turn's reply early
+            await self.on_events(events.TranscriptPartial.subject_pattern(), self._on_likely_final,
+                                 queue=EARLY_QUEUE)
 
     async def on_stop(self) -> None:
         for active in list(self.active.values()):
             active.task.cancel()
+        if self.early is not None:
+            self.early.stop()
 
     async def stop(self) -> None:
         await super().stop()
@@ -265,6 +306,43 @@ class BrainService(Service):
             raise NotMine()
         # otherwise: a duplicate transcript, an ended call or a stale epoch
 
+    async def _on_likely_final(self, env: Envelope[events.TranscriptPartial]) -> None:
+        """Begin the reply's completion on the turn's likely-final words (``early.py``): the very request the reply
+        will make if the final transcript says the same. Nothing is published or stored here."""
+        u = env.data
+        text, turn_id = u.text.strip(), env.turn_id
+        if not u.likely_final or not text or not turn_id or self.early is None or self.history is None:
+            return
+        if env.call_id in self.active:  # a reply streams here: the caller talks over it (its end changes the window)
+            EARLY.labels("skipped_replying").inc()
+            return
+        try:
+            h = await self.history.get(env.call_id)
+            if h is None or h.text_only or h.knows_turn(turn_id) or h.ended or env.epoch < h.epoch:
+                EARLY.labels("skipped_turn").inc()
+                return
+            agent = await self._agent(h)
+            assert self.endpoints is not None
+            endpoint = await self.endpoints.for_agent(env.tenant_id, agent.llm)
+            offered = await self.mcp.tools_for(agent) if self.mcp is not None else {}
+            intent = await for_turn(self.intents, agent, text, env.call_id)
+            if intent is not None and intent.completion is not None:  # answered without the model
+                EARLY.labels("skipped_intent").inc()
+                return
+            found = await self.knowledge.for_turn(h.tenant_id, agent, text)
+            h.add_caller_turn(turn_id, env.epoch, events.TranscriptFinalized(utterance_id=turn_id, text=text))
+            h.compact(self.history.limits)
+        except Exception as e:  # best effort: the reply will ask the model itself
+            log_failure(env.call_id, e)
+            return
+        if env.call_id in self.active:  # the final overtook us meanwhile
+            return
+        model = self.chat.model(endpoint, agent.llm.model or self.settings.llm_model)
+        request = _request(agent, _prompt(h, agent, intent, found.text if found is not None else None),
+                           model_tools(agent) + model_functions(offered))
+        self.early.begin(env.call_id, turn_id, (endpoint.base_url, model.model), request,
+                         partial(model.stream, request))
+
     def _replying(self, call_id: str, turn_id: str) -> bool:
         active = self.active.get(call_id)
         return active is not None and active.turn_id == turn_id
@@ -318,6 +396,7 @@ class BrainService(Service):
                      superseded: asyncio.Event, attempt: int = 0) -> None:
         history, endpoints = self.history, self.endpoints
         assert history is not None and endpoints is not None
+        transcript_wall_ms = _now_ms()
         offered = await self.mcp.tools_for(agent) if self.mcp is not None else {}  # cached per agent version
         tools = model_tools(agent) + model_functions(offered)
         speech_end_wall_ms = h.turns[turn_id].speech_end_wall_ms
@@ -337,11 +416,16 @@ class BrainService(Service):
             def complete(messages: list[dict[str, Any]]) -> AsyncIterator[Delta]:
                 if refused is not None:
                     return _failing(refused)
-                request = ChatRequest(messages=messages, temperature=agent.llm.temperature,
-                                      max_tokens=agent.llm.max_tokens, tools=tools)
+                request = _request(agent, messages, tools)
+                early = self.early.take(env.call_id, turn_id, (endpoint.base_url, model.model), request) if (
+                    self.early is not None and run.early is None) else None
+                if early is not None:  # begun on the likely-final transcript: its head start is kept
+                    run.early = early
+                    return run.meter.count(early.replay(), _prompt_chars(messages))
                 return run.meter.count(model.stream(request), _prompt_chars(messages))
 
-            run = _ReplyRun(env, agent, turn_id, complete, mcp=offered, text_only=h.text_only)
+            run = _ReplyRun(env, agent, turn_id, complete, mcp=offered, text_only=h.text_only,
+                            transcript_wall_ms=transcript_wall_ms)
             chunk_id = f"{env.call_id}-{turn_id}-"
             again = f"-a{attempt}" if attempt else ""  # a taken-over reply: never deduplicated against the old one
 
@@ -349,11 +433,13 @@ class BrainService(Service):
                 if chunk.superseded:
                     await history.update(env.call_id, lambda x: x.close_superseded(turn_id, chunk.index))
                 else:
+                    sent = _with_head_start(chunk, run)
+
                     def record(x: CallHistory) -> bool:
                         if chunk.final:  # every completion of the reply is done: its usage goes with the turn
                             m = run.meter
                             x.add_usage(turn_id, m.input_tokens, m.output_tokens, m.estimated)
-                        return x.record_chunk(turn_id, chunk, attempt)
+                        return x.record_chunk(turn_id, sent, attempt)
 
                     applied = await history.update(env.call_id, record)
                     if applied is None or not applied[1]:
@@ -369,6 +455,9 @@ class BrainService(Service):
                     span.add_event("first_sentence")
                     metrics.STAGE_SECONDS.labels(self.name, "llm_first_sentence").observe(
                         (chunk.timings.first_sentence_wall_ms - chunk.timings.llm_start_wall_ms) / 1000)
+                    if run.early is not None:
+                        span.set_attribute("voice.early_start_ms", round(run.transcript_wall_ms
+                                                                         - run.early.started_wall_ms))
 
             async def run_tools(calls: tuple[ToolCall, ...], say: Say) -> AsyncIterator[Delta] | None:
                 return await self._run_tools(run, calls, say)
@@ -379,9 +468,8 @@ class BrainService(Service):
             knowledge = None if cached else await self.knowledge.attach(history, h, agent, turn_id)
             if intent is not None:
                 await history.update(env.call_id, lambda x: x.note_intent(turn_id, intent.intent, intent.hint))
-                knowledge = "\n\n".join(x for x in (intent.hint, knowledge) if x) or None
             first = intent.completion if intent is not None else None
-            prompt = h.prompt(system_prompt(agent, h.text_only), knowledge) if first is None else []
+            prompt = _prompt(h, agent, intent, knowledge) if first is None else []
             try:
                 outcome = await stream_reply(first or complete(prompt), emit, apology=self.settings.apology,
                                              stop=superseded, tools=run_tools,
@@ -390,6 +478,8 @@ class BrainService(Service):
             except asyncio.CancelledError:
                 span.add_event("cancelled")
                 raise
+            if self.early is not None:
+                self.early.drop(env.call_id, "unused", turn_id)  # an intent's answer needed no completion
             if outcome.superseded:
                 span.add_event("superseded")
                 log.info("reply_superseded", call_id=env.call_id, turn_id=turn_id, chunks=outcome.chunks)
@@ -721,6 +811,8 @@ class BrainService(Service):
     @turns.on(events.CallEnded)
     async def on_call_ended(self, env: Envelope[events.CallEnded]) -> None:
         assert self.history is not None
+        if self.early is not None:
+            self.early.drop(env.call_id, "call_ended")
         active = self.active.pop(env.call_id, None)
         if active is not None:
             active.task.cancel()

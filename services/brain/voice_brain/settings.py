@@ -28,6 +28,13 @@ class BrainSettings(LlmSettings, SecretsSettings, EgressSettings, EmbeddingSetti
                                    "of it at once, so the prompt's start (and the LLM server's cache) holds for turns")
     apology: str = "Sorry, I'm having trouble answering right now. Could you say that again?"
 
+    # replies begun on the likely-final transcript (voice_brain.early)
+    early_replies: bool = Field(True, description="Begin a turn's reply (its LLM request, nothing spoken or stored) "
+                                "on the likely-final transcript stt makes at a pause; kept when the final "
+                                "transcript and the prompt are the same, else cancelled")
+    early_reply_ttl_s: float = Field(8.0, gt=0, le=60, description="An early reply not taken by then is dropped")
+    early_reply_max_calls: int = Field(256, ge=1, le=100_000, description="Calls with an early reply per replica")
+
     # knowledge retrieval (voice_brain.knowledge): reads the chunks control-api stores; off without DATABASE_URL
     database_url: str | None = Field(
         None, description="PostgreSQL DSN of the platform (the one control-api uses), read for knowledge "

@@ -1,10 +1,11 @@
 """The media service: caller audio -> VAD -> turn decisions -> durable events, per call.
 
 A call is claimed from the ``MEDIA_CALLS`` durable consumer (so exactly one replica owns it; a text chat has no
-audio and is never claimed). The owner core-subscribes to the call's caller audio, its playout events and its
-end, runs the call's ``CallPipeline`` inline on the event loop (Silero costs ~0.2 ms of CPU per 32 ms window) and the
-turn model off the loop (``turn_model.py``), and publishes what the ``TurnDetector`` decides through a per-call outbox
-that keeps events in order without ever making the audio path wait on the network.
+audio and is never claimed). The owner core-subscribes to the call's caller audio, its playout events, its likely
+final transcripts (their words weigh on the end of the turn) and its end, runs the call's ``CallPipeline`` inline on
+the event loop (Silero costs ~0.2 ms of CPU per 32 ms window) and the turn model off the loop (``turn_model.py``), and
+publishes what the ``TurnDetector`` decides through a per-call outbox that keeps events in order without ever making
+the audio path wait on the network.
 
 Per-call state is in this process's memory, so a replica that dies would leave its calls without turn detection.
 Instead: each replica beats (``voice_runtime.liveness``, kind ``m``) and names itself as the call's follower in KV
@@ -31,13 +32,13 @@ from prometheus_client import Counter, Histogram
 from voice_runtime import metrics
 from voice_runtime.agents import AgentDirectory
 from voice_runtime.bus import Bus, Transient
-from voice_runtime.handlers import Handlers, Message
+from voice_runtime.handlers import EnvelopeHandler, Handlers, Message
 from voice_runtime.liveness import Liveness
 from voice_runtime.logging import bind_call, get_logger, safe_error
 from voice_runtime.ports import Unsubscribable
 from voice_runtime.service import Service
 from voice_schemas import CallRecord, Envelope, events, make, parse, subjects
-from voice_schemas.agent import TurnSettings
+from voice_schemas.agent import AgentConfig, TurnSettings
 from voice_schemas.audio import H_TS, TurnAudio, TurnAudioRequest
 from voice_schemas.envelope import Payload
 from voice_schemas.streams import AUDIO, CALLS, KV_CALLS, KV_REPLICAS, MEDIA_CALLS, ConsumerDef
@@ -46,6 +47,7 @@ from . import turns
 from .call import CallPipeline
 from .engines import TURN_MODELS, VOICE_ACTIVITY
 from .settings import MediaSettings
+from .text_turn import sounds_finished
 from .turn_model import TurnModel
 from .vad import VoiceActivity
 
@@ -58,6 +60,13 @@ TURNS = Counter("voice_media_turns_total", "Caller turns by how they ended (disc
 CALLS_NOT_CLAIMED = Counter("voice_media_calls_not_claimed_total", "Calls media does not follow, by reason",
                             ["reason"])
 BARGE_INS = Counter("voice_media_barge_ins_total", "Suspected barge-ins by outcome", ["outcome"])
+TURN_WORDS = Counter(
+    "voice_media_turn_words_total",
+    "What the likely final words did to the end of a turn (held_unfinished: kept open a turn the model or the "
+    "hangover would have ended, held_resumed: the caller went on after that, ended_finished: ended it before the "
+    "model, agreed: ended it with the model's complete, stale/late: came after the caller went on / the turn ended)",
+    ["outcome"],
+)
 # an stt replica that has not asked for a call's turn audio this long no longer holds it: another may take over
 TURN_AUDIO_READER_TTL_S = 2.0
 TAKEOVER_REPLAY_S = 20.0  # at most this much caller audio is replayed to rebuild a taken-over call's turn state
@@ -75,6 +84,12 @@ def thresholds_of(turn: TurnSettings) -> turns.TurnThresholds:
         min_barge_in_ms=turn.min_barge_in_ms,
         min_turn_silence_ms=turn.min_turn_silence_ms,
     )
+
+
+def weighs_words(agent: AgentConfig | None) -> bool:
+    """Whether the call's likely final words weigh on its turns: English speech only (``text_turn``)."""
+    language = "en" if agent is None else (agent.stt.language or agent.language)
+    return language.lower().replace("_", "-").split("-")[0] == "en"
 
 
 class MediaCall:
@@ -154,23 +169,28 @@ class MediaCall:
                             error=safe_error(e, 200))
 
     async def on_turn_audio_request(self, msg: Message) -> None:
-        """stt asks for the caller's turn so far (partial transcripts): answered from the ring, never on the
-        audio path (a copy of at most max_utterance_ms; nothing is sent unless asked)."""
+        """stt asks for the caller's turn so far (partial transcripts, the likely final one at a pause): answered
+        from the ring, never on the audio path (a copy of at most max_utterance_ms; nothing is sent unless asked)."""
         if not msg.reply or self.service.bus is None:
             return
-        answer = self.turn_audio(TurnAudioRequest.from_bytes(msg.data).reader, time.monotonic())
+        req = TurnAudioRequest.from_bytes(msg.data)
+        answer = self.turn_audio(req.reader, time.monotonic(), likely_final=req.likely_final)
         await self.service.bus.publish_nowait(msg.reply, answer.to_bytes())
 
-    def turn_audio(self, reader: str, now: float) -> TurnAudio:
+    def turn_audio(self, reader: str, now: float, *, likely_final: bool = False) -> TurnAudio:
+        """One reader at a time gets the turn for its partials (the others: ``taken``); a ``likely_final`` ask (one
+        per pause, from whichever replica took the pause) is always answered and leaves the reader's place alone."""
         d = self.detector
         turn_id, start = d.turn_id, d.turn_start_ms
         if turn_id is None or start is None:
-            self._turn_audio_reader = None
+            if not likely_final:
+                self._turn_audio_reader = None
             return TurnAudio()
-        held = self._turn_audio_reader
-        if held is not None and held[0] != reader and now - held[1] < TURN_AUDIO_READER_TTL_S:
-            return TurnAudio(turn_id=turn_id, taken=True)
-        self._turn_audio_reader = (reader, now)
+        if not likely_final:
+            held = self._turn_audio_reader
+            if held is not None and held[0] != reader and now - held[1] < TURN_AUDIO_READER_TTL_S:
+                return TurnAudio(turn_id=turn_id, taken=True)
+            self._turn_audio_reader = (reader, now)
         audio = self.pipeline.audio
         begin = max(start - self.settings.pre_roll_ms, audio.origin_ms)
         end = self.pipeline.now_ms
@@ -182,6 +202,13 @@ class MediaCall:
 
     async def on_playout_finished(self, env: Envelope[events.PlayoutFinished]) -> None:
         self.handle(self.detector.playout_finished(env.turn_id))
+
+    async def on_transcript_partial(self, env: Envelope[events.TranscriptPartial]) -> None:
+        """The likely final words of the turn (decoded at a pause) weigh on its end; other partials are not ours."""
+        data = env.data
+        if not data.likely_final or env.turn_id is None or self.closed:
+            return
+        self.handle(self.detector.on_transcript(env.turn_id, data.end_ms, sounds_finished(data.text)))
 
     # ------------------------------------------------------------ clocks
     def _track_clock(self) -> None:
@@ -212,8 +239,16 @@ class MediaCall:
         self.emit(events.SpeechStarted(at_ms=d.at_ms, agent_speaking=d.agent_speaking), d.turn_id, d.epoch)
 
     @on_decision.register
+    def _speech_paused(self, d: turns.SpeechPaused) -> None:
+        self.emit(events.SpeechPaused(at_ms=d.at_ms, speech_ms=d.speech_ms), d.turn_id, d.epoch)
+
+    @on_decision.register
     def _speech_ended(self, d: turns.SpeechEnded) -> None:
         self.emit(events.SpeechStopped(at_ms=d.at_ms, speech_ms=d.speech_ms), d.turn_id, d.epoch)
+
+    @on_decision.register
+    def _words_weighed(self, d: turns.WordsWeighed) -> None:
+        TURN_WORDS.labels(d.outcome).inc()
 
     @on_decision.register
     def _pause_playout(self, d: turns.PausePlayout) -> None:
@@ -265,6 +300,7 @@ class MediaCall:
             end_of_turn=d.reason,
             end_of_turn_ms=round(end_of_turn_ms, 1),
             speech_end_wall_ms=round(speech_end_wall, 1),
+            speech_end_ms=d.speech_end_ms,
         )
         # the turn's trace starts here: a span from the speech offset to the decision
         span = _tracer.start_span(
@@ -447,9 +483,14 @@ class MediaService(Service):
             call.subs.append(await self.on_raw(subjects.audio_in(call_id), call.on_audio, per_call=True))
             call.subs.append(await self.on_raw(subjects.media_call_rpc(call_id, subjects.TURN_AUDIO),
                                                call.on_turn_audio_request, per_call=True))
-            for subject, handler in ((events.PlayoutStarted.subject_for(call_id), call.on_playout_started),
-                                     (events.PlayoutFinished.subject_for(call_id), call.on_playout_finished),
-                                     (events.CallEnded.subject_for(call_id), self._on_call_ended)):
+            handlers: list[tuple[str, EnvelopeHandler]] = [
+                (events.PlayoutStarted.subject_for(call_id), call.on_playout_started),
+                (events.PlayoutFinished.subject_for(call_id), call.on_playout_finished),
+                (events.CallEnded.subject_for(call_id), self._on_call_ended),
+            ]
+            if weighs_words(agent):  # sounds_finished judges English words only
+                handlers.append((events.TranscriptPartial.subject_for(call_id), call.on_transcript_partial))
+            for subject, handler in handlers:
                 call.subs.append(await self.on_events(subject, handler, per_call=True))
             if await self._already_ended(call_id):
                 await self.end_call(call_id, "ended_before_claim", capture=False)

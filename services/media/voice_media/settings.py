@@ -39,6 +39,18 @@ class MediaSettings(CommonSettings):
         15_000, ge=1000, le=20_000, description="Longest utterance sent to stt (base64 must fit 1 MB)"
     )
     min_turn_speech_ms: int = Field(96, ge=0, le=2000, description="Turns with less voiced speech are dropped")
+    pause_ms: int = Field(
+        64, ge=0, le=2000, description="Silence within speech that publishes vad.speech_paused, for stt's likely "
+                                       "final transcript (before speech_stop_ms ends the segment); 0: never"
+    )
+    finished_end_of_turn_ms: int = Field(
+        350, ge=0, le=5000, description="Silence that ends a turn whose likely final words sound finished, when "
+                                        "the turn model does not end it first"
+    )
+    unfinished_end_of_turn_ms: int = Field(
+        1200, ge=0, le=10_000, description="Least silence that ends a turn whose likely final words sound "
+                                           "unfinished (a trailing 'and', 'for', 'um'); the turn model cannot end it"
+    )
     pre_roll_ms: int = Field(200, ge=0, le=1000, description="Audio kept before the speech onset")
     trailing_silence_ms: int = Field(100, ge=0, le=1000, description="Silence kept after the speech offset")
 
@@ -70,4 +82,7 @@ class MediaSettings(CommonSettings):
             max_utterance_ms=self.max_utterance_ms,
             min_turn_speech_ms=self.min_turn_speech_ms,
             use_turn_model=self.turn_model_enabled,
+            pause_ms=self.pause_ms,
+            finished_end_of_turn_ms=self.finished_end_of_turn_ms,
+            unfinished_end_of_turn_ms=self.unfinished_end_of_turn_ms,
         )

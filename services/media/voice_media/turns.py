@@ -21,6 +21,18 @@ Rules:
   while the agent was still speaking, the segment is discarded (a backchannel never becomes a turn).
   Every ``PausePlayout`` is followed by exactly one ``ResumePlayout`` or ``BargeIn``, at the latest
   after ``barge_in_max_pause_ms`` (sound that stays between the thresholds never holds the agent).
+- Pause: while the caller speaks in a turn (no barge-in pending), once the probability has stayed below
+  ``stop_threshold`` for ``pause_ms`` -> ``SpeechPaused`` (at the segment's offset when that comes first by
+  configuration), so stt can decode the turn so far before the turn ends; once per pause: again only after a voiced
+  window (``threshold``); never for a stall (``tick``) or a turn with less than ``min_turn_speech_ms`` of voiced
+  speech (it would be dropped).
+- The words (``on_transcript``: the likely final transcript of the turn, decoded at a pause, judged by
+  ``text_turn.sounds_finished``) are a second end-of-turn signal, valid only for the pause they cover (their audio
+  reaches the pause's offset; speech that resumed since makes them stale):
+  unfinished words hold the turn open: a "complete" model answer does not end it, and the hangover becomes at least
+  ``unfinished_end_of_turn_ms``; finished words end the turn once the silence reaches ``finished_end_of_turn_ms``
+  (``transcript``), or at once with a "complete" model answer (``model``). ``WordsWeighed`` reports what the words
+  did, for the hit rates.
 """
 
 from __future__ import annotations
@@ -30,7 +42,9 @@ from dataclasses import dataclass
 from typing import Literal
 from uuid import uuid4
 
-EndOfTurn = Literal["silence", "model", "max_duration", "call_end"]
+EndOfTurn = Literal["silence", "model", "transcript", "max_duration", "call_end"]
+# what the words did to a turn (``WordsWeighed``)
+WordsOutcome = Literal["held_unfinished", "held_resumed", "ended_finished", "agreed", "stale", "late"]
 
 
 # ---------------------------------------------------------------- parameters
@@ -67,6 +81,12 @@ class DetectorParams:
     barge_in_gap_ms: int = 350
     min_turn_speech_ms: int = 96  # a turn with less voiced speech (a click, a bump) is dropped
     use_turn_model: bool = True
+    # below the stop threshold this long -> SpeechPaused (stt decodes the likely final transcript); 0: never
+    pause_ms: int = 64
+    # silence after which finished-sounding words end the turn when the model does not (incomplete, late, off)
+    finished_end_of_turn_ms: int = 350
+    # the least hangover of a turn whose words sound unfinished (the caller is likely to go on)
+    unfinished_end_of_turn_ms: int = 1200
 
 
 # ---------------------------------------------------------------- decisions
@@ -75,6 +95,16 @@ class SpeechBegan:
     turn_id: str
     at_ms: int
     agent_speaking: bool
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechPaused:
+    """The caller's speech seems to have stopped (``pause_ms`` below the stop threshold): the segment may end here."""
+
+    turn_id: str
+    at_ms: int
+    speech_ms: int
     epoch: int
 
 
@@ -151,9 +181,20 @@ class SegmentDiscarded:
     speech_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class WordsWeighed:
+    """What the turn's words did (metrics only): ``held_unfinished`` they kept open a turn the model or the hangover
+    would have ended, ``held_resumed`` the caller went on after such a hold, ``ended_finished`` they ended the turn,
+    ``agreed`` the model's "complete" and finished words ended it together, ``stale`` they covered an earlier pause,
+    ``late`` the turn was over."""
+
+    turn_id: str
+    outcome: WordsOutcome
+
+
 Decision = (
-    SpeechBegan | SpeechEnded | PausePlayout | ResumePlayout | BargeIn | RunTurnModel | TurnEnded
-    | SegmentDiscarded
+    SpeechBegan | SpeechPaused | SpeechEnded | PausePlayout | ResumePlayout | BargeIn | RunTurnModel | TurnEnded
+    | SegmentDiscarded | WordsWeighed
 )
 
 
@@ -164,6 +205,9 @@ class _Turn:
     start_ms: int
     speech_end_ms: int | None = None  # offset of the last segment; None while the caller speaks
     model_request: int | None = None  # request asked about the current pause
+    model_complete: bool = False  # the model said "complete" about the current pause (held by unfinished words)
+    held: bool = False  # unfinished words kept the current pause from ending the turn
+    words: tuple[int, bool] | None = None  # the latest words: (end of their audio, sound finished)
     voiced_ms: int = 0  # voiced speech of the turn's finished segments
 
 
@@ -200,6 +244,7 @@ class TurnDetector:
         self._seg_onset_ms = 0
         self._seg_voiced_ms = 0  # windows at/over `threshold` since the segment's onset
         self._last_speech_ms = 0  # end of the last window at/over `stop_threshold`
+        self._seg_paused = False  # SpeechPaused was emitted since the last voiced window
         # turn and barge-in
         self._turn: _Turn | None = None
         self._barge: _Barge | None = None
@@ -241,6 +286,9 @@ class TurnDetector:
     # ------------------------------------------------------------ inputs
     def on_window(self, probability: float, end_ms: int) -> list[Decision]:
         """One VAD window ending at ``end_ms`` (media time) with speech probability ``probability``."""
+        return self._window(probability, end_ms, heard=True)
+
+    def _window(self, probability: float, end_ms: int, *, heard: bool) -> list[Decision]:
         t = end_ms if end_ms > self._t else self._t
         self._t = t
         out: list[Decision] = []
@@ -250,6 +298,7 @@ class TurnDetector:
                 self._last_speech_ms = t
                 if probability >= p.threshold:
                     self._seg_voiced_ms += p.window_ms
+                    self._seg_paused = False  # speech resumed: the next pause counts again
                 if self._barge is not None and self._seg_voiced_ms >= self.turn_cfg.min_barge_in_ms:
                     self._commit_barge_in(t, out)
             turn = self._turn
@@ -259,8 +308,12 @@ class TurnDetector:
             elif t - self._last_speech_ms >= self._stop_ms() or (
                 barge is not None and t - barge.onset_ms >= p.barge_in_max_pause_ms
             ):
+                if heard and p.pause_ms >= self._stop_ms():  # the segment ends first: its offset is the pause
+                    self._pause(out)
                 self._offset(out)
                 self._check_silence(t, out)
+            elif heard and p.pause_ms and t - self._last_speech_ms >= p.pause_ms:
+                self._pause(out)
         else:
             barge_mode = self.agent_speaking and self.turn_cfg.interruptible
             threshold = p.barge_in_threshold if barge_mode else p.threshold
@@ -273,10 +326,11 @@ class TurnDetector:
         return out
 
     def tick(self, now_ms: int) -> list[Decision]:
-        """Time passed with no audio (stalled stream): evaluate the timers as silence."""
+        """Time passed with no audio (stalled stream): evaluate the timers as silence. A stall is no pause
+        (``SpeechPaused``): no audio says the caller stopped, and there is none to decode."""
         if now_ms <= self._t:
             return []
-        return self.on_window(0.0, now_ms)
+        return self._window(0.0, now_ms, heard=False)
 
     def playout_started(self, agent_turn_id: str | None, epoch: int) -> list[Decision]:
         """Agent audio of ``agent_turn_id`` started reaching the caller."""
@@ -306,7 +360,8 @@ class TurnDetector:
         return []
 
     def on_turn_model(self, request_id: int, complete: bool) -> list[Decision]:
-        """The turn model's answer to ``RunTurnModel(request_id)``; stale answers are ignored."""
+        """The turn model's answer to ``RunTurnModel(request_id)``; stale answers are ignored. "complete" ends the
+        turn unless the words of this pause sound unfinished."""
         out: list[Decision] = []
         turn = self._turn
         if (
@@ -316,7 +371,37 @@ class TurnDetector:
             and turn.model_request == request_id
             and turn.speech_end_ms is not None
         ):
-            self._end_turn(self._t, "model", out)
+            turn.model_complete = True
+            words = self._words(turn)
+            if words is False:
+                self._hold(turn, out)
+            else:
+                self._end_turn(self._t, "model", out, "agreed" if words else None)
+        return out
+
+    def on_transcript(self, turn_id: str, end_ms: int, finished: bool | None) -> list[Decision]:
+        """The likely final transcript of ``turn_id``, its audio decoded up to ``end_ms``, whose words sound
+        ``finished`` (``None``: no words, nothing to weigh). Words whose audio ends before the current pause's
+        speech offset cover an earlier pause (the caller went on since) and are ignored."""
+        out: list[Decision] = []
+        turn = self._turn
+        if finished is None:
+            return out
+        if turn is None or turn.turn_id != turn_id:
+            out.append(WordsWeighed(turn_id, "late"))
+            return out
+        if end_ms < self._pause_offset(turn):
+            out.append(WordsWeighed(turn_id, "stale"))
+            return out
+        if turn.words is None or end_ms >= turn.words[0]:
+            turn.words = (end_ms, finished)
+        if self._speaking:
+            return out  # weighed once the segment ends
+        if turn.model_complete:  # held by earlier unfinished words
+            if self._words(turn):  # the newest words of the pause sound finished after all
+                self._end_turn(self._t, "model", out, "agreed")
+            return out
+        self._check_silence(self._t, out)
         return out
 
     def end_of_call(self) -> list[Decision]:
@@ -335,6 +420,38 @@ class TurnDetector:
         return out
 
     # ------------------------------------------------------------ transitions
+    def _pause_offset(self, turn: _Turn) -> int:
+        """Speech offset of the current pause (the would-be offset while the caller still counts as speaking)."""
+        if self._speaking or turn.speech_end_ms is None:
+            return max(self._seg_onset_ms, self._last_speech_ms - self.params.offset_lag_ms)
+        return turn.speech_end_ms
+
+    def _words(self, turn: _Turn) -> bool | None:
+        """Whether the words of the current pause sound finished; ``None``: no words cover it."""
+        words = turn.words
+        if words is None or turn.speech_end_ms is None or words[0] < turn.speech_end_ms:
+            return None
+        return words[1]
+
+    def _hold(self, turn: _Turn, out: list[Decision]) -> None:
+        if not turn.held:
+            turn.held = True
+            out.append(WordsWeighed(turn.turn_id, "held_unfinished"))
+
+    def _pause(self, out: list[Decision]) -> None:
+        turn = self._turn
+        if (
+            self._seg_paused
+            or not self.params.pause_ms
+            or self._barge is not None
+            or turn is None
+            or turn.voiced_ms + self._seg_voiced_ms < self.params.min_turn_speech_ms
+        ):
+            return
+        self._seg_paused = True
+        at_ms = max(self._seg_onset_ms, self._last_speech_ms - self.params.offset_lag_ms)
+        out.append(SpeechPaused(turn.turn_id, at_ms, at_ms - self._seg_onset_ms, self.epoch))
+
     def _stop_ms(self) -> int:
         if self._barge is not None:
             # words of one interruption ("Wait, sorry, can you…") are separated by short pauses:
@@ -349,19 +466,24 @@ class TurnDetector:
         self._seg_onset_ms = at_ms
         self._seg_voiced_ms = t - at_ms
         self._last_speech_ms = t
+        self._seg_paused = False
         turn = self._turn
         new_turn = turn is None
+        held = False
         if turn is None:
             turn = self._turn = _Turn(self._new_id(), at_ms)
         else:  # speech resumed within the turn: the pending pause no longer counts
+            held = turn.held
+            self._new_pause(turn)
             turn.speech_end_ms = None
-            turn.model_request = None
         agent = self.agent_speaking
         if agent and self.turn_cfg.interruptible and self._barge is None:
             agent_turn = next(reversed(self._agent_turns)) or None
             self._barge = _Barge(at_ms, new_turn=new_turn, agent_turn_id=agent_turn)
             out.append(PausePlayout(t, agent_turn, self.epoch, onset_ms=at_ms))  # first: it is urgent
         out.append(SpeechBegan(turn.turn_id, at_ms, agent, self.epoch))
+        if held:  # the unfinished words were right: the caller went on
+            out.append(WordsWeighed(turn.turn_id, "held_resumed"))
 
     def _offset(self, out: list[Decision]) -> None:
         self._speaking = False
@@ -380,8 +502,15 @@ class TurnDetector:
                 self._turn = None
                 return
         turn.speech_end_ms = offset
-        turn.model_request = None
+        self._new_pause(turn)
         turn.voiced_ms += self._seg_voiced_ms
+
+    @staticmethod
+    def _new_pause(turn: _Turn) -> None:
+        """What was decided about the previous pause no longer counts (the words are checked against each pause)."""
+        turn.model_request = None
+        turn.model_complete = False
+        turn.held = False
 
     def _commit_barge_in(self, t: int, out: list[Decision]) -> None:
         barge = self._barge
@@ -400,8 +529,16 @@ class TurnDetector:
         if turn is None or turn.speech_end_ms is None:
             return
         silence = t - turn.speech_end_ms
-        if silence >= self.turn_cfg.end_of_turn_ms:
+        words = self._words(turn)
+        hangover = self.turn_cfg.end_of_turn_ms
+        if words is False and hangover < self.params.unfinished_end_of_turn_ms:
+            if silence >= hangover:
+                self._hold(turn, out)
+            hangover = self.params.unfinished_end_of_turn_ms
+        if silence >= hangover:
             self._end_turn(t, "silence", out)
+        elif words and silence >= self.params.finished_end_of_turn_ms:
+            self._end_turn(t, "transcript", out, "ended_finished")
         elif t - turn.start_ms >= self.params.max_utterance_ms:
             self._end_turn(t, "max_duration", out)
         elif (
@@ -422,8 +559,9 @@ class TurnDetector:
         self._turn = _Turn(self._new_id(), t)
         self._seg_onset_ms = t
         self._seg_voiced_ms = 0
+        self._seg_paused = False
 
-    def _end_turn(self, t: int, reason: EndOfTurn, out: list[Decision]) -> None:
+    def _end_turn(self, t: int, reason: EndOfTurn, out: list[Decision], words: WordsOutcome | None = None) -> None:
         turn = self._turn
         assert turn is not None
         speech_end = turn.speech_end_ms if turn.speech_end_ms is not None else t
@@ -432,3 +570,5 @@ class TurnDetector:
             out.append(SegmentDiscarded(turn.turn_id, turn.start_ms, speech_end - turn.start_ms))
             return
         out.append(TurnEnded(turn.turn_id, turn.start_ms, speech_end, t, reason, self.epoch))
+        if words is not None:
+            out.append(WordsWeighed(turn.turn_id, words))

@@ -8,6 +8,9 @@
 - Utterances of calls that have ended are dropped (``CallEnded`` is followed on a core subscription).
 - While a caller speaks, publishes ``TranscriptPartial`` from re-decodes of the turn so far, which media hands
   out on request (``partials.py``; ``STT_PARTIALS``, on by default for engines whose cost follows the audio).
+- At a pause in the caller's speech (``vad.speech_paused``), decodes the turn so far at once and publishes it as a
+  likely final ``TranscriptPartial``; the final transcript reuses that text when the caller said no more
+  (``likely_final.py``; ``STT_LIKELY_FINAL``, on by default).
 """
 
 from __future__ import annotations
@@ -28,12 +31,20 @@ from voice_runtime.ports import Unsubscribable
 from voice_runtime.service import Service
 from voice_schemas import CallRecord, Envelope, make, subjects
 from voice_schemas.audio import TurnAudio, TurnAudioRequest
-from voice_schemas.events import CallEnded, SpeechStarted, TranscriptFinalized, TranscriptPartial, UtteranceCaptured
+from voice_schemas.events import (
+    CallEnded,
+    SpeechPaused,
+    SpeechStarted,
+    TranscriptFinalized,
+    TranscriptPartial,
+    UtteranceCaptured,
+)
 from voice_schemas.streams import KV_AGENTS, KV_CALLS, KV_NUMBERS, STT_UTTERANCES, ConsumerDef
 
 from .calls import CallLanguages, EndedCalls
-from .engine import SpeechToText, TranscriptionTimeout
+from .engine import SpeechToText, Transcription, TranscriptionTimeout
 from .engines import ENGINES
+from .likely_final import LikelyFinals
 from .partials import NoTurnAudio, PartialTranscripts
 from .settings import SttSettings
 
@@ -41,6 +52,8 @@ log = get_logger(__name__)
 
 # the queue group in which one stt replica receives each speech onset (and may follow that call for partials)
 PARTIALS_QUEUE = "stt-partials"
+# the queue group in which one stt replica receives each pause in a caller's speech (and decodes the likely final)
+LIKELY_QUEUE = "stt-likely"
 # namespace of transcript event ids derived from utterance event ids
 _TRANSCRIPT_NS = uuid.UUID("6f1d3c1e-4f7a-5a53-9d1e-7c2b1e0f5a01")
 
@@ -70,6 +83,12 @@ class SttService(Service):
                 spawn=self.spawn, interval_s=settings.stt_partial_interval_ms / 1000,
                 max_calls=settings.stt_partial_max_calls, timeout_s=settings.stt_partial_timeout_s,
             )
+        self.likely: LikelyFinals | None = None
+        if settings.stt_likely_final == "on":
+            self.likely = LikelyFinals(
+                self.stt, ask=self._ask_likely_audio, publish=self._publish_partial, language=self.languages.get,
+                spawn=self.spawn, timeout_s=settings.stt_partial_timeout_s,
+            )
         self._partial_subs: list[Unsubscribable] = []
 
     # ------------------------------------------------------------ lifecycle
@@ -84,10 +103,13 @@ class SttService(Service):
         await self.on_events(CallEnded.subject_pattern(), self._on_call_ended)
         if self.partials is not None:
             await self._subscribe(SpeechStarted.subject_pattern(), self._on_speech_started, queue=PARTIALS_QUEUE)
-            # finals made by any replica: a follower here drops its partials of that utterance
+        if self.likely is not None:
+            await self._subscribe(SpeechPaused.subject_pattern(), self._on_speech_paused, queue=LIKELY_QUEUE)
+        if self.partials is not None or self.likely is not None:
+            # finals made by any replica: nothing of that utterance is published here from now on
             await self._subscribe(TranscriptFinalized.subject_pattern(), self._on_transcript_final)
         log.info("stt_partials", enabled=self.partials is not None, setting=self.settings.stt_partials,
-                 interval_ms=self.settings.stt_partial_interval_ms)
+                 interval_ms=self.settings.stt_partial_interval_ms, likely_final=self.likely is not None)
 
     async def _subscribe(self, subject: str, handler: EnvelopeHandler, *, queue: str = "") -> None:
         assert self.bus is not None
@@ -101,6 +123,8 @@ class SttService(Service):
         self._partial_subs.clear()
         if self.partials is not None:
             self.partials.stop()
+        if self.likely is not None:
+            self.likely.stop()
 
     async def stop(self) -> None:
         await super().stop()
@@ -116,6 +140,8 @@ class SttService(Service):
         self.languages.forget(env.call_id)
         if self.partials is not None:
             self.partials.on_call_ended(env.call_id)
+        if self.likely is not None:
+            self.likely.on_call_ended(env.call_id)
 
     async def _agent_language(self, call_id: str) -> str | None:
         calls_kv = self.kv.get(KV_CALLS.bucket)
@@ -136,20 +162,29 @@ class SttService(Service):
         if self.partials is not None and env.call_id not in self.ended and not self.stopping:
             self.partials.on_speech_started(env.call_id, env.tenant_id)
 
+    async def _on_speech_paused(self, env: Envelope[SpeechPaused]) -> None:
+        if self.likely is not None and env.call_id not in self.ended and not self.stopping and env.turn_id:
+            self.likely.on_paused(env.call_id, env.tenant_id, env.turn_id)
+
     async def _on_transcript_final(self, env: Envelope[TranscriptFinalized]) -> None:
         if self.partials is not None:
             self.partials.on_final_started(env.call_id, env.data.utterance_id)
+        if self.likely is not None:
+            self.likely.on_final_started(env.call_id, env.data.utterance_id)
 
-    async def _ask_turn_audio(self, call_id: str) -> TurnAudio:
+    async def _ask_turn_audio(self, call_id: str, *, likely_final: bool = False) -> TurnAudio:
         if self.bus is None:
             raise NoTurnAudio("not connected to the bus")
         try:
             raw = await self.bus.request(subjects.media_call_rpc(call_id, subjects.TURN_AUDIO),
-                                         TurnAudioRequest(self.reader).to_bytes(),
+                                         TurnAudioRequest(self.reader, likely_final=likely_final).to_bytes(),
                                          timeout=self.settings.stt_partial_ask_timeout_s)
         except NoResponders as e:
             raise NoTurnAudio(str(e)) from e
         return TurnAudio.from_bytes(raw)
+
+    async def _ask_likely_audio(self, call_id: str) -> TurnAudio:
+        return await self._ask_turn_audio(call_id, likely_final=True)
 
     async def _publish_partial(self, env: Envelope[TranscriptPartial]) -> None:
         if self.bus is None:
@@ -164,6 +199,8 @@ class SttService(Service):
         with bind_call(call_id=env.call_id, tenant_id=env.tenant_id, turn_id=env.turn_id):
             if self.partials is not None:  # no partial of this utterance is published from now on
                 self.partials.on_final_started(env.call_id, u.utterance_id)
+            if self.likely is not None:
+                self.likely.on_final_started(env.call_id, u.utterance_id)
             if env.call_id in self.ended:
                 log.info("stt_utterance_dropped", reason="call_ended", utterance_id=u.utterance_id)
                 return
@@ -172,14 +209,20 @@ class SttService(Service):
             except (binascii.Error, ValueError) as e:
                 metrics.ERRORS.labels(self.name, "bad_audio").inc()
                 raise Poison(f"audio_b64 is not base64: {e}") from e
-            language = await self.languages.get(env.call_id)
             started = time.perf_counter()
-            try:
-                result = await self.stt.transcribe(pcm, u.sample_rate, language, attributes={
-                    "call_id": env.call_id, "tenant_id": env.tenant_id, "turn_id": env.turn_id or ""})
-            except TranscriptionTimeout as e:  # a busy or stuck engine: another delivery may find it free
-                raise Transient(str(e)) from e
-            stt_ms = round((time.perf_counter() - started) * 1000, 1)
+            result = await self._likely_text(env)
+            waited = time.perf_counter() - started  # reused: stt_ms is this wait alone
+            reused = result is not None
+            if result is None:
+                language = await self.languages.get(env.call_id)
+                started = time.perf_counter()
+                try:
+                    result = await self.stt.transcribe(pcm, u.sample_rate, language, attributes={
+                        "call_id": env.call_id, "tenant_id": env.tenant_id, "turn_id": env.turn_id or ""})
+                except TranscriptionTimeout as e:  # a busy or stuck engine: another delivery may find it free
+                    raise Transient(str(e)) from e
+                waited += time.perf_counter() - started
+            stt_ms = round(waited * 1000, 1)
             out = make(
                 TranscriptFinalized(
                     utterance_id=u.utterance_id,
@@ -207,4 +250,13 @@ class SttService(Service):
                 raise Transient(f"publishing the transcript failed: {e!r}") from e
             metrics.STAGE_SECONDS.labels(self.name, "stt").observe(time.perf_counter() - received)
             log.info("stt_transcribed", utterance_id=u.utterance_id, text=result.text,
-                     audio_ms=round(result.duration_s * 1000), stt_ms=stt_ms, language=result.language)
+                     audio_ms=round(result.duration_s * 1000), stt_ms=stt_ms, language=result.language,
+                     likely_final_reused=reused)
+
+    async def _likely_text(self, env: Envelope[UtteranceCaptured]) -> Transcription | None:
+        """This replica's likely final of the utterance when it covered all the speech, else None (decode)."""
+        if self.likely is None:
+            return None
+        u = env.data
+        return await self.likely.take(env.call_id, u.utterance_id, start_ms=u.start_ms,
+                                      speech_end_ms=u.speech_end_ms, wait_s=self.settings.stt_partial_timeout_s)

@@ -42,3 +42,9 @@ class SttSettings(CommonSettings):
     stt_partial_ask_timeout_s: float = Field(
         0.5, gt=0, le=10, description="Wait this long for media's answer with the turn so far"
     )
+
+    stt_likely_final: Literal["on", "off"] = Field(
+        "on", description="At a pause in the caller's speech (vad.speech_paused), decode the turn so far at once and "
+        "publish it as transcript.partial with likely_final; the final transcript reuses it when the caller said no "
+        "more. Decodes wait for a worker as finals do, each bounded by STT_PARTIAL_TIMEOUT_S"
+    )

@@ -1,0 +1,62 @@
+"""Whether a caller's words sound finished: the transcript as a second end-of-turn signal beside the turn model.
+
+The turn model hears prosody; it cannot hear that "I would like to book a table for" stops on a word that needs
+more. ``sounds_finished`` supplies that one fact with a small English-only word rule: media weighs the words only for
+agents whose language is English (``service.py``), since other languages would be judged by English function words.
+It is deliberately shallow; a wrong answer only moves the end of the turn within the bounds the detector sets
+(``turns.DetectorParams.finished_end_of_turn_ms`` / ``unfinished_end_of_turn_ms``).
+
+1. Does the text end on a word that cannot end a clause (an article, a possessive, a conjunction, most
+   prepositions, a filler)? Then it is unfinished even with a full stop after it: a transcriber may close speech
+   that trails off with a period.
+2. Otherwise the punctuation decides when there is any: ``?`` ``!`` ``.`` finished; a comma, an ellipsis or a dash
+   unfinished. With none (Moonshine's text has none), a word that usually needs more but may close an elliptical
+   answer (an auxiliary or modal, "so", "that", a preposition that may be a particle: "my number is", "yes I can")
+   is unfinished, and any other last word finished.
+
+A question mark overrides rule 1 ("What is it for?" is finished): it stands for the rising pitch of a question.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Cannot end a clause: whatever follows is still to come ("a table for", "my number and", "um").
+_DANGLING = frozenset("""
+    a an the my your his our their its
+    and or but nor because although whereas unless whether if than as
+    of for with from to into onto via towards toward
+    um uh er erm uhm hmm
+""".split())
+# Usually need more but can close an elliptical answer ("yes it is.", "I think so."): unfinished only unpunctuated.
+_MAYBE_DANGLING = frozenset("""
+    is are was were am be been being
+    can could would will should shall may might must
+    do does did have has had
+    want wanted need needed like
+    so then that which who when where while though
+    at in on about by
+""".split())
+_WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")  # "mm-hmm" is one word (a yes), not a trailing "hmm"
+_OPEN_ENDINGS = (",", ";", ":", "...", "\u2026", "-", "\u2013", "\u2014")
+
+
+def sounds_finished(text: str) -> bool | None:
+    """``None``: no words; ``False``: the text stops where more must follow; ``True``: it could end here.
+
+    English only; the module docstring gives the rules.
+    """
+    stripped = text.strip().rstrip("\"')]")
+    words = _WORD.findall(stripped.lower())
+    if not words:
+        return None
+    if stripped.endswith("?"):
+        return True
+    last = words[-1]
+    if last in _DANGLING:
+        return False
+    if stripped.endswith(_OPEN_ENDINGS):
+        return False
+    if stripped.endswith((".", "!")):
+        return True
+    return last not in _MAYBE_DANGLING

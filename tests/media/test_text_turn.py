@@ -1,0 +1,54 @@
+"""Whether the caller's words sound finished (``text_turn.sounds_finished``), English examples."""
+
+from __future__ import annotations
+
+import pytest
+from voice_media.text_turn import sounds_finished
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("text", [
+    "I would like to book a table for",
+    "my number is",
+    "Can I speak to the",
+    "I'd like a pizza and",
+    "um",
+    "So I was thinking, um",
+    "I was wondering if you could",
+    "I need it by Friday, or",
+    "I want to book a table for.",  # a transcriber's full stop after a dangling word
+    "Let me think...",
+    "Let me think\u2026",
+    "Well, the thing is,",
+    "We are four -",
+    "Yes I can",  # unpunctuated: an auxiliary usually needs more
+    "I'll be there at",
+    "  and  ",
+])
+def test_unfinished(text: str) -> None:
+    assert sounds_finished(text) is False
+
+
+@pytest.mark.parametrize("text", [
+    "What time do you open?",
+    "Yes.",
+    "Yes",
+    "Thank you!",
+    "What is it for?",  # a question ends on a preposition
+    "Yes it is.",  # punctuated: the auxiliary closes an elliptical answer
+    "I think so.",
+    "I'd like to book a table for four",
+    "My number is 555 0134",
+    "Mm-hmm",
+    "Two people at seven o'clock",
+    '"That works."',
+    "Sunday",  # Moonshine: no punctuation, a plain content word
+])
+def test_finished(text: str) -> None:
+    assert sounds_finished(text) is True
+
+
+@pytest.mark.parametrize("text", ["", "   ", "...", "?!", "\u2014"])
+def test_no_words_is_no_answer(text: str) -> None:
+    assert sounds_finished(text) is None
