@@ -154,7 +154,7 @@ async def test_the_registry_replays_then_follows_and_bounds_what_it_holds() -> N
     assert a.task is not None and a.task.cancelled()
     c = early.begin("c1", "t1", model, req, lambda: _stream(5))
     taken = early.take("c1", "t1", model, req)
-    assert taken is c
+    assert taken is not None and taken is c
     assert [d.text async for d in taken.replay()] == [f"w{i} " for i in range(5)]
     # at most max_calls calls hold one; a call's newer one replaces its older one
     assert early.begin("c2", "t1", model, req, lambda: _stream(50)) is not None
