@@ -101,7 +101,9 @@ async def eot_phase(target: Target, voice: Voice, t: Timeouts, *, rounds: int = 
                             "early_start_ms": summary([float((tr.stages or {})["early_start_ms"]) for tr in early])},
             "cut_off": {"told": sum(c is not None for c in cuts), "cut": sum(c is True for c in cuts)}
             if kind == "paused" else None,
-            "examples": [{"said": a.utterance.text, "heard": tr.caller_text} for a, tr in mine[:2]],
+            # every paused sentence (what was heard tells a cut), two of each other kind
+            "examples": [{"said": a.utterance.text, "heard": tr.caller_text}
+                         for a, tr in mine[:len(KINDS[kind]) if kind == "paused" else 2]],
         }
     all_staged = [tr for _, tr in rows if tr.stages and tr.v2v_ms is not None]
     return {

@@ -304,7 +304,7 @@ def eot_section(eo: dict[str, Any]) -> list[str]:
                      f"{_q(v, 'p50')} | {_q(v, 'p95')} | {_n(v)} | {es['begun_early']} of {es['turns']} | "
                      f"{_q(es['early_start_ms'], 'p50')} | "
                      + (f"{cut['cut']} of {cut['told']}" if cut else "-") + " |")
-    lines += ["", "What the platform heard (first two of each kind):", ""]
+    lines += ["", "What the platform heard (every paused sentence of the first round, two of each other kind):", ""]
     for kind, k in eo["kinds"].items():
         for ex in k["examples"]:
             lines.append(f"- {kind}: said \"{ex['said']}\" → transcript \"{ex['heard']}\"")

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.unit
     "Let me think...",
     "Let me think\u2026",
     "Well, the thing is,",
+    "We will be there at around",  # unpunctuated: a preposition that may stand alone still expects more
     "We are four -",
     "Yes I can",  # unpunctuated: an auxiliary usually needs more
     "I'll be there at",

@@ -35,7 +35,8 @@ _MAYBE_DANGLING = frozenset("""
     do does did have has had
     want wanted need needed like
     so then that which who when where while though
-    at in on about by
+    at in on about by around near after before until till over under through across against between behind
+    without within among per
 """.split())
 _WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")  # "mm-hmm" is one word (a yes), not a trailing "hmm"
 _OPEN_ENDINGS = (",", ";", ":", "...", "\u2026", "-", "\u2013", "\u2014")
