@@ -273,7 +273,7 @@ class BargeInTrial:
 @dataclass
 class BackchannelTrial:
     speech_ms: float
-    cleared: bool = False  # the reply was cut off: a false barge-in
+    cleared: bool = False  # a `clear` came (the reply was cut off, or paused: see platform_barge_in)
     # longest gap between agent frames received around the backchannel (arrival); None: < 2 frames to compare
     paused_ms: float | None = None
     # longest silence the caller heard in the agent's audio after the onset, between two stretches of it
@@ -281,7 +281,15 @@ class BackchannelTrial:
     silence_heard_ms: float | None = None
     continued: bool | None = None  # agent audio still came ≥ 1 s after the backchannel; None: not speaking
     platform_pause: bool | None = None  # control.pause published (suspected barge-in); None: not observable
+    # control.barge_in published: the reply was dropped; None: not observable (a peer). The platform also sends a
+    # `clear` on a mere pause (what was queued at the caller goes back to its buffer and plays on a resume), so
+    # where the platform's events are seen, a false barge-in is a committed one, not any `clear`
+    platform_barge_in: bool | None = None
     agent_was_speaking: bool = True
+
+    @property
+    def false_barge_in(self) -> bool:
+        return self.platform_barge_in if self.platform_barge_in is not None else self.cleared
 
 
 @dataclass
@@ -388,6 +396,7 @@ def measure_backchannel(received: list[Received], clears: list[float], onset: fl
     bc.silence_heard_ms = longest_silence_heard(replay(received, clears), onset, until)
     if controls is not None:
         bc.platform_pause = any(e.kind == "pause" and e.received_at >= onset for e in controls)
+        bc.platform_barge_in = any(e.kind == "barge_in" and onset <= e.received_at <= until for e in controls)
     return bc
 
 

@@ -3,7 +3,8 @@
 ``FakeTransport`` is a transport added the way a real one is (subclass ``Transport``, no edit of the session):
 its inbound messages are the events themselves (or ``"garbage"``, a protocol error), and its far end behaves like
 a phone: audio plays on a virtual 20 ms clock, a mark comes back once the audio before it has played, ``clear``
-drops the queued audio and returns the cleared marks at once (as Twilio does).
+drops the queued audio (the frames whose time had not come: ``heard`` leaves them out) and returns the cleared marks
+at once (as Twilio does). Its far end keeps time by ``clock`` (a test's ``VirtualClock.time``, or real time).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,15 +49,18 @@ class Sent:
     kind: str  # "audio" | "mark" | "clear"
     data: Any = None
     end_of_reply: bool = False
+    plays_at: float = 0.0  # audio: when the far end starts playing it
 
 
 class FakeTransport(Transport):
     channel = events.Channel.test
     media_format = "audio/L16;rate=16000"
+    can_clear_queued = True  # like Twilio: a clear drops what the far end has not played
 
-    def __init__(self, *, echo_marks: bool = True) -> None:
+    def __init__(self, *, echo_marks: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream_id = "fake-stream"
         self.echo_marks = echo_marks
+        self.clock = clock
         self.inbound: asyncio.Queue[Any] = asyncio.Queue()
         self.sent: list[Sent] = []
         self.closed_with: events.EndReason | None = None
@@ -64,6 +68,7 @@ class FakeTransport(Transport):
         self.max_queued_frames = 0  # the most audio ever queued at the far end
         self.dropped_frames = 0  # queued audio that a clear dropped
         self.cleared_marks: list[str] = []
+        self.unheard: set[int] = set()  # indices in ``sent`` of audio that a clear dropped before it played
         self._due: dict[str, asyncio.TimerHandle] = {}
 
     # ------------------------------------------------------------ driving it from a test
@@ -85,6 +90,10 @@ class FakeTransport(Transport):
     def of(self, kind: str) -> list[Sent]:
         return [s for s in self.sent if s.kind == kind]
 
+    def heard(self) -> list[Sent]:
+        """The audio the caller heard (started playing before any clear), in the order played."""
+        return [s for i, s in enumerate(self.sent) if s.kind == "audio" and i not in self.unheard]
+
     # ------------------------------------------------------------ Transport
     def decode(self, message: Any) -> list[Inbound]:
         if message == "garbage":
@@ -102,12 +111,13 @@ class FakeTransport(Transport):
         return [("clear",)]
 
     async def send(self, message: Any) -> None:
-        now = time.monotonic()
+        now = self.clock()
         kind = message[0]
         if kind == "audio":
-            self.play_until = max(self.play_until, now) + FRAME_S
+            plays_at = max(self.play_until, now)
+            self.play_until = plays_at + FRAME_S
             self.max_queued_frames = max(self.max_queued_frames, round((self.play_until - now) / FRAME_S))
-            self.sent.append(Sent(now, kind, message[1], message[2]))
+            self.sent.append(Sent(now, kind, message[1], message[2], plays_at))
         elif kind == "mark":
             name = message[1]
             self.sent.append(Sent(now, kind, name))
@@ -118,6 +128,7 @@ class FakeTransport(Transport):
             self.sent.append(Sent(now, kind))
             self.dropped_frames += max(0, round((self.play_until - now) / FRAME_S))
             self.play_until = now
+            self.unheard.update(i for i, s in enumerate(self.sent) if s.kind == "audio" and s.plays_at > now)
             for name, handle in self._due.items():
                 handle.cancel()
                 self.cleared_marks.append(name)

@@ -143,3 +143,81 @@ def test_a_chunk_sent_again_plays_only_the_frames_not_yet_had() -> None:
         played.append(out)
     frames = [o.frame.frame for o in played if hasattr(o, "frame")]
     assert frames == [0, 1, 2, 3]
+
+
+def take(b: PlayoutBuffer, n: int, now: float = 0.0) -> list[Outgoing]:
+    """The next ``n`` frames, as sent to the caller."""
+    out = []
+    for _ in range(n):
+        o = b.next(now)
+        assert isinstance(o, Outgoing)
+        out.append(o)
+    return out
+
+
+def test_frames_put_back_play_again_first_in_order_across_chunk_boundaries() -> None:
+    b = PlayoutBuffer()
+    for seq, chunk, last in [(1, 0, False), (2, 0, False), (3, 0, True), (4, 1, False), (5, 1, True)]:
+        b.add(f("t1", chunk, seq, last=last, final=seq == 5), 0)
+    sent = take(b, 4)  # 1, 2, 3 (end of chunk 0), 4
+    assert [o.frame.seq for o in sent] == [1, 2, 3, 4] and sent[2].end_of_chunk
+    assert b.put_back(sent[2:], 1.0) == 2  # 3 and 4 had not played: chunk 0 is not over after all
+    again = b.next(1.0)
+    assert isinstance(again, Outgoing) and again.frame.seq == 3 and again.end_of_chunk and not again.end_of_turn
+    assert not again.first_of_turn  # the turn started before the pause
+    assert drain(b, 1.0) == [(4, False, False), (5, True, True)]
+    assert not b.pending()
+
+
+def test_a_finished_turn_put_back_is_open_again_and_stays_ahead_of_the_next_turn() -> None:
+    b = PlayoutBuffer()
+    b.add(f("a", 0, 1), 0)
+    b.add(f("a", 0, 2, last=True, final=True), 0)
+    b.add(f("b", 0, 3), 0)
+    b.add(f("b", 0, 4, last=True, final=True), 0)
+    sent = take(b, 3)  # a's two frames (a finishes), b's first
+    assert sent[1].end_of_turn and sent[2].first_of_turn and not b.holds("a", 0)
+    b.put_back(sent[1:], 1.0)
+    assert b.holds("a", 0)
+    # a's end plays again (and ends the turn again), then b from its first frame, not its first again
+    first, second = take(b, 2, 1.0)
+    assert first.frame.seq == 2 and first.end_of_turn and not first.first_of_turn
+    assert second.frame.seq == 3 and not second.first_of_turn
+    assert drain(b, 1.0) == [(4, True, True)]
+    assert not b.add(f("a", 0, 9), 2.0)  # a is over again: its stragglers are refused
+    assert not b.pending()
+
+
+def test_frames_put_back_go_in_front_of_frames_that_arrived_meanwhile() -> None:
+    b = PlayoutBuffer()
+    b.add(f("t1", 0, 1), 0)
+    b.add(f("t1", 0, 2), 0)
+    sent = take(b, 2)
+    b.add(f("t1", 0, 3, last=True, final=True), 0.5)  # arrived while the pause took them back
+    b.put_back(sent[1:], 1.0)
+    assert drain(b, 1.0) == [(2, False, False), (3, True, True)]
+
+
+def test_a_chunk_sent_again_after_a_put_back_still_plays_only_frames_not_yet_had() -> None:
+    b = PlayoutBuffer()
+    frames = [AudioFrame(pcm=bytes([i]) * FRAME_BYTES, seq=i, turn_id="t1", chunk=0, frame=i, last_in_chunk=i == 2,
+                         final=i == 2) for i in range(3)]
+    for fr in frames:
+        b.add(fr, 0)
+    sent = take(b, 3)
+    b.put_back(sent[1:], 1.0)
+    assert not b.add(frames[2], 1.0)  # a tts replica sent the chunk again: it is queued already
+    assert [o.frame.frame for o in take(b, 2, 1.0)] == [1, 2]
+    assert not b.pending()
+
+
+def test_a_barge_in_drops_frames_put_back_and_a_newer_epoch_refuses_them() -> None:
+    b = PlayoutBuffer()
+    b.add(f("t1", 0, 1), 0)
+    b.add(f("t1", 0, 2, last=True, final=True), 0)
+    sent = take(b, 2)
+    b.put_back(sent, 1.0)
+    assert b.clear(1) == [("t1", 0)]  # the pause was a barge-in after all
+    assert not b.pending() and b.next(1.0) is None
+    assert b.put_back(sent, 2.0) == 0  # (taken back only after the barge-in: still dropped)
+    assert not b.pending()

@@ -658,3 +658,19 @@ def test_a_refer_of_ours_gets_its_final_response_and_the_notify_reaches_the_app(
                         extra="Event: refer\r\nSubscription-State: terminated\r\n").replace(
                             b"application/sdp", b"message/sipfrag"), PEER)
     assert app.events[-1] == ("notify", frag) and wire.responses(200, "NOTIFY")
+
+
+async def test_clear_says_how_many_agent_frames_it_dropped() -> None:
+    from voice_ingress.transports.sip import SipCall
+
+    n = sdp.negotiate(sdp.parse(offer("m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000")),
+                      address="198.51.100.1", port=20000)
+    d = Dialog(call_id="c", local_tag="l", remote_tag="r", peer=PEER, invite=None,  # type: ignore[arg-type]
+               remote_target="sip:x@192.0.2.10", route_set=[], remote_cseq=1)
+    call = SipCall(d, n, jitter_s=0.06, on_close=lambda *_: None)
+    assert call.can_clear_queued  # what the RTP queue still holds is never sent: a pause may send it again
+    for _ in range(4):
+        await call.play(bytes(640))
+    await call.mark("m")
+    call.queue.take()  # one frame went out
+    assert await call.clear() == 3 and call.queue.take() == (None, [])

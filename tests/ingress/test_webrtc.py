@@ -382,3 +382,18 @@ async def test_a_stopping_replica_ends_its_browser_calls() -> None:
         await asyncio.wait_for(peer.ended.wait(), 15)  # the browser's connection was closed
     finally:
         await peer.close()
+
+
+@pytest.mark.unit
+async def test_the_calls_clear_says_how_many_frames_it_dropped() -> None:
+    from aiortc import RTCPeerConnection
+    from voice_ingress.transports.webrtc import WebRtcCall
+
+    call = WebRtcCall(RTCPeerConnection())
+    assert call.can_clear_queued  # what the track still holds is never sent: a pause may send it again
+    for f in frames_of(tone(440, 0.1)):
+        await call.play(f)
+    await call.mark("m")
+    assert await call.clear() == 5 and call.track.queued_frames == 0
+    assert await call.clear() == 0
+    await call.close(events.EndReason.agent_hangup)

@@ -9,11 +9,15 @@ reply without a final chunk (a newer transcript; with several brain replicas the
 turn being played is given up (``TurnClosed``) when another turn of the same epoch has audio ready while it has
 none, when a turn of a newer epoch has audio ready (that epoch's barge-in is on its way), or after ``gap_s``
 without a frame of it (counted only while it is the turn being played).
+
+A pause may take back frames already sent that the caller has not heard yet (``put_back``): they go in front of
+everything again, into their turns and chunks, so that playout resumes exactly where the caller stopped hearing.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from voice_schemas.audio import AudioFrame
@@ -132,6 +136,45 @@ class PlayoutBuffer:
         """Playout was held (paused): the gap of the turn being played counts from now."""
         for t in self._turns.values():
             t.progress_at = max(t.progress_at, now)
+
+    def put_back(self, outgoings: Sequence[Outgoing], now: float) -> int:
+        """A pause took back ``outgoings`` (frames sent, in the order sent, that the caller had not heard): they
+        play again first, in that order, each in its turn and chunk. A turn they ended is open again (its end
+        plays again), one given up after them is too (it is given up again once they have played, if it gets
+        nothing more); a turn stays started, so its replayed first frame is not ``first_of_turn`` again. Frames of
+        an epoch cleared since are dropped. Returns how many frames went back."""
+        order: list[_Key] = []
+        chunks: dict[tuple[_Key, int], list[AudioFrame]] = {}
+        for o in outgoings:
+            f = o.frame
+            if f.epoch < self.epoch or f.turn_id is None or f.chunk is None:
+                continue
+            key = (f.turn_id, f.epoch)
+            t = self._turns.get(key)
+            if t is None:  # it finished (or was given up) when its last frame was taken
+                self._over.pop(key, None)
+                t = self._turns[key] = _Turn(f.turn_id, f.epoch, now, next_chunk=f.chunk)
+            if key not in order:
+                order.append(key)
+            t.started = True
+            t.next_chunk = min(t.next_chunk, f.chunk)
+            if o.end_of_turn:
+                t.final_chunk = f.chunk
+            if f.frame is not None:
+                t.frames_had[f.chunk] = max(t.frames_had.get(f.chunk, -1), f.frame)
+            chunks.setdefault((key, f.chunk), []).append(f)
+        for (key, chunk), frames in chunks.items():
+            self._turns[key].chunks.setdefault(chunk, deque()).extendleft(reversed(frames))
+        for key in reversed(order):
+            self._turns.move_to_end(key, last=False)
+        for i, t in enumerate(self._turns.values()):  # only the first turn is being played
+            if i and t.playing:
+                t.playing = False
+        return sum(len(frames) for frames in chunks.values())
+
+    def holds(self, turn_id: str, epoch: int) -> bool:
+        """True while the turn is queued or being played (``put_back`` may have opened it again)."""
+        return (turn_id, epoch) in self._turns
 
     def pending(self) -> bool:
         """True while a turn has started or has frames waiting."""

@@ -1,11 +1,15 @@
 """One live call on this ingress replica, whatever the caller's protocol.
 
 Caller audio in, agent audio out at real-time pace, marks → the chunks the caller heard, clear on barge-in,
-stale epochs dropped, DTMF, and the call's end. The played-audio tap: every agent frame sent to the caller is
-published on ``audio.played`` at its place on the call's clock (``callclock.py``), and a clear or the call's end
-publishes a cut there, so what the caller heard (recordings) is known whatever the transport. The session reaches
-its caller only through a ``Transport`` (``transports/base.py``) and knows no wire format; it reaches the platform
-only through the bus ports.
+stale epochs dropped, DTMF, and the call's end. A pause (``PausePlayout``: media suspects a barge-in) stops what the
+caller hears at once: agent audio is sent ``playout_lead_ms`` ahead, so the frames sent whose time has not come are
+cleared at the caller's end and go back into the playout buffer; a ``ResumePlayout`` (a backchannel) plays them
+again from where the caller stopped hearing, a ``BargeIn`` drops them with the rest of the reply (where the
+transport's clear can drop audio sent: ``Transport.can_clear_queued``). The played-audio tap: every agent frame sent
+to the caller is published on ``audio.played`` at its place on the call's clock (``callclock.py``), and a clear or
+the call's end publishes a cut there, so what the caller heard (recordings) is known whatever the transport. The
+session reaches its caller only through a ``Transport`` (``transports/base.py``) and knows no wire format; it
+reaches the platform only through the bus ports.
 
 Control commands (``control.*``) come on a per-call core subscription, so they reach the replica holding the caller
 whichever it is. A hang-up or a transfer runs off that subscription's task (ending the call unsubscribes it, and
@@ -29,7 +33,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -70,6 +74,8 @@ MAX_WAITING_STEPS = 4  # keys to press and holds waiting for playout, per call
 # per-call bounds: marks in flight stay within the playout lead (a few); turns are remembered briefly
 MAX_PENDING_MARKS = 256
 MAX_REMEMBERED_TURNS = 16
+# frames remembered after sending beyond the lead, for a pause to take back those the caller has not heard yet
+SENT_KEPT_BEYOND_LEAD = 3
 # per-frame counters, resolved once (50 frames/s per direction per call)
 _FRAMES_IN = metrics.AUDIO_FRAMES.labels(SVC, "in", "ok")
 _FRAMES_OUT = metrics.AUDIO_FRAMES.labels(SVC, "out", "ok")
@@ -109,6 +115,16 @@ class _Mark:
     epoch: int
     chunk: int | None  # None: the end of a turn given up before its final chunk (nothing more was heard)
     end_of_turn: bool
+
+
+@dataclass(slots=True)
+class _SentFrame:
+    """A frame sent to the caller (None: a hold tone's), when it starts playing there, and the marks sent after
+    it: what a pause needs to take it back."""
+
+    out: Outgoing | None
+    starts_at: float
+    marks: list[str] = field(default_factory=list)
 
 
 Command = Callable[[], Coroutine[Any, Any, Any]]  # a hang-up or transfer to carry out
@@ -173,6 +189,11 @@ class CallSession:
         self._subs: list[Unsubscribable] = []
         self._sender: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
+        # held while a frame goes from the buffer to the caller (with its mark) and while a pause takes frames back
+        self._play_lock = asyncio.Lock()
+        self._sent: deque[_SentFrame] = deque(maxlen=self.lead_frames + 1 + SENT_KEPT_BEYOND_LEAD)
+        self._withdrawn: Recent = Recent(MAX_PENDING_MARKS)  # names of marks taken back: sent again renamed
+        self._take_backs = 0
         self._marks: Recent = Recent(MAX_PENDING_MARKS)  # mark name -> _Mark, until it comes back
         self._heard: dict[str, list[int]] = {}  # turn -> chunk indices whose marks came back
         self._played: Recent = Recent(MAX_REMEMBERED_TURNS)  # turns whose final mark came back
@@ -319,6 +340,7 @@ class CallSession:
         data = env.data
         if isinstance(data, events.PausePlayout):
             self.paused = True
+            await self._take_back()
         elif isinstance(data, events.ResumePlayout):
             self.paused = False
             self.buffer.resume(self.clock.time())
@@ -444,6 +466,7 @@ class CallSession:
         assert self._hold is not None and self._hold.tone is not None
         pcm = self._hold.tone.next_frame()
         if await self._to_caller(self.transport.play, pcm):
+            self._sent.append(_SentFrame(None, starts_at))
             await self._tap_played(AudioFrame(pcm=pcm, seq=0, epoch=self.buffer.epoch), starts_at)
 
     def _run_command(self, run: Command, *, always: bool = False) -> asyncio.Task[Any] | None:
@@ -505,6 +528,7 @@ class CallSession:
                     cut.append((mark.turn_id, mark.epoch))
         if cut:
             await self._to_caller(self.transport.clear)
+            self._sent.clear()  # nothing sent before the clear plays any more
             await self._cut_played()
         for turn_id, epoch in cut:
             await self._publish(
@@ -539,7 +563,9 @@ class CallSession:
                         await self._end_hold("timeout")
                         continue
                     if hold.tone is not None:
-                        await self._play_hold(deadline)
+                        async with self._play_lock:
+                            if not self.paused:
+                                await self._play_hold(deadline)
                         deadline += FRAME_S
                         continue
                 except Exception as e:  # as below: a hold event not published must not stop the caller's audio
@@ -560,7 +586,11 @@ class CallSession:
             try:
                 if hold is not None:  # the agent speaks again
                     await self._end_hold("resumed")
-                await self._play(out, deadline)
+                async with self._play_lock:
+                    if self.paused:  # a pause came after this frame was taken: it goes back, in front
+                        self.buffer.put_back([out], clock.time())
+                        continue
+                    await self._play(out, deadline)
             except Exception as e:  # a playout event not published must not stop the caller's audio
                 metrics.ERRORS.labels(SVC, "playout").inc()
                 log.warning("playout_event_failed", call_id=self.call_id, error=safe_error(e, 200))
@@ -574,9 +604,10 @@ class CallSession:
                  superseded=closed.superseded)
         try:
             if closed.started:
-                name = f"{closed.turn_id}:{closed.epoch}:end"
-                self._marks[name] = _Mark(closed.turn_id, closed.epoch, None, True)
-                await self._to_caller(self.transport.mark, name)
+                async with self._play_lock:
+                    if not self.buffer.holds(closed.turn_id, closed.epoch):  # (a pause took its end back)
+                        await self._send_mark(f"{closed.turn_id}:{closed.epoch}:end",
+                                              _Mark(closed.turn_id, closed.epoch, None, True))
             else:
                 await self._turn_played(closed.turn_id, closed.epoch)
         except Exception as e:  # as in _playout_loop: a playout event not published must not stop the audio
@@ -584,11 +615,12 @@ class CallSession:
             log.warning("playout_event_failed", call_id=self.call_id, error=safe_error(e, 200))
 
     async def _play(self, out: Outgoing, starts_at: float) -> None:
-        """Send one frame that starts playing at the caller at ``starts_at`` (clock time)."""
+        """Send one frame that starts playing at the caller at ``starts_at`` (clock time); ``_play_lock`` held."""
         f = out.frame
         if f.epoch < self.buffer.epoch:
             return  # cleared while this frame waited for its time
         if await self._to_caller(self.transport.play, f.pcm, end_of_reply=out.end_of_turn):
+            self._sent.append(_SentFrame(out, starts_at))
             await self._tap_played(f, starts_at)
         _FRAMES_OUT.inc()
         if out.first_of_turn and f.turn_id is not None:
@@ -601,9 +633,63 @@ class CallSession:
                 await self._publish(events.PlayoutStarted(first_audio_wall_ms=time.time() * 1000),
                                     turn_id=f.turn_id, epoch=f.epoch)
         if out.end_of_chunk and f.turn_id is not None and f.chunk is not None:
-            name = f"{f.turn_id}:{f.epoch}:{f.chunk}" + (":f" if out.end_of_turn else "")
-            self._marks[name] = _Mark(f.turn_id, f.epoch, f.chunk, out.end_of_turn)
-            await self._to_caller(self.transport.mark, name)
+            await self._send_mark(f"{f.turn_id}:{f.epoch}:{f.chunk}" + (":f" if out.end_of_turn else ""),
+                                  _Mark(f.turn_id, f.epoch, f.chunk, out.end_of_turn))
+
+    async def _send_mark(self, name: str, mark: _Mark) -> None:
+        """A mark after the audio sent so far. One sent again after a pause took it back is renamed (``:r<n>``):
+        Twilio echoes the marks it drops on a clear, and that late echo must not count as the new one played.
+        Nothing parses mark names; they only have to be unique among the marks in flight."""
+        if name in self._withdrawn:
+            name = f"{name}:r{self._take_backs}"
+        self._marks[name] = mark
+        if self._sent:
+            self._sent[-1].marks.append(name)
+        await self._to_caller(self.transport.mark, name)
+
+    async def _take_back(self) -> None:
+        """A pause: the caller stops hearing the agent now, not ``playout_lead_ms`` later. The frames sent whose
+        time has not come yet are cleared at the caller's end (``Transport.clear``) and go back in front of the
+        playout buffer, with the marks sent after them withdrawn, so that a resume plays them again from where
+        the caller stopped hearing and a barge-in drops them with the rest of the reply.
+
+        Only where the transport's clear drops audio sent but not played (``Transport.can_clear_queued``): where
+        it cannot, the caller would hear those frames twice, so a pause only stops sending (as before). Not while
+        keys are being pressed either: their tones are queued with the audio, and a clear would cut them."""
+        async with self._play_lock:
+            now = self.clock.time()
+            if self.ended or not self.paused or not self.transport.can_clear_queued or self._tones_until > now:
+                return
+            unplayed = 0
+            for sent in reversed(self._sent):  # the frames whose time at the caller has not come
+                if sent.starts_at <= now or any(name not in self._marks for name in sent.marks):
+                    break  # (a mark after it came back: it has played, whatever the estimate says)
+                unplayed += 1
+            if not unplayed:
+                return
+            dropped: list[int | None] = []
+
+            async def clear() -> None:
+                dropped.append(await self.transport.clear())
+
+            if not await self._to_caller(clear):
+                return
+            # a transport whose queue is its own knows exactly how much it dropped; the far end's is estimated
+            n = unplayed if dropped[0] is None else dropped[0]
+            taken = [self._sent.pop() for _ in range(min(n, len(self._sent)))][::-1]
+            self._sent.clear()  # what was sent before them has played
+            if n > len(taken):  # the sender's queue held more than the lead: the oldest of it is lost
+                log.warning("playout_take_back_short", call_id=self.call_id, dropped=n, taken_back=len(taken))
+            if not taken:
+                return
+            self._take_backs += 1
+            for sent in taken:
+                for name in sent.marks:
+                    if self._marks.pop(name, None) is not None:
+                        self._withdrawn[name] = None
+            frames = self.buffer.put_back([s.out for s in taken if s.out is not None], now)
+            log.info("playout_taken_back", call_id=self.call_id, frames=frames)
+            await self._cut_played()
 
     # ------------------------------------------------------------ the played-audio tap
     async def _tap_played(self, f: AudioFrame, starts_at: float) -> None:
@@ -627,7 +713,7 @@ class CallSession:
             await self.bus.publish_nowait(self._audio_played, b"", h)
 
     # ------------------------------------------------------------ helpers
-    async def _to_caller(self, send: Callable[..., Awaitable[None]], *args: Any, **kwargs: Any) -> bool:
+    async def _to_caller(self, send: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> bool:
         """One outbound transport call at a time; a failed send stops playout (the inbound side ends the call).
         True when it was sent."""
         if self.ended:

@@ -14,7 +14,9 @@ The contract every transport keeps:
 - ``MarkPlayed`` is the transport's playout clock report: a mark comes back once the audio sent before it has
   actually played to the caller (Twilio echoes marks; a transport that paces its own sender, RTP or WebRTC,
   reports a mark when its clock passes it). Marks of cleared audio may come back too; the session ignores them.
-- ``clear`` drops all agent audio queued in the transport or at the far end, at once.
+- ``clear`` drops all agent audio queued in the transport or at the far end, at once. A transport whose queue is
+  its own returns how many frames it dropped; ``can_clear_queued`` says whether audio a clear dropped is surely
+  not heard, so that a pause may take it back and play it again on resume (see ``Transport.can_clear_queued``).
 - ``decode`` raises ``ProtocolError`` for anything the protocol does not allow; that call ends with
   ``protocol_error`` and the reason, nothing else does.
 - ``transfer`` hands the caller to another destination where the protocol can (Twilio through its REST API);
@@ -86,12 +88,18 @@ class Transport(ABC):
     """One caller connection. ``decode`` and ``encode_*`` translate; ``send`` and ``close`` do the I/O.
 
     The session calls ``play``, ``mark``, ``clear`` and ``close``, one at a time, in playout order. A transport
-    that queues and paces audio itself (RTP, a WebRTC track) overrides ``clear`` to drop its queue.
+    that queues and paces audio itself (RTP, a WebRTC track) overrides ``clear`` to drop its queue and say how many
+    frames it dropped.
     """
 
     channel: ClassVar[events.Channel]
     media_format: ClassVar[str]  # reported in ``CallAnswered``
     stream_id: str | None = None
+    # True where ``clear`` drops the audio sent but not yet played (the far end's buffer: Twilio's clear; or a
+    # queue of our own: the WebRTC track's, the RTP sender's): a pause then clears the lead sent ahead and the
+    # session plays it again on resume. False (the default) where a clear cannot stop audio already sent: a pause
+    # only stops sending, since the caller would otherwise hear the lead twice.
+    can_clear_queued: ClassVar[bool] = False
 
     @abstractmethod
     def decode(self, message: Any) -> list[Inbound]:
@@ -125,9 +133,12 @@ class Transport(ABC):
         for m in self.encode_mark(name):
             await self.send(m)
 
-    async def clear(self) -> None:
+    async def clear(self) -> int | None:
+        """Drop the agent audio queued toward the caller. A transport that queues it itself returns how many
+        frames (``play`` calls) it dropped; None where the far end holds it (it does not say how much)."""
         for m in self.encode_clear():
             await self.send(m)
+        return None
 
     async def transfer(self, target: str) -> None:
         """Hand the caller to ``target`` (an E.164 number or a SIP URI, already allowed). Returns once the

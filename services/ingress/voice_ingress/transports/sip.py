@@ -285,6 +285,7 @@ class SipCall(Transport):
 
     channel = CHANNEL
     media_format = "audio/PCMU;rate=8000"
+    can_clear_queued = True  # the RTP queue is the only one: what is still in it is never sent
 
     def __init__(self, dialog: Dialog, negotiated: sdp.Negotiated, *, jitter_s: float,
                  on_close: Callable[[SipCall, events.EndReason], None]) -> None:
@@ -584,9 +585,11 @@ class SipCall(Transport):
         else:
             self.queue.put(message)
 
-    async def clear(self) -> None:
+    async def clear(self) -> int:
+        dropped = self.queue.queued  # one payload per agent frame (keys being pressed are not dropped)
         self.queue.clear()
         self.encoder.reset()
+        return dropped
 
     async def close(self, reason: events.EndReason) -> None:
         if self.closed:

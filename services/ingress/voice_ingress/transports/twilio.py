@@ -127,6 +127,7 @@ class TwilioMediaStream(Transport):
 
     channel = events.Channel.twilio
     media_format = MEDIA_FORMAT
+    can_clear_queued = True  # Twilio's clear drops the media it has buffered: what it had not played is never heard
 
     def __init__(self, ws: WebSocket, max_message_bytes: int, rest: TwilioRest | None = None) -> None:
         self.ws = ws

@@ -450,6 +450,7 @@ class WebRtcCall(Transport):
 
     channel = CHANNEL
     media_format = MEDIA_FORMAT
+    can_clear_queued = True  # the track's queue is the only one: what is still in it is never sent
 
     def __init__(self, pc: RTCPeerConnection, call_id: str | None = None) -> None:
         self.pc = pc
@@ -560,8 +561,10 @@ class WebRtcCall(Transport):
         else:
             self.track.put_audio(message)
 
-    async def clear(self) -> None:
+    async def clear(self) -> int:
+        dropped = self.track.queued_frames
         self.track.clear()
+        return dropped
 
     async def send_dtmf(self, digits: str) -> None:
         """In-band tones on the agent's track, behind the audio queued there; the track's queue is bounded, so the
