@@ -106,7 +106,10 @@ async def eot_phase(target: Target, voice: Voice, t: Timeouts, *, rounds: int = 
                          for a, tr in mine[:len(KINDS[kind]) if kind == "paused" else 2]],
         }
     all_staged = [tr for _, tr in rows if tr.stages and tr.v2v_ms is not None]
+    detail = [{"kind": a.kind, "call_id": tr.call_id, "said": a.utterance.text, "heard": tr.caller_text,
+               "v2v_ms": tr.v2v_ms, "stages": tr.stages, "error": tr.error} for a, tr in rows]
     return {
+        "turns_detail": detail,
         "calls": len(calls), "errors": [c.error for c in calls if c.error][:5], "pause_s": PAUSE_S,
         "kinds": by_kind,
         "early_start": {"turns": len(all_staged),
