@@ -16,7 +16,7 @@ from voice_schemas import events, parse, subjects
 
 from .calls import Call, make_agent
 from .fakes import FakeChatProvider, FakeReply
-from .test_service import any_bus, brain, llm, memory_brain, memory_bus  # noqa: F401 (fixtures)
+from .test_service import brain, llm, memory_brain, memory_bus  # noqa: F401 (fixtures; any_bus: conftest)
 
 
 class ChatCall(Call):
