@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 from voice_ingress import g711
-from voice_ingress.codec import AgentAudioEncoder, CallerAudioDecoder
+from voice_ingress.codec import AgentAudioEncoder, CallerAudioDecoder, _Decimator
 from voice_schemas.audio import FRAME_BYTES
 
 pytestmark = pytest.mark.unit
@@ -99,3 +99,33 @@ def test_the_encoder_gives_one_phone_frame_per_frame_in_and_keeps_out_what_would
     assert counts == [1] * 50 and abs(gain - 1) < 0.02
     assert through(3000)[1] > 0.9  # the top of the phone band
     assert through(6000)[1] < 0.03  # would fold to 2 kHz: more than 30 dB down
+
+
+def _decimate_every_sample(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """The encoder's decimation as first written: filter every input sample, keep every second one."""
+    taps = _Decimator.TAPS
+    history, odd, out = np.zeros(len(taps) - 1, dtype=np.float32), False, []
+    for pcm in frames:
+        buf = np.concatenate([history, pcm.astype(np.float32)])
+        filtered = np.convolve(buf, taps, mode="valid")
+        history = buf[-(len(taps) - 1):]
+        out.append(np.clip(np.round(filtered[1 if odd else 0::2]), -32768, 32767).astype(np.int16))
+        odd = (odd + pcm.size) % 2 == 1
+    return out
+
+
+def test_the_decimator_filters_only_what_it_keeps_and_gives_the_same_samples() -> None:
+    """Filtering only the samples kept (per 20 ms frame, on the loop that paces the calls) gives what filtering
+    every sample gave, to the last bit but for float rounding, across frames of any size (odd ones shift which
+    samples are kept; a size change rebuilds the buffers and keeps the filter's history)."""
+    rng = np.random.default_rng(7)
+    sizes = [320] * 20 + [1, 7, 320, 33, 320, 2, 641, 320, 320, 160] + [320] * 10
+    frames = [np.clip(rng.standard_normal(n) * 12000, -32768, 32767).astype(np.int16) for n in sizes]
+    frames[5][:] = 32767  # full scale: the filter's overshoot is clipped
+    d = _Decimator()
+    got = [d.process(f) for f in frames]
+    want = _decimate_every_sample(frames)
+    assert [g.size for g in got] == [w.size for w in want]
+    diff = np.abs(np.concatenate(got).astype(np.int32) - np.concatenate(want).astype(np.int32))
+    assert diff.max() <= 1 and np.count_nonzero(diff) < diff.size // 100
+    assert d.process(np.zeros(0, dtype=np.int16)).size == 0

@@ -85,3 +85,22 @@ def test_outbound_audio_marks_and_clear_are_twilio_messages() -> None:
     assert [json.loads(m) for m in s.encode_mark("t1:0:2")] == [
         {"event": "mark", "streamSid": "MZ1", "mark": {"name": "t1:0:2"}}]
     assert [json.loads(m) for m in s.encode_clear()] == [{"event": "clear", "streamSid": "MZ1"}]
+
+
+@pytest.mark.parametrize("stream_sid", ["MZ1", 'MZ"odd\\sid', ""])
+def test_outbound_media_is_the_json_twilio_expects_whatever_the_stream_sid(stream_sid: str) -> None:
+    """The media message is built from a head made once per stream: the same text as the message's JSON, the
+    stream's own id in it (a second stream, or an id that needs escaping, gets its own)."""
+    s = stream()
+    s.decode(start_msg(streamSid=stream_sid))
+    pcm = b"\x10\x00" * (FRAME_BYTES // 2)
+    for _ in range(2):
+        (m,) = s.encode_audio(pcm)
+        payload = json.loads(m)["media"]["payload"]
+        assert m == json.dumps({"event": "media", "streamSid": stream_sid, "media": {"payload": payload}})
+        assert len(base64.b64decode(payload)) == 160
+    (keys,) = [json.loads(x) for x in s.encode_dtmf("1")][-1:]
+    assert keys["streamSid"] == stream_sid and keys["event"] == "media"
+    other = stream()
+    other.decode(start_msg(streamSid="MZ2"))
+    assert json.loads(other.encode_audio(pcm)[0])["streamSid"] == "MZ2"

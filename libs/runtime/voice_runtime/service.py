@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, ClassVar
 
@@ -24,7 +25,7 @@ from .bus import Bus
 from .handlers import EnvelopeHandler, Handlers, RawHandler, catching, declared_handlers, envelope_callback
 from .logging import configure_logging, get_logger
 from .ports import BusPort, Stoppable, Unsubscribable
-from .realtime import report_priority, watch_loop_lag
+from .realtime import freeze_heap, report_priority, watch_loop_lag
 from .settings import CommonSettings
 from .telemetry import setup_tracing
 
@@ -181,8 +182,14 @@ def run_service(factory: Callable[[], Service], *, ws: bool = False) -> None:
     s = service.settings
     configure_logging(service.name, s.log_level, s.log_format, s.log_personal_data,
                       s.log_redaction_key.get_secret_value() if s.log_redaction_key else None)
-    config = uvicorn.Config(
-        service.app(),
+    config = server_config(service.app(), s, ws=ws)
+    asyncio.run(_serve(_Server(config), service.name, s.loop_lag_interval_ms / 1000))
+
+
+def server_config(app: FastAPI, s: CommonSettings, *, ws: bool = False) -> uvicorn.Config:
+    """How a service's HTTP (and, ``ws``, WebSocket) server runs."""
+    return uvicorn.Config(
+        app,
         host=s.http_host,
         port=s.http_port,
         log_config=None,
@@ -192,8 +199,11 @@ def run_service(factory: Callable[[], Service], *, ws: bool = False) -> None:
         lifespan="on",
         timeout_graceful_shutdown=int(s.shutdown_grace_s),
         ws="websockets-sansio" if ws else "auto",
+        # no permessage-deflate: a media stream's messages are 20 ms of audio each (base64 in JSON, or binary),
+        # which deflate barely shrinks while costing zlib work on every message, both ways, on the event loop
+        # that paces every call's audio; a client that offers it (the bench's callers did) goes without
+        ws_per_message_deflate=False,
     )
-    asyncio.run(_serve(_Server(config), service.name, s.loop_lag_interval_ms / 1000))
 
 
 async def _serve(server: uvicorn.Server, name: str, lag_interval_s: float) -> None:
@@ -208,7 +218,13 @@ async def _serve(server: uvicorn.Server, name: str, lag_interval_s: float) -> No
 
 
 class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after a graceful stop (exit status -15); a drained service exits 0."""
+    """uvicorn re-raises SIGTERM after a graceful stop (exit status -15); a drained service exits 0. Once started
+    (the service's own start done, the sockets bound), the heap built so far is frozen (``realtime.freeze_heap``)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            freeze_heap()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

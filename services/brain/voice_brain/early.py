@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import context as otel_context
 from prometheus_client import Counter
 from voice_runtime.logging import get_logger, safe_error
 
@@ -58,7 +59,9 @@ class EarlyCompletion:
     _more: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def fill(self, stream: AsyncIterator[Delta]) -> None:
-        """Read the model's stream into the buffer (the task ``EarlyReplies.begin`` starts)."""
+        """Read the model's stream into the buffer (the task ``EarlyReplies.begin`` starts). No span is current
+        while it reads: the turn's ``brain llm`` span does not exist yet (the reply that takes it marks it)."""
+        token = otel_context.attach(otel_context.Context())
         try:
             async for d in stream:
                 if len(self.deltas) >= MAX_DELTAS:
@@ -73,6 +76,7 @@ class EarlyCompletion:
         except Exception as e:  # replayed to the reply that takes it, which apologizes as for any model failure
             self.error = e
         finally:
+            otel_context.detach(token)
             self.done = True
             self._more.set()
             aclose = getattr(stream, "aclose", None)
@@ -80,14 +84,19 @@ class EarlyCompletion:
                 with contextlib.suppress(Exception):
                     await aclose()
 
-    async def replay(self) -> AsyncIterator[Delta]:
-        """The buffered deltas, then the live ones as they come; closing it early cancels the completion."""
+    async def replay(self, on_first_text: Callable[[float], None] | None = None) -> AsyncIterator[Delta]:
+        """The buffered deltas, then the live ones as they come; closing it early cancels the completion.
+        ``on_first_text`` is told when (wall ms) the model produced its first text, as that text is replayed."""
         i = 0
         try:
             while True:
                 if i < len(self.deltas):
                     i += 1
-                    yield self.deltas[i - 1]
+                    d = self.deltas[i - 1]
+                    if d.text and on_first_text is not None and self.first_text_wall_ms is not None:
+                        on_first_text(self.first_text_wall_ms)
+                        on_first_text = None
+                    yield d
                     continue
                 if self.done:
                     if self.error is not None:

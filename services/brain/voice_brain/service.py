@@ -421,7 +421,12 @@ class BrainService(Service):
                     self.early is not None and run.early is None) else None
                 if early is not None:  # begun on the likely-final transcript: its head start is kept
                     run.early = early
-                    return run.meter.count(early.replay(), _prompt_chars(messages))
+                    span.add_event("early_start", timestamp=int(early.started_wall_ms * 1e6))
+
+                    def first_token(wall_ms: float) -> None:
+                        span.add_event("first_token", timestamp=int(wall_ms * 1e6))
+
+                    return run.meter.count(early.replay(first_token), _prompt_chars(messages))
                 return run.meter.count(model.stream(request), _prompt_chars(messages))
 
             run = _ReplyRun(env, agent, turn_id, complete, mcp=offered, text_only=h.text_only,

@@ -62,23 +62,48 @@ class _Decimator:
     """PCM16 16 kHz -> 8 kHz: low-pass, then every second sample. The filter's history carries over frames (no
     clicks at frame edges) and each 20 ms frame in gives exactly one 20 ms frame out, so a reply leaves at the
     pace it came in. (soxr's stream resampler at 16→8 kHz returned its output in bursts of ~60 ms every third
-    frame, which ingress then sent back to back: the jitter the capacity bench found.) Delay: 1.5 ms."""
+    frame, which ingress then sent back to back: the jitter the capacity bench found.) Delay: 1.5 ms.
+
+    Per frame, on the event loop of every call that hears the agent (50 times a second each): only the samples
+    kept are filtered (a strided view of the input against the reversed taps, one matrix-vector product, instead
+    of filtering every sample and dropping half), into a buffer reused from frame to frame."""
 
     TAPS = _low_pass()
+    _REVERSED = np.ascontiguousarray(TAPS[::-1])  # the convolution as a dot product with each window
+    _KEEP = len(TAPS) - 1  # input samples the next frame's first outputs still need
 
     def __init__(self) -> None:
-        self._history = np.zeros(len(self.TAPS) - 1, dtype=np.float32)
         self._odd = False  # the input so far had an odd number of samples: the next output sample is at index 1
+        self._fit(np.zeros(self._KEEP, dtype=np.float32), 0)
+
+    def _fit(self, history: np.ndarray, n: int) -> None:
+        """A buffer for the history and a frame of ``n`` samples, and its windows (built once: reused while frames
+        are that size)."""
+        keep = self._KEEP
+        buf = np.zeros(keep + n, dtype=np.float32)
+        buf[:keep] = history
+        step = buf.strides[0]
+        # the windows of the outputs kept: at input indices 0, 2, 4, ... < n, or 1, 3, 5, ... after an odd input
+        self._windows = tuple(
+            np.lib.stride_tricks.as_strided(buf[start:], shape=((n - start + 1) // 2, keep + 1),
+                                            strides=(2 * step, step), writeable=False)
+            for start in (0, 1))
+        self._buf = buf
 
     def process(self, pcm: np.ndarray) -> np.ndarray:
-        if pcm.size == 0:
+        n = pcm.size
+        if n == 0:
             return np.zeros(0, dtype=np.int16)
-        buf = np.concatenate([self._history, pcm.astype(np.float32)])
-        filtered = np.convolve(buf, self.TAPS, mode="valid")  # one value per input sample
-        self._history = buf[-(len(self.TAPS) - 1):]
-        out = filtered[1 if self._odd else 0::2]
-        self._odd = (self._odd + pcm.size) % 2 == 1
-        return np.clip(np.round(out), -32768, 32767).astype(np.int16)
+        keep = self._KEEP
+        if self._buf.size != keep + n:  # a frame of another size (the first, or a short last one)
+            self._fit(self._buf[:keep], n)  # (the history is at the front)
+        buf = self._buf
+        buf[keep:] = pcm  # (int16 -> float32: exact)
+        out = np.dot(self._windows[self._odd], self._REVERSED)
+        buf[:keep] = buf[n:]  # the history for the next frame (an overlapping copy: numpy buffers it)
+        self._odd = (self._odd + n) % 2 == 1
+        np.clip(out, -32768, 32767, out=out)
+        return np.rint(out, out=out).astype(np.int16)
 
 
 class AgentAudioEncoder:

@@ -79,12 +79,18 @@ _PCM13_TO_ALAW = np.array([_alaw_encode_one(v) for v in range(-4096, 4096)], dty
 SILENCE = {"ulaw": 0xFF, "alaw": 0xD5}  # the code of PCM 0 in each law
 
 
+# the same tables indexed by the shifted sample itself, negative values from the end (numpy's negative indices):
+# an encode is then one shift and one lookup, with no widening copy and no offset added (50 frames/s per call)
+_ULAW_BY_PCM14 = np.roll(_PCM14_TO_ULAW, -8192)
+_ALAW_BY_PCM13 = np.roll(_PCM13_TO_ALAW, -4096)
+
+
 def encode(pcm: np.ndarray, law: Law) -> bytes:
     """PCM16 samples (int16) -> one G.711 byte per sample."""
-    x = pcm.astype(np.int32, copy=False)
+    x = pcm.astype(np.int16, copy=False)
     if law == "ulaw":
-        return _PCM14_TO_ULAW[(x >> 2) + 8192].tobytes()
-    return _PCM13_TO_ALAW[(x >> 3) + 4096].tobytes()
+        return _ULAW_BY_PCM14[x >> 2].tobytes()
+    return _ALAW_BY_PCM13[x >> 3].tobytes()
 
 
 def decode(data: bytes, law: Law) -> np.ndarray:

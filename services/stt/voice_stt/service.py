@@ -22,6 +22,7 @@ import contextlib
 import time
 import uuid
 
+from opentelemetry import trace
 from voice_runtime import metrics
 from voice_runtime.agents import AgentDirectory
 from voice_runtime.bus import NoResponders, Poison, Transient
@@ -49,6 +50,7 @@ from .partials import NoTurnAudio, PartialTranscripts
 from .settings import SttSettings
 
 log = get_logger(__name__)
+_tracer = trace.get_tracer("voice.stt")
 
 # the queue group in which one stt replica receives each speech onset (and may follow that call for partials)
 PARTIALS_QUEUE = "stt-partials"
@@ -209,10 +211,14 @@ class SttService(Service):
             except (binascii.Error, ValueError) as e:
                 metrics.ERRORS.labels(self.name, "bad_audio").inc()
                 raise Poison(f"audio_b64 is not base64: {e}") from e
-            started = time.perf_counter()
+            started, started_ns = time.perf_counter(), time.time_ns()
             result = await self._likely_text(env)
             waited = time.perf_counter() - started  # reused: stt_ms is this wait alone
             reused = result is not None
+            if reused:  # the turn's trace still shows its stt stage: the wait for the likely final
+                _tracer.start_span("stt transcribe", start_time=started_ns, attributes={
+                    "call_id": env.call_id, "tenant_id": env.tenant_id, "turn_id": env.turn_id or "",
+                    "stt.model": self.stt.model_name, "stt.likely_final_reused": True}).end()
             if result is None:
                 language = await self.languages.get(env.call_id)
                 started = time.perf_counter()

@@ -140,6 +140,7 @@ class TwilioMediaStream(Transport):
         self.closed = False
         self.decoder = CallerAudioDecoder("ulaw")
         self.encoder = AgentAudioEncoder("ulaw")
+        self._media_head: tuple[str | None, str] | None = None  # (stream id, the media message up to its payload)
 
     # ------------------------------------------------------------ inbound
     def decode(self, message: Any) -> list[Inbound]:
@@ -192,8 +193,16 @@ class TwilioMediaStream(Transport):
         payloads = self.encoder.encode(pcm)
         if end_of_reply:
             payloads += self.encoder.flush()
-        return [json.dumps({"event": "media", "streamSid": self.stream_id,
-                            "media": {"payload": base64.b64encode(p).decode()}}) for p in payloads]
+        return [self._media_message(p) for p in payloads]
+
+    def _media_message(self, payload: bytes) -> str:
+        """One outbound ``media`` message: the same JSON as ``json.dumps`` of the message would give, from a head
+        built once per stream (50 messages a second per call; base64 needs no JSON escaping)."""
+        cached = self._media_head
+        if cached is None or cached[0] != self.stream_id:
+            head = json.dumps({"event": "media", "streamSid": self.stream_id, "media": {"payload": ""}})[:-4]
+            cached = self._media_head = (self.stream_id, head)
+        return f'{cached[1]}"{base64.b64encode(payload).decode()}"}}}}'
 
     def encode_mark(self, name: str) -> list[Any]:
         return [json.dumps({"event": "mark", "streamSid": self.stream_id, "mark": {"name": name}})]
@@ -226,8 +235,7 @@ class TwilioMediaStream(Transport):
         """In-band DTMF as ``media`` (a Media Stream takes only media, mark and clear): the tones made at 8 kHz and
         μ-law encoded directly, after what the agent's encoder still holds back."""
         payloads = self.encoder.flush() + tones.g711_frames(digits, "ulaw")
-        return [json.dumps({"event": "media", "streamSid": self.stream_id,
-                            "media": {"payload": base64.b64encode(p).decode()}}) for p in payloads]
+        return [self._media_message(p) for p in payloads]
 
     async def send_dtmf(self, digits: str) -> None:
         """Queued at Twilio behind the audio sent so far, as any media: it plays them in order."""
