@@ -108,11 +108,20 @@ async def start_recorder(nats_url: str, replicas: int = 1) -> Recorder:
     return svc
 
 
-async def stored_ids(bus: Bus, call_id: str) -> Counter[str]:
+async def stored_ids(bus: Bus, call_id: str, settle_s: float = 30.0) -> Counter[str]:
     """How many times the CALLS stream stores each event id of ``call_id`` (read back with an ordered, ephemeral
-    consumer)."""
+    consumer). Right after a server of a cluster was killed, its JetStream API may still be electing a leader (a
+    timeout or a 503): the read is tried again for up to ``settle_s`` (what is stored does not change meanwhile)."""
     subject = subjects.call_subject(call_id, *events.DtmfReceived.SUBJECT)
-    sub = await bus.js.subscribe(subject, ordered_consumer=True)
+    deadline = asyncio.get_running_loop().time() + settle_s
+    while True:
+        try:
+            sub = await bus.js.subscribe(subject, ordered_consumer=True)
+            break
+        except NATS_UNAVAILABLE:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
     info = await bus.js.stream_info("CALLS", subjects_filter=subject)
     total = (info.state.subjects or {}).get(subject, 0)
     out: Counter[str] = Counter()
