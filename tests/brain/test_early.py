@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from voice_brain.chat import ChatRequest, Delta
 from voice_brain.early import EarlyReplies
 from voice_brain.service import BrainService
-from voice_brain.settings import BrainSettings
-from voice_runtime.bus import Bus
-from voice_runtime.memory import InMemoryBus
 from voice_runtime.ports import BusPort
 from voice_schemas import events
 
 from .calls import Call, make_agent
 from .fakes import FakeChatProvider, FakeReply
-from .test_service import PLATFORM_LLM
+from .test_service import start_brain
 
 QUESTION = "When do you open on Sunday?"
 
@@ -31,17 +27,9 @@ def llm() -> FakeChatProvider:
                                               token_delay_s=0.02))
 
 
-async def _brain(bus: BusPort, llm: FakeChatProvider, **kw: Any) -> BrainService:
-    nats_url = ",".join(u.geturl() for u in bus.nc.servers) if isinstance(bus, Bus) else "nats://unused:4222"
-    svc = BrainService(BrainSettings(nats_url=nats_url, llm_base_url=PLATFORM_LLM, shutdown_grace_s=2.0, **kw),
-                       chat=llm)
-    await svc.start(bus if isinstance(bus, InMemoryBus) else None)
-    return svc
-
-
 @pytest.fixture
 async def brain(any_bus: BusPort, llm: FakeChatProvider) -> AsyncIterator[BrainService]:
-    svc = await _brain(any_bus, llm)
+    svc = await start_brain(any_bus, llm)
     yield svc
     await svc.stop()
 
@@ -108,7 +96,7 @@ async def test_different_final_words_drop_the_early_reply_and_ask_the_model_agai
 
 async def test_no_early_reply_for_a_turn_already_known_or_when_turned_off(any_bus: BusPort,
                                                                          llm: FakeChatProvider) -> None:
-    off = await _brain(any_bus, llm, early_replies=False)
+    off = await start_brain(any_bus, llm, early_replies=False)
     try:
         agent = await make_agent(any_bus)
         async with Call(any_bus, agent) as call:
@@ -118,7 +106,7 @@ async def test_no_early_reply_for_a_turn_already_known_or_when_turned_off(any_bu
             assert not llm.requests
     finally:
         await off.stop()
-    on = await _brain(any_bus, llm)
+    on = await start_brain(any_bus, llm)
     try:
         async with Call(any_bus, agent) as call:
             await call.wait(events.ReplyChunk, "greeting")

@@ -36,9 +36,10 @@ def llm() -> FakeChatProvider:
     return FakeChatProvider()
 
 
-async def start_brain(bus: BusPort, llm: FakeChatProvider) -> BrainService:
+async def start_brain(bus: BusPort, llm: FakeChatProvider, **settings: Any) -> BrainService:
     nats_url = ",".join(u.geturl() for u in bus.nc.servers) if isinstance(bus, Bus) else "nats://unused:4222"
-    svc = BrainService(BrainSettings(nats_url=nats_url, llm_base_url=PLATFORM_LLM, shutdown_grace_s=2.0), chat=llm)
+    svc = BrainService(BrainSettings(nats_url=nats_url, llm_base_url=PLATFORM_LLM, shutdown_grace_s=2.0, **settings),
+                       chat=llm)
     # the in-memory bus is shared with the test; on NATS the service opens its own connection, as in production
     await svc.start(bus if isinstance(bus, InMemoryBus) else None)
     return svc
