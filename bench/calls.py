@@ -350,6 +350,9 @@ def measure_barge_in(received: list[Received], clears: list[float], onset: float
     at ``onset``, its last at ``speech_end``; ``controls``: the platform's control.* events for the call (None
     when the target publishes none)."""
     trial = BargeInTrial(agent_was_speaking=agent_was_speaking)
+    if agent_was_speaking and not speaking_at(received, onset):
+        trial.agent_was_speaking = False
+        trial.error = "no agent audio was playing at the onset (between sentences, or the reply had ended)"
     after = [x for x in clears if x >= onset]
     clear = after[0] if after else None
     run, early = interrupted_reply_frames(received, onset, speech_end, clear)
@@ -421,6 +424,28 @@ async def _until_playing(c: TwilioCaller, reply_start: float, into_s: float) -> 
     return c.agent_audible()
 
 
+async def _until_speaking(c: TwilioCaller, run_s: float = 0.3, wait_s: float = 3.0) -> bool:
+    """Wait (up to ``wait_s``) until the caller has heard the agent for ``run_s`` without a break and more of it
+    is still queued: an interruption then lands on speech, not on the gap between two sentences."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        heard, ahead = c.agent_heard_run()
+        if heard >= run_s and ahead > 0.0:
+            return True
+        if time.monotonic() >= deadline:
+            return c.agent_audible(slack_s=0.0)
+        await asyncio.sleep(0.01)
+
+
+def speaking_at(received: list[Received], onset: float, min_s: float = 0.02) -> bool:
+    """Was the agent's audio playing at ``onset`` on the caller's playout clock, with at least ``min_s`` of it
+    (one frame) left? Frames received before the onset and in flight at it (within ``min_s``) count; a reply that
+    ends within a frame of the onset, or a pause between two sentences, is not speech to interrupt."""
+    played = replay([r for r in received if r.at <= onset + min_s], [])
+    covered = sum(max(0.0, min(p.end, onset + min_s) - max(p.start, onset)) for p in played)
+    return covered >= min_s - 0.001
+
+
 async def barge_in_session(target: Target, questions: list[Utterance], interruptions: list[Utterance],
                            backchannel: Utterance, trials: int, t: Timeouts, into_reply_s: float = 1.0,
                            observe_s: float = 2.0) -> BargeInResult:
@@ -464,7 +489,7 @@ async def barge_in_session(target: Target, questions: list[Utterance], interrupt
                     res.error = "no reply to a question"
                     break
                 await _until_playing(c, reply.at, into_reply_s)
-            speaking = c.agent_audible()
+            speaking = await _until_speaking(c)
             utter = interruptions[n % len(interruptions)]
             onset, end = await c.speak(utter.ulaw)
             await asyncio.sleep(max(0.0, end + 0.3 - time.monotonic()))

@@ -23,12 +23,27 @@ MODEL_ENV = {"stt": {"STT_ENGINE": "moonshine", "STT_MODEL": "tiny.en", "STT_BEA
              "media": {"TURN_MODEL_ENABLED": "true"}}
 
 
-def cpu_model() -> str:
+# the instruction sets the models' kernels pick from (llama.cpp, ONNX Runtime, CTranslate2): two machines with the
+# same core count and a different set are not comparable
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """E.g. "Intel(R) Xeon(R) Processor (avx2 fma avx512f amx_tile)": the model and its vector instruction sets."""
+    name: str | None = None
+    flags = ""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key == "model name" and name is None:
+                name = value.strip()
+            elif key == "flags" and not flags:
+                have = set(value.split())
+                flags = " ".join(f for f in VECTOR_FLAGS if f in have) or "no AVX2"
+    name = name or platform.processor() or "unknown"
+    return f"{name} ({flags})" if flags else name
 
 
 def git_commit() -> dict[str, Any]:

@@ -29,6 +29,7 @@ def turn_figures(turns: list[TurnResult]) -> dict[str, Any]:
         stages[st] = summary((tr.stages or {}).get(st) for tr in turns)
     # what the breakdown does not explain: platform v2v minus the stages it names
     other: list[float] = []
+    overhead: list[float] = []
     delta: list[float] = []
     for tr in turns:
         s = tr.stages or {}
@@ -39,9 +40,15 @@ def turn_figures(turns: list[TurnResult]) -> dict[str, Any]:
         v = s.get("voice_to_voice_ms")
         if v is not None and all(p is not None for p in parts):
             other.append(v - sum(p for p in parts if p is not None))
+        # the platform's own overhead: voice-to-voice minus what the stages computed (end of turn, stt, the LLM
+        # after the final transcript, tts to its first frame); the rest is hops, queues, bus and playout
+        tts = s.get("tts_first_audio_ms")
+        if v is not None and tts is not None and all(p is not None for p in parts[:3]):
+            overhead.append(v - sum(p for p in parts[:3] if p is not None) - tts)
         if v is not None and tr.v2v_ms is not None:
             delta.append(tr.v2v_ms - v)
     stages["between_stages_ms"] = summary(other)
+    stages["platform_overhead_ms"] = summary(overhead)
     return {
         "turns": len(turns),
         "turns_without_reply": sum(1 for tr in turns if tr.v2v_ms is None),
@@ -229,6 +236,9 @@ def headline(rep: dict[str, Any]) -> list[str]:
     if v:
         lines += [f"- voice-to-voice (one call at a time): {_p(v['voice_to_voice_ms'])}; "
                   f"{v['turns_without_reply']} of {v['turns']} turns got no reply",
+                  "- the platform's own overhead (voice-to-voice minus end of turn, stt, the LLM after the final "
+                  "transcript and tts to its first frame, per turn): "
+                  f"{_p(v.get('stages_ms', {}).get('platform_overhead_ms'))}",
                   f"- greeting: {_p(v['greeting_ms'])}",
                   f"- playout at the caller: {_playout_line(v['playout'])}"]
         if v.get("loop_lag"):

@@ -272,6 +272,22 @@ class TwilioCaller:
         now = time.monotonic() if at is None else at
         return self.playout.play_until + slack_s >= now and bool(self.received)
 
+    def agent_heard_run(self, at: float | None = None) -> tuple[float, float]:
+        """(seconds the agent's audio has played without a break up to ``at`` (default now), seconds of it still
+        queued after ``at``) on the caller's playout clock; (0, 0) when none is playing at ``at``."""
+        now = time.monotonic() if at is None else at
+        end = self.playout.play_until  # a `clear` moves it back to when it came
+        if end <= now:
+            return 0.0, 0.0
+        start = end
+        for p in reversed(self.playout.frames):
+            if p.end <= p.start:  # dropped by a `clear`: never played
+                continue
+            if p.end < start - 0.001:  # a break before the audio now playing
+                break
+            start = p.start
+        return max(0.0, now - start), end - now
+
     def _echo_due_marks(self) -> None:
         now = time.monotonic()
         while self._pending_marks and self._pending_marks[0][0] <= now:

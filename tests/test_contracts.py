@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -105,6 +107,10 @@ def test_streams_cover_every_durable_subject() -> None:
 def test_audio_frame_headers_round_trip() -> None:
     f = AudioFrame(pcm=b"\0" * FRAME_BYTES, seq=5, epoch=2, ts_ms=100, turn_id="t1", chunk=3, last_in_chunk=True)
     assert AudioFrame.from_message(f.pcm, f.headers()) == f
+    timed = dataclasses.replace(f, synth_ms=61.5)
+    assert AudioFrame.from_message(timed.pcm, timed.headers()) == timed
+    for garbage in ("soon", "-1", "nan", "inf", "1e12"):  # a header is never trusted: no figure rather than a wrong one
+        assert AudioFrame.from_message(f.pcm, {**f.headers(), "Voice-Synth-Ms": garbage}).synth_ms is None
 
 
 def test_committed_schemas_match_models() -> None:

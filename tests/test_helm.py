@@ -363,3 +363,24 @@ def test_twilio_routes_render_only_with_a_token_secret(check: ModuleType) -> Non
                 "services": {"ingress": {"env": {"TWILIO_ALLOW_UNSIGNED": "true"}}},
             }
         )
+
+
+@pytest.mark.integration
+def test_summaries_and_more_model_servers_reach_only_the_service_that_uses_them(check: ModuleType) -> None:
+    def env_of(values: dict[str, Any]) -> dict[str, dict[str, str]]:
+        docs = [doc for _, doc in check.documents(check.render(values))]
+        deployments = [d for d in docs if d["kind"] == "Deployment"]
+        return {d["metadata"]["name"].rsplit("-", 1)[-1]: {
+            e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+            for d in deployments}
+
+    plain = env_of({"llm": {"baseUrl": "http://vllm:8000/v1"}})
+    assert "SUMMARY_LLM_BASE_URL" not in plain["analytics"]  # analytics summarises on llm.baseUrl
+    split = env_of({"llm": {"baseUrl": "http://vllm:8000/v1", "summaryBaseUrl": "http://batch:8000/v1"}})
+    assert split["analytics"]["SUMMARY_LLM_BASE_URL"] == "http://batch:8000/v1"
+    assert split["analytics"]["LLM_BASE_URL"] == "http://vllm:8000/v1"
+    assert "SUMMARY_LLM_BASE_URL" not in split["brain"]  # live turns stay on llm.baseUrl
+    assert "LLM_BASE_URL_REPLICAS" not in split["brain"]
+    spread = env_of({"llm": {"baseUrl": "http://a:8000/v1", "replicaBaseUrls": ["http://b:8000/v1", "http://c/v1"]}})
+    assert spread["brain"]["LLM_BASE_URL_REPLICAS"] == "http://b:8000/v1,http://c/v1"
+    assert "LLM_BASE_URL_REPLICAS" not in spread["analytics"]

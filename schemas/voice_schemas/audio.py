@@ -24,6 +24,9 @@ H_FRAME = "Voice-Frame"  # the frame's index within its reply chunk (a chunk syn
 H_LAST = "Voice-Last"  # "1" on the last frame of a reply chunk
 H_FINAL = "Voice-Final"  # "1" on the last frame of the whole reply (turn)
 H_TENANT = "Voice-Tenant"
+# audio.out: on the first frame of a reply's first chunk, the ms tts took from the chunk's arrival to that frame
+# (the reply's text-to-speech stage; ingress hands it on in playout.started)
+H_SYNTH = "Voice-Synth-Ms"
 # audio.played: an empty message with this header says the caller heard nothing of the agent after Voice-Ts
 # (a barge-in cleared the far end's queue, or the call ended): frames already reported past it were not heard
 H_CUT = "Voice-Cut"
@@ -42,6 +45,7 @@ class AudioFrame:
     last_in_chunk: bool = False
     final: bool = False
     frame: int | None = None  # index within the chunk: a tts replica that takes a chunk over sends it again
+    synth_ms: float | None = None  # H_SYNTH (audio.out, the first frame of a reply only)
 
     def headers(self) -> dict[str, str]:
         h = {H_SEQ: str(self.seq), H_EPOCH: str(self.epoch), H_TS: str(self.ts_ms)}
@@ -55,6 +59,8 @@ class AudioFrame:
             h[H_LAST] = "1"
         if self.final:
             h[H_FINAL] = "1"
+        if self.synth_ms is not None:
+            h[H_SYNTH] = f"{self.synth_ms:.1f}"
         return h
 
     @classmethod
@@ -71,6 +77,7 @@ class AudioFrame:
             last_in_chunk=h.get(H_LAST) == "1",
             final=h.get(H_FINAL) == "1",
             frame=int(frame) if frame is not None else None,
+            synth_ms=_ms(h.get(H_SYNTH)),
         )
 
 
@@ -147,3 +154,14 @@ class TurnAudio:
         if len(pcm) % 2 or out.sample_rate <= 0:
             raise ValueError("not a turn audio answer: odd PCM16 length or no sample rate")
         return out
+
+
+def _ms(raw: str | None) -> float | None:
+    """A header's milliseconds; None when absent or not a finite non-negative number (a header is never trusted)."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if 0.0 <= value < 1e9 else None

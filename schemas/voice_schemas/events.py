@@ -282,6 +282,8 @@ class PlayoutStarted(Payload):
     SUBJECT = ("playout", "started")
     DESCRIPTION = "The first agent audio frame of a turn was sent to the caller."
     first_audio_wall_ms: float = 0.0
+    tts_first_audio_ms: float | None = Field(
+        None, ge=0, description="tts's time from the reply's first chunk to its first frame (None: not reported)")
 
 
 @register

@@ -64,7 +64,9 @@ def llm() -> Iterator[FakeOpenAI]:
 async def world(database_url: str, llm: FakeOpenAI) -> AsyncIterator[World]:
     with embedded_nats() as nats_url:
         svc = AnalyticsService(AnalyticsSettings(
-            nats_url=nats_url, database_url=database_url, llm_base_url=llm.base_url, llm_api_key=PLATFORM_KEY,
+            nats_url=nats_url, database_url=database_url, llm_api_key=PLATFORM_KEY,
+            # summaries have their own endpoint: the agents' (closed port) is never asked
+            llm_base_url="http://127.0.0.1:9/v1", summary_llm_base_url=llm.base_url,
             llm_model="summary-model", summary_settle_s=1.5, summary_timeout_s=5.0, summary_max_tokens=200,
             log_level="WARNING", shutdown_grace_s=1.0))
         await svc.start()

@@ -131,13 +131,14 @@ def test_first_chunk_carries_the_reply_timings_and_final_the_hang_up() -> None:
     t = h.turns["t1"]
     assert (t.llm_first_token_ms, t.llm_first_sentence_ms, t.first_sentence_wall_ms) == (120.0, 300.0, T0 + 310)
     assert t.reply_done and t.hangup_after and t.chunks == ["Thanks, goodbye!", ""]
-    h.note_first_audio("t1", T0 + 400)
-    h.note_first_audio("t1", T0 + 900)  # only the first report counts
+    h.note_first_audio("t1", T0 + 400, tts_ms=62.5)
+    h.note_first_audio("t1", T0 + 900, tts_ms=10.0)  # only the first report counts
     done = h.settle("t1", heard_chunks=[0, 1], cleared=False)
     assert done is not None
     fact = turn_completed(h, done, T0 + 2000)
     assert fact.latency.voice_to_voice_ms == 400.0 and fact.latency.bus_and_playout_ms == 90.0
     assert fact.latency.llm_first_token_ms == 120.0 and fact.agent_text == "Thanks, goodbye!"
+    assert fact.latency.tts_first_audio_ms == 62.5  # tts's stage, handed on by ingress
     assert fact.caller_text == "When do you open?" and not fact.interrupted
 
 

@@ -132,3 +132,58 @@ async def test_a_tenant_key_that_cannot_be_had_is_an_apology_and_no_request(
     failed = [e for e in logs if e["event"] == "reply_failed"]
     assert failed and "llm-key" in failed[0]["reason"]
     no_secret_in(logs)
+
+
+async def test_calls_are_spread_over_the_platform_servers_and_each_stays_on_its_own(
+        bus: InMemoryBus, brain: Brain, openai_double: FakeOpenAI) -> None:
+    # a second server of the platform's model (LLM_BASE_URL_REPLICAS): `make run` starts two, because one
+    # llama.cpp server answers one request at a time and a second call's turn waited for the first's whole reply
+    other = FakeOpenAI()
+    other.start()
+    try:
+        await brain(llm_base_url=openai_double.base_url, llm_base_url_replicas=f" {other.base_url}, ,")
+        agent = await make_agent(bus, llm=LlmSettings())
+        async with Call(bus, agent) as a, Call(bus, agent) as b:
+            await a.wait(events.ReplyChunk, "greeting")
+            await b.wait(events.ReplyChunk, "greeting")
+            for n, (call, text) in enumerate([(a, "When do you open?"), (b, "Do you deliver?"),
+                                              (a, "And on Sunday?"), (b, "To the harbour?")]):
+                await call.pub(events.TranscriptFinalized(utterance_id=f"u{n}", text=text), turn_id=f"t{n}")
+                await call.wait(events.ReplyChunk, f"t{n}", final=True)
+
+        def said(requests: list[dict[str, Any]]) -> list[str]:
+            return [r["messages"][-1]["content"] for r in requests]
+
+        first, second = said(openai_double.requests), said(other.requests)
+        assert {tuple(first), tuple(second)} == {("When do you open?", "And on Sunday?"),
+                                                 ("Do you deliver?", "To the harbour?")}
+        assert other.authorizations == [f"Bearer {PLATFORM_KEY}"] * 2  # the platform's key: the same model
+    finally:
+        other.stop()
+    assert not bus.dead_letters
+
+
+def test_a_new_call_goes_to_the_least_busy_server_and_the_map_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from voice_brain import endpoints
+    from voice_brain.chat import Endpoint
+    from voice_runtime.egress import EgressPolicy
+
+    e = endpoints.AgentEndpoints(platform=Endpoint("http://a/v1", "k"), egress=EgressPolicy(), box=None,
+                                 secrets=None, replicas=("http://b/v1", "http://a/v1"))
+
+    def url(call_id: str | None, at: float = 0.0) -> str:
+        return e.platform_for(call_id, now=at).base_url
+
+    assert [url("c1"), url("c2"), url("c3"), url("c1"), url("c2")] == \
+        ["http://a/v1", "http://b/v1", "http://a/v1", "http://a/v1", "http://b/v1"]
+    assert url(None) == "http://a/v1"  # no call (e.g. an admin preview): the first server
+    # calls quiet for longer than ACTIVE_S no longer count: c4 joins the server of the one call still talking
+    assert url("c2", endpoints.ACTIVE_S + 10) == "http://b/v1"
+    assert url("c4", endpoints.ACTIVE_S + 11) == "http://a/v1"
+    monkeypatch.setattr(endpoints, "MAX_CALLS", 3)
+    for n in range(10):
+        url(f"x{n}", 500.0)
+    assert len(e._placed) == 3
+    single = endpoints.AgentEndpoints(platform=Endpoint("http://a/v1", "k"), egress=EgressPolicy(), box=None,
+                                      secrets=None)
+    assert single.platform_for("c1").base_url == "http://a/v1" and not single._placed

@@ -8,6 +8,7 @@ transport in chunk order, marks turned into heard chunks, clear on barge-in, sta
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -65,6 +66,7 @@ async def test_agent_audio_reaches_the_transport_in_chunk_order_paced_with_marks
     t = FakeTransport()
     call_id, _ = await ingress.call(t)
     chunks = reply("t1", [10, 15])
+    chunks[0][0] = dataclasses.replace(chunks[0][0], synth_ms=61.5)  # tts's time to the reply's first frame
     # tts replicas synthesize chunks in parallel: chunk 1 arrives first, interleaved with chunk 0
     await ingress.send_agent_audio(call_id, chunks[1][:5] + chunks[0][:4] + chunks[1][5:] + chunks[0][4:])
     await ingress.bus.wait_for(lambda: len(t.of("mark")) == 2, timeout=10)
@@ -79,6 +81,7 @@ async def test_agent_audio_reaches_the_transport_in_chunk_order_paced_with_marks
     assert t.max_queued_frames <= lead + 1
     started = ingress.events(events.PlayoutStarted, call_id=call_id)
     assert [e.turn_id for e in started] == ["t1"]
+    assert started[0].data.tts_first_audio_ms == 61.5  # handed on to brain's turn.completed
 
 
 async def test_playout_runs_at_real_time_pace_with_its_lead_on_a_virtual_clock(ingress: Ingress) -> None:

@@ -100,6 +100,9 @@ async def test_chunks_of_a_reply_arrive_in_order_with_their_flags(tts_service: T
     assert chunks == sorted(chunks) and set(chunks) == {0, 1}
     ends = [(f.chunk, f.last_in_chunk, f.final) for f in frames if f.last_in_chunk or f.final]
     assert ends == [(0, True, False), (1, True, True)]
+    # the reply's first frame says how long tts took to it (ingress hands it on); no other frame does
+    timed = [(f.chunk, f.frame) for f in frames if f.synth_ms is not None]
+    assert timed == [(0, 0)] and 0.0 < frames[0].synth_ms < 20_000.0
     assert [f.seq for f in frames] == sorted({f.seq for f in frames})
 
 

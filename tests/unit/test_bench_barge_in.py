@@ -68,15 +68,49 @@ def test_stop_hearing_is_later_than_the_last_frame_received_by_its_playout() -> 
 
 
 def test_no_frame_after_the_onset_is_a_missing_measurement_not_zero_ms() -> None:
-    # a `clear` came, but nothing of the reply arrived after the onset and nothing was left to play
+    # a `clear` came, but nothing of the reply arrived after the onset and nothing was left to play: the agent
+    # was not speaking at the onset, so the trial is no interruption (not a 0 ms one)
     t = calls.measure_barge_in(frames(0.0, 40), clears=[1.2], onset=0.9, speech_end=2.0)
     assert t.onset_to_last_frame_received_ms is None
     assert t.onset_to_stop_hearing_ms is None
+    assert not t.agent_was_speaking and t.error
     measured = calls.measure_barge_in(frames(0.0, 78), clears=[1.505], onset=1.0, speech_end=2.5)
-    fig = barge_in_figures([BargeInResult("platform", trials=[t, measured])])
+    # one that was speaking, with nothing after the onset measurable on arrival: a burst played out of the queue
+    burst = calls.measure_barge_in(frames(0.0, 50, every=0.001), clears=[], onset=0.2, speech_end=1.5)
+    fig = barge_in_figures([BargeInResult("platform", trials=[t, measured, burst])])
+    assert fig["trials"] == 3 and fig["trials_during_agent_speech"] == 2
     received = fig["onset_to_last_agent_frame_received_ms"]
     assert received["n"] == 1 and received["missing"] == 1 and received["min"] == pytest.approx(540.0, abs=0.5)
-    assert fig["onset_to_caller_stops_hearing_ms"]["missing"] == 1
+    assert fig["onset_to_caller_stops_hearing_ms"]["n"] == 2
+
+
+def test_an_onset_between_two_sentences_is_not_an_interruption_of_speech() -> None:
+    # the first sentence ended 0.1 s before the onset; the next began 1.49 s into the caller's speech and was
+    # heard for 20 ms before the platform paused it: the caller never talked over the agent at the onset
+    first = frames(0.0, 45)  # plays until 0.9 s
+    second = frames(2.49, 1)
+    t = calls.measure_barge_in(first + second, clears=[2.51], onset=1.0, speech_end=3.0, agent_was_speaking=True)
+    assert not t.agent_was_speaking and "no agent audio" in (t.error or "")
+
+
+def test_a_reply_ending_within_a_frame_of_the_onset_is_not_an_interruption() -> None:
+    # the reply's audio ends 3.7 ms after the onset: nothing was left to cut off
+    ending = frames(0.0, 50)  # plays until 1.0 s
+    assert not calls.measure_barge_in(ending, clears=[1.1], onset=0.9963, speech_end=2.0).agent_was_speaking
+    assert calls.speaking_at(ending, 0.97)  # 30 ms before its end it still counts
+    assert not calls.speaking_at(ending, 0.99)
+
+
+def test_the_caller_knows_how_long_it_has_heard_the_agent_and_what_is_queued() -> None:
+    c = twilio_caller.TwilioCaller.__new__(twilio_caller.TwilioCaller)
+    c.playout = twilio_caller.PlayoutClock()
+    for r in frames(0.0, 10) + frames(0.5, 20):  # 0-0.2 s, a break, 0.5-0.9 s
+        c.playout.media(r)
+    heard, ahead = c.agent_heard_run(at=0.7)
+    assert heard == pytest.approx(0.2) and ahead == pytest.approx(0.2)
+    assert c.agent_heard_run(at=0.95) == (0.0, 0.0)
+    c.playout.clear(0.6)  # what a `clear` dropped is not queued any more
+    assert c.agent_heard_run(at=0.7) == (0.0, 0.0)
 
 
 def test_trials_without_a_clear_have_no_clear_figures() -> None:

@@ -15,7 +15,8 @@ from bench.report import barge_in_figures, call_figures, markdown, turn_figures
 
 pytestmark = pytest.mark.unit
 
-# what the brain's turn.completed carries today (voice_brain.conversation.turn_completed): no tts_first_audio_ms
+# what a turn.completed carries without tts's figure (a tts or ingress older than playout.started's
+# tts_first_audio_ms; voice_brain.conversation.turn_completed)
 BRAIN_LATENCY = {"end_of_turn_ms": 368.0, "stt_ms": 891.0, "llm_first_token_ms": 196.0,
                  "llm_first_sentence_ms": 510.0, "tts_first_audio_ms": None, "bus_and_playout_ms": 256.0,
                  "voice_to_voice_ms": 2206.0}
@@ -39,10 +40,10 @@ def _turns(n: int, v2v: float = 2200.0) -> list[TurnResult]:
                        stages=_turn_event(BRAIN_LATENCY)) for i in range(n)]
 
 
-def test_tts_first_audio_is_not_reported_while_the_platform_never_fills_it() -> None:
+def test_tts_first_audio_and_the_overhead_are_reported_only_when_a_turn_carries_them() -> None:
     stages = turn_figures(_turns(3))["stages_ms"]
-    assert "tts_first_audio_ms" not in stages
-    assert all(s["n"] == 3 for name, s in stages.items() if name != "between_stages_ms")
+    assert "tts_first_audio_ms" not in stages and stages["platform_overhead_ms"]["n"] == 0
+    assert all(s["n"] == 3 for name, s in stages.items() if name not in ("between_stages_ms", "platform_overhead_ms"))
     # once a turn.completed does carry it, it is reported
     assert _turn_event({**BRAIN_LATENCY, "tts_first_audio_ms": 62.0})["tts_first_audio_ms"] == 62.0
     filled = [TurnResult("c1", 0, "q", 2.0, v2v_ms=2000.0,
@@ -175,3 +176,22 @@ def test_the_end_of_turn_phase_reports_each_kind_and_tells_a_cut_off_sentence() 
     assert "cut off in 1 of 2" in line and "4 of 8 turns" in line and "question p50 250 ms" in line
     table = "\n".join(eot_section(eo))
     assert "| paused | 2 | 2 | 250 ms |" in table and "| 1 of 2 |" in table
+
+
+def test_the_platform_overhead_is_voice_to_voice_minus_what_the_stages_computed() -> None:
+    early = {**BRAIN_LATENCY, "llm_first_sentence_ms": 300.0, "early_start_ms": 120.0, "tts_first_audio_ms": 62.0}
+    fig = turn_figures([TurnResult("c1", 0, "q", 2.0, v2v_ms=2200.0, stages=_turn_event(early))])
+    # 2206 - (368 + 891 + (300 - 120) + 62): the hops, queues, bus and playout
+    assert fig["stages_ms"]["platform_overhead_ms"]["p50"] == 705.0
+    # and it is never guessed for a turn without tts's figure
+    fig = turn_figures([TurnResult("c1", 0, "q", 2.0, v2v_ms=2200.0, stages=_turn_event(BRAIN_LATENCY))])
+    assert fig["stages_ms"]["platform_overhead_ms"]["n"] == 0
+
+
+def test_the_machine_line_names_the_cpu_and_its_vector_instruction_sets() -> None:
+    from bench.machine import cpu_model
+
+    info = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nmodel name\t: x\n"
+    assert cpu_model(info) == "AMD EPYC (avx2 fma)"
+    assert cpu_model("model name\t: Old\nflags\t: fpu sse2\n") == "Old (no AVX2)"
+    assert cpu_model(info.replace("avx2 fma", "avx2 fma avx512f amx_tile")) == "AMD EPYC (avx2 fma avx512f amx_tile)"

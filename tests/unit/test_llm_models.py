@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 import stat
 import struct
+import sys
 from pathlib import Path
 
 import pytest
-from voice_devstack import llm_models
+from voice_devstack import llm_models, stack
 from voice_devstack.llm_models import (
     GgufExpectations,
     ModelInstallError,
@@ -157,3 +158,60 @@ def test_profiles_are_chosen_by_one_setting(monkeypatch: pytest.MonkeyPatch, tmp
     assert cmd[cmd.index("--model_alias") + 1] == "qwen2.5-coder-1.5b"
     assert llm_command(9999)[llm_command(9999).index("--model_alias") + 1] == "smollm2"  # tests and benches
     assert resolve_llm({"LLM_BASE_URL": "http://x/v1", "LLM_PROFILE": "quality"}) == ("http://x/v1", None)
+
+
+def test_summaries_get_their_own_embedded_server_at_the_lowest_priority(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(stack, "port_open", lambda _h, _p: False)
+    r = stack.Resolved("nats://x", "postgresql://x", "http://127.0.0.1:8090/v1", llm_cmd=["llama"])
+    env, cmd = stack.background_llm(r, {"LLM_PROFILE": "fast"})
+    assert env == {"SUMMARY_LLM_BASE_URL": "http://127.0.0.1:8091/v1"}
+    assert cmd is not None and cmd[cmd.index("--nice") + 1] == "19"  # below the live server's MODEL_NICE
+    server = cmd[cmd.index("--") + 1:]
+    assert server[server.index("--port") + 1] == "8091"
+    assert server[server.index("--model_alias") + 1] == "smollm2"  # the live server's model: same LLM_MODEL
+    assert server[server.index("--n_threads") + 1] == "1" and server[server.index("--n_threads_batch") + 1] == "1"
+    # MODEL_NICE=0 turns priorities off for it too
+    _env, plain = stack.background_llm(r, {"LLM_PROFILE": "fast", "MODEL_NICE": "0"})
+    assert plain is not None and plain[:3] == [sys.executable, "-m", "llama_cpp.server"]
+    # one already there is used; the user's own endpoint, an LLM_BASE_URL or BACKGROUND_LLM=false: nothing added
+    monkeypatch.setattr(stack, "port_open", lambda _h, p: p == 8091)
+    assert stack.background_llm(r, {}) == ({"SUMMARY_LLM_BASE_URL": "http://127.0.0.1:8091/v1"}, None)
+    assert stack.background_llm(r, {"SUMMARY_LLM_BASE_URL": "http://s/v1"}) == ({}, None)
+    assert stack.background_llm(r, {"BACKGROUND_LLM": "false"}) == ({}, None)
+    given = stack.Resolved("nats://x", "postgresql://x", "http://x/v1", llm_cmd=None)
+    assert stack.background_llm(given, {}) == ({}, None)
+
+
+def test_analytics_summarises_on_its_own_endpoint_when_one_is_given() -> None:
+    from voice_analytics.settings import AnalyticsSettings
+
+    assert AnalyticsSettings(llm_base_url="http://live/v1").summary_endpoint() == "http://live/v1"
+    both = AnalyticsSettings(llm_base_url="http://live/v1", summary_llm_base_url="http://bg/v1")
+    assert both.summary_endpoint() == "http://bg/v1"
+
+
+def test_make_run_starts_more_live_servers_of_the_model_for_brain(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stack, "port_open", lambda _h, _p: False)
+    r = stack.Resolved("nats://x", "postgresql://x", "http://127.0.0.1:8090/v1", llm_cmd=["llama"])
+    env, cmds = stack.llm_replicas(r, {"LLM_PROFILE": "fast"})  # default: two servers in all
+    assert env == {"LLM_BASE_URL_REPLICAS": "http://127.0.0.1:8092/v1"}
+    assert [port for port, _ in cmds] == [8092]
+    cmd = cmds[0][1]
+    assert cmd[cmd.index("--port") + 1] == "8092" and cmd[cmd.index("--model_alias") + 1] == "smollm2"
+    assert cmd[cmd.index("--n_threads") + 1] == "1"  # the profile's threads (LLM_THREADS applies too)
+    env, cmds = stack.llm_replicas(r, {"LLM_PROFILE": "fast", "LLM_SERVERS": "3", "LLM_THREADS": "2"})
+    assert env == {"LLM_BASE_URL_REPLICAS": "http://127.0.0.1:8092/v1,http://127.0.0.1:8093/v1"}
+    assert all(c[c.index("--n_threads") + 1] == "2" for _, c in cmds)
+    assert stack.llm_replicas(r, {"LLM_SERVERS": "1"}) == ({}, [])
+    for bad in ("0", "5", "two"):
+        with pytest.raises(SystemExit, match="LLM_SERVERS must be a whole number from 1 to 4"):
+            stack.llm_replicas(r, {"LLM_SERVERS": bad})
+    # the user's LLM, or replicas of their own: nothing started
+    given = stack.Resolved("nats://x", "postgresql://x", "http://x/v1", llm_cmd=None)
+    assert stack.llm_replicas(given, {}) == ({}, [])
+    assert stack.llm_replicas(r, {"LLM_BASE_URL_REPLICAS": "http://y/v1"}) == ({}, [])
+    # one already listening on a port is used, not started again
+    monkeypatch.setattr(stack, "port_open", lambda _h, p: p == 8092)
+    assert stack.llm_replicas(r, {}) == ({"LLM_BASE_URL_REPLICAS": "http://127.0.0.1:8092/v1"}, [])

@@ -29,7 +29,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from voice_runtime.paths import state_dir
@@ -40,6 +40,8 @@ from .demo import booking_port, booking_url, demo_env, enabled
 DB_NAME = "voice_platform"
 EMBEDDED_PG_PORT = 55432
 LLM_PORT = 8090
+BACKGROUND_LLM_PORT = 8091  # the embedded LLM's second server: post-call summaries, at the lowest priority
+MAX_LLM_SERVERS = 4  # LLM_SERVERS: live servers of the embedded model, on LLM_PORT, then 8092, 8093, ...
 
 SERVICES: tuple[tuple[str, str, int], ...] = (
     # (name, module, http port)
@@ -448,6 +450,42 @@ def resolve_llm(environ: Mapping[str, str] | None = None) -> tuple[str, list[str
     return base, llm_models.server_command(priority.llm_threads(llm_models.profile(environ), environ), LLM_PORT)
 
 
+def background_llm(r: Resolved, environ: Mapping[str, str]) -> tuple[dict[str, str], list[str] | None]:
+    """(analytics's environment, the command of the second embedded llama.cpp server or None) for post-call
+    summaries. One llama.cpp server answers one request at a time: a 300-token summary of the call that just ended
+    held the next caller's greeting and first reply for seconds, and evicted the system prompt the server had
+    cached. So with the embedded LLM, summaries get a server of their own on the same model file (mapped, so its
+    weights are shared in memory): one thread, nice 19, idle when no call ends. ``BACKGROUND_LLM=false`` sends
+    them to the live server; a ``SUMMARY_LLM_BASE_URL`` of the user's, or an ``LLM_BASE_URL``, is left alone."""
+    if not r.llm_cmd or environ.get("SUMMARY_LLM_BASE_URL") \
+            or environ.get("BACKGROUND_LLM", "true").strip().lower() not in TRUE:
+        return {}, None
+    url = f"http://127.0.0.1:{BACKGROUND_LLM_PORT}/v1"
+    if port_open("127.0.0.1", BACKGROUND_LLM_PORT):
+        return {"SUMMARY_LLM_BASE_URL": url}, None
+    p = replace(llm_models.profile(environ), n_threads=1, n_threads_batch=1)
+    cmd = llm_models.server_command(p, BACKGROUND_LLM_PORT)
+    return {"SUMMARY_LLM_BASE_URL": url}, priority.niced(cmd, 19 if priority.model_nice(environ) else 0)
+
+
+def llm_replicas(r: Resolved, environ: Mapping[str, str]) -> tuple[dict[str, str], list[tuple[int, list[str]]]]:
+    """(brain's environment, [(port, command)]) for the embedded model's extra live servers. A llama.cpp server
+    answers one request at a time, so with one server a second call's turn waited for the first call's whole reply;
+    ``LLM_SERVERS`` (default 2, 1 to 4) servers of the same model file (mapped, so its weights are shared in memory)
+    take the calls in turn, each keeping its calls' prompts cached (brain's ``LLM_BASE_URL_REPLICAS``). Nothing
+    when the LLM is the user's."""
+    raw = (environ.get("LLM_SERVERS") or "2").strip()
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LLM_SERVERS:
+        raise SystemExit(f"LLM_SERVERS must be a whole number from 1 to {MAX_LLM_SERVERS}, not {raw!r}")
+    if not r.llm_cmd or environ.get("LLM_BASE_URL_REPLICAS"):
+        return {}, []
+    p = priority.llm_threads(llm_models.profile(environ), environ)
+    ports = [BACKGROUND_LLM_PORT + k for k in range(1, int(raw))]
+    urls = [f"http://127.0.0.1:{port}/v1" for port in ports]
+    cmds = [(port, llm_models.server_command(p, port)) for port in ports if not port_open("127.0.0.1", port)]
+    return ({"LLM_BASE_URL_REPLICAS": ",".join(urls)} if urls else {}), cmds
+
+
 def llm_ready(base_url: str) -> bool:
     with contextlib.suppress(Exception), urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=1) as r:
         return bool(r.status == 200)
@@ -642,6 +680,15 @@ def run() -> int:
     if r.llm_cmd:
         manager.add_process("llm", subprocess.list2cmdline(priority.niced(r.llm_cmd, priority.nice_for("llm", env))),
                             env=env)
+    replica_env, replica_cmds = llm_replicas(r, os.environ)
+    env.update(replica_env)
+    for port, cmd in replica_cmds:
+        manager.add_process(f"llm-{port}", subprocess.list2cmdline(priority.niced(cmd, priority.nice_for("llm", env))),
+                            env=env)
+    summary_env, summary_llm = background_llm(r, os.environ)
+    env.update(summary_env)
+    if summary_llm:
+        manager.add_process("llm-summaries", subprocess.list2cmdline(summary_llm), env=env)
     if demo:
         port = booking_port(os.environ)
         if port_open("127.0.0.1", port):
@@ -687,6 +734,12 @@ def run() -> int:
             f"   LLM         {r.llm_base_url}"
             f"{f'  (embedded {llm_profile.label}, LLM_PROFILE={llm_profile.name})' if r.llm_cmd else ''}",
         ]
+        if replica_env:
+            lines.append(f"               + {replica_env['LLM_BASE_URL_REPLICAS']}  (more servers of the same model: "
+                         "calls are spread over them; LLM_SERVERS=1: one)")
+        if summary_env:
+            lines.append(f"   summaries   {summary_env['SUMMARY_LLM_BASE_URL']}  (post-call summaries on their own"
+                         " server, lowest priority; BACKGROUND_LLM=false: on the LLM above)")
         lines += [f"   {n:<12}http://127.0.0.1:{p}  (/healthz /readyz /metrics)" for n, _, _, p in processes]
         lines.append(priority.banner_line(env))
         if replicas > 1:

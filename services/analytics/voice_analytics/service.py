@@ -62,7 +62,7 @@ class AnalyticsService(RecordingService, Service):
         await self.start_recording(self.pool)
         await self._start_webhook_delivery(self.pool)
         s = self.settings
-        endpoints = AgentEndpoints(platform=LlmEndpoint(s.llm_base_url, s.llm_api_key.get_secret_value()),
+        endpoints = AgentEndpoints(platform=LlmEndpoint(s.summary_endpoint(), s.llm_api_key.get_secret_value()),
                                    egress=s.egress_policy(), box=s.secret_box(), secrets=self.kv[KV_SECRETS.bucket])
         self.summarizer = Summarizer(endpoints, s.llm_model, SummaryLimits(
             timeout_s=s.summary_timeout_s, max_tokens=s.summary_max_tokens, temperature=s.summary_temperature,

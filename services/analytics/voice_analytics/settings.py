@@ -32,6 +32,12 @@ class AnalyticsSettings(
 
     # post-call summaries (voice_analytics.summarizer): the agent's model (LLM_BASE_URL / LLM_API_KEY / LLM_MODEL
     # for agents without their own endpoint), extractive when it fails
+    summary_llm_base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible endpoint for the summaries of agents on the platform's model (default "
+        "LLM_BASE_URL; same key and model). `make run` points it at a second embedded server at the lowest "
+        "priority, so post-call work never queues live turns behind it",
+    )
     summary_settle_s: float = Field(
         3.0, ge=0.0, le=300.0, description="Wait after call.ended before summarising (late turns are recorded first)"
     )
@@ -41,3 +47,7 @@ class AnalyticsSettings(
     summary_transcript_chars: int = Field(
         6000, ge=500, le=100_000, description="Transcript characters in the prompt (head and tail kept beyond it)"
     )
+
+    def summary_endpoint(self) -> str:
+        """Where summaries of agents without their own endpoint go."""
+        return self.summary_llm_base_url or self.llm_base_url

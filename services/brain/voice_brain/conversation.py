@@ -148,6 +148,7 @@ class TurnState(BaseModel):
     first_sentence_wall_ms: float | None = None
     early_start_ms: float | None = None  # the reply began on the likely-final transcript (voice_brain.early)
     first_audio_wall_ms: float | None = None
+    tts_first_audio_ms: float | None = None  # tts's time to the reply's first frame, as ingress reported it
     agent_started_at: str | None = None
     hangup_after: bool = False
     attempt: int = 0  # bumped when another replica takes the reply over: the old one's chunks are refused
@@ -358,10 +359,11 @@ class CallHistory(BaseModel):
         t.interrupted = True
 
     # ------------------------------------------------------------ what the caller heard
-    def note_first_audio(self, turn_id: str | None, wall_ms: float) -> None:
+    def note_first_audio(self, turn_id: str | None, wall_ms: float, tts_ms: float | None = None) -> None:
         t = self.open_turn(turn_id)
         if t is not None and t.first_audio_wall_ms is None:
             t.first_audio_wall_ms = wall_ms
+            t.tts_first_audio_ms = tts_ms
 
     def mark_heard(self, turn_id: str | None, chunk: int) -> None:
         """A chunk finished playing. Ignored once the turn is settled: a mark that arrives after the
@@ -554,6 +556,7 @@ def turn_completed(h: CallHistory, t: TurnState, now_ms: float) -> events.TurnCo
     latency = events.LatencyBreakdown(
         end_of_turn_ms=t.end_of_turn_ms, stt_ms=t.stt_ms, llm_first_token_ms=t.llm_first_token_ms,
         llm_first_sentence_ms=t.llm_first_sentence_ms, early_start_ms=t.early_start_ms,
+        tts_first_audio_ms=t.tts_first_audio_ms,
         bus_and_playout_ms=span_ms(t.first_sentence_wall_ms, t.first_audio_wall_ms),
         voice_to_voice_ms=span_ms(t.speech_end_wall_ms, t.first_audio_wall_ms),
     )

@@ -198,7 +198,8 @@ class BrainService(Service):
             window_turns=s.max_history_turns, trim_to=s.history_trim_to))
         self.directory = AgentDirectory(self.kv["agents"], self.kv["numbers"], s)
         self.endpoints = AgentEndpoints(platform=Endpoint(s.llm_base_url, s.llm_api_key.get_secret_value()),
-                                        egress=self._egress, box=self._box, secrets=self.kv[KV_SECRETS.bucket])
+                                        egress=self._egress, box=self._box, secrets=self.kv[KV_SECRETS.bucket],
+                                        replicas=s.platform_urls()[1:])
         self.http_tools = HttpTools(self._egress, self.endpoints.tenant_key)
         self.mcp = McpTools(self._egress, self.endpoints.tenant_key, wait_s=s.mcp_list_wait_s,
                             cache_entries=s.mcp_cache_entries)
@@ -323,7 +324,7 @@ class BrainService(Service):
                 return
             agent = await self._agent(h)
             assert self.endpoints is not None
-            endpoint = await self.endpoints.for_agent(env.tenant_id, agent.llm)
+            endpoint = await self.endpoints.for_agent(env.tenant_id, agent.llm, env.call_id)
             offered = await self.mcp.tools_for(agent) if self.mcp is not None else {}
             intent = await for_turn(self.intents, agent, text, env.call_id)
             if intent is not None and intent.completion is not None:  # answered without the model
@@ -405,7 +406,7 @@ class BrainService(Service):
             "agent_version": agent.version,
         }) as span:
             try:
-                endpoint = await endpoints.for_agent(env.tenant_id, agent.llm)
+                endpoint = await endpoints.for_agent(env.tenant_id, agent.llm, env.call_id)
             except Exception as e:  # EndpointRefused (no key to be had): the apology, like any model failure
                 metrics.ERRORS.labels(self.name, "llm_endpoint_refused").inc()
                 refused: Exception | None = e
@@ -653,7 +654,8 @@ class BrainService(Service):
         assert self.history is not None
         if env.turn_id:
             await self.history.update(env.call_id,
-                                      lambda h: h.note_first_audio(env.turn_id, env.data.first_audio_wall_ms))
+                                      lambda h: h.note_first_audio(env.turn_id, env.data.first_audio_wall_ms,
+                                                                   env.data.tts_first_audio_ms))
 
     @turns.on(events.PlayoutMarked)
     async def on_playout_marked(self, env: Envelope[events.PlayoutMarked]) -> None:

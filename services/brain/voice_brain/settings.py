@@ -27,6 +27,15 @@ class BrainSettings(LlmSettings, SecretsSettings, EgressSettings, EmbeddingSetti
     history_trim_to: float = Field(0.5, gt=0.0, le=1.0, description="Over a bound, the window is cut to this share "
                                    "of it at once, so the prompt's start (and the LLM server's cache) holds for turns")
     apology: str = "Sorry, I'm having trouble answering right now. Could you say that again?"
+    llm_base_url_replicas: str = Field(
+        "", description="More servers of the platform's model (comma-separated URLs, same model and LLM_API_KEY) "
+        "beside LLM_BASE_URL: each call is kept on one of them (its prompt cache) and new calls go round them, so "
+        "two calls never queue on a server that answers one request at a time. `make run` sets it (LLM_SERVERS)")
+
+    def platform_urls(self) -> tuple[str, ...]:
+        """LLM_BASE_URL first, then its replicas (blanks and repeats dropped)."""
+        urls = [self.llm_base_url, *(u.strip() for u in self.llm_base_url_replicas.split(","))]
+        return tuple(dict.fromkeys(u for u in urls if u))
 
     # replies begun on the likely-final transcript (voice_brain.early)
     early_replies: bool = Field(True, description="Begin a turn's reply (its LLM request, nothing spoken or stored) "

@@ -630,7 +630,8 @@ class CallSession:
                 "call_id": self.call_id, "tenant_id": self.tenant_id, "turn_id": f.turn_id,
                 "agent_id": self.record.agent_id, "agent_version": self.record.agent_version,
             }):
-                await self._publish(events.PlayoutStarted(first_audio_wall_ms=time.time() * 1000),
+                await self._publish(events.PlayoutStarted(first_audio_wall_ms=time.time() * 1000,
+                                                          tts_first_audio_ms=f.synth_ms),
                                     turn_id=f.turn_id, epoch=f.epoch)
         if out.end_of_chunk and f.turn_id is not None and f.chunk is not None:
             await self._send_mark(f"{f.turn_id}:{f.epoch}:{f.chunk}" + (":f" if out.end_of_turn else ""),

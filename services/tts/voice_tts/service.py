@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from opentelemetry import trace
@@ -120,6 +121,8 @@ class TtsService(Service):
 
         async def publish(frame: AudioFrame) -> None:
             nonlocal sent
+            if sent == 0 and chunk.index == 0:  # the reply's first frame says this stage's time to it
+                frame = dataclasses.replace(frame, synth_ms=round((time.perf_counter() - received) * 1000, 1))
             headers = frame.headers()
             if sent == 0:  # the chunk's first frame carries the turn's trace on to ingress
                 telemetry.inject(headers)

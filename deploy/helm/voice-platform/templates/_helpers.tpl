@@ -180,6 +180,12 @@ Precedence: the service's `env`, then the global `env`, then what the chart deri
 {{- $_ := set $derived "LLM_BASE_URL" $v.llm.baseUrl }}
 {{- $_ := set $derived "LLM_MODEL" $v.llm.model }}
 {{- end }}
+{{- if and (eq $name "brain") $v.llm.replicaBaseUrls }}
+{{- $_ := set $derived "LLM_BASE_URL_REPLICAS" (join "," $v.llm.replicaBaseUrls) }}
+{{- end }}
+{{- if and (eq $name "analytics") $v.llm.summaryBaseUrl }}
+{{- $_ := set $derived "SUMMARY_LLM_BASE_URL" $v.llm.summaryBaseUrl }}
+{{- end }}
 {{- if eq $name "ingress" }}
 {{- $_ := set $derived "PUBLIC_BASE_URL" (include "voice.publicBaseUrl" $root) }}
 {{- $_ := set $derived "TWILIO_API_BASE_URL" $v.twilio.apiBaseUrl }}
