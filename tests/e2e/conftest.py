@@ -177,7 +177,15 @@ def transcribe(ulaw8k: bytes) -> str:
 def words(text: str) -> set[str]:
     import re
 
-    return set(re.findall(r"[a-z']+", text.lower()))
+    return set(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def heard_as_said(heard: str, said: str) -> bool:
+    """What the caller heard (transcribed) is what the agent said (its stored text): some words, and most of them
+    in the stored text. The LLM's reply is not fixed ("It's 10:45am." is as good an answer as a long one), so the
+    check is against what the platform itself recorded the agent saying, not against a length."""
+    h, s = words(heard), words(said)
+    return bool(h) and len(h & s) >= max(1, len(h) // 2)
 
 
 async def poll(fn, timeout: float, interval: float = 0.2):  # type: ignore[no-untyped-def]

@@ -159,7 +159,7 @@ async def test_a_call_from_the_console_in_chromium_greets_answers_and_stops_on_b
             replies = [(s, e) for s, e in segs if at["q_end"] <= s < at["b_start"]]
             assert replies, f"no reply to the question in the recording{tail}"
             reply = _heard(rec, replies[0][0], at["b_start"])
-            assert len(words(reply)) >= 3, reply
+            assert words(reply), "the reply transcribes to nothing"
 
             # 3. the barge-in: the reply was playing when the interruption began, and in the recording it stops
             #    soon after, and stays silent while the caller speaks (nothing more of the old reply)

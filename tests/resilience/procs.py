@@ -22,7 +22,7 @@ def start_service(module: str, logs: Path, name: str, timeout: float = 90.0, por
     full = dict(os.environ, HTTP_PORT=str(port), LOG_FORMAT="json", SHUTDOWN_GRACE_S="2", PYTHONUNBUFFERED="1",
                 **env)
     log_path = logs / f"{name}.log"
-    log = open(log_path, "wb")
+    log = open(log_path, "ab")
     proc = subprocess.Popen([sys.executable, "-m", module], env=full, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from voice_tts.calls import CallAudio, CallAudioRegistry
 from voice_tts.speaker import ChunkJob, speak_chunk, split_first_clause
 from voice_tts.voices import UnknownVoice, Voices, VoiceSpec
 
-from .fakes import FakeTTS, Recorder, run_inline, tone
+from .fakes import FakeEngine, FakeTTS, Recorder, run_inline, tone
 
 pytestmark = pytest.mark.unit
 
@@ -190,3 +191,26 @@ async def test_first_clause_is_synthesized_on_its_own() -> None:
     await speak_chunk(j, tts, CallAudio(), rec, run_inline)
     assert tts.texts == ["Sure,", "I can help with that."]
     assert len(rec.frames) == 4 and rec.frames[-1].final
+
+
+class _SlowLoad(FakeEngine):
+    """Loading its voice takes longer than one sentence may (a replica restarted on a busy machine)."""
+
+    def voice_specs(self) -> tuple[VoiceSpec, ...]:
+        def load() -> FakeTTS:
+            time.sleep(0.3)
+            return self.fake_voice
+
+        return (VoiceSpec("fake", "a slow-loading test voice", load),)
+
+
+async def test_a_slow_voice_load_at_start_is_waited_for_but_a_slow_sentence_is_not() -> None:
+    slow = FakeTTS([tone(0.1, 16_000)])
+    engine = _SlowLoad(slow, timeout_s=0.1)
+    try:
+        await engine.start()  # the load (0.3 s) is longer than the synthesis timeout (0.1 s): still ready
+        assert engine.loaded and slow.texts  # and warmed up
+        with pytest.raises(TimeoutError):  # a step of speaking stays bounded
+            await engine.run(time.sleep, 0.3)
+    finally:
+        engine.close()

@@ -66,13 +66,23 @@ class TextToSpeech(ABC):
         """The voices this engine can load, by name and aliases."""
 
     async def start(self) -> None:
-        """Load the default voice and synthesize once (espeak and onnxruntime initialise lazily)."""
+        """Load the default voice and synthesize once (espeak and onnxruntime initialise lazily).
+
+        Not bounded by the synthesis timeout: on a busy machine (a replica restarted while its peers serve calls)
+        loading can take longer than any one sentence may, and a replica that gave up here would never come back.
+        Readiness says when it is done."""
         if self.loaded:
             return
         started = time.perf_counter()
-        voice = await self.voice(None)
+        key = self.voices.resolve(None)
+        cached = self.voices.loaded.get(key)
+        voice: Voice = cached if cached is not None else await self.run(self.voices.get, key, bounded=False)
         loaded = time.perf_counter()
-        await self.run(lambda: sum(1 for _ in voice.synthesize(WARM_UP_TEXT)))
+
+        def warm_up() -> int:
+            return sum(1 for _ in voice.synthesize(WARM_UP_TEXT))
+
+        await self.run(warm_up, bounded=False)
         self.loaded = True
         log.info("tts_voice_ready", voice=voice.voice_name, load_ms=round((loaded - started) * 1000),
                  warmup_ms=round((time.perf_counter() - loaded) * 1000))
@@ -83,11 +93,12 @@ class TextToSpeech(ABC):
         loaded = self.voices.loaded.get(key)
         return loaded if loaded is not None else await self.run(self.voices.get, key)
 
-    async def run(self, fn: Callable[..., R], *args: Any) -> R:
-        """``fn(*args)`` in the synthesis pool, bounded by the timeout (the speaker's blocking steps)."""
+    async def run(self, fn: Callable[..., R], *args: Any, bounded: bool = True) -> R:
+        """``fn(*args)`` in the synthesis pool, bounded by the engine's timeout (the speaker's blocking steps) unless
+        ``bounded`` is False."""
         future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         try:
-            return await asyncio.wait_for(future, self.timeout_s)
+            return await asyncio.wait_for(future, self.timeout_s if bounded else None)
         except TimeoutError:
             metrics.ERRORS.labels(SERVICE, "synthesis_timeout").inc()
             raise
