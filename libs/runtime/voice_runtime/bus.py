@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -56,6 +55,54 @@ log = get_logger(__name__)
 _tracer = trace.get_tracer("voice.bus")
 
 H_MSG_ID = "Nats-Msg-Id"
+
+
+class PacedClient(NATS):
+    """nats-py's client, writing to the socket at most once per ``write_gap_s`` while it is busy.
+
+    nats-py queues each publish and wakes its flusher task, which writes everything queued: one ``send`` per
+    event-loop pass in which something was published. Ingress publishes every call's caller audio (50 frames a
+    second per call, each from its own WebSocket's task), so at tens of calls it made thousands of small writes a
+    second; on loopback each write also runs the server's receive path (the profile of `make bench-capacity` at
+    50 calls: a fifth of ingress's CPU in that ``send``), and nats-server then reads, and delivers, as many small
+    batches. Here a write that comes less than ``write_gap_s`` after the previous one waits out the rest of the gap,
+    so that everything published meanwhile goes in the same write. A write after a quiet spell goes at once: an
+    idle service adds no latency, a busy one at most the gap.
+
+    ``_flusher`` is nats-py's own loop (as of 2.16) with the wait added; ``tests/test_bus_pacing.py`` checks it
+    against a real server.
+    """
+
+    write_gap_s: float = 0.0
+
+    async def _flusher(self) -> None:
+        assert self._transport, "Client.connect must be called first"
+        assert self._flush_queue, "Client.connect must be called first"
+        loop = asyncio.get_running_loop()
+        last_write = -1e9
+        while True:
+            if not self.is_connected or self.is_connecting:
+                break
+            future: asyncio.Future[Any] = await self._flush_queue.get()
+            try:
+                wait = last_write + self.write_gap_s - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if self._pending_data_size > 0:
+                    self._transport.writelines(self._pending[:])
+                    self._pending = []
+                    self._pending_data_size = 0
+                    last_write = loop.time()
+                    await self._transport.drain()
+            except OSError as e:
+                await self._error_cb(e)
+                await self._process_op_err(e)
+                break
+            except (asyncio.CancelledError, RuntimeError, AttributeError):
+                break
+            finally:
+                if not future.done():
+                    future.set_result(None)
 
 
 class Transient(Exception):
@@ -224,8 +271,9 @@ class Bus:
     @classmethod
     async def connect(
         cls, url: str, service: str, *, connect_timeout: float = 5.0, initial_wait_s: float = 60.0,
-        placement: Placement | None = None,
+        placement: Placement | None = None, write_gap_s: float = 0.0,
     ) -> Bus:
+        """``write_gap_s``: see ``PacedClient`` (0: nats-py's own pace, a write per loop pass)."""
         async def on_error(e: Exception) -> None:
             log.warning("nats_error", error=str(e))
 
@@ -238,7 +286,8 @@ class Bus:
         deadline = time.monotonic() + initial_wait_s
         while True:  # the server may start after us (k8s, make run): retry the first connect
             try:
-                nc = await cls._connect(url, service, connect_timeout, on_error, on_disconnect, on_reconnect)
+                nc = await cls._connect(url, service, connect_timeout, on_error, on_disconnect, on_reconnect,
+                                        write_gap_s)
             except Exception as e:
                 if time.monotonic() > deadline:
                     raise
@@ -255,18 +304,16 @@ class Bus:
 
     @staticmethod
     async def _connect(url: str, service: str, connect_timeout: float, on_error: Any, on_disconnect: Any,
-                       on_reconnect: Any) -> NATS:
-        return await nats.connect(
-            servers=[u.strip() for u in url.split(",")],
-            name=service,
-            connect_timeout=connect_timeout,
-            reconnect_time_wait=0.5,
-            max_reconnect_attempts=-1,
-            allow_reconnect=True,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-        )
+                       on_reconnect: Any, write_gap_s: float = 0.0) -> NATS:
+        nc = PacedClient()
+        nc.write_gap_s = write_gap_s
+        options: dict[str, Any] = {  # (as nats.connect passes them: its stubs say int for the two times)
+            "servers": [u.strip() for u in url.split(",")], "name": service, "connect_timeout": connect_timeout,
+            "reconnect_time_wait": 0.5, "max_reconnect_attempts": -1, "allow_reconnect": True,
+            "error_cb": on_error, "disconnected_cb": on_disconnect, "reconnected_cb": on_reconnect,
+        }
+        await nc.connect(**options)
+        return nc
 
     @property
     def connected(self) -> bool:

@@ -116,7 +116,8 @@ class Service:
         if drift:
             raise RuntimeError("handlers and consumer filters differ: " + "; ".join(drift))
         setup_tracing(self.name, s.otel_exporter_otlp_endpoint)
-        self.bus = bus if bus is not None else await Bus.connect(s.nats_url, self.name, placement=s.placement())
+        self.bus = bus if bus is not None else await Bus.connect(s.nats_url, self.name, placement=s.placement(),
+                                                                  write_gap_s=s.bus_write_gap_ms / 1000)
         self.kv = await self.bus.provision()
         await self.on_start()
         for h in declared:

@@ -34,6 +34,10 @@ class CommonSettings(_Settings):
     nats_audio_storage: Literal["file", "memory"] = Field(
         "file", description="Storage of the AUDIO stream (the durable facts are always on file)"
     )
+    bus_write_gap_ms: float = Field(
+        1.0, ge=0.0, le=20.0, description="A busy service writes to NATS at most once per this many ms, everything "
+        "published meanwhile in one write (an idle one writes at once); 0: a write per event-loop pass"
+    )
     otel_exporter_otlp_endpoint: str | None = None
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"

@@ -58,6 +58,10 @@ class MediaSettings(CommonSettings):
     turn_model: str = Field("smart-turn-v3", description="The end-of-turn model: a module of voice_media.engines "
                                                          "or an entry point of the group voice.turn_models")
     turn_model_workers: int = Field(1, ge=1, le=16, description="Threads running the turn model")
+    turn_model_nice: int = Field(
+        10, ge=0, le=19, description="The turn model's threads run this much nicer than media's event loop, so a "
+        "prediction (~100 ms of CPU) never delays VAD, barge-in or another process's playout; 0: the same priority"
+    )
     turn_model_max_queue: int = Field(
         8, ge=1, description="Predictions waiting beyond this are skipped (the hangover still ends the turn)"
     )

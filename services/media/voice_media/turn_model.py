@@ -3,14 +3,18 @@
 A prediction takes tens of milliseconds of CPU, so it never runs on the event loop. This base runs the adapter's
 blocking ``_predict`` in a pool of ``workers`` threads (one model instance serves every call of the process),
 skips a request when ``max_queue`` are already waiting, gives up after ``timeout_s`` and records inference time
-and failures. A turn model only shortens the silence hangover, so a skipped, failed or late prediction is no
-answer (None): the hangover still ends the turn. An adapter (``engines/smart_turn.py``) implements ``name``,
-``load`` and ``_predict``.
+and failures. The pool's threads run ``nice`` steps below the process (Linux schedules threads one by one): a
+prediction is model inference, and the event loop beside it scores every call's VAD in real time, as ingress's
+loop paces every call's playout on the same cores. A turn model only shortens the silence hangover, so a skipped,
+failed or late prediction is no answer (None): the hangover still ends the turn. An adapter
+(``engines/smart_turn.py``) implements ``name``, ``load`` and ``_predict``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -35,11 +39,26 @@ class TurnPrediction:
     seconds: float  # inference time (features + model)
 
 
+def lower_thread_priority(steps: int) -> int:
+    """Make the calling thread ``steps`` nicer than it is (at most 19); its nice value after, or -1 where the
+    platform cannot say (no per-thread nice: the prediction simply runs at the process's priority)."""
+    try:
+        tid = threading.get_native_id()
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps)
+        if steps > 0:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except (AttributeError, OSError) as e:
+        log.warning("turn_model_priority_unchanged", error=safe_error(e, 200))
+        return -1
+
+
 class TurnModel(ABC):
-    def __init__(self, *, workers: int = 1, max_queue: int = 8, timeout_s: float = 2.0) -> None:
-        self.workers, self.max_queue, self.timeout_s = workers, max_queue, timeout_s
+    def __init__(self, *, workers: int = 1, max_queue: int = 8, timeout_s: float = 2.0, nice: int = 0) -> None:
+        self.workers, self.max_queue, self.timeout_s, self.nice = workers, max_queue, timeout_s, nice
         self.loaded = False
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="turn-model")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="turn-model",
+                                        initializer=lower_thread_priority, initargs=(nice,))
         self._queued = 0
 
     @property

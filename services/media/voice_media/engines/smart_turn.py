@@ -37,8 +37,8 @@ class SmartTurnV3(TurnModel):
     CONTEXT_SAMPLES = 8 * SAMPLE_RATE
 
     def __init__(self, options: SmartTurnSettings | None = None, *, model_path: Path | None = None,
-                 workers: int = 1, max_queue: int = 8, timeout_s: float = 2.0) -> None:
-        super().__init__(workers=workers, max_queue=max_queue, timeout_s=timeout_s)
+                 workers: int = 1, max_queue: int = 8, timeout_s: float = 2.0, nice: int = 0) -> None:
+        super().__init__(workers=workers, max_queue=max_queue, timeout_s=timeout_s, nice=nice)
         self.options = options or SmartTurnSettings()
         self.model_path = model_path
         self.threshold = self.options.turn_model_threshold
@@ -80,7 +80,8 @@ class SmartTurnV3(TurnModel):
 
 def create(settings: MediaSettings) -> SmartTurnV3:
     return SmartTurnV3(SmartTurnSettings(), workers=settings.turn_model_workers,
-                       max_queue=settings.turn_model_max_queue, timeout_s=settings.turn_model_timeout_s)
+                       max_queue=settings.turn_model_max_queue, timeout_s=settings.turn_model_timeout_s,
+                       nice=settings.turn_model_nice)
 
 
 TURN_MODELS.register("smart-turn-v3", create)
