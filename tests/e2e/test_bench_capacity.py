@@ -28,6 +28,10 @@ async def test_capacity_bench_two_calls(tmp_path: Path) -> None:
     assert step["turns"] == 2 and step["turns_answered"] == 2
     assert step["agent_frames"] > 100 and step["odd_sized_frames"] == 0
     assert step["jitter_ms"]["n"] > 0 and step["jitter_ms"]["p50"] is not None
+    assert step["lateness_ms"]["n"] == step["jitter_ms"]["n"] and step["lateness_ms"]["p99"] is not None
+    for service in ("ingress", "media"):  # their event loops' 20 ms timers over the step, from /metrics
+        lag = step["loop_lag"][service]
+        assert lag is not None and lag["timers"] > 0 and 0 <= lag["over_20ms"] <= lag["timers"], lag
     for key in ("late_pct", "underruns", "call_seconds", "machine_cpu_pct_all_cores", "verdict"):
         assert key in step
     assert {"ingress", "media", "nats-server", "standins", "caller"} <= set(step["processes"])

@@ -120,3 +120,25 @@ def test_calls_sharing_the_model_keep_their_own_state(silero: Any, piper_speech:
         got.append(a.probability(speech[i : i + 512]))
         b.probability(other[i : i + 512])
     assert got == expected
+
+
+def test_many_calls_scored_in_one_run_get_what_each_would_alone(silero: Any,
+                                                                 piper_speech: dict[str, Speech]) -> None:
+    """media scores the windows of every call that has one ready in one batched model run: each call's
+    probabilities (and its recurrent state, over a whole utterance) are the ones it gets scored alone."""
+    speech = with_silence(piper_speech["sentence"].audio, 300, 300)
+    audios = [speech, phone_band(speech), speech[::-1].copy(), (speech // 4).astype(np.int16)]
+    starts = range(0, len(speech) - 511, 512)
+    alone = []
+    for audio in audios:
+        s = silero.stream()
+        alone.append([s.probability(audio[i : i + 512]) for i in starts])
+    streams = [silero.stream() for _ in audios]
+    batched: list[list[float]] = [[] for _ in audios]
+    for i in starts:
+        for k, p in enumerate(silero.score_many(streams, [a[i : i + 512] for a in audios])):
+            batched[k].append(p)
+    for k in range(len(audios)):
+        assert max(abs(x - y) for x, y in zip(batched[k], alone[k], strict=True)) < 1e-4, k
+        assert max(batched[k]) > 0.5 or k == 2  # speech was heard (reversed speech may not sound like speech)
+    assert batched[0] != batched[1]  # the rows are not mixed up: each call its own audio

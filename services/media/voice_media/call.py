@@ -125,10 +125,15 @@ class CallPipeline:
         return self.audio.end_ms
 
     def push(self, pcm: bytes, ts_ms: int | None = None) -> list[Decision]:
-        """One frame of PCM16 LE mono; ``ts_ms`` (media time of its first sample) realigns after loss."""
+        """One frame of PCM16 LE mono; ``ts_ms`` (media time of its first sample) realigns after loss. Its
+        windows are scored at once (``append`` then ``window``/``scored`` lets the caller batch them instead)."""
+        return self._score() if self.append(pcm, ts_ms) else []
+
+    def append(self, pcm: bytes, ts_ms: int | None = None) -> bool:
+        """The frame into the ring, not scored yet; False when it was dropped (odd length, duplicate or late)."""
         if len(pcm) % 2:
             self.frames_dropped += 1
-            return []
+            return False
         audio = self.audio
         if not self._started:
             self._started = True
@@ -137,7 +142,7 @@ class CallPipeline:
             drift = ts_ms - audio.end_ms
             if drift < -10:  # duplicate or late frame: its time has already been scored
                 self.frames_dropped += 1
-                return []
+                return False
             if drift > 10:  # frames lost upstream: keep media time honest with silence
                 fill = min(drift, self.max_gap_fill_ms)
                 audio.append_silence(fill * audio.sample_rate // 1000)
@@ -146,21 +151,29 @@ class CallPipeline:
                 # instead, and older audio is dated that much earlier than it was
                 audio.origin_ms += drift - fill
         audio.append(np.frombuffer(pcm, dtype="<i2"))
-        return self._score()
+        return True
 
     def tick(self, now_ms: int) -> list[Decision]:
         """No audio for a while: let the silence timers run on (media) time alone."""
         return self.detector.tick(now_ms)
 
-    def _score(self) -> list[Decision]:
+    def window(self) -> np.ndarray | None:
+        """The next VAD window not scored yet (valid until the next ``append``), or None."""
         audio, w = self.audio, self._window
+        if audio.written - self._next_window < w:
+            return None
+        return audio.view(self._next_window, w, self._scratch)
+
+    def scored(self, p: float) -> list[Decision]:
+        """The window ``window`` gave has speech probability ``p``: the turn detector's decisions."""
+        audio = self.audio
+        self._next_window += self._window
+        return self.detector.on_window(p, audio.origin_ms + self._next_window * 1000 // audio.sample_rate)
+
+    def _score(self) -> list[Decision]:
         out: list[Decision] = []
-        while audio.written - self._next_window >= w:
-            window = audio.view(self._next_window, w, self._scratch)
-            self._next_window += w
-            p = self.vad.probability(window)
-            end_ms = audio.origin_ms + self._next_window * 1000 // audio.sample_rate
-            decisions = self.detector.on_window(p, end_ms)
+        while (window := self.window()) is not None:
+            decisions = self.scored(self.vad.probability(window))
             if decisions:
                 out.extend(decisions)
         return out

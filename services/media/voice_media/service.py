@@ -92,6 +92,63 @@ def weighs_words(agent: AgentConfig | None) -> bool:
     return language.lower().replace("_", "-").split("-")[0] == "en"
 
 
+class VadBatch:
+    """The VAD windows of many calls, scored in one model run per pass of the event loop.
+
+    A caller frame that completes a window puts its call here; the first one of a pass schedules ``run`` with
+    ``call_soon``, so the frames that the bus delivered in the same read (every call's audio comes in on one
+    connection) join it and nothing waits for a timer: at one call a window is scored in the pass it arrived in,
+    as before. A call contributes one window per model run (its state is recurrent); one with more (audio that
+    came late in a burst) goes on in the next rounds of the same pass. A model run that fails scores its windows
+    as silence (counted, logged), so that no call's timers stall on it.
+    """
+
+    def __init__(self, vad: VoiceActivity, max_batch: int = 64) -> None:
+        self.vad = vad
+        self.max_batch = max_batch
+        self._waiting: dict[str, MediaCall] = {}
+        self._scheduled = False
+        self.runs = 0  # model runs
+        self.windows = 0  # windows scored
+
+    def add(self, call: MediaCall) -> None:
+        self._waiting[call.call_id] = call
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.run)
+
+    def run(self) -> None:
+        self._scheduled = False
+        while self._waiting:
+            calls: list[MediaCall] = []
+            windows: list[Any] = []
+            for call in list(self._waiting.values()):
+                window = None if call.closed else call.pipeline.window()
+                if window is None:
+                    del self._waiting[call.call_id]
+                elif len(calls) < self.max_batch:
+                    calls.append(call)
+                    windows.append(window)
+            if not calls:
+                return
+            try:
+                probabilities = self.vad.score_many([c.pipeline.vad for c in calls], windows)
+            except Exception as e:  # those windows count as silence: the calls' timers go on, nothing stalls
+                metrics.ERRORS.labels(SERVICE, "vad_batch").inc()
+                log.warning("vad_batch_failed", calls=len(calls), error=safe_error(e, 200))
+                probabilities = [0.0] * len(calls)
+            self.runs += 1
+            self.windows += len(calls)
+            for call, p in zip(calls, probabilities, strict=True):
+                try:
+                    decisions = call.pipeline.scored(p)
+                    if decisions and not call.closed:
+                        call.handle(decisions)
+                except Exception as e:  # as a bad frame: this call's decisions only
+                    metrics.ERRORS.labels(SERVICE, "audio_frame").inc()
+                    log.warning("audio_window_failed", call_id=call.call_id, error=safe_error(e, 200))
+
+
 class MediaCall:
     """One claimed call: its pipeline, subscriptions, outbox and the clock mapping media -> wall time."""
 
@@ -141,12 +198,19 @@ class MediaCall:
                 metrics.ERRORS.labels(SERVICE, "audio_frame").inc()
                 log.warning("replayed_frame_failed", call_id=self.call_id, error=safe_error(e, 200))
 
-    def _push(self, data: bytes, ts: int | None) -> None:
+    def _push(self, data: bytes, ts: int | None, batch: VadBatch | None = None) -> None:
+        """A caller frame: scored now, or with ``batch`` in one model run with the other calls' windows that are
+        ready in this pass of the event loop (their decisions are handled then, in the same pass)."""
         if ts is not None and self._last_ts is not None and ts <= self._last_ts:
             return  # already had (replayed, then live)
         if ts is not None:
             self._last_ts = ts
-        decisions = self.pipeline.push(data, ts)
+        if batch is None:
+            decisions = self.pipeline.push(data, ts)
+        else:
+            decisions = []
+            if self.pipeline.append(data, ts) and self.pipeline.window() is not None:
+                batch.add(self)
         self.last_audio = time.monotonic()
         self._frames += 1
         self._track_clock()
@@ -160,7 +224,7 @@ class MediaCall:
                 if len(self._held) < 3000:  # a minute of frames at most
                     self._held.append((msg.data, ts))
                 return
-            self._push(msg.data, ts)
+            self._push(msg.data, ts, self.service.vad_batch)
         except Exception as e:  # one bad frame must not kill the call's audio path
             metrics.ERRORS.labels(SERVICE, "audio_frame").inc()
             self._bad_frames += 1
@@ -395,6 +459,7 @@ class MediaService(Service):
         self.calls_durable = calls_durable
         self._made: list[TurnModel] = []  # closed on stop; models passed in belong to the caller
         self.vad = vad if vad is not None else VOICE_ACTIVITY.get(settings.vad_engine)(settings)
+        self.vad_batch = VadBatch(self.vad)
         self.turn_model = turn_model
         if turn_model is None and settings.turn_model_enabled:
             self.turn_model = TURN_MODELS.get(settings.turn_model)(settings)

@@ -1,10 +1,11 @@
 """The voice-activity role: what media needs from any VAD model, and what every one shares.
 
 One ``VoiceActivity`` per process holds the model; each call gets its own ``VadStream`` holding only that call's
-state. Scoring runs inline on the event loop, by design: a window costs ~0.2 ms of CPU (Silero, 32 ms windows,
+state. Scoring runs inline on the event loop, by design: a window costs ~0.1 ms of CPU (Silero, 32 ms windows,
 this project's 2-core machine), less than handing it to a thread would. So this base has no pool and no timeout:
 it loads the model off the loop and states the window geometry. An adapter (``engines/silero.py``) implements
-``load`` and ``stream``.
+``load`` and ``stream``, and may score the windows of many calls in one model run (``score_many``: media gathers
+the windows that are ready in one pass of its event loop; Silero costs ~96 µs a window alone, ~45 in eights).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -54,6 +55,11 @@ class VoiceActivity(ABC):
     @abstractmethod
     def stream(self) -> VadStream:
         """A new call's state (cheap: the model is shared)."""
+
+    def score_many(self, streams: Sequence[VadStream], windows: Sequence[np.ndarray]) -> list[float]:
+        """The next window of each of several streams (distinct ones, this model's), in order: the same
+        probabilities as ``stream.probability(window)`` one by one, which is what this default does."""
+        return [s.probability(w) for s, w in zip(streams, windows, strict=True)]
 
     async def start(self) -> None:
         """Load once, off the event loop."""

@@ -5,6 +5,7 @@ Each call's ``SileroStream`` holds only its recurrent state; scoring a window al
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from voice_runtime.realtime import report_threads
 
 from .. import assets
 from ..settings import MediaSettings
-from ..vad import VoiceActivity
+from ..vad import VadStream, VoiceActivity
 from . import VOICE_ACTIVITY
 
 # The model's recurrent state drifts during long non-speech (strongly on 8 kHz-origin phone audio)
@@ -58,16 +59,22 @@ class SileroStream:
         self._since_reset = 0
 
     def probability(self, window: np.ndarray) -> float:
-        buf = self._input
-        w = self._window
-        buf[0, : buf.shape[1] - w] = buf[0, w:]  # context = tail of the previous window
-        np.multiply(window, np.float32(1.0 / 32768.0), out=buf[0, buf.shape[1] - w :], casting="unsafe")
+        self._take(window)
         i = self._turn
         self._bind.bind_ortvalue_input("state", self._values[i])
         self._bind.bind_ortvalue_output("stateN", self._values[1 - i])
         self._session.run_with_iobinding(self._bind)
         self._turn = 1 - i
-        p = float(self._out[0, 0])
+        return self._scored(float(self._out[0, 0]))
+
+    def _take(self, window: np.ndarray) -> None:
+        """The model's input row: the previous window's tail (context), then ``window`` as float."""
+        buf = self._input
+        w = self._window
+        buf[0, : buf.shape[1] - w] = buf[0, w:]
+        np.multiply(window, np.float32(1.0 / 32768.0), out=buf[0, buf.shape[1] - w :], casting="unsafe")
+
+    def _scored(self, p: float) -> float:
         self._since_reset += 1
         self._low = self._low + 1 if p < _RESET_MAX_PROBABILITY else 0
         if self._since_reset >= self._reset_after and self._low >= _RESET_LOW_WINDOWS:
@@ -86,6 +93,7 @@ class SileroVoiceActivity(VoiceActivity):
         super().__init__(sample_rate=sample_rate, window_samples=512 if sample_rate == 16_000 else 256)
         self.model_path = model_path
         self.session: ort.InferenceSession | None = None
+        self._sr = np.array(sample_rate, dtype=np.int64)
 
     def load(self) -> None:
         opts = ort.SessionOptions()
@@ -100,6 +108,28 @@ class SileroVoiceActivity(VoiceActivity):
         if self.session is None:
             raise RuntimeError("the Silero model is not loaded (call start() first)")
         return SileroStream(self.session, self.sample_rate)
+
+    def score_many(self, streams: Sequence[VadStream], windows: Sequence[np.ndarray]) -> list[float]:
+        """One model run for the next window of each stream (batch rows: each stream's context and window in,
+        its recurrent state in and back out), the same probabilities as one run each (tests/media/test_models)."""
+        own = [s for s in streams if isinstance(s, SileroStream) and s._session is self.session]
+        if len(streams) < 2 or len(own) != len(streams):
+            return super().score_many(streams, windows)
+        n, width = len(own), own[0]._input.shape[1]
+        x = np.empty((n, width), dtype=np.float32)
+        state = np.empty((2, n, 128), dtype=np.float32)
+        for k, (s, w) in enumerate(zip(own, windows, strict=True)):
+            s._take(w)
+            x[k] = s._input[0]
+            state[:, k, :] = s._states[s._turn][:, 0, :]
+        assert self.session is not None
+        out, state_n = self.session.run(None, {"input": x, "state": state, "sr": self._sr})
+        probabilities: list[float] = []
+        for k, s in enumerate(own):
+            s._turn = 1 - s._turn
+            s._states[s._turn][:, 0, :] = state_n[:, k, :]
+            probabilities.append(s._scored(float(out[k, 0])))
+        return probabilities
 
 
 def create(settings: MediaSettings) -> SileroVoiceActivity:
