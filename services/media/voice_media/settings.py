@@ -59,8 +59,10 @@ class MediaSettings(CommonSettings):
                                                          "or an entry point of the group voice.turn_models")
     turn_model_workers: int = Field(1, ge=1, le=16, description="Threads running the turn model")
     turn_model_nice: int = Field(
-        10, ge=0, le=19, description="The turn model's threads run this much nicer than media's event loop, so a "
-        "prediction (~100 ms of CPU) never delays VAD, barge-in or another process's playout; 0: the same priority"
+        5, ge=0, le=19, description="The turn model's threads run this much nicer than media's event loop, so a "
+        "prediction (~100 ms of CPU) never delays VAD, barge-in or another process's playout (5: between the "
+        "real-time processes at 0 and `make run`'s model stages at MODEL_NICE 10, which it must still beat at the "
+        "end of a turn); 0: the same priority"
     )
     turn_model_max_queue: int = Field(
         8, ge=1, description="Predictions waiting beyond this are skipped (the hangover still ends the turn)"
