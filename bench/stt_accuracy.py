@@ -1,6 +1,6 @@
 """`make bench-stt`: word error rate and latency of each speech-to-text engine on a fixed phone test set.
 
-    .venv/bin/python -m bench.stt_accuracy [--engines whisper,moonshine] [--voices joe-0.85,joe-1.0,joe-1.2,espeak]
+    .venv/bin/python -m bench.stt_accuracy [--engines whisper,whisper@15,moonshine] [--voices joe-0.85,joe-1.0,...]
 
 The set: ``SENTENCES`` (35 phone-style sentences: numbers, names, yes/no, addresses, dates, times), each
 synthesised with every voice (piper joe at three speeds; espeak-ng when installed, a very different and harder
@@ -190,16 +190,19 @@ def phone_line(audio: np.ndarray, rate: int, rng: np.random.Generator) -> bytes:
 
 # ------------------------------------------------------------------ engines
 def load_engine(name: str) -> Any:
-    if name == "whisper":
+    if name == "whisper" or name.startswith("whisper@"):  # whisper@15: STT_WHISPER_WINDOW_S=15
         from voice_stt.engines.whisper import WhisperSettings, WhisperSpeechToText
 
-        engine: Any = WhisperSpeechToText(WhisperSettings())
+        settings = WhisperSettings()
+        if "@" in name:
+            settings = settings.model_copy(update={"stt_whisper_window_s": float(name.split("@", 1)[1])})
+        engine: Any = WhisperSpeechToText(settings)
     elif name == "moonshine":
         from voice_stt.engines.moonshine import MoonshineSettings, MoonshineSpeechToText
 
         engine = MoonshineSpeechToText(MoonshineSettings())
     else:
-        raise SystemExit(f"unknown engine {name!r} (whisper, moonshine)")
+        raise SystemExit(f"unknown engine {name!r} (whisper, whisper@<window s>, moonshine)")
     engine.load()
     engine.warm_up()
     return engine

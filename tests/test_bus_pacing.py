@@ -4,6 +4,7 @@ messages share writes, nothing is lost or reordered, and an idle one's message i
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -69,21 +70,27 @@ async def delivered(got: list[bytes], n: int) -> list[bytes]:
 async def test_a_busy_publisher_shares_writes_and_loses_nothing(nats_url: str,
                                                                 receiver: tuple[Bus, str, list[bytes]]) -> None:
     _, subject, got = receiver
+    gap_s = 0.01
     unpaced = await Bus.connect(nats_url, "test-unpaced", write_gap_s=0.0)
-    paced = await Bus.connect(nats_url, "test-paced", write_gap_s=0.002)
+    paced = await Bus.connect(nats_url, "test-paced", write_gap_s=gap_s)
     try:
         writes = count_writes(unpaced)
         await publish_from_tasks(unpaced, subject)
         unpaced_writes = writes()
         writes = count_writes(paced)
+        started = time.monotonic()
         await publish_from_tasks(paced, subject)
+        took_s = time.monotonic() - started
         paced_writes = writes()
     finally:
         await unpaced.close()
         await paced.close()
     assert [int(b) for b in await delivered(got, 2 * N)] == list(range(N)) * 2  # all of them, in order
-    assert unpaced_writes > N // 2, f"nats-py's own pace should write about once per message ({unpaced_writes})"
-    assert paced_writes < unpaced_writes // 2, (paced_writes, unpaced_writes)  # 2 ms gap, 0.5 ms apart
+    # the pacer's promise: at most one write per gap (however slow the machine made the publishing), so the
+    # 200 messages, published over at least 100 ms, shared a dozen or so writes where nats-py's pace made one
+    # per loop pass that had a message
+    assert paced_writes <= took_s / gap_s + 2, (paced_writes, took_s)
+    assert paced_writes < unpaced_writes, (paced_writes, unpaced_writes)
 
 
 async def test_an_idle_publisher_writes_at_once(nats_url: str, receiver: tuple[Bus, str, list[bytes]]) -> None:
