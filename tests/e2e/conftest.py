@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import os
 import subprocess
 import sys
@@ -186,6 +187,22 @@ def heard_as_said(heard: str, said: str) -> bool:
     check is against what the platform itself recorded the agent saying, not against a length."""
     h, s = words(heard), words(said)
     return bool(h) and len(h & s) >= max(1, len(h) // 2)
+
+
+@pytest.fixture(autouse=True)
+def _no_collector_stalls() -> Iterator[None]:
+    """The callers of these tests run on the test's own event loop and stamp each agent frame when they read it.
+    Deep into the suite a full garbage collection walks the whole test process's heap (every module, fixture and
+    result so far): a stall of the reading, after which frames that came on time are read at once and look late
+    (a clean-clone run saw a burst of them 0.63 s after a barge-in's onset). What exists before the test is frozen
+    out of the collector's sight for its duration, as the services freeze their startup heap; cycles the test
+    makes are still collected."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 async def poll(fn, timeout: float, interval: float = 0.2):  # type: ignore[no-untyped-def]
