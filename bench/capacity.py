@@ -40,6 +40,7 @@ import httpx
 import psutil
 from voice_devstack.stack import free_port, nats_command, wait_port
 
+from . import looplag
 from .agent import BenchAgent
 from .machine import cpu_model, git_commit
 from .stats import summary
@@ -49,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 NUMBER = "+15550177"
 JITTER_P99_MAX_MS = 20.0
 FRAMES_PER_S = 50
+LAG_SERVICES = ("ingress", "media")  # the real-time loops whose late timers each step reports
 
 
 def log(msg: str) -> None:
@@ -56,14 +58,16 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- the caller process
+def _gap_deviations(received: list[Any], reply_gap_s: float) -> list[float]:
+    """Inter-arrival gap minus the previous frame's duration (ms) of consecutive agent frames within a reply."""
+    return [(r.at - prev.at - len(prev.payload) / 8000.0) * 1000
+            for prev, r in itertools.pairwise(received) if r.at - prev.at <= reply_gap_s]
+
+
 def jitter_values(received: list[Any], reply_gap_s: float = 1.0) -> list[float]:
     """|inter-arrival gap - frame duration| (ms) of consecutive agent frames within a reply: the values
     ``bench.calls.analyse_playout`` summarises, kept so that a step's percentiles span all its calls."""
-    out: list[float] = []
-    for prev, r in itertools.pairwise(received):
-        if r.at - prev.at <= reply_gap_s:
-            out.append(abs(r.at - prev.at - len(prev.payload) / 8000.0) * 1000)
-    return out
+    return [abs(d) for d in _gap_deviations(received, reply_gap_s)]
 
 
 def lateness_values(received: list[Any], reply_gap_s: float = 1.0) -> list[float]:
@@ -72,11 +76,7 @@ def lateness_values(received: list[Any], reply_gap_s: float = 1.0) -> list[float
     reply's start sends at once to fill the caller's buffer (the playout lead: gaps of ~0 ms, |0 - 20| = 20 ms
     each, which alone put the symmetric p99 near 20 ms at any load): a frame early is buffered, not heard
     differently; a frame late is what a caller's jitter buffer must absorb."""
-    out: list[float] = []
-    for prev, r in itertools.pairwise(received):
-        if r.at - prev.at <= reply_gap_s:
-            out.append(max(0.0, r.at - prev.at - len(prev.payload) / 8000.0) * 1000)
-    return out
+    return [max(0.0, d) for d in _gap_deviations(received, reply_gap_s)]
 
 
 async def _one_call(url: str, questions: list[Any], delay_s: float, timeouts: Any) -> dict[str, Any]:
@@ -238,28 +238,6 @@ class Stack:
 
 
 # --------------------------------------------------------------------------- one step
-async def loop_lag_counts(port: int) -> tuple[float, float] | None:
-    """(20 ms timers run so far, those more than 20 ms late) of a service's event loop, from its /metrics."""
-    try:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-    except httpx.HTTPError:
-        return None
-    count = within = None
-    for line in text.splitlines():
-        if line.startswith("voice_event_loop_lag_seconds_count"):
-            count = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("voice_event_loop_lag_seconds_bucket") and 'le="0.02"' in line:
-            within = float(line.rsplit(" ", 1)[1])
-    return None if count is None or within is None else (count, count - within)
-
-
-def lag_delta(before: tuple[float, float] | None, after: tuple[float, float] | None) -> dict[str, int] | None:
-    if before is None or after is None:
-        return None
-    return {"timers": round(after[0] - before[0]), "over_20ms": round(after[1] - before[1])}
-
-
 async def run_step(stack: Stack, n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     k = max(1, min(args.caller_procs, n))
     per = [n // k + (1 if i < n % k else 0) for i in range(k)]
@@ -285,7 +263,7 @@ async def run_step(stack: Stack, n: int, args: argparse.Namespace, tmp: Path) ->
     try:
         await asyncio.gather(*(line(p, "READY", 120) for p in callers))
         pids = {**stack.pids(), **{f"caller-{i}": p.pid for i, p in enumerate(callers)}}
-        lag0 = {name: await loop_lag_counts(stack.ports[name]) for name in ("ingress", "media")}
+        lag0 = await looplag.scrape(stack.ports, LAG_SERVICES)
         cpu0 = {name: _cpu(pid) for name, pid in pids.items()}
         busy0, t0 = _busy(), time.monotonic()
         for p in callers:
@@ -297,7 +275,7 @@ async def run_step(stack: Stack, n: int, args: argparse.Namespace, tmp: Path) ->
         wall = time.monotonic() - t0
         cpu1 = {name: _cpu(pid) for name, pid in pids.items()}
         busy1 = _busy()
-        lag = {name: lag_delta(lag0[name], await loop_lag_counts(stack.ports[name])) for name in lag0}
+        lag = looplag.figures(lag0, await looplag.scrape(stack.ports, LAG_SERVICES))
         await asyncio.gather(*(asyncio.wait_for(p.wait(), 30) for p in callers))
     finally:
         for p in callers:

@@ -73,7 +73,7 @@ async def test_windows_ready_in_one_pass_are_one_run_with_each_calls_own_decisio
     per_call = [frames(utterance(k)) for k in range(5)]
     for i in range(len(per_call[0])):
         for call, fs in zip(calls, per_call, strict=True):  # one frame of every call, then the loop turns
-            if call.pipeline.append(fs[i]) and call.pipeline.window() is not None:
+            if call.pipeline.append(fs[i]) and call.pipeline.has_window:
                 batch.add(call)  # type: ignore[arg-type]
         await asyncio.sleep(0)
     assert max(vad.batches) == 5, vad.batches  # every call's window in the same run

@@ -157,12 +157,16 @@ class CallPipeline:
         """No audio for a while: let the silence timers run on (media) time alone."""
         return self.detector.tick(now_ms)
 
+    @property
+    def has_window(self) -> bool:
+        """A VAD window is ready to score (``window``)."""
+        return self.audio.written - self._next_window >= self._window
+
     def window(self) -> np.ndarray | None:
         """The next VAD window not scored yet (valid until the next ``append``), or None."""
-        audio, w = self.audio, self._window
-        if audio.written - self._next_window < w:
+        if not self.has_window:
             return None
-        return audio.view(self._next_window, w, self._scratch)
+        return self.audio.view(self._next_window, self._window, self._scratch)
 
     def scored(self, p: float) -> list[Decision]:
         """The window ``window`` gave has speech probability ``p``: the turn detector's decisions."""

@@ -209,7 +209,7 @@ class MediaCall:
             decisions = self.pipeline.push(data, ts)
         else:
             decisions = []
-            if self.pipeline.append(data, ts) and self.pipeline.window() is not None:
+            if self.pipeline.append(data, ts) and self.pipeline.has_window:
                 batch.add(self)
         self.last_audio = time.monotonic()
         self._frames += 1

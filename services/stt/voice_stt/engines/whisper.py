@@ -7,9 +7,8 @@ The encoder window (``STT_WHISPER_WINDOW_S``): Whisper is trained on 30 s window
 utterance to 30 s, so a 2-second "yes, that's right" costs the encoder as much as 30 s of speech (tiny.en: ~300 of
 ~380 ms on this project's 2-core machine). CTranslate2's encoder takes shorter input; below 30 s, an utterance is
 encoded in a window of at least ``STT_WHISPER_WINDOW_S`` seconds and at least its own length plus 10 s of padding
-(up to 30). The padding matters: with only 1-3 s after the speech, tiny.en loops on its last words. Measured by the
-bench-stt phone set (piper voices, 105 clips): 15 s gave WER 12.1% at p50 116 ms against 11.4% at 383 ms for 30 s,
-10 s 14.4% at 75 ms. The default, 30, decodes exactly as trained.
+(up to 30). The padding matters: with only 1-3 s after the speech, tiny.en loops on its last words. What it costs
+in accuracy and saves in time: services/stt/README.md (bench-stt). The default, 30, decodes exactly as trained.
 """
 
 from __future__ import annotations
@@ -117,7 +116,7 @@ class WhisperSpeechToText(SpeechToText):
         self.decode = DecodeOptions(beam_size=self.options.stt_beam_size)
         self.multilingual = False
         self._model: Any = None  # faster_whisper.WhisperModel once loaded
-        self._short: Any = None  # (TranscriptionOptions, English tokenizer) for the short-window path
+        self._short: Any = None  # (TranscriptionOptions, English tokenizer) of the short-window path
         self._languages: frozenset[str] = frozenset()
         self._warned_languages: set[str] = set()
         self._lock = threading.Lock()
@@ -196,14 +195,15 @@ class WhisperSpeechToText(SpeechToText):
         want = max(round(self.options.stt_whisper_window_s * 100), frames + PADDING_FRAMES)
         return min(FULL_WINDOW_FRAMES, want + want % 2)
 
-    def _short_window_options(self, model: Any) -> Any:
-        """The decoding options ``transcribe`` would use for ``self.decode`` (one temperature, no timestamps)."""
+    def _short_window_options(self, model: Any) -> tuple[Any, Any]:
+        """The decoding options ``transcribe`` would use for ``self.decode`` (one temperature, no timestamps), and
+        the English tokenizer (built once: most utterances are English)."""
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
         tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en")
         d = self.decode
-        return TranscriptionOptions(
+        return tokenizer, TranscriptionOptions(
             beam_size=d.beam_size, best_of=d.beam_size, patience=1, length_penalty=1, repetition_penalty=1,
             no_repeat_ngram_size=0, log_prob_threshold=d.log_prob_threshold,
             no_speech_threshold=d.no_speech_threshold, compression_ratio_threshold=2.4,
@@ -221,10 +221,11 @@ class WhisperSpeechToText(SpeechToText):
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
 
-        model, options = self._model, self._short
+        model, (english, options) = self._model, self._short
         features = model.feature_extractor(audio)
         encoder_output = model.encode(pad_or_trim(features, self.window_frames(audio.size)))
-        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=lang)
+        tokenizer = english if lang == "en" else Tokenizer(model.hf_tokenizer, model.model.is_multilingual,
+                                                           task="transcribe", language=lang)
         prompt = model.get_prompt(tokenizer, [], without_timestamps=options.without_timestamps)
         result, avg_logprob, _, _ = model.generate_with_fallback(encoder_output, prompt, tokenizer, options)
         no_speech = float(result.no_speech_prob)
