@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 import psutil
-from voice_devstack.stack import SERVICES, free_port, llm_command, nats_command, resolve_postgres, wait_port
+from voice_devstack.stack import SERVICES, free_port, free_ports, llm_command, nats_command, resolve_postgres, wait_port
 from voice_runtime.bus import Bus
 from voice_runtime.paths import state_dir
 from voice_schemas import AgentConfig, NumberRoute, subjects
@@ -69,8 +69,8 @@ class Stack:
     def __init__(self, root: Path, ingress_env: dict[str, str] | None = None) -> None:
         self.root = root
         self.ingress_env = ingress_env or {}  # more settings of ingress (the SIP fuzz turns SIP on)
-        self.ports = {n: free_port() for n in STACK}
-        self.nats_port = free_port()
+        self.nats_port, *ports = free_ports(1 + len(STACK))
+        self.ports = dict(zip(STACK, ports, strict=True))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.llm_url = os.environ.get("LLM_BASE_URL", "")
 

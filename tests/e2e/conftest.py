@@ -22,13 +22,11 @@ from pathlib import Path
 import httpx
 import pytest
 from voice_devstack.speech import caller_voice
-from voice_devstack.stack import SERVICES, llm_command, nats_command, wait_port
+from voice_devstack.stack import SERVICES, free_ports, llm_command, nats_command, wait_port
 from voice_runtime.bus import Bus
 from voice_runtime.paths import state_dir
 from voice_schemas import AgentConfig, NumberRoute, subjects
 from voice_schemas.agent import LlmSettings
-
-from ..conftest import free_port
 
 TWILIO_TOKEN = "test-auth-token-0123456789abcdef"
 TWILIO_ACCOUNT = "AC" + "0" * 32  # the account the Twilio-style caller's `start` names
@@ -72,21 +70,21 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool
 @pytest.fixture(scope="session")
 def platform(database_url: str) -> Iterator[Platform]:
     tmp = Path(tempfile.mkdtemp(prefix="voice-e2e-"))
-    nats_port = free_port()
+    # every port picked at once, so that no two are the same
+    nats_port, llm_port, sip_port, twilio_api_port, sip_callee_port, *stack_ports = free_ports(5 + len(STACK))
     procs: list[subprocess.Popen[bytes]] = []
     nats = subprocess.Popen(nats_command(nats_port, tmp / "nats"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(nats)
     assert wait_port("127.0.0.1", nats_port, 10)
     llm_url = os.environ.get("LLM_BASE_URL")
     if not llm_url:
-        llm_port = free_port()
         cmd = llm_command(llm_port)
         llm = subprocess.Popen(cmd, stdout=open(tmp / "llm.log", "wb"), stderr=subprocess.STDOUT)
         procs.append(llm)
         llm_url = f"http://127.0.0.1:{llm_port}/v1"
         assert _wait_ready(llm_url + "/models", llm, 60), "embedded LLM did not start"
-    p = Platform(f"nats://127.0.0.1:{nats_port}", database_url, llm_url, {n: free_port() for n in STACK},
-                 sip_port=free_port(), twilio_api_port=free_port(), sip_callee_port=free_port())
+    p = Platform(f"nats://127.0.0.1:{nats_port}", database_url, llm_url, dict(zip(STACK, stack_ports, strict=True)),
+                 sip_port=sip_port, twilio_api_port=twilio_api_port, sip_callee_port=sip_callee_port)
     base_env = dict(os.environ, NATS_URL=p.nats_url, DATABASE_URL=database_url, LLM_BASE_URL=llm_url,
                     LLM_MODEL=os.environ.get("LLM_MODEL", "smollm2"), TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
                     TWILIO_ALLOW_UNSIGNED="false",  # every Twilio request is signed, as in production

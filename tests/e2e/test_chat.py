@@ -26,12 +26,11 @@ from nats.js.errors import NotFoundError
 from pydantic import SecretStr
 from voice_control_api.service import ControlApiService
 from voice_control_api.settings import ControlApiSettings
-from voice_devstack.stack import SERVICES, nats_command, wait_port
+from voice_devstack.stack import SERVICES, free_ports, nats_command, wait_port
 from voice_runtime.bus import Bus
 from voice_schemas import events, subjects
 
 from ..brain.fake_openai import FakeOpenAI, Script
-from ..conftest import free_port
 from ..control_api.helpers import BOOTSTRAP_KEY, TenantCreds, bearer, ok, populate, problem
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -104,13 +103,13 @@ def chat_database(postgres_server: str) -> Iterator[str]:
 def stack(chat_database: str) -> Iterator[Stack]:
     tmp = Path(tempfile.mkdtemp(prefix="voice-chat-e2e-"))
     procs: list[subprocess.Popen[bytes]] = []
-    nats_port = free_port()
+    nats_port, *stack_ports = free_ports(1 + len(STACK))
     procs.append(subprocess.Popen(nats_command(nats_port, tmp / "nats"), stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL))
     assert wait_port("127.0.0.1", nats_port, 10)
     llm = FakeOpenAI(script=Script(text=ANSWER, token_delay_s=0.0))
     llm.start()
-    s = Stack(f"nats://127.0.0.1:{nats_port}", chat_database, llm, {n: free_port() for n in STACK})
+    s = Stack(f"nats://127.0.0.1:{nats_port}", chat_database, llm, dict(zip(STACK, stack_ports, strict=True)))
     module = {n: m for n, m, _ in SERVICES}
     env = dict(os.environ, NATS_URL=s.nats_url, DATABASE_URL=chat_database, LLM_BASE_URL=llm.base_url,
                LLM_MODEL="fake", LOG_FORMAT="json", SHUTDOWN_GRACE_S="3", STATE_DIR=str(tmp))

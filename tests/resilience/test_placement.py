@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from voice_devstack.stack import (
     Resolved,
     cluster_url,
+    free_ports,
     nats_cluster,
     nats_config,
     nats_env,
@@ -79,6 +80,16 @@ def test_cluster_members_route_to_each_other(tmp_path: Path) -> None:
     assert "cluster {" not in single and "sync_interval" not in single
     with pytest.raises(ValueError, match="NATS cluster"):
         nats_cluster(tmp_path, 2)
+
+
+def test_picked_ports_never_repeat(tmp_path: Path) -> None:
+    # a 3-node cluster once got the same port for a member's monitoring and route listeners (picked one by one, the
+    # first socket closed before the second was bound) and that member never started
+    assert len(set(free_ports(300))) == 300
+    for _ in range(20):
+        nodes = nats_cluster(tmp_path, 5)
+        ports = [p for n in nodes for p in (n.port, n.monitor_port, n.cluster_port)]
+        assert len(set(ports)) == 15
 
 
 def test_make_run_starts_a_cluster_on_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

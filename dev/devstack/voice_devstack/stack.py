@@ -139,6 +139,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports: every socket stays bound until all are picked, so the kernel cannot hand
+    out the same port twice (``free_port`` called ``n`` times can, and a server then fails to bind its second one)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
 # ---------------------------------------------------------------------------- NATS cluster (local)
 # `make run` with NATS_CLUSTER=3 (or 5) and the resilience tests start this many nats-server processes on loopback,
 # clustered over routes, each with its own store dir: the production shape (R3 streams) on one machine
@@ -228,10 +238,11 @@ def nats_cluster(root: Path, size: int, *, ports: list[int] | None = None, clust
     Size 1 is a single server without a cluster block. Ports not given are picked free."""
     if size not in NATS_CLUSTER_SIZES:
         raise ValueError(f"a NATS cluster has {', '.join(map(str, NATS_CLUSTER_SIZES))} servers, not {size}")
-    ports = ports or [free_port() for _ in range(size)]
-    monitor_ports = monitor_ports or [free_port() for _ in range(size)]
     routed = size > 1
-    cluster_ports = cluster_ports or ([free_port() for _ in range(size)] if routed else [])
+    picked = iter(free_ports(3 * size))
+    ports = ports or [next(picked) for _ in range(size)]
+    monitor_ports = monitor_ports or [next(picked) for _ in range(size)]
+    cluster_ports = cluster_ports or ([next(picked) for _ in range(size)] if routed else [])
     return [
         NatsNode(f"n{i + 1}", ports[i], root / f"n{i + 1}", monitor_ports[i],
                  cluster_ports[i] if routed else None,
