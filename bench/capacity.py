@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 import psutil
-from voice_devstack.stack import free_port, nats_command, wait_port
+from voice_devstack.stack import free_ports, nats_command, wait_port
 
 from . import looplag
 from .agent import BenchAgent
@@ -173,11 +173,13 @@ def _busy() -> tuple[float, float]:
 class Stack:
     """nats-server, ingress, media and the stand-ins, each a process of its own on free ports."""
 
-    def __init__(self, tmp: Path, tts_rtf: float) -> None:
+    def __init__(self, tmp: Path, tts_rtf: float, settings: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.tts_rtf = tts_rtf
+        self.settings = settings or {}  # --set: given to every process of the stack, after the bench's own
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.ports = {n: free_port() for n in ("nats", "ingress", "media", "standins")}
+        roles = ("nats", "ingress", "media", "standins")
+        self.ports = dict(zip(roles, free_ports(len(roles)), strict=True))
         self.nats_url = f"nats://127.0.0.1:{self.ports['nats']}"
 
     @property
@@ -190,6 +192,7 @@ class Stack:
         env.update(NATS_URL=self.nats_url, HTTP_PORT=str(self.ports[name]), LOG_LEVEL="WARNING", LOG_FORMAT="json",
                    STATE_DIR=str(self.tmp), PYTHONUNBUFFERED="1", TWILIO_ALLOW_UNSIGNED="true", SIP_ENABLED="false",
                    STANDIN_TTS_RTF=str(self.tts_rtf), SHUTDOWN_GRACE_S="3")
+        env.update(self.settings)
         return env
 
     def start(self) -> None:
@@ -369,7 +372,9 @@ def markdown(rep: dict[str, Any]) -> str:
         "# Capacity of the media plane (models answer at once)", "",
         f"{rep['started_at']}, {rep['machine']['cpu_model']}, {rep['machine']['cores_logical']} logical cores, load "
         f"average at start {rep['machine']['load_average_at_start']}, commit {rep['machine']['git'].get('commit')}", "",
-        f"Stack: {rep['stack']}", "",
+        f"Stack: {rep['stack']}" + (
+            f"; settings: {', '.join(f'{k}={v}' for k, v in rep['config'].get('settings', {}).items())}"
+            if rep["config"].get("settings") else ""), "",
         f"**Knee: {k['last_good_calls']} concurrent calls** (first failing step: {k['first_bad_calls']}; "
         f"{k['reason']})", "",
         "| calls | ok | turns answered | playout jitter p99 / max ms (n) | arrival jitter p50 / p99 ms | late % | "
@@ -424,13 +429,25 @@ NOTES = [
 ]
 
 
+def settings_of(pairs: list[str]) -> dict[str, str]:
+    """``--set NAME=VALUE`` pairs as a dict; SystemExit on one without ``=`` or a name."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name.strip():
+            raise SystemExit(f"--set takes NAME=VALUE, not {pair!r}")
+        out[name.strip()] = value
+    return out
+
+
 async def sweep(args: argparse.Namespace) -> dict[str, Any]:
     steps_wanted = sorted({int(x) for x in args.steps.split(",") if x.strip() and int(x) > 0})
     rep: dict[str, Any] = {
         "mode": "capacity", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": {"steps": steps_wanted, "turns": args.turns, "caller_procs": args.caller_procs,
                    "stagger_s": args.stagger_s, "tts_rtf": args.tts_rtf,
-                   "jitter_p99_max_ms": args.jitter_p99_max_ms, "keep_going": args.keep_going},
+                   "jitter_p99_max_ms": args.jitter_p99_max_ms, "keep_going": args.keep_going,
+                   "settings": settings_of(args.set)},
         "machine": {"cpu_model": cpu_model(), "cores_logical": os.cpu_count(),
                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "git": git_commit()},
         "stack": "nats-server, ingress (Twilio Media Streams, unsigned), media (Silero VAD + turn model), "
@@ -439,7 +456,7 @@ async def sweep(args: argparse.Namespace) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="voice-capacity-") as root:
         tmp = Path(root)
-        stack = Stack(tmp, args.tts_rtf)
+        stack = Stack(tmp, args.tts_rtf, settings_of(args.set))
         agent: BenchAgent | None = None
         try:
             log("starting nats-server, ingress, media and the stand-ins on free ports")
@@ -491,6 +508,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "failure)")
     ap.add_argument("--pause-s", type=float, default=3.0, help="pause between steps")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting of ingress and media for the run (e.g. TURN_MODEL_ENABLED=false, "
+                    "TWILIO_FRAMES_PER_MESSAGE=1); repeatable, recorded in the report")
     # the caller process (started by the sweep)
     ap.add_argument("--caller", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)

@@ -355,6 +355,12 @@ class TwilioCaller:
             await self._ws.close()
 
     # ------------------------------------------------------------ what the caller heard
+    @property
+    def frames(self) -> list[bytes]:
+        """The agent audio received as 20 ms frames (160 bytes of μ-law), whatever the messages carried (ingress
+        sends ``TWILIO_FRAMES_PER_MESSAGE`` frames a message)."""
+        return [r.payload[i:i + 160] for r in self.received for i in range(0, len(r.payload), 160)]
+
     def audio_between(self, start: float, end: float) -> bytes:
         return b"".join(r.payload for r in self.received if start <= r.at <= end)
 

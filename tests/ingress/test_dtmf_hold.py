@@ -120,7 +120,7 @@ async def test_keys_go_to_a_twilio_caller_as_tones_after_the_agents_words_and_de
         # the agent's "I'll press two, then hash" is still being synthesised when its keys arrive
         await command(ingress, call_id, events.SendDtmf(digits="2#", after_playout=True), turn_id="t1")
         await ingress.bus.settle()
-        assert not sent(ingress, call_id) and not c.received
+        assert not sent(ingress, call_id) and not c.frames
         for chunk in reply("t1", [10, 10]):
             await ingress.send_agent_audio(call_id, chunk)
         await ingress.bus.wait_for(lambda: sent(ingress, call_id), timeout=15)
@@ -128,8 +128,8 @@ async def test_keys_go_to_a_twilio_caller_as_tones_after_the_agents_words_and_de
         assert done.ok and done.keys == 2 and done.reason is None
         # the caller got the agent's words, then the tones (as `media`: nothing else goes on a Media Stream)
         tone_frames = math.ceil(tones.duration_s("2#") / 0.02)
-        await ingress.bus.wait_for(lambda: len(c.received) >= 20 + tone_frames, timeout=10)
-        first_tone = next(i for i, r in enumerate(c.received) if loud(r.payload))
+        await ingress.bus.wait_for(lambda: len(c.frames) >= 20 + tone_frames, timeout=10)
+        first_tone = next(i for i, r in enumerate(c.frames) if loud(r))
         assert first_tone >= 20 and c.marks_echoed[-1] == "t1:0:1:f"
         heard = g711.decode(b"".join(r.payload for r in c.received), "ulaw")
         assert tones.detect(heard, 8000) == "2#"
@@ -137,8 +137,8 @@ async def test_keys_go_to_a_twilio_caller_as_tones_after_the_agents_words_and_de
         for chunk in reply("t2", [10]):
             await ingress.send_agent_audio(call_id, chunk)
         await ingress.bus.wait_for(lambda: "t2:0:0:f" in c.marks_echoed, timeout=10)
-        last_tone = max(i for i, r in enumerate(c.received) if loud(r.payload))
-        assert last_tone < len(c.received) - 10
+        last_tone = max(i for i, r in enumerate(c.frames) if loud(r))
+        assert last_tone < len(c.frames) - 10
         assert tones.detect(g711.decode(b"".join(r.payload for r in c.received), "ulaw"), 8000) == "2#"
 
 
@@ -168,19 +168,19 @@ async def test_a_hold_plays_its_tone_until_its_limit_or_until_the_agent_speaks_a
         await ingress.bus.wait_for(lambda: holds_ended(ingress, call_id), timeout=15)
         [timeout] = holds_ended(ingress, call_id)
         assert timeout.reason == "timeout" and timeout.held_s >= 1.0
-        held = [r.payload for r in c.received[10:]]
+        held = c.frames[10:]
         assert len(held) >= 10  # hold audio, paced like the agent's (50 frames a second on an idle machine)
         beep = g711.decode(b"".join(held[:10]), "ulaw").astype(np.float64)
         spectrum = np.abs(np.fft.rfft(beep))
         assert abs(np.argmax(spectrum) * 8000 / len(beep) - tones.HOLD_FREQ) < 10
         await asyncio.sleep(0.3)  # (frames sent before the end may still be on the way)
-        count = len(c.received)
+        count = len(c.frames)
         await asyncio.sleep(0.3)
-        assert len(c.received) == count  # over: nothing more is sent
+        assert len(c.frames) == count  # over: nothing more is sent
 
         # a hold the agent ends by speaking again (the caller spoke and was answered)
         await command(ingress, call_id, events.Hold(max_s=30.0, audio="tone", after_playout=False))
-        await ingress.bus.wait_for(lambda: len(c.received) >= count + 10, timeout=10)
+        await ingress.bus.wait_for(lambda: len(c.frames) >= count + 10, timeout=10)
         for chunk in reply("t3", [10]):
             await ingress.send_agent_audio(call_id, chunk)
         await ingress.bus.wait_for(lambda: len(holds_ended(ingress, call_id)) == 2, timeout=10)
@@ -188,10 +188,10 @@ async def test_a_hold_plays_its_tone_until_its_limit_or_until_the_agent_speaks_a
         await ingress.bus.wait_for(lambda: "t3:0:0:f" in c.marks_echoed, timeout=10)
 
         # a silent hold sends nothing and still ends at its limit
-        count = len(c.received)
+        count = len(c.frames)
         await command(ingress, call_id, events.Hold(max_s=1.0, audio="silence", after_playout=False))
         await ingress.bus.wait_for(lambda: len(holds_ended(ingress, call_id)) == 3, timeout=10)
-        assert holds_ended(ingress, call_id)[2].reason == "timeout" and len(c.received) == count
+        assert holds_ended(ingress, call_id)[2].reason == "timeout" and len(c.frames) == count
         assert not ingress.events(events.CallEnded, call_id=call_id)
 
 

@@ -178,10 +178,10 @@ async def test_twilio_refusing_gives_transfer_failed_and_the_call_goes_on(
         assert f"HTTP {status}" in failed.reason and str(code) in failed.reason and failed.requested_by == "agent"
         assert TARGET not in failed.reason
         # the call goes on: the agent still reaches the caller, nothing ended it
-        before = len(c.received)
+        before = len(c.frames)
         for chunk in reply("t2", [5]):
             await ingress.send_agent_audio(call_id, chunk)
-        await ingress.bus.wait_for(lambda: len(c.received) >= before + 5, timeout=10)
+        await ingress.bus.wait_for(lambda: len(c.frames) >= before + 5, timeout=10)
         assert not ended(ingress, call_id) and not c.closed
         # and a later transfer can still succeed
         twilio.on_update = stop_the_stream(c)

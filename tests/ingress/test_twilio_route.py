@@ -75,11 +75,13 @@ async def test_a_twilio_call_through_the_route(served: tuple[Ingress, str]) -> N
         await ingress.bus.wait_for(lambda: ingress.events(events.PlayoutFinished, call_id=call_id), timeout=10)
         [done] = ingress.events(events.PlayoutFinished, call_id=call_id)
         assert done.turn_id == "t1" and done.data.heard_chunks == [0, 1] and not done.data.cleared
-        assert 19 <= len(c.received) <= 21 and c.marks_echoed == ["t1:0:0", "t1:0:1:f"]
+        assert 19 <= len(c.frames) <= 21 and c.marks_echoed == ["t1:0:0", "t1:0:1:f"]
+        # two frames a media message (TWILIO_FRAMES_PER_MESSAGE's default), never across a chunk's mark
+        assert len(c.received) <= 12 and max(len(r.payload) for r in c.received) == 320
         # barge-in: the caller gets `clear`
         for chunk in reply("t2", [50]):
             await ingress.send_agent_audio(call_id, chunk)
-        await ingress.bus.wait_for(lambda: len(c.received) > 30, timeout=10)
+        await ingress.bus.wait_for(lambda: len(c.frames) > 30, timeout=10)
         await ingress.bus.publish(make(events.BargeIn(at_ms=0), tenant_id="tenant-a", call_id=call_id, epoch=1))
         await ingress.bus.wait_for(lambda: bool(c.timings.clears), timeout=5)
         # DTMF from the keypad

@@ -124,6 +124,13 @@ class PlayoutBuffer:
             self._finish(key)
         return Outgoing(f, first, end_chunk, end_turn)
 
+    def ready(self) -> bool:
+        """``next`` would give a frame of the turn being played now (no turn would be given up or take over)."""
+        t = next(iter(self._turns.values()), None)
+        if t is None or not t.playing or not t.playable():
+            return False
+        return not any(o.epoch > t.epoch and o.playable() for o in self._turns.values() if o is not t)
+
     def wake_at(self) -> float | None:
         """When ``next`` gives up the turn being played if no frame of it arrives first; None when no turn waits
         (or audio is ready now)."""

@@ -174,6 +174,8 @@ class CallSession:
         self._audio_in = subjects.audio_in(self.call_id)  # built (and validated) once, used per frame
         self._audio_played = subjects.audio_played(self.call_id)
         self.lead_frames = max(0, lead_ms // 20)
+        # frames handed to the transport at once (Twilio: one media message for them); the lead grows by the extra
+        self.frames_per_send = max(1, transport.frames_per_message)
         self._on_closed = on_closed
         self.buffer = PlayoutBuffer(gap_s=gap_ms / 1000)
         self.seq_in = 0
@@ -191,7 +193,8 @@ class CallSession:
         self._send_lock = asyncio.Lock()
         # held while a frame goes from the buffer to the caller (with its mark) and while a pause takes frames back
         self._play_lock = asyncio.Lock()
-        self._sent: deque[_SentFrame] = deque(maxlen=self.lead_frames + 1 + SENT_KEPT_BEYOND_LEAD)
+        self._sent: deque[_SentFrame] = deque(
+            maxlen=self.lead_frames + self.frames_per_send + SENT_KEPT_BEYOND_LEAD)
         self._withdrawn: Recent = Recent(MAX_PENDING_MARKS)  # names of marks taken back: sent again renamed
         self._take_backs = 0
         self._marks: Recent = Recent(MAX_PENDING_MARKS)  # mark name -> _Mark, until it comes back
@@ -467,7 +470,7 @@ class CallSession:
         pcm = self._hold.tone.next_frame()
         if await self._to_caller(self.transport.play, pcm):
             self._sent.append(_SentFrame(None, starts_at))
-            await self._tap_played(AudioFrame(pcm=pcm, seq=0, epoch=self.buffer.epoch), starts_at)
+            await self._tap_played([AudioFrame(pcm=pcm, seq=0, epoch=self.buffer.epoch)], starts_at)
 
     def _run_command(self, run: Command, *, always: bool = False) -> asyncio.Task[Any] | None:
         """Carry out a command in a task of its own (bounded per call, unless ``always``)."""
@@ -538,10 +541,13 @@ class CallSession:
 
     async def _playout_loop(self) -> None:
         """Send agent audio at real-time pace, `lead_frames` ahead, with marks after each chunk. A frame is taken
-        from the buffer only when it is due, so a pause, clear or end that came during the wait applies to it."""
+        from the buffer only when it is due, so a pause, clear or end that came during the wait applies to it.
+        Where the transport carries ``frames_per_send`` frames per message, the frames of a chunk due within
+        that many frames of the lead go in one send (the loop then wakes once per send, not per frame)."""
         deadline: float | None = None  # when the next frame starts playing at the caller (clock time)
         clock = self.clock
         lead_s = self.lead_frames * FRAME_S
+        batch_lead_s = lead_s + (self.frames_per_send - 1) * FRAME_S
         while not self.ended:
             now = clock.time()
             if deadline is None or deadline < now:
@@ -583,6 +589,7 @@ class CallSession:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
                 continue
+            batch = [out]
             try:
                 if hold is not None:  # the agent speaks again
                     await self._end_hold("resumed")
@@ -590,11 +597,16 @@ class CallSession:
                     if self.paused:  # a pause came after this frame was taken: it goes back, in front
                         self.buffer.put_back([out], clock.time())
                         continue
-                    await self._play(out, deadline)
+                    while (len(batch) < self.frames_per_send and not batch[-1].end_of_chunk
+                           and deadline + len(batch) * FRAME_S - now <= batch_lead_s + 1e-6 and self.buffer.ready()):
+                        more = self.buffer.next(now)
+                        assert isinstance(more, Outgoing)  # (ready: a frame of the same turn)
+                        batch.append(more)
+                    await self._play(batch, deadline)
             except Exception as e:  # a playout event not published must not stop the caller's audio
                 metrics.ERRORS.labels(SVC, "playout").inc()
                 log.warning("playout_event_failed", call_id=self.call_id, error=safe_error(e, 200))
-            deadline += FRAME_S
+            deadline += FRAME_S * len(batch)
 
     async def _give_up(self, closed: TurnClosed) -> None:
         """A turn that stopped arriving or was superseded: it ends once what was sent of it has played."""
@@ -614,16 +626,20 @@ class CallSession:
             metrics.ERRORS.labels(SVC, "playout").inc()
             log.warning("playout_event_failed", call_id=self.call_id, error=safe_error(e, 200))
 
-    async def _play(self, out: Outgoing, starts_at: float) -> None:
-        """Send one frame that starts playing at the caller at ``starts_at`` (clock time); ``_play_lock`` held."""
-        f = out.frame
+    async def _play(self, batch: list[Outgoing], starts_at: float) -> None:
+        """Send consecutive frames of one chunk, the first starting to play at the caller at ``starts_at`` (clock
+        time); ``_play_lock`` held. Only the first can begin the turn, only the last end the chunk."""
+        first, last = batch[0], batch[-1]
+        f = first.frame
         if f.epoch < self.buffer.epoch:
             return  # cleared while this frame waited for its time
-        if await self._to_caller(self.transport.play, f.pcm, end_of_reply=out.end_of_turn):
-            self._sent.append(_SentFrame(out, starts_at))
-            await self._tap_played(f, starts_at)
-        _FRAMES_OUT.inc()
-        if out.first_of_turn and f.turn_id is not None:
+        if await self._to_caller(self.transport.play_frames, [o.frame.pcm for o in batch],
+                                 end_of_reply=last.end_of_turn):
+            for i, o in enumerate(batch):
+                self._sent.append(_SentFrame(o, starts_at + i * FRAME_S))
+            await self._tap_played([o.frame for o in batch], starts_at)
+        _FRAMES_OUT.inc(len(batch))
+        if first.first_of_turn and f.turn_id is not None:
             # the turn's last hop: first agent audio sent to the caller, in the turn's trace
             ctx = self._trace.pop(f.turn_id, None)
             with _tracer.start_as_current_span("ingress first_audio", context=ctx, attributes={
@@ -633,9 +649,10 @@ class CallSession:
                 await self._publish(events.PlayoutStarted(first_audio_wall_ms=time.time() * 1000,
                                                           tts_first_audio_ms=f.synth_ms),
                                     turn_id=f.turn_id, epoch=f.epoch)
-        if out.end_of_chunk and f.turn_id is not None and f.chunk is not None:
-            await self._send_mark(f"{f.turn_id}:{f.epoch}:{f.chunk}" + (":f" if out.end_of_turn else ""),
-                                  _Mark(f.turn_id, f.epoch, f.chunk, out.end_of_turn))
+        f = last.frame
+        if last.end_of_chunk and f.turn_id is not None and f.chunk is not None:
+            await self._send_mark(f"{f.turn_id}:{f.epoch}:{f.chunk}" + (":f" if last.end_of_turn else ""),
+                                  _Mark(f.turn_id, f.epoch, f.chunk, last.end_of_turn))
 
     async def _send_mark(self, name: str, mark: _Mark) -> None:
         """A mark after the audio sent so far. One sent again after a pause took it back is renamed (``:r<n>``):
@@ -693,15 +710,18 @@ class CallSession:
             await self._cut_played()
 
     # ------------------------------------------------------------ the played-audio tap
-    async def _tap_played(self, f: AudioFrame, starts_at: float) -> None:
-        """Report a frame sent to the caller, at its end on the call's clock (as ``audio.in`` stamps its frames)."""
+    async def _tap_played(self, frames: list[AudioFrame], starts_at: float) -> None:
+        """Report consecutive frames of one turn sent to the caller (one message, their audio back to back), at
+        their end on the call's clock (as ``audio.in`` stamps its frames)."""
         self.seq_played += 1
+        f = frames[0]
         h = {H_SEQ: str(self.seq_played), H_EPOCH: str(f.epoch),
-             H_TS: str(self.call_clock.media_ms(starts_at + FRAME_S))}
+             H_TS: str(self.call_clock.media_ms(starts_at + len(frames) * FRAME_S))}
         if f.turn_id is not None:
             h[H_TURN] = f.turn_id
-        await self.bus.publish_nowait(self._audio_played, f.pcm, h)
-        _FRAMES_PLAYED.inc()
+        await self.bus.publish_nowait(self._audio_played, f.pcm if len(frames) == 1 else
+                                      b"".join(x.pcm for x in frames), h)
+        _FRAMES_PLAYED.inc(len(frames))
 
     async def _cut_played(self) -> None:
         """Nothing reported played after now was heard (the far end's queue was cleared, or the call is over)."""

@@ -28,7 +28,7 @@ The contract every transport keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -87,7 +87,7 @@ class TransferRefused(Exception):
 class Transport(ABC):
     """One caller connection. ``decode`` and ``encode_*`` translate; ``send`` and ``close`` do the I/O.
 
-    The session calls ``play``, ``mark``, ``clear`` and ``close``, one at a time, in playout order. A transport
+    The session calls ``play_frames``, ``mark``, ``clear`` and ``close``, one at a time, in playout order. A transport
     that queues and paces audio itself (RTP, a WebRTC track) overrides ``clear`` to drop its queue and say how many
     frames it dropped.
     """
@@ -100,6 +100,10 @@ class Transport(ABC):
     # session plays it again on resume. False (the default) where a clear cannot stop audio already sent: a pause
     # only stops sending, since the caller would otherwise hear the lead twice.
     can_clear_queued: ClassVar[bool] = False
+    # how many consecutive 20 ms frames the session may hand ``play_frames`` at once: more than one only where the
+    # transport carries them in one message (Twilio) and can clear what the far end queued (the lead grows by the
+    # extra frames, and only a clear keeps that from reaching a barge-in)
+    frames_per_message: int = 1
 
     @abstractmethod
     def decode(self, message: Any) -> list[Inbound]:
@@ -128,6 +132,12 @@ class Transport(ABC):
     async def play(self, pcm: bytes, *, end_of_reply: bool = False) -> None:
         for m in self.encode_audio(pcm, end_of_reply=end_of_reply):
             await self.send(m)
+
+    async def play_frames(self, pcms: Sequence[bytes], *, end_of_reply: bool = False) -> None:
+        """Consecutive frames sent together (at most ``frames_per_message``, the playout loop's batch): one
+        ``play`` each unless the transport carries them in one message."""
+        for i, pcm in enumerate(pcms):
+            await self.play(pcm, end_of_reply=end_of_reply and i == len(pcms) - 1)
 
     async def mark(self, name: str) -> None:
         for m in self.encode_mark(name):
