@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 import psutil
+from voice_devstack import priority
 from voice_devstack.stack import free_ports, nats_command, wait_port
 
 from . import looplag
@@ -202,9 +203,12 @@ class Stack:
         if not wait_port("127.0.0.1", self.ports["nats"], 10):
             raise RuntimeError("nats-server did not start")
         for name, module in (("ingress", "voice_ingress"), ("media", "voice_media"), ("standins", "bench.standins")):
+            env = self._env(name)
+            cmd = [sys.executable, "-m", module]
+            if name == "standins":  # they stand in for stt, brain and tts: `make run`'s model processes, as niced
+                cmd = priority.niced(cmd, priority.model_nice(env), own_session=False)
             with open(self.tmp / f"{name}.log", "wb") as logf:
-                self.procs[name] = subprocess.Popen([sys.executable, "-m", module], env=self._env(name), cwd=REPO,
-                                                    stdout=logf, stderr=subprocess.STDOUT)
+                self.procs[name] = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT)
         for name in ("ingress", "media", "standins"):
             if not self._ready(name, 120):
                 tail = (self.tmp / f"{name}.log").read_text(errors="replace")[-2000:]
@@ -415,7 +419,8 @@ NOTES = [
     "stt, brain and tts are stand-ins (bench/standins.py, one process): same durable consumers and events as the "
     "real services, canned transcript and reply, piper audio rendered once at start and published as 20 ms "
     "frames one sentence at a time; the real brain's history in KV and its intents are not run, so the figures "
-    "are ingress + media + the bus (platform = ingress + media + nats-server).",
+    "are ingress + media + the bus (platform = ingress + media + nats-server). The stand-ins run at MODEL_NICE "
+    "(10), as `make run` starts the model stages they replace.",
     "The callers run in their own process(es) and are measured apart ('caller'); a caller whose own 20 ms clock "
     "fell behind (caller_send_lag_max_ms) measures late frames of its own, not only the platform's.",
     "Playout jitter (the knee's criterion): how much later than 20 ms after the previous agent frame of a reply "

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
 import pytest
@@ -123,6 +124,9 @@ def test_service_starts_ready_and_stops(name: str, module: str, nats_url: str, d
             time.sleep(0.2)
         assert ready, f"{name} did not become ready"
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        # it serves on uvloop (EVENT_LOOP's default), and stops cleanly on it below
+        maps = Path(f"/proc/{proc.pid}/maps")
+        assert not maps.exists() or "uvloop" in maps.read_text(), f"{name} does not run on uvloop"
         # the consumer lag gauges are first set by a task started with the consumer: poll, bounded
         deadline = time.monotonic() + 20
         while True:

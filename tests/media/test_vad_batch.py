@@ -58,6 +58,12 @@ def frames(audio: np.ndarray) -> list[bytes]:
     return [audio[i : i + FRAME].tobytes() for i in range(0, len(audio) - FRAME + 1, FRAME)]
 
 
+def fill(call: Call, ms: int) -> None:
+    """``ms`` of quiet audio into the call's pipeline (its windows ready, not yet scored)."""
+    for f in frames(quiet(ms)):
+        call.pipeline.append(f)
+
+
 def utterance(k: int) -> np.ndarray:
     return np.concatenate([quiet(200 + 40 * k), tone(800), quiet(1500)])
 
@@ -102,9 +108,23 @@ async def test_a_failed_run_scores_silence_and_the_calls_go_on() -> None:
     batch = VadBatch(vad)
     calls = [Call(f"c{k}", vad) for k in range(3)]
     for call in calls:
-        for f in frames(quiet(100)):
-            call.pipeline.append(f)
+        fill(call, 100)
         batch.add(call)  # type: ignore[arg-type]
     await asyncio.sleep(0)
     assert all(c.pipeline.window() is None for c in calls)  # consumed, nothing left waiting
     assert vad.batches == [3, 3, 3] and batch.windows == 9 and not any(c.decisions for c in calls)
+
+
+async def test_with_many_calls_windows_wait_for_a_larger_run_and_with_few_they_do_not() -> None:
+    # windows ready in passes a few milliseconds apart: with enough calls they wait (up to VAD_BATCH_WAIT_MS) and
+    # share a run; below VAD_BATCH_WAIT_FROM_CALLS each is scored in its own pass, as without the wait
+    for active, expected in ((8, [4]), (2, [1, 1, 1, 1])):
+        vad = CountingVad()
+        batch = VadBatch(vad, wait_s=0.5, wait_from_calls=8, calls=lambda n=active: n)  # type: ignore[misc]
+        calls = [Call(f"c{k}", vad) for k in range(4)]
+        for call in calls:
+            fill(call, 40)
+            batch.add(call)  # type: ignore[arg-type]
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.6)
+        assert vad.batches == expected and all(c.pipeline.window() is None for c in calls)

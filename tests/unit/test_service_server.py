@@ -12,7 +12,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, WebSocket
 from voice_devstack.stack import free_port
-from voice_runtime.service import _Server, server_config
+from voice_runtime.service import _Server, event_loop_factory, server_config
 from voice_runtime.settings import CommonSettings
 from websockets.asyncio.client import connect
 
@@ -76,3 +76,10 @@ async def test_a_serving_service_has_frozen_its_startup_heap() -> None:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
         gc.unfreeze()
+
+
+def test_the_event_loop_is_uvloop_unless_asked_for_asyncio() -> None:
+    import uvloop
+
+    assert event_loop_factory(CommonSettings().event_loop) is uvloop.new_event_loop
+    assert event_loop_factory("asyncio") is None

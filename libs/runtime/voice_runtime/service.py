@@ -184,7 +184,20 @@ def run_service(factory: Callable[[], Service], *, ws: bool = False) -> None:
     configure_logging(service.name, s.log_level, s.log_format, s.log_personal_data,
                       s.log_redaction_key.get_secret_value() if s.log_redaction_key else None)
     config = server_config(service.app(), s, ws=ws)
-    asyncio.run(_serve(_Server(config), service.name, s.loop_lag_interval_ms / 1000))
+    with asyncio.Runner(loop_factory=event_loop_factory(s.event_loop)) as runner:
+        runner.run(_serve(_Server(config), service.name, s.loop_lag_interval_ms / 1000))
+
+
+def event_loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """``EVENT_LOOP``: uvloop's loop, or None for asyncio's own (also where uvloop is not installed: Windows)."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("uvloop_missing", detail="EVENT_LOOP=uvloop but uvloop is not installed: asyncio's loop runs")
+            return None
+        return uvloop.new_event_loop
+    return None
 
 
 def server_config(app: FastAPI, s: CommonSettings, *, ws: bool = False) -> uvicorn.Config:

@@ -49,6 +49,10 @@ class CommonSettings(_Settings):
     http_host: str = "127.0.0.1"
     http_port: int = 0
     shutdown_grace_s: float = Field(20.0, description="Time allowed to finish in-flight work on stop")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="The event loop the service runs on: uvloop (libuv; much less CPU per socket event "
+        "and timer, the per-frame cost of every call's audio) or Python's own asyncio loop"
+    )
     loop_lag_interval_ms: int = Field(
         20, ge=0, le=1000, description="How often the event loop's lag is measured (voice_event_loop_lag_seconds: "
         "how late a timer of this length runs); 0: not measured"

@@ -35,6 +35,12 @@ class MediaSettings(CommonSettings):
     barge_in_max_pause_ms: int = Field(
         1500, ge=200, le=10_000, description="Longest pause of the agent on a barge-in that never commits"
     )
+    vad_batch_wait_ms: float = Field(
+        8.0, ge=0, le=20, description="With at least VAD_BATCH_WAIT_FROM_CALLS calls, a ready VAD window waits up to "
+        "this long for other calls' windows to be scored in the same model run (fewer, larger runs: less CPU per "
+        "window); 0: scored in the event-loop pass it arrived in"
+    )
+    vad_batch_wait_from_calls: int = Field(8, ge=0, description="Calls from which VAD windows wait for a batch")
     max_utterance_ms: int = Field(
         15_000, ge=1000, le=20_000, description="Longest utterance sent to stt (base64 must fit 1 MB)"
     )
