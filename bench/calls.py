@@ -133,8 +133,10 @@ def analyse_playout(received: list[Received], tolerance_s: float = 0.02, reply_g
     return p
 
 
-async def dial(c: TwilioCaller, attempts: int = 3, wait_s: float = 2.0) -> str:
-    """The webhook, retried briefly when the number does not route (a KV resync may be under way)."""
+async def dial(c: TwilioCaller, attempts: int = 4, wait_s: float = 2.0) -> str:
+    """The webhook, retried briefly when the number does not route: control-api's KV repair deletes the bench
+    agent's keys (they have no rows in its database) and ``BenchAgent`` puts them back every 5 s, so the retries
+    span more than that (a call of the 2026-12-02 bench missed it with 3 tries over 4 s)."""
     for i in range(attempts):
         try:
             return await c.dial()
