@@ -196,19 +196,21 @@ class TwilioMediaStream(Transport):
         return Started(call_id=str(params.get("call_id", "")), stream_id=self.stream_id)
 
     # ------------------------------------------------------------ outbound
-    def encode_audio(self, pcm: bytes, *, end_of_reply: bool = False) -> list[Any]:
-        payloads = self.encoder.encode(pcm)
-        if end_of_reply:
-            payloads += self.encoder.flush()
-        return [self._media_message(p) for p in payloads]
-
-    async def play_frames(self, pcms: Sequence[bytes], *, end_of_reply: bool = False) -> None:
-        """One ``media`` message for all of them (Twilio plays a payload of any length)."""
+    def _payloads(self, pcms: Sequence[bytes], end_of_reply: bool) -> list[bytes]:
+        """μ-law payloads of the frames, with what the encoder holds back at the end of a reply."""
         payloads: list[bytes] = []
         for pcm in pcms:
             payloads += self.encoder.encode(pcm)
         if end_of_reply:
             payloads += self.encoder.flush()
+        return payloads
+
+    def encode_audio(self, pcm: bytes, *, end_of_reply: bool = False) -> list[Any]:
+        return [self._media_message(p) for p in self._payloads((pcm,), end_of_reply)]
+
+    async def play_frames(self, pcms: Sequence[bytes], *, end_of_reply: bool = False) -> None:
+        """One ``media`` message for all of them (Twilio plays a payload of any length)."""
+        payloads = self._payloads(pcms, end_of_reply)
         if payloads:
             await self.send(self._media_message(b"".join(payloads)))
 
