@@ -1,7 +1,9 @@
 """The bus audio frame format (real-time transport class).
 
 PCM16 little-endian mono at 16 kHz, 20 ms per frame (640 bytes), sent as the raw message body.
-Metadata travels in NATS headers, never in the body, so a frame is never JSON or base64.
+Metadata travels in NATS headers, never in the body, so a frame is never JSON or base64. A message of
+``audio.in`` or ``audio.played`` may carry several consecutive frames back to back (a multiple of 640 bytes): its
+headers are those of the last of them (``Voice-Seq``, ``Voice-Ts`` at the end of its audio); ``frames_in``.
 Also here: the caller's turn so far, as media answers stt's request for it (``TurnAudio``, partial transcripts).
 """
 
@@ -154,6 +156,11 @@ class TurnAudio:
         if len(pcm) % 2 or out.sample_rate <= 0:
             raise ValueError("not a turn audio answer: odd PCM16 length or no sample rate")
         return out
+
+
+def frames_in(data: bytes) -> int:
+    """How many 20 ms frames a message's body carries (at least one: a short body is one short frame)."""
+    return max(1, len(data) // FRAME_BYTES)
 
 
 def _ms(raw: str | None) -> float | None:

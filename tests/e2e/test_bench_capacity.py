@@ -41,3 +41,15 @@ async def test_capacity_bench_two_calls(tmp_path: Path) -> None:
     knee = rep["knee"]
     assert knee["first_bad_calls"] in (None, 2) and knee["reason"]
     assert knee["last_good_calls"] == (0 if knee["first_bad_calls"] else 2)
+
+
+async def test_calls_are_held_with_caller_frames_two_a_message(tmp_path: Path) -> None:
+    """A loaded ingress batches caller frames (``CALLER_FRAMES_PER_MESSAGE``, from ``CALLER_FRAMES_FROM_CALLS``
+    calls): with it on from the first call, media still hears each question through the real bus and every turn
+    is answered."""
+    rep = await asyncio.to_thread(run, ["--steps", "2", "--turns", "2", "--stagger-s", "0.5", "--out",
+                                        str(tmp_path), "--set", "CALLER_FRAMES_FROM_CALLS=0"])
+    (step,) = rep["steps"]
+    assert step["calls"] == 2 and step["calls_ok"] == 2, step["errors"]
+    assert step["turns"] == 4 and step["turns_answered"] == 4
+    assert rep["config"]["settings"] == {"CALLER_FRAMES_FROM_CALLS": "0"}

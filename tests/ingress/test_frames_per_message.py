@@ -1,6 +1,8 @@
 """Several agent frames per transport message (``Transport.frames_per_message``; Twilio's
 ``TWILIO_FRAMES_PER_MESSAGE``, 2 by default): fewer, larger messages at the same real-time pace, never across a
-chunk's mark, the played-audio tap one message per send, and a pause's take-back exact per frame.
+chunk's mark, the played-audio tap one message per send, and a pause's take-back exact per frame. And the other way,
+caller frames per ``audio.in`` message (``CALLER_FRAMES_PER_MESSAGE``) once the replica carries
+``CALLER_FRAMES_FROM_CALLS`` calls.
 
 Playout runs on a virtual clock that the fake far end shares (as in test_pause_takeback).
 """
@@ -12,9 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from voice_ingress.settings import IngressSettings
+from voice_ingress.transports.base import CallerAudio, CallerHungUp
 from voice_runtime.memory import MemoryMessage
 from voice_schemas import events, subjects
-from voice_schemas.audio import FRAME_BYTES, H_CUT, H_TS
+from voice_schemas.audio import FRAME_BYTES, H_CUT, H_SEQ, H_TS, frames_in
 
 from .fakes import FRAME_S, FakeTransport, Ingress, VirtualClock, reply, tag
 from .test_call_session import control, finished, marked
@@ -94,3 +98,49 @@ async def test_a_pause_takes_back_each_frame_of_a_send_and_the_resume_plays_each
         assert tags(after(t, "clear")) == whole[whole.index(dropped[0]):]
         assert finished(ingress, call_id, "t1") == [events.PlayoutFinished(cleared=False, heard_chunks=list(range(10)))]
         assert max(len(s) for s in t.sends) == 2
+
+
+# ------------------------------------------------------------ caller frames per audio.in message
+def test_caller_frames_are_batched_only_from_the_set_number_of_calls() -> None:
+    s = IngressSettings(caller_frames_per_message=3, caller_frames_from_calls=20)
+    assert [s.caller_frames_for(n) for n in (0, 1, 19, 20, 21, 500)] == [1, 1, 1, 3, 3, 3]
+    assert IngressSettings(caller_frames_from_calls=0).caller_frames_for(0) == 2  # 0: always, the default size
+    with pytest.raises(ValueError):
+        IngressSettings(caller_frames_per_message=6)
+
+
+async def caller_messages(ingress: Ingress, transport: FakeTransport, pushes: list[tuple[bytes, ...]],
+                          expect: int) -> tuple[str, list[MemoryMessage]]:
+    call_id, _ = await ingress.call(transport)
+    got: list[MemoryMessage] = []
+
+    async def on_audio(msg: Any) -> None:
+        got.append(msg)
+
+    await ingress.bus.subscribe(subjects.audio_in(call_id), on_audio)
+    transport.push(*(CallerAudio(p) for p in pushes))
+    await ingress.bus.wait_for(lambda: len(got) == expect)
+    return call_id, got
+
+
+async def test_a_loaded_replica_sends_caller_frames_two_a_message_stamped_as_the_last() -> None:
+    async with Ingress.running(caller_frames_from_calls=1) as ingress:  # this one call is "loaded"
+        pcm = [bytes([i]) * FRAME_BYTES for i in range(1, 6)]
+        t = FakeTransport()
+        # frames arrive one or two at a time (as Twilio's and RTP's do); messages never mix up their order
+        call_id, got = await caller_messages(ingress, t, [(pcm[0],), (pcm[1], pcm[2]), (), (pcm[3],), (pcm[4],)], 2)
+        assert [m.data for m in got] == [pcm[0] + pcm[1], pcm[2] + pcm[3]]
+        assert [frames_in(m.data) for m in got] == [2, 2]
+        assert [(int(m.headers[H_SEQ]), int(m.headers[H_TS])) for m in got] == [(2, 40), (4, 80)]
+        # the fifth frame waits for a sixth; the call's end sends it rather than losing it
+        t.push(CallerHungUp())
+        await ingress.bus.wait_for(lambda: len(got) == 3 and ingress.events(events.CallEnded, call_id=call_id))
+        assert got[2].data == pcm[4] and (int(got[2].headers[H_SEQ]), int(got[2].headers[H_TS])) == (5, 100)
+
+
+async def test_below_the_set_number_of_calls_each_caller_frame_goes_at_once() -> None:
+    async with Ingress.running(caller_frames_from_calls=2) as ingress:  # one call: not loaded
+        pcm = [bytes([i]) * FRAME_BYTES for i in range(1, 4)]
+        _, got = await caller_messages(ingress, FakeTransport(), [(pcm[0], pcm[1]), (pcm[2],)], 3)
+        assert [m.data for m in got] == pcm
+        assert [int(m.headers[H_TS]) for m in got] == [20, 40, 60]

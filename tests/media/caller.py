@@ -48,18 +48,22 @@ class Call:
                                     turn_id="agent-turn-1", epoch=0))
         await asyncio.sleep(0.1)
 
-    async def speak(self, audio: np.ndarray, *, realtime: bool = True) -> float:
+    async def speak(self, audio: np.ndarray, *, realtime: bool = True, frames_per_message: int = 1) -> float:
         """Stream 20 ms frames, each sent when its audio is complete (``realtime``) or as fast as the bus
-        takes them (media time comes from the frames' timestamps); returns t0."""
+        takes them (media time comes from the frames' timestamps); returns t0. ``frames_per_message``: consecutive
+        frames back to back in one message, stamped as the last of them (as a loaded ingress sends them)."""
         subject = subjects.audio_in(self.call_id)
         t0 = time.monotonic()
-        for i in range(len(audio) // FRAME):
-            delay = t0 + (i + 1) * 0.02 - time.monotonic()
+        total = len(audio) // FRAME
+        for first in range(0, total, frames_per_message):
+            n = min(frames_per_message, total - first)
+            delay = t0 + (first + n) * 0.02 - time.monotonic()
             if realtime and delay > 0:
                 await asyncio.sleep(delay)
-            await self.bus.publish_nowait(subject, audio[i * FRAME : (i + 1) * FRAME].tobytes(),
-                                          {H_SEQ: str(self._sent), H_TS: str(self._sent * 20)})
-            self._sent += 1
+            last = self._sent + n - 1
+            await self.bus.publish_nowait(subject, audio[first * FRAME : (first + n) * FRAME].tobytes(),
+                                          {H_SEQ: str(last), H_TS: str(last * 20)})
+            self._sent += n
         return t0
 
     def of(self, kind: type) -> list[tuple[float, Envelope[Any]]]:

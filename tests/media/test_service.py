@@ -127,3 +127,23 @@ async def test_backchannel_resumes_the_agent_and_is_no_turn(media: MediaService,
     assert controls == ["control.pause", "control.resume"]
     assert not call.of(events.UtteranceCaptured) and not call.of(events.BargeIn)
     assert all(e.epoch == 0 for _, e in call.got)
+
+
+async def test_caller_frames_two_a_message_make_the_same_turn_as_one_a_message(
+        media: MediaService, client: Bus, piper_speech: dict[str, Speech]) -> None:
+    """A loaded ingress sends caller frames two a message (``CALLER_FRAMES_PER_MESSAGE``): media hears the same
+    audio at the same media times, so the turn's onset, offset and captured audio are those of single frames."""
+    s = piper_speech["sentence"]
+    audio = with_silence(s.audio, 600, 1500)
+    turns = []
+    for per_message in (1, 2):
+        call = Call(client, media)
+        await call.start()
+        await call.speak(audio, frames_per_message=per_message)
+        _, utt = await call.wait_for(events.UtteranceCaptured)
+        await call.end()
+        (_, began), = call.of(events.SpeechStarted)[:1]
+        _, stopped = call.of(events.SpeechStopped)[-1]
+        turns.append((began.data.at_ms, stopped.data.at_ms, utt.data.start_ms,
+                      base64.b64decode(utt.data.audio_b64)[:16000]))
+    assert turns[0] == turns[1]

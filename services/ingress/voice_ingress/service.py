@@ -232,7 +232,8 @@ class IngressService(Service):
         await self.kv[KV_CALLS.bucket].put(subjects.call_key(record.call_id), record.model_dump_json().encode())
         session = CallSession(record, transport, bus=self.bus, subscriber=self,
                               lead_ms=self.settings.playout_lead_ms, gap_ms=self.settings.playout_gap_ms,
-                              on_closed=self._closed, clock=self.clock)
+                              on_closed=self._closed, clock=self.clock,
+                              caller_frames=lambda: self.settings.caller_frames_for(len(self.sessions)))
         # registered while it opens, so that a shutdown or a provider's end reaches it; every way out of
         # open() that is not success ends it (end() frees what open() set up, and what it still sets up)
         self.sessions[record.call_id] = session

@@ -167,7 +167,7 @@ class CallSession:
 
     def __init__(self, record: CallRecord, transport: Transport, *, bus: Publisher, subscriber: Subscriber,
                  lead_ms: int, gap_ms: int, on_closed: Callable[[CallSession], Awaitable[None]],
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, caller_frames: Callable[[], int] = lambda: 1) -> None:
         self.record, self.transport, self.bus, self._subscriber = record, transport, bus, subscriber
         self.clock: Clock = clock or LoopClock()
         self.call_id, self.tenant_id = record.call_id, record.tenant_id
@@ -180,6 +180,9 @@ class CallSession:
         self.buffer = PlayoutBuffer(gap_s=gap_ms / 1000)
         self.seq_in = 0
         self.seq_played = 0
+        # caller frames per audio.in message, asked per frame (the replica's load decides: ``caller_frames_for``)
+        self._caller_frames = caller_frames
+        self._in_pending: list[bytes] = []  # caller frames not published yet (fewer than one message's worth)
         self.call_clock = CallClock(self.clock.time())
         self.media_ms = 0
         self.paused = False
@@ -255,6 +258,8 @@ class CallSession:
                 return  # it did: the call ended as transferred
         self.ended, self.end_reason = True, reason
         self._hold = None
+        with contextlib.suppress(Exception):  # the caller's last frames (a part message) are not held back
+            await self._publish_caller_audio()
         if self._counted:
             metrics.ACTIVE_CALLS.labels(SVC).dec()
         await self._cut_played()  # audio still queued at the far end is not heard
@@ -296,14 +301,26 @@ class CallSession:
             raise ValueError("the call has started already")
 
     async def _caller_audio(self, frames: tuple[bytes, ...]) -> None:
+        """Caller frames onto ``audio.in``: one message per ``caller_frames()`` frames (consecutive frames back to
+        back, stamped as the last of them), so that a loaded replica sends, and media reads, fewer messages."""
         arrived_at = self.clock.time()
+        per_message = self._caller_frames()
         for pcm in frames:
             self.seq_in += 1
             self.media_ms += 20
             self.call_clock.caller_frame(arrived_at, self.media_ms)
-            frame = AudioFrame(pcm=pcm, seq=self.seq_in, epoch=self.buffer.epoch, ts_ms=self.media_ms)
-            await self.bus.publish_nowait(self._audio_in, pcm, frame.headers())
+            self._in_pending.append(pcm)
             _FRAMES_IN.inc()
+            if len(self._in_pending) >= per_message:
+                await self._publish_caller_audio()
+
+    async def _publish_caller_audio(self) -> None:
+        pending, self._in_pending = self._in_pending, []
+        if not pending:
+            return
+        pcm = pending[0] if len(pending) == 1 else b"".join(pending)
+        frame = AudioFrame(pcm=pcm, seq=self.seq_in, epoch=self.buffer.epoch, ts_ms=self.media_ms)
+        await self.bus.publish_nowait(self._audio_in, pcm, frame.headers())
 
     async def _mark_played(self, name: str) -> None:
         mark = self._marks.pop(name, None)

@@ -23,3 +23,17 @@ class IngressSettings(TwilioStreamSettings, ChatSettings, WebRtcSettings, SipSet
         "it is the one being played (its final frame was lost, or brain superseded it)",
     )
     start_timeout_s: float = Field(10.0, description="Time a caller connection may take to bind to its call")
+    caller_frames_per_message: int = Field(
+        2, ge=1, le=5,
+        description="20 ms caller frames per audio.in message once this replica carries CALLER_FRAMES_FROM_CALLS "
+        "calls: fewer bus messages for ingress, nats-server and media to handle, for up to (n-1) x 20 ms more "
+        "before media hears a frame",
+    )
+    caller_frames_from_calls: int = Field(
+        20, ge=0, description="Calls on this replica from which caller frames are batched (below: one frame per "
+        "message, no added delay); 0: always",
+    )
+
+    def caller_frames_for(self, calls: int) -> int:
+        """Caller frames per ``audio.in`` message for a replica carrying ``calls`` calls."""
+        return self.caller_frames_per_message if calls >= self.caller_frames_from_calls else 1

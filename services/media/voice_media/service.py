@@ -40,7 +40,7 @@ from voice_runtime.ports import Unsubscribable
 from voice_runtime.service import Service
 from voice_schemas import CallRecord, Envelope, events, make, parse, subjects
 from voice_schemas.agent import AgentConfig, TurnSettings
-from voice_schemas.audio import H_TS, TurnAudio, TurnAudioRequest
+from voice_schemas.audio import FRAME_MS, H_TS, TurnAudio, TurnAudioRequest, frames_in
 from voice_schemas.envelope import Payload
 from voice_schemas.streams import AUDIO, CALLS, KV_CALLS, KV_REPLICAS, MEDIA_CALLS, ConsumerDef
 
@@ -212,8 +212,12 @@ class MediaCall:
                 log.warning("replayed_frame_failed", call_id=self.call_id, error=safe_error(e, 200))
 
     def _push(self, data: bytes, ts: int | None, batch: VadBatch | None = None) -> None:
-        """A caller frame: scored now, or with ``batch`` in one model run with the other calls' windows that are
-        ready in this pass of the event loop (their decisions are handled then, in the same pass)."""
+        """A caller message (one frame or several back to back): scored now, or with ``batch`` in one model run
+        with the other calls' windows that are ready in this pass of the event loop (their decisions are handled
+        then, in the same pass). The pipeline is told the time of the message's first frame, as for one frame."""
+        n = frames_in(data)
+        if ts is not None and n > 1:
+            ts -= (n - 1) * FRAME_MS
         if ts is not None and self._last_ts is not None and ts <= self._last_ts:
             return  # already had (replayed, then live)
         if ts is not None:
@@ -225,7 +229,7 @@ class MediaCall:
             if self.pipeline.append(data, ts) and self.pipeline.has_window:
                 batch.add(self)
         self.last_audio = time.monotonic()
-        self._frames += 1
+        self._frames += n
         self._track_clock()
         if decisions:
             self.handle(decisions)
