@@ -23,6 +23,8 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import httpx
+
 from .events import ControlEvent, PlatformEvents
 from .speech import Utterance
 from .stats import ms, summary
@@ -46,9 +48,9 @@ class Target:
     to: str = "+15550100"
     events: PlatformEvents | None = None  # per-stage breakdowns (the platform only)
 
-    def caller(self) -> TwilioCaller:
+    def caller(self, http: httpx.AsyncClient | None = None) -> TwilioCaller:
         return TwilioCaller(self.base_url, auth_token=self.auth_token, public_base_url=self.public_base_url,
-                            to=self.to)
+                            to=self.to, http=http)
 
 
 @dataclass

@@ -54,6 +54,8 @@ class StandinSettings(CommonSettings):
     http_port: int = Field(0, validation_alias="HTTP_PORT")
     standin_tts_rtf: float = Field(0.05, ge=0.0, le=2.0, description="Seconds of 'synthesis' per second of audio")
     standin_max_calls: int = Field(10_000, ge=1, description="Calls whose tts state is kept at once")
+    tts_frames_per_message: int = Field(5, ge=1, le=25, description="As the real tts: frames of one piece "
+                                        "up to this many an audio.out message")
     standin_concurrency: int = Field(256, ge=1, le=4096, description="Events in flight per consumer: the stand-ins "
                                      "stand for stages scaled out elsewhere, so they never queue the calls")
 
@@ -217,18 +219,20 @@ class Standins(Service):
             piece = self.frames.render(p)
             if self.settings.standin_tts_rtf > 0:  # the voice "synthesizes" this piece
                 await asyncio.sleep(len(piece) * 0.02 * self.settings.standin_tts_rtf)
-            for pcm in piece:
+            per = self.settings.tts_frames_per_message
+            for i in range(0, len(piece), per):
                 if c.ended or env.epoch < c.epoch:
                     return
-                c.seq += 1
-                last = sent == n - 1
-                frame = AudioFrame(pcm=pcm, seq=c.seq, epoch=env.epoch, ts_ms=int(time.time() * 1000),
-                                   turn_id=env.turn_id, chunk=chunk.index, last_in_chunk=last,
-                                   final=last and chunk.final, frame=sent)
+                group = piece[i : i + per]
+                last = sent + len(group) == n
+                frame = AudioFrame(pcm=b"".join(group), seq=c.seq + 1, epoch=env.epoch,
+                                   ts_ms=int(time.time() * 1000), turn_id=env.turn_id, chunk=chunk.index,
+                                   last_in_chunk=last, final=last and chunk.final, frame=sent)
                 await self.bus.publish_nowait(subject, frame.pcm, frame.headers())
-                sent += 1
-                self.counts["frames"] += 1
-                if sent % _YIELD_EVERY == 0:
+                c.seq += len(group)
+                before, sent = sent, sent + len(group)
+                self.counts["frames"] += len(group)
+                if sent // _YIELD_EVERY != before // _YIELD_EVERY:
                     await asyncio.sleep(0)
 
 

@@ -1,9 +1,12 @@
 """The bus audio frame format (real-time transport class).
 
 PCM16 little-endian mono at 16 kHz, 20 ms per frame (640 bytes), sent as the raw message body.
-Metadata travels in NATS headers, never in the body, so a frame is never JSON or base64. A message of
-``audio.in`` or ``audio.played`` may carry several consecutive frames back to back (a multiple of 640 bytes): its
-headers are those of the last of them (``Voice-Seq``, ``Voice-Ts`` at the end of its audio); ``frames_in``.
+Metadata travels in NATS headers, never in the body, so a frame is never JSON or base64. A message may carry
+several consecutive frames back to back (a multiple of 640 bytes; ``frames_in``): on ``audio.in`` and
+``audio.played`` its headers are those of the last of them (``Voice-Seq``, ``Voice-Ts`` at the end of its audio);
+on ``audio.out`` (frames of one reply chunk) ``Voice-Seq`` and ``Voice-Frame`` are the first frame's, the next ones
+counting on from them, and ``Voice-Last`` / ``Voice-Final`` say that the message's last frame ends the chunk / the
+reply (``AudioFrame.split``).
 Also here: the caller's turn so far, as media answers stt's request for it (``TurnAudio``, partial transcripts).
 """
 
@@ -64,6 +67,22 @@ class AudioFrame:
         if self.synth_ms is not None:
             h[H_SYNTH] = f"{self.synth_ms:.1f}"
         return h
+
+    def split(self) -> list[AudioFrame]:
+        """An ``audio.out`` message of several frames as its frames (one frame: itself). The last frame keeps any
+        bytes over a whole number of frames (as a lone frame of odd size would)."""
+        n = frames_in(self.pcm)
+        if n == 1:
+            return [self]
+        out = []
+        for i in range(n):
+            last = i == n - 1
+            out.append(AudioFrame(
+                pcm=self.pcm[i * FRAME_BYTES:] if last else self.pcm[i * FRAME_BYTES:(i + 1) * FRAME_BYTES],
+                seq=self.seq + i, epoch=self.epoch, ts_ms=self.ts_ms, turn_id=self.turn_id, chunk=self.chunk,
+                last_in_chunk=self.last_in_chunk and last, final=self.final and last,
+                frame=None if self.frame is None else self.frame + i, synth_ms=self.synth_ms if i == 0 else None))
+        return out
 
     @classmethod
     def from_message(cls, data: bytes, headers: dict[str, str] | None) -> AudioFrame:

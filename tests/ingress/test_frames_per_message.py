@@ -2,13 +2,14 @@
 ``TWILIO_FRAMES_PER_MESSAGE``, 2 by default): fewer, larger messages at the same real-time pace, never across a
 chunk's mark, the played-audio tap one message per send, and a pause's take-back exact per frame. And the other way,
 caller frames per ``audio.in`` message (``CALLER_FRAMES_PER_MESSAGE``) once the replica carries
-``CALLER_FRAMES_FROM_CALLS`` calls.
+``CALLER_FRAMES_FROM_CALLS`` calls; and tts's frames several an ``audio.out`` message (``TTS_FRAMES_PER_MESSAGE``).
 
 Playout runs on a virtual clock that the fake far end shares (as in test_pause_takeback).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +19,7 @@ from voice_ingress.settings import IngressSettings
 from voice_ingress.transports.base import CallerAudio, CallerHungUp
 from voice_runtime.memory import MemoryMessage
 from voice_schemas import events, subjects
-from voice_schemas.audio import FRAME_BYTES, H_CUT, H_SEQ, H_TS, frames_in
+from voice_schemas.audio import FRAME_BYTES, H_CUT, H_SEQ, H_TS, AudioFrame, frames_in
 
 from .fakes import FRAME_S, FakeTransport, Ingress, VirtualClock, reply, tag
 from .test_call_session import control, finished, marked
@@ -46,12 +47,18 @@ class Batching(FakeTransport):
         await super().mark(name)
 
 
+async def batching_call(ingress: Ingress) -> tuple[str, Batching]:
+    """A call whose far end takes two frames a message, on a virtual clock ingress shares."""
+    clock = VirtualClock()
+    ingress.service.clock = clock
+    t = Batching(clock=clock.time)
+    call_id, _ = await ingress.call(t)
+    return call_id, t
+
+
 async def test_frames_go_two_a_message_at_the_same_pace_and_never_across_a_mark() -> None:
     async with Ingress.running() as ingress:
-        clock = VirtualClock()
-        ingress.service.clock = clock
-        t = Batching(clock=clock.time)
-        call_id, _ = await ingress.call(t)
+        call_id, t = await batching_call(ingress)
         tap: list[MemoryMessage] = []
 
         async def on_played(msg: Any) -> None:
@@ -144,3 +151,26 @@ async def test_below_the_set_number_of_calls_each_caller_frame_goes_at_once() ->
         _, got = await caller_messages(ingress, FakeTransport(), [(pcm[0], pcm[1]), (pcm[2],)], 3)
         assert [m.data for m in got] == pcm
         assert [int(m.headers[H_TS]) for m in got] == [20, 40, 60]
+
+
+# ------------------------------------------------------------ agent frames several an audio.out message
+def joined(frames: list[AudioFrame]) -> AudioFrame:
+    """Consecutive frames of a chunk as tts sends them in one message: the first's seq and index, the last's
+    flags."""
+    first, last = frames[0], frames[-1]
+    return dataclasses.replace(first, pcm=b"".join(f.pcm for f in frames), last_in_chunk=last.last_in_chunk,
+                               final=last.final)
+
+
+async def test_agent_frames_several_a_message_play_as_the_same_frames_and_a_resent_chunk_plays_once() -> None:
+    async with Ingress.running() as ingress:
+        call_id, t = await batching_call(ingress)
+        c0, c1 = ([dataclasses.replace(f, frame=i) for i, f in enumerate(c)] for c in reply("t1", [7, 4]))
+        # chunk 0 in messages of 3, 3 and 1 frames; chunk 1 from a tts replica that died after 2 frames, then
+        # all of it again from the one that took it over (the frames already had are dropped, not played twice)
+        for msg in [joined(c0[0:3]), joined(c0[3:6]), joined(c0[6:7]), joined(c1[0:2]), joined(c1[0:4])]:
+            await ingress.bus.publish_nowait(subjects.audio_out(call_id), msg.pcm, msg.headers())
+        await ingress.bus.wait_for(lambda: finished(ingress, call_id, "t1"), timeout=10)
+        assert [tag(s.data) for s in t.heard()] == [f"t1/0/{n}" for n in range(7)] + [f"t1/1/{n}" for n in range(4)]
+        assert marked(ingress, call_id, "t1") == [0, 1]
+        assert finished(ingress, call_id, "t1") == [events.PlayoutFinished(cleared=False, heard_chunks=[0, 1])]

@@ -214,3 +214,31 @@ async def test_a_slow_voice_load_at_start_is_waited_for_but_a_slow_sentence_is_n
             await engine.run(time.sleep, 0.3)
     finally:
         engine.close()
+
+
+async def test_frames_ready_together_go_several_a_message_and_split_back_into_the_same_frames() -> None:
+    """``TTS_FRAMES_PER_MESSAGE``: a piece's frames go up to that many a message, never waiting for the next piece;
+    ``AudioFrame.split`` gives back exactly the frames, seqs, indices and flags one frame a message would have."""
+    pieces = [tone(0.1, 16_000), tone(0.24, 16_000)]  # 5 frames, then 12
+    one_call, one = CallAudio(epoch=1), Recorder()
+    await speak_chunk(job(epoch=1), FakeTTS(pieces), one_call, one, run_inline)
+    many_call, many = CallAudio(epoch=1), Recorder()
+    result = await speak_chunk(job(epoch=1), FakeTTS(pieces), many_call, many, run_inline, frames_per_message=5)
+    # one frame held back per piece (only the end says which is last): 4 of the first piece, then the held one
+    # and 11 of the second in groups of 5, then the last alone
+    assert [len(m.pcm) // FRAME_BYTES for m in many.frames] == [4, 5, 5, 2, 1]
+    assert result.frames == 17 and many_call.seq == one_call.seq == 17
+    assert [f for m in many.frames for f in m.split()] == one.frames
+    assert [m.frame for m in many.frames] == [0, 4, 9, 14, 16]
+    assert [m.last_in_chunk for m in many.frames] == [False] * 4 + [True]
+
+
+def test_split_of_a_single_frame_is_itself_and_an_odd_tail_stays_on_the_last() -> None:
+    f = AudioFrame(pcm=b"\x01" * FRAME_BYTES, seq=7, turn_id="t", chunk=0, frame=3, final=True, synth_ms=5.0)
+    assert f.split() == [f]
+    odd = AudioFrame(pcm=b"\x02" * (2 * FRAME_BYTES + 4), seq=7, turn_id="t", chunk=0, frame=3,
+                     last_in_chunk=True, final=True, synth_ms=5.0)
+    a, b = odd.split()
+    assert (len(a.pcm), len(b.pcm)) == (FRAME_BYTES, FRAME_BYTES + 4)
+    assert (a.seq, a.frame, a.synth_ms, a.last_in_chunk, a.final) == (7, 3, 5.0, False, False)
+    assert (b.seq, b.frame, b.synth_ms, b.last_in_chunk, b.final) == (8, 4, None, True, True)

@@ -41,7 +41,7 @@ class Frames:
         self._changed = asyncio.Event()
 
     async def on_msg(self, msg: Any) -> None:
-        self.frames.append(AudioFrame.from_message(msg.data, msg.headers))
+        self.frames.extend(AudioFrame.from_message(msg.data, msg.headers).split())  # several a message
         self.arrived.append(time.perf_counter())
         self._changed.set()
 

@@ -31,7 +31,7 @@ class Stage:
         frames: list[AudioFrame] = []
 
         async def on_frame(msg: Any) -> None:
-            frames.append(AudioFrame.from_message(msg.data, msg.headers))
+            frames.extend(AudioFrame.from_message(msg.data, msg.headers).split())  # several a message
 
         await self.bus.subscribe(subjects.audio_out(call_id), on_frame)
         return frames

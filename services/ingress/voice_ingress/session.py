@@ -80,6 +80,7 @@ SENT_KEPT_BEYOND_LEAD = 3
 _FRAMES_IN = metrics.AUDIO_FRAMES.labels(SVC, "in", "ok")
 _FRAMES_OUT = metrics.AUDIO_FRAMES.labels(SVC, "out", "ok")
 _FRAMES_PLAYED = metrics.AUDIO_FRAMES.labels(SVC, "played", "ok")
+_FRAMES_STALE = metrics.AUDIO_FRAMES.labels(SVC, "out", "stale")
 
 
 class Clock(Protocol):
@@ -347,14 +348,19 @@ class CallSession:
 
     # ------------------------------------------------------------ platform -> caller
     async def _on_agent_audio(self, msg: Message) -> None:
+        """A message of agent audio: one frame, or several of one chunk (``AudioFrame.split``)."""
         frame = AudioFrame.from_message(msg.data, msg.headers)
-        if self.buffer.add(frame, self.clock.time()):
+        now, added = self.clock.time(), False
+        for f in frame.split():
+            if self.buffer.add(f, now):
+                added = True
+            else:
+                _FRAMES_STALE.inc()
+        if added:
             if frame.turn_id and msg.headers and "traceparent" in msg.headers \
                     and frame.turn_id not in self._trace:
                 self._trace[frame.turn_id] = telemetry.extract(msg.headers)
             self._wake.set()
-        else:
-            metrics.AUDIO_FRAMES.labels(SVC, "out", "stale").inc()
 
     async def _on_control(self, env: Envelope[Any]) -> None:
         data = env.data

@@ -33,9 +33,10 @@ class CallAudio:
         """True once the call moved past ``epoch`` (barge-in) or ended: stop speaking it."""
         return self.ended or epoch < self.epoch
 
-    def next_seq(self) -> int:
-        self.seq += 1
-        return self.seq
+    def next_seq(self, frames: int = 1) -> int:
+        """The sequence number of the next frame, ``frames`` of them taken (a message of several)."""
+        self.seq += frames
+        return self.seq - frames + 1
 
     def mark_spoken(self, event_id: str, keep: int = 256) -> None:
         self.spoken[event_id] = None

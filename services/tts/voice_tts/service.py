@@ -24,7 +24,7 @@ from voice_runtime.handlers import Handlers
 from voice_runtime.logging import bind_call, get_logger
 from voice_runtime.service import Service
 from voice_schemas import Envelope, subjects
-from voice_schemas.audio import AudioFrame
+from voice_schemas.audio import AudioFrame, frames_in
 from voice_schemas.events import BargeIn, CallEnded, ReplyChunk
 from voice_schemas.streams import TTS_REPLIES
 
@@ -128,7 +128,7 @@ class TtsService(Service):
                 telemetry.inject(headers)
             sent += 1
             await bus.publish_nowait(subject, frame.pcm, headers)
-            frames_out.inc()
+            frames_out.inc(frames_in(frame.pcm))
 
         job = ChunkJob(turn_id=env.turn_id, epoch=env.epoch, index=chunk.index, text=chunk.text, final=chunk.final,
                        split_first_clause=chunk.index == 0 and self.settings.tts_split_first_clause)
@@ -145,7 +145,8 @@ class TtsService(Service):
                         time.perf_counter() - received
                     )
 
-            result = await speak_chunk(job, tts, call, publish, self.engine.run, on_first_audio=first_audio)
+            result = await speak_chunk(job, tts, call, publish, self.engine.run, on_first_audio=first_audio,
+                                       frames_per_message=self.settings.tts_frames_per_message)
             span.set_attribute("tts.frames", result.frames)
             span.set_attribute("tts.cancelled", result.cancelled)
             span.set_attribute("tts.synth_ms", round(result.synth_s * 1000, 1))

@@ -22,6 +22,10 @@ class TtsSettings(CommonSettings):
     tts_split_first_clause: bool = Field(
         True, description="Synthesize the first clause of a reply on its own so its audio starts sooner"
     )
+    tts_frames_per_message: int = Field(
+        5, ge=1, le=25, description="20 ms frames per audio.out message, of frames synthesized together (none "
+        "waits for another): fewer, larger bus messages for nats-server and ingress, no added delay",
+    )
     tts_call_idle_s: float = Field(
         3600.0, gt=0, description="Forget a call's state after this long without activity (missed CallEnded)"
     )

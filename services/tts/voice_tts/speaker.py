@@ -102,9 +102,12 @@ async def speak_chunk(
     publish: Publish,
     run_blocking: RunBlocking,
     on_first_audio: Callable[[], None] | None = None,
+    frames_per_message: int = 1,
 ) -> SpeakResult:
     """Speak ``job``: every frame tagged with turn, epoch, chunk index and a per-call seq; the chunk's last
-    frame flagged ``last_in_chunk`` (and ``final`` when the chunk ends the reply).
+    frame flagged ``last_in_chunk`` (and ``final`` when the chunk ends the reply). Frames ready together (a
+    synthesized piece) go up to ``frames_per_message`` a message (``AudioFrame.split`` reads them); none waits for
+    another to fill a message.
 
     At least one frame is always sent for a chunk that was not cancelled (silence for empty text or when
     synthesis fails), so whoever plays the audio knows the chunk, and the turn, are complete. Once the
@@ -115,28 +118,34 @@ async def speak_chunk(
     synth = _Synthesis(tts, job.text, job.split_first_clause)
     held: bytes | None = None  # one frame held back: only at the end do we know it is the last
 
-    async def send(pcm: bytes, last: bool) -> None:
+    per_message = max(1, frames_per_message)
+
+    async def send(pcms: list[bytes], last: bool) -> None:
         frame = AudioFrame(
-            pcm=pcm, seq=call.next_seq(), epoch=job.epoch, ts_ms=int(time.time() * 1000), turn_id=job.turn_id,
-            chunk=job.index, last_in_chunk=last, final=last and job.final, frame=result.frames,
+            pcm=pcms[0] if len(pcms) == 1 else b"".join(pcms), seq=call.next_seq(len(pcms)), epoch=job.epoch,
+            ts_ms=int(time.time() * 1000), turn_id=job.turn_id, chunk=job.index, last_in_chunk=last,
+            final=last and job.final, frame=result.frames,
         )
         await publish(frame)
-        result.frames += 1
+        before, result.frames = result.frames, result.frames + len(pcms)
         if result.first_audio_s is None:
             result.first_audio_s = time.perf_counter() - started
             if on_first_audio is not None:
                 on_first_audio()
-        if result.frames % _YIELD_EVERY == 0:
+        if result.frames // _YIELD_EVERY != before // _YIELD_EVERY:
             await asyncio.sleep(0)
 
     async def offer(frames: list[bytes]) -> bool:
         nonlocal held
+        ready: list[bytes] = []
         for f in frames:
             if held is not None:
-                if call.is_stale(job.epoch):
-                    return False
-                await send(held, last=False)
+                ready.append(held)
             held = f
+        for i in range(0, len(ready), per_message):
+            if call.is_stale(job.epoch):
+                return False
+            await send(ready[i : i + per_message], last=False)
         return True
 
     while True:
@@ -169,6 +178,6 @@ async def speak_chunk(
         result.cancelled = True
         return result
     if held is not None:
-        await send(held, last=True)
+        await send([held], last=True)
     result.audio_s = synth.assembler.frames_out * 0.02
     return result
