@@ -12,11 +12,11 @@ from voice_brain.chat import ToolCall
 from voice_brain.prompting import system_prompt
 from voice_brain.service import BrainService
 from voice_brain.settings import BrainSettings
-from voice_runtime.bus import Bus
+from voice_runtime.bus import Bus, Transient
 from voice_runtime.handlers import Handlers
 from voice_runtime.memory import InMemoryBus
 from voice_runtime.ports import BusPort
-from voice_schemas import Envelope, events, subjects
+from voice_schemas import Envelope, events, make, subjects
 from voice_schemas.agent import LlmSettings
 from voice_schemas.streams import BRAIN_APPROVALS, BRAIN_TURNS, KV_HISTORY
 
@@ -274,3 +274,32 @@ async def test_a_long_call_keeps_a_bounded_history(memory_bus: InMemoryBus, memo
 def test_a_malformed_egress_allow_list_or_secrets_key_stops_start_up(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=r"host:port|SECRETS_KEY"):
         BrainService(BrainSettings(**bad), chat=FakeChatProvider())
+
+
+async def test_a_call_answered_before_its_start_was_handled_greets_at_once_not_after_a_retry(
+        memory_bus: InMemoryBus, memory_brain: BrainService) -> None:
+    """The caller's media can come up while brain still handles ``CallStarted``: ``CallAnswered`` then waits for
+    the history (``HISTORY_WAIT_S``) instead of a nak, which would greet the caller a backoff (0.2 s+) later."""
+    agent = await make_agent(memory_bus)
+    call_id = subjects.new_call_id()
+    started = make(events.CallStarted(agent_id=agent.id, agent_version=1, channel="test"),
+                   tenant_id=agent.tenant_id, call_id=call_id)
+    answered = make(events.CallAnswered(), tenant_id=agent.tenant_id, call_id=call_id)
+
+    async def start_later() -> None:
+        await asyncio.sleep(0.1)
+        await memory_brain.on_call_started(started)
+
+    later = asyncio.create_task(start_later())
+    await memory_brain.on_call_answered(answered)  # raised Transient (a nak) before
+    await later
+    greetings = [e for e in memory_bus.events(events.ReplyChunk) if e.call_id == call_id]
+    assert [(e.turn_id, e.data.text) for e in greetings] == [("greeting", "Hi, this is the bakery.")]
+
+
+async def test_a_call_answered_whose_start_never_comes_is_retried_later(
+        memory_bus: InMemoryBus, memory_brain: BrainService, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("voice_brain.service.HISTORY_WAIT_S", 0.05)
+    answered = make(events.CallAnswered(), tenant_id="t-brain", call_id=subjects.new_call_id())
+    with pytest.raises(Transient, match="history not created"):
+        await memory_brain.on_call_answered(answered)

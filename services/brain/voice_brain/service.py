@@ -58,6 +58,9 @@ from .tools import (
 
 log = get_logger(__name__)
 tracer = trace.get_tracer("voice.brain")
+# CallAnswered waits this long, asking every HISTORY_POLL_S, for the history CallStarted writes (``_history_soon``)
+HISTORY_WAIT_S = 1.0
+HISTORY_POLL_S = 0.01
 EARLY_QUEUE = "brain-early"  # the queue group in which one replica begins each likely-final turn's reply
 
 
@@ -269,7 +272,7 @@ class BrainService(Service):
         assert self.history is not None
         if not env.data.greet:
             return
-        h = await self.history.get(env.call_id)
+        h = await self._history_soon(env.call_id)
         if h is None:
             raise Transient("call history not created yet")
         agent = await self._agent(h)
@@ -284,6 +287,19 @@ class BrainService(Service):
                                 turn_id=GREETING, epoch=0, event_id=f"{env.call_id}-greeting-0")
         if h.text_only:  # also on a redelivery: the greeting may have been sent but not yet completed
             await self._text_delivered(env, GREETING)
+
+    async def _history_soon(self, call_id: str) -> CallHistory | None:
+        """The call's history, waiting up to ``HISTORY_WAIT_S`` for it. The caller's media comes up tens of ms
+        after the call starts, so ``CallAnswered`` can overtake the handling of ``CallStarted`` (the agent looked
+        up, the history written); a nak would greet the caller a backoff later (0.2 s and more: the greetings
+        of 500-1,000 ms of the 2026-12-02 benches), so it waits here first."""
+        assert self.history is not None
+        for _ in range(round(HISTORY_WAIT_S / HISTORY_POLL_S)):  # polled: another replica may write it (KV)
+            h = await self.history.get(call_id)
+            if h is not None:
+                return h
+            await asyncio.sleep(HISTORY_POLL_S)
+        return await self.history.get(call_id)
 
     # ------------------------------------------------------------ a caller turn
     @turns.on(events.TranscriptFinalized)
