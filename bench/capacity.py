@@ -82,7 +82,7 @@ def lateness_values(received: list[Any], reply_gap_s: float = 1.0) -> list[float
 
 
 async def _one_call(url: str, questions: list[Any], delay_s: float, timeouts: Any,
-                    http: Any = None) -> tuple[dict[str, Any], Any]:
+                    http: httpx.AsyncClient | None = None) -> tuple[dict[str, Any], Any]:
     """One caller's call: its outcome and the caller (its frames are analysed once every call of the process is
     done, not on the loop that still paces the other calls' audio)."""
     from .calls import Target, ask, dial, wait_audio_after, wait_reply_done

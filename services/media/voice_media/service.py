@@ -238,7 +238,7 @@ class MediaCall:
         try:
             ts = self._ts(msg.headers)
             if self._held is not None:
-                if len(self._held) < 3000:  # a minute of frames at most
+                if len(self._held) < 3000:  # messages: a minute of single frames, two of pairs, at most
                     self._held.append((msg.data, ts))
                 return
             self._push(msg.data, ts, self.service.vad_batch)
