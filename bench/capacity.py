@@ -8,6 +8,8 @@ VAD and turn model, and ``bench/standins.py`` in place of stt, brain and tts (ca
 audio rendered once at start: the stages cost nothing, as if the models ran elsewhere on GPUs). The callers run
 in processes of their own (``--caller-procs``): N concurrent Twilio Media Streams callers (bench/twilio_caller.py)
 that hear the greeting, ask ``--turns`` questions in real-time 20 ms μ-law frames, hear each reply and hang up.
+``--ingress-procs N`` runs N ingress replicas (as the Helm chart's ``replicaCount``), the calls dealt to them in
+turn; their CPU and event-loop timers are summed into "ingress", each replica's share kept in ``ingress_replicas``.
 
 Each step: every call's agent audio on the caller's clock (playout jitter: how much later than 20 ms after the
 previous frame each came; inter-arrival jitter |gap - 20 ms|; late frames,
@@ -90,7 +92,7 @@ async def _one_call(url: str, questions: list[Any], delay_s: float, timeouts: An
     await asyncio.sleep(delay_s)
     target = Target("capacity", url, to=NUMBER)
     c = target.caller(http)
-    out: dict[str, Any] = {"error": None, "turns": 0, "answered": 0, "v2v_ms": []}
+    out: dict[str, Any] = {"error": None, "turns": 0, "answered": 0, "v2v_ms": [], "ingress": url}
     try:
         call_id = await dial(c)
         await c.connect()
@@ -149,8 +151,9 @@ async def _callers(args: argparse.Namespace) -> dict[str, Any]:
     try:
         # one HTTP client for every webhook of the process (a client per dial costs ~10-20 ms of CPU to build)
         async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=None)) as http:
+            urls = [u for u in args.url.split(",") if u]
             done = await asyncio.gather(*(
-                _one_call(args.url, [qs[(k + j) % len(qs)] for j in range(args.turns)],
+                _one_call(urls[(args.first + k) % len(urls)], [qs[(k + j) % len(qs)] for j in range(args.turns)],
                           rnd.uniform(0, args.stagger_s), t, http)
                 for k in range(args.calls)))
     finally:
@@ -191,18 +194,23 @@ def _busy() -> tuple[float, float]:
 class Stack:
     """nats-server, ingress, media and the stand-ins, each a process of its own on free ports."""
 
-    def __init__(self, tmp: Path, tts_rtf: float, settings: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, tts_rtf: float, settings: dict[str, str] | None = None,
+                 ingress_procs: int = 1) -> None:
         self.tmp = tmp
         self.tts_rtf = tts_rtf
         self.settings = settings or {}  # --set: given to every process of the stack, after the bench's own
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        roles = ("nats", "ingress", "media", "standins")
+        # ingress replicas, as the Helm chart's replicaCount runs them: "ingress", "ingress-2", ...
+        self.ingress_names = ingress_names(ingress_procs)
+        roles = ("nats", *self.ingress_names, "media", "standins")
         self.ports = dict(zip(roles, free_ports(len(roles)), strict=True))
         self.nats_url = f"nats://127.0.0.1:{self.ports['nats']}"
 
     @property
     def ingress(self) -> str:
-        return f"http://127.0.0.1:{self.ports['ingress']}"
+        """The callers' target: every ingress replica's base URL, comma-separated (a call goes to one of them, as
+        a load balancer in front of the replicas would send it)."""
+        return ",".join(f"http://127.0.0.1:{self.ports[n]}" for n in self.ingress_names)
 
     def _env(self, name: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
@@ -219,14 +227,16 @@ class Stack:
         self.procs["nats-server"] = nats
         if not wait_port("127.0.0.1", self.ports["nats"], 10):
             raise RuntimeError("nats-server did not start")
-        for name, module in (("ingress", "voice_ingress"), ("media", "voice_media"), ("standins", "bench.standins")):
+        services = [*((n, "voice_ingress") for n in self.ingress_names), ("media", "voice_media"),
+                    ("standins", "bench.standins")]
+        for name, module in services:
             env = self._env(name)
             cmd = [sys.executable, "-m", module]
             if name == "standins":  # they stand in for stt, brain and tts: `make run`'s model processes, as niced
                 cmd = priority.niced(cmd, priority.model_nice(env), own_session=False)
             with open(self.tmp / f"{name}.log", "wb") as logf:
                 self.procs[name] = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT)
-        for name in ("ingress", "media", "standins"):
+        for name, _ in services:
             if not self._ready(name, 120):
                 tail = (self.tmp / f"{name}.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{name} did not become ready:\n{tail}")
@@ -249,7 +259,7 @@ class Stack:
         return [n for n, p in self.procs.items() if p.poll() is not None]
 
     def stop(self) -> None:
-        for name in ("standins", "media", "ingress", "nats-server"):  # services first, NATS last
+        for name in ("standins", "media", *self.ingress_names, "nats-server"):  # services first, NATS last
             p = self.procs.get(name)
             if p is None or p.poll() is not None:
                 continue
@@ -271,6 +281,7 @@ async def run_step(stack: Stack, n: int, args: argparse.Namespace, tmp: Path) ->
         callers.append(await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.capacity", "--caller", "--url", stack.ingress, "--calls", str(m),
             "--turns", str(args.turns), "--stagger-s", str(args.stagger_s), "--seed", str(n * 100 + i),
+            "--first", str(sum(per[:i])),
             "--result", str(files[i]), cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
 
     async def line(p: asyncio.subprocess.Process, want: str, timeout: float) -> None:
@@ -287,7 +298,8 @@ async def run_step(stack: Stack, n: int, args: argparse.Namespace, tmp: Path) ->
     try:
         await asyncio.gather(*(line(p, "READY", 120) for p in callers))
         pids = {**stack.pids(), **{f"caller-{i}": p.pid for i, p in enumerate(callers)}}
-        lag0 = await looplag.scrape(stack.ports, LAG_SERVICES)
+        lag_names = (*stack.ingress_names, *LAG_SERVICES[1:])
+        lag0 = await looplag.scrape(stack.ports, lag_names)
         cpu0 = {name: _cpu(pid) for name, pid in pids.items()}
         busy0, t0 = _busy(), time.monotonic()
         for p in callers:
@@ -299,7 +311,8 @@ async def run_step(stack: Stack, n: int, args: argparse.Namespace, tmp: Path) ->
         wall = time.monotonic() - t0
         cpu1 = {name: _cpu(pid) for name, pid in pids.items()}
         busy1 = _busy()
-        lag = looplag.figures(lag0, await looplag.scrape(stack.ports, LAG_SERVICES))
+        lag = merged_replicas(looplag.figures(lag0, await looplag.scrape(stack.ports, lag_names)),
+                              stack.ingress_names)
         await asyncio.gather(*(asyncio.wait_for(p.wait(), 30) for p in callers))
     finally:
         for p in callers:
@@ -308,13 +321,38 @@ async def run_step(stack: Stack, n: int, args: argparse.Namespace, tmp: Path) ->
                     p.kill()
                 await p.wait()
     calls = [c for f in files if f.exists() for c in json.loads(f.read_text())["calls"]]
-    cpu_s = {name: cpu1[name] - cpu0[name] for name in stack.pids()}
+    cpu_s = {name: cpu1[name] - cpu0[name] for name in stack.pids() if name not in stack.ingress_names}
+    cpu_s["ingress"] = sum(cpu1[name] - cpu0[name] for name in stack.ingress_names)  # every replica
     cpu_s["caller"] = sum(cpu1[name] - cpu0[name] for name in pids if name.startswith("caller"))  # all of them
     step = step_figures(n, calls, cpu_s, wall,
                         (busy1[0] - busy0[0]) / max(1e-9, busy1[1] - busy0[1]), dead=stack.dead(),
                         jitter_max_ms=args.jitter_p99_max_ms)
     step["loop_lag"] = lag
+    step["ingress_procs"] = len(stack.ingress_names)
+    by_url = {url: name for name, url in zip(stack.ingress_names, stack.ingress.split(","), strict=True)}
+    step["ingress_replicas"] = {
+        name: {"calls": sum(1 for c in calls if by_url.get(c.get("ingress", "")) == name),
+               "cpu_pct": round(100 * (cpu1[name] - cpu0[name]) / wall, 1) if wall > 0 else None}
+        for name in stack.ingress_names}
     return step
+
+
+def ingress_names(n: int) -> tuple[str, ...]:
+    """The ingress replicas' names in the stack and its reports: "ingress", then "ingress-2", "ingress-3"..."""
+    return ("ingress", *(f"ingress-{i}" for i in range(2, n + 1)))
+
+
+def merged_replicas(lag: dict[str, Any], names: tuple[str, ...], into: str = "ingress") -> dict[str, Any]:
+    """Per-service loop-lag figures with the replicas ``names`` summed into one ``into`` entry: their timers and
+    late timers add up, the p99 bound is the worst replica's (None, unbounded, wins)."""
+    parts = [lag[n] for n in names if n in lag]
+    out = {k: v for k, v in lag.items() if k not in names}
+    if parts:
+        p99s = [p["p99_le_ms"] for p in parts]
+        out[into] = {"timers": sum(p["timers"] for p in parts), "over_20ms": sum(p["over_20ms"] for p in parts),
+                     "p99_le_ms": None if None in p99s else max(p99s), "nice": parts[0]["nice"],
+                     "replicas": len(parts)}
+    return out
 
 
 def step_figures(n: int, calls: list[dict[str, Any]], cpu_s: dict[str, float], wall_s: float, machine_busy: float,
@@ -467,18 +505,19 @@ async def sweep(args: argparse.Namespace) -> dict[str, Any]:
     rep: dict[str, Any] = {
         "mode": "capacity", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": {"steps": steps_wanted, "turns": args.turns, "caller_procs": args.caller_procs,
-                   "stagger_s": args.stagger_s, "tts_rtf": args.tts_rtf,
+                   "stagger_s": args.stagger_s, "tts_rtf": args.tts_rtf, "ingress_procs": args.ingress_procs,
                    "jitter_p99_max_ms": args.jitter_p99_max_ms, "keep_going": args.keep_going,
                    "settings": settings_of(args.set)},
         "machine": {"cpu_model": cpu_model(), "cores_logical": os.cpu_count(),
                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "git": git_commit()},
-        "stack": "nats-server, ingress (Twilio Media Streams, unsigned), media (Silero VAD + turn model), "
-                 "stand-ins for stt/brain/tts",
+        "stack": f"nats-server, ingress (Twilio Media Streams, unsigned; {args.ingress_procs} process"
+                 f"{'es, the calls spread over them in turn' if args.ingress_procs > 1 else ''}), media (Silero VAD "
+                 "+ turn model), stand-ins for stt/brain/tts",
         "steps": [], "notes": list(NOTES),
     }
     with tempfile.TemporaryDirectory(prefix="voice-capacity-") as root:
         tmp = Path(root)
-        stack = Stack(tmp, args.tts_rtf, settings_of(args.set))
+        stack = Stack(tmp, args.tts_rtf, settings_of(args.set), args.ingress_procs)
         agent: BenchAgent | None = None
         try:
             log("starting nats-server, ingress, media and the stand-ins on free ports")
@@ -521,6 +560,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", default="10,25,50,75,100,150", help="concurrent calls per step, ascending")
     ap.add_argument("--turns", type=int, default=2, help="questions per call")
     ap.add_argument("--caller-procs", type=int, default=1, help="processes the callers are spread over")
+    ap.add_argument("--ingress-procs", type=int, default=1, choices=range(1, 9), metavar="{1..8}",
+                    help="ingress replicas (processes) on the node, the calls spread over them in turn as a load "
+                         "balancer would; their CPU and loop lag are reported summed as 'ingress'")
     ap.add_argument("--stagger-s", type=float, default=3.0, help="calls start at random over this long")
     ap.add_argument("--tts-rtf", type=float, default=0.05, help="stand-in tts: seconds per second of audio")
     ap.add_argument("--jitter-p99-max-ms", type=float, default=JITTER_P99_MAX_MS,
@@ -538,6 +580,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--calls", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)  # the process's first call's index
     ap.add_argument("--result", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 

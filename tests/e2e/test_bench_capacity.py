@@ -53,3 +53,21 @@ async def test_calls_are_held_with_caller_frames_two_a_message(tmp_path: Path) -
     assert step["calls"] == 2 and step["calls_ok"] == 2, step["errors"]
     assert step["turns"] == 4 and step["turns_answered"] == 4
     assert rep["config"]["settings"] == {"CALLER_FRAMES_FROM_CALLS": "0"}
+
+
+async def test_calls_spread_over_two_ingress_replicas_are_held(tmp_path: Path) -> None:
+    """``--ingress-procs 2``: two ingress processes on the one bus, as the Helm chart's two replicas; the calls go
+    to them in turn, each replica's calls are answered through media and the stand-ins, and the report sums the
+    replicas' CPU and loop lag as 'ingress' while saying how the calls were spread."""
+    rep = await asyncio.to_thread(run, ["--steps", "4", "--turns", "1", "--stagger-s", "0.5", "--out",
+                                        str(tmp_path), "--ingress-procs", "2"])
+    (step,) = rep["steps"]
+    assert step["calls"] == 4 and step["calls_ok"] == 4, step["errors"]
+    assert step["turns"] == 4 and step["turns_answered"] == 4
+    assert step["ingress_procs"] == 2 and rep["config"]["ingress_procs"] == 2
+    replicas = step["ingress_replicas"]
+    assert set(replicas) == {"ingress", "ingress-2"}
+    assert [replicas[n]["calls"] for n in ("ingress", "ingress-2")] == [2, 2], replicas
+    assert step["loop_lag"]["ingress"]["replicas"] == 2 and "ingress-2" not in step["loop_lag"]
+    assert "ingress-2" not in step["processes"] and step["processes"]["ingress"]["cpu_pct"] is not None
+    assert "2 processes" in (tmp_path / "latest-capacity.md").read_text()
