@@ -20,7 +20,8 @@ pytestmark = pytest.mark.unit
     "I want to book a table for.",  # a transcriber's full stop after a dangling word
     "Let me think...",
     "Let me think\u2026",
-    "Well, the thing is,",
+    "Well, the thing is,",  # a trailing comma: the last word decides
+    "I'd like to pay by card and,",
     "We will be there at around",  # unpunctuated: a preposition that may stand alone still expects more
     "We are four -",
     "Yes I can",  # unpunctuated: an auxiliary usually needs more
@@ -52,4 +53,13 @@ def test_finished(text: str) -> None:
 
 @pytest.mark.parametrize("text", ["", "   ", "...", "?!", "\u2014"])
 def test_no_words_is_no_answer(text: str) -> None:
+    assert sounds_finished(text) is None
+
+
+@pytest.mark.parametrize("text", [
+    "How much does a large pizza cost,",  # Moonshine at a pause: a comma where the question had ended
+    "Is there parking near the restaurant,",
+    "So I was wondering,",  # ... and where it goes on: the model and the hangover decide
+])
+def test_a_trailing_comma_after_a_content_word_tells_nothing(text: str) -> None:
     assert sounds_finished(text) is None

@@ -1,7 +1,8 @@
-"""The media service weighs the likely final words of a turn (``transcript.partial`` with ``likely_final``) on the
-in-memory bus and on a NATS server of the test's own, with fake models: the caller pauses (``vad.speech_paused``),
-the words come back, and they hold or end the turn. Audio is sent faster than real time and the stall timers are
-off, so media time only moves with the frames the test sends: the words always arrive within the pause.
+"""The media service weighs the words of a turn (``transcript.partial``: the likely final ones, and later partials
+whose audio reaches the pause) on the in-memory bus and on a NATS server of the test's own, with fake models: the
+caller pauses (``vad.speech_paused``), the words come back, and they hold or end the turn. Audio is sent faster
+than real time and the stall timers are off, so media time only moves with the frames the test sends: the words
+always arrive within the pause.
 """
 
 from __future__ import annotations
@@ -106,14 +107,36 @@ async def test_finished_words_end_the_turn_before_the_hangover(stage: tuple[BusP
     assert TURN_WORDS.labels("ended_finished")._value.get() == ended + 1
 
 
-async def test_other_partials_change_nothing(stage: tuple[BusPort, Start]) -> None:
+async def test_a_later_partial_that_reaches_the_pause_releases_unfinished_words(stage: tuple[BusPort, Start]) -> None:
+    """The likely final words, decoded at the pause, stop short ("near"); a periodic partial decoded from more audio
+    of the same pause comes after them with the whole question: the newest words end the turn, not the 1.2 s hold."""
     client, start = stage
     svc = await start(False)
+    ended = TURN_WORDS.labels("ended_finished")._value.get()
+    call, turn_id = await pause_with_words(client, svc, "Is there parking near")
+    later = events.TranscriptPartial(utterance_id=turn_id, text="Is there parking near the restaurant?", end_ms=1250)
+    await client.publish(make(later, tenant_id="default", call_id=call.call_id, turn_id=turn_id))
+    detector = svc.calls[call.call_id].detector
+    await until(lambda: detector._turn is not None and detector._turn.words == (1250, True), "the newer words")
+    await call.speak(quiet(400), realtime=False)  # 544 ms of silence: short of the 600 ms hangover and of 1.2 s
+    _, utt = await call.wait_for(events.UtteranceCaptured)
+    await call.end()
+    assert utt.turn_id == turn_id and utt.data.end_of_turn == "transcript"
+    assert 350 <= utt.data.end_of_turn_ms < 1200
+    assert TURN_WORDS.labels("ended_finished")._value.get() == ended + 1
+
+
+async def test_a_partial_that_stops_before_the_pause_changes_nothing(stage: tuple[BusPort, Start]) -> None:
+    client, start = stage
+    svc = await start(False)
+    stale = TURN_WORDS.labels("stale")._value.get()
     call = Call(client, svc, watch=(events.SpeechPaused,))
     await call.start()
     await call.speak(np.concatenate([quiet(300), tone(800), quiet(100)]), realtime=False)
     _, paused = await call.wait_for(events.SpeechPaused)
-    partial = events.TranscriptPartial(utterance_id=paused.turn_id, text="What time do you open?", end_ms=1200)
+    # decoded while the caller was still speaking: its audio ends before the pause's offset
+    partial = events.TranscriptPartial(utterance_id=paused.turn_id, text="What time do you open?",
+                                       end_ms=SPEECH_END_MS - 100)
     await client.publish(make(partial, tenant_id="default", call_id=call.call_id, turn_id=paused.turn_id))
     await asyncio.sleep(0.2)
     detector = svc.calls[call.call_id].detector
@@ -122,6 +145,7 @@ async def test_other_partials_change_nothing(stage: tuple[BusPort, Start]) -> No
     _, utt = await call.wait_for(events.UtteranceCaptured)
     await call.end()
     assert utt.data.end_of_turn == "silence"
+    assert TURN_WORDS.labels("stale")._value.get() == stale  # a periodic partial's staleness is not counted
 
 
 @pytest.mark.unit

@@ -9,10 +9,15 @@ It is deliberately shallow; a wrong answer only moves the end of the turn within
 1. Does the text end on a word that cannot end a clause (an article, a possessive, a conjunction, most
    prepositions, a filler)? Then it is unfinished even with a full stop after it: a transcriber may close speech
    that trails off with a period.
-2. Otherwise the punctuation decides when there is any: ``?`` ``!`` ``.`` finished; a comma, an ellipsis or a dash
-   unfinished. With none (Moonshine's text has none), a word that usually needs more but may close an elliptical
-   answer (an auxiliary or modal, "so", "that", a preposition that may be a particle: "my number is", "yes I can")
-   is unfinished, and any other last word finished.
+2. Otherwise the punctuation decides when there is any: ``?`` ``!`` ``.`` finished; an ellipsis, a dash, a colon or
+   a semicolon unfinished. With none, a word that usually needs more but may close an elliptical answer (an
+   auxiliary or modal, "so", "that", a preposition that may be a particle: "my number is", "yes I can") is
+   unfinished, and any other last word finished.
+3. A trailing comma after any other word says nothing either way (``None``: the turn model and the hangover decide,
+   as without words): a transcriber decoding audio that stops at a pause writes one where the sentence had ended
+   as often as where it goes on (Moonshine, 2026-12-03: "How much does a large pizza cost," from audio ending
+   64 ms after the question held that turn 1.2 s as unfinished), and "so I was wondering," must not end a turn
+   at 350 ms either.
 
 A question mark overrides rule 1 ("What is it for?" is finished): it stands for the rising pitch of a question.
 """
@@ -39,11 +44,12 @@ _MAYBE_DANGLING = frozenset("""
     without within among per
 """.split())
 _WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")  # "mm-hmm" is one word (a yes), not a trailing "hmm"
-_OPEN_ENDINGS = (",", ";", ":", "...", "\u2026", "-", "\u2013", "\u2014")
+_OPEN_ENDINGS = (";", ":", "...", "\u2026", "-", "\u2013", "\u2014")  # not a comma: judged by the last word
 
 
 def sounds_finished(text: str) -> bool | None:
-    """``None``: no words; ``False``: the text stops where more must follow; ``True``: it could end here.
+    """``None``: no words, or nothing to tell (a trailing comma after a content word); ``False``: the text stops
+    where more must follow; ``True``: it could end here.
 
     English only; the module docstring gives the rules.
     """
@@ -60,4 +66,6 @@ def sounds_finished(text: str) -> bool | None:
         return False
     if stripped.endswith((".", "!")):
         return True
-    return last not in _MAYBE_DANGLING
+    if last in _MAYBE_DANGLING:
+        return False
+    return None if stripped.endswith(",") else True
