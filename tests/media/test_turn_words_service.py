@@ -1,8 +1,7 @@
-"""The media service weighs the words of a turn (``transcript.partial``: the likely final ones, and later partials
-whose audio reaches the pause) on the in-memory bus and on a NATS server of the test's own, with fake models: the
-caller pauses (``vad.speech_paused``), the words come back, and they hold or end the turn. Audio is sent faster
-than real time and the stall timers are off, so media time only moves with the frames the test sends: the words
-always arrive within the pause.
+"""The media service weighs the likely final words of a turn (``transcript.partial`` with ``likely_final``) on the
+in-memory bus and on a NATS server of the test's own, with fake models: the caller pauses (``vad.speech_paused``),
+the words come back, and they hold or end the turn. Audio is sent faster than real time and the stall timers are
+off, so media time only moves with the frames the test sends: the words always arrive within the pause.
 """
 
 from __future__ import annotations
@@ -64,8 +63,10 @@ async def stage(request: pytest.FixtureRequest) -> AsyncIterator[tuple[BusPort, 
         await client.close()
 
 
-async def pause_with_words(client: BusPort, svc: MediaService, text: str) -> tuple[Call, str]:
-    """The caller speaks 800 ms and pauses 100 ms; the likely final words of the turn come back."""
+async def pause_with_words(client: BusPort, svc: MediaService, text: str, *,
+                           weighed: bool = True) -> tuple[Call, str]:
+    """The caller speaks 800 ms and pauses 100 ms; the likely final words of the turn come back (``weighed``: and
+    are kept as the turn's words; otherwise they tell nothing and the test only gives them time to arrive)."""
     call = Call(client, svc, watch=(events.SpeechPaused,))
     await call.start()
     await call.speak(np.concatenate([quiet(300), tone(800), quiet(100)]), realtime=False)
@@ -75,6 +76,10 @@ async def pause_with_words(client: BusPort, svc: MediaService, text: str) -> tup
                                      likely_final=True)
     await client.publish(make(words, tenant_id="default", call_id=call.call_id, turn_id=paused.turn_id))
     detector = svc.calls[call.call_id].detector
+    if not weighed:
+        await asyncio.sleep(0.2)
+        assert detector._turn is not None and detector._turn.words is None
+        return call, paused.turn_id
     await until(lambda: detector._turn is not None and detector._turn.words is not None, "the words to be weighed")
     return call, paused.turn_id
 
@@ -107,36 +112,30 @@ async def test_finished_words_end_the_turn_before_the_hangover(stage: tuple[BusP
     assert TURN_WORDS.labels("ended_finished")._value.get() == ended + 1
 
 
-async def test_a_later_partial_that_reaches_the_pause_releases_unfinished_words(stage: tuple[BusPort, Start]) -> None:
-    """The likely final words, decoded at the pause, stop short ("near"); a periodic partial decoded from more audio
-    of the same pause comes after them with the whole question: the newest words end the turn, not the 1.2 s hold."""
+async def test_a_trailing_comma_does_not_hold_the_models_complete(stage: tuple[BusPort, Start]) -> None:
+    """Moonshine decoding audio that stops at the pause writes a comma where the question ended (2026-12-03: 3 of 20
+    bench turns held 1.2 s as unfinished); the comma tells nothing, so the model's "complete" ends the turn."""
     client, start = stage
-    svc = await start(False)
-    ended = TURN_WORDS.labels("ended_finished")._value.get()
-    call, turn_id = await pause_with_words(client, svc, "Is there parking near")
-    later = events.TranscriptPartial(utterance_id=turn_id, text="Is there parking near the restaurant?", end_ms=1250)
-    await client.publish(make(later, tenant_id="default", call_id=call.call_id, turn_id=turn_id))
-    detector = svc.calls[call.call_id].detector
-    await until(lambda: detector._turn is not None and detector._turn.words == (1250, True), "the newer words")
-    await call.speak(quiet(400), realtime=False)  # 544 ms of silence: short of the 600 ms hangover and of 1.2 s
+    svc = await start(True)
+    call, turn_id = await pause_with_words(client, svc, "How much does a large pizza cost,", weighed=False)
+    await call.speak(quiet(400), realtime=False)  # the model is asked at 200 ms of silence and says complete
     _, utt = await call.wait_for(events.UtteranceCaptured)
     await call.end()
-    assert utt.turn_id == turn_id and utt.data.end_of_turn == "transcript"
-    assert 350 <= utt.data.end_of_turn_ms < 1200
-    assert TURN_WORDS.labels("ended_finished")._value.get() == ended + 1
+    assert utt.turn_id == turn_id and utt.data.end_of_turn == "model"
+    assert utt.data.end_of_turn_ms < 1200
 
 
-async def test_a_partial_that_stops_before_the_pause_changes_nothing(stage: tuple[BusPort, Start]) -> None:
+async def test_other_partials_change_nothing(stage: tuple[BusPort, Start]) -> None:
+    """Only the likely final words weigh: a periodic partial decoded later from more of the pause's silence drops a
+    dangling last word as often as it completes a question (counted, 2026-12-03, it cut off 8 of 8 sentences
+    broken off after "for", "to", "around" in the end-of-turn bench, against 3 of 8 without)."""
     client, start = stage
     svc = await start(False)
-    stale = TURN_WORDS.labels("stale")._value.get()
     call = Call(client, svc, watch=(events.SpeechPaused,))
     await call.start()
     await call.speak(np.concatenate([quiet(300), tone(800), quiet(100)]), realtime=False)
     _, paused = await call.wait_for(events.SpeechPaused)
-    # decoded while the caller was still speaking: its audio ends before the pause's offset
-    partial = events.TranscriptPartial(utterance_id=paused.turn_id, text="What time do you open?",
-                                       end_ms=SPEECH_END_MS - 100)
+    partial = events.TranscriptPartial(utterance_id=paused.turn_id, text="What time do you open?", end_ms=1200)
     await client.publish(make(partial, tenant_id="default", call_id=call.call_id, turn_id=paused.turn_id))
     await asyncio.sleep(0.2)
     detector = svc.calls[call.call_id].detector
@@ -145,7 +144,6 @@ async def test_a_partial_that_stops_before_the_pause_changes_nothing(stage: tupl
     _, utt = await call.wait_for(events.UtteranceCaptured)
     await call.end()
     assert utt.data.end_of_turn == "silence"
-    assert TURN_WORDS.labels("stale")._value.get() == stale  # a periodic partial's staleness is not counted
 
 
 @pytest.mark.unit

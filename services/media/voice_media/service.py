@@ -285,15 +285,11 @@ class MediaCall:
         self.handle(self.detector.playout_finished(env.turn_id))
 
     async def on_transcript_partial(self, env: Envelope[events.TranscriptPartial]) -> None:
-        """The words of the turn weigh on its end: the likely final ones (decoded at a pause), and any later partial
-        whose audio also reaches the pause (the detector keeps the newest words of the pause; 2026-12-03: a
-        likely final "How much does a large pizza cost," held a turn 1.2 s while the partial "... cost?" decoded
-        from more audio came 650 ms before that)."""
+        """The likely final words of the turn (decoded at a pause) weigh on its end; other partials are not ours."""
         data = env.data
-        if env.turn_id is None or self.closed:
+        if not data.likely_final or env.turn_id is None or self.closed:
             return
-        self.handle(self.detector.on_transcript(env.turn_id, data.end_ms, sounds_finished(data.text),
-                                                likely_final=data.likely_final))
+        self.handle(self.detector.on_transcript(env.turn_id, data.end_ms, sounds_finished(data.text)))
 
     # ------------------------------------------------------------ clocks
     def _track_clock(self) -> None:

@@ -26,10 +26,9 @@ Rules:
   configuration), so stt can decode the turn so far before the turn ends; once per pause: again only after a voiced
   window (``threshold``); never for a stall (``tick``) or a turn with less than ``min_turn_speech_ms`` of voiced
   speech (it would be dropped).
-- The words (``on_transcript``: the likely final transcript of the turn, decoded at a pause, or a later partial
-  decoded from more of the same pause, judged by ``text_turn.sounds_finished``; the newest words of the pause
-  count) are a second end-of-turn signal, valid only for the pause they cover (their audio reaches the pause's
-  offset; speech that resumed since makes them stale):
+- The words (``on_transcript``: the likely final transcript of the turn, decoded at a pause, judged by
+  ``text_turn.sounds_finished``) are a second end-of-turn signal, valid only for the pause they cover (their audio
+  reaches the pause's offset; speech that resumed since makes them stale):
   unfinished words hold the turn open: a "complete" model answer does not end it, and the hangover becomes at least
   ``unfinished_end_of_turn_ms``; finished words end the turn once the silence reaches ``finished_end_of_turn_ms``
   (``transcript``), or at once with a "complete" model answer (``model``). ``WordsWeighed`` reports what the words
@@ -380,26 +379,19 @@ class TurnDetector:
                 self._end_turn(self._t, "model", out, "agreed" if words else None)
         return out
 
-    def on_transcript(self, turn_id: str, end_ms: int, finished: bool | None, *,
-                      likely_final: bool = True) -> list[Decision]:
-        """A transcript of ``turn_id``, its audio decoded up to ``end_ms``, whose words sound ``finished``
-        (``None``: no words, nothing to weigh). Words whose audio ends before the current pause's speech offset
-        cover an earlier pause (the caller went on since) and are ignored; the newest words of a pause win. The
-        likely final transcript (decoded at the pause) is the one expected; a periodic partial (``likely_final``
-        False) counts the same when its audio reaches the pause (it may come later, from more audio: "cost?"
-        after the pause's "cost,"), and is not reported when it is late or stale (most are: they come while the
-        caller speaks)."""
+    def on_transcript(self, turn_id: str, end_ms: int, finished: bool | None) -> list[Decision]:
+        """The likely final transcript of ``turn_id``, its audio decoded up to ``end_ms``, whose words sound
+        ``finished`` (``None``: no words, nothing to weigh). Words whose audio ends before the current pause's
+        speech offset cover an earlier pause (the caller went on since) and are ignored."""
         out: list[Decision] = []
         turn = self._turn
         if finished is None:
             return out
         if turn is None or turn.turn_id != turn_id:
-            if likely_final:
-                out.append(WordsWeighed(turn_id, "late"))
+            out.append(WordsWeighed(turn_id, "late"))
             return out
         if end_ms < self._pause_offset(turn):
-            if likely_final:
-                out.append(WordsWeighed(turn_id, "stale"))
+            out.append(WordsWeighed(turn_id, "stale"))
             return out
         if turn.words is None or end_ms >= turn.words[0]:
             turn.words = (end_ms, finished)
