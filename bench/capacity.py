@@ -207,10 +207,15 @@ class Stack:
         self.nats_url = f"nats://127.0.0.1:{self.ports['nats']}"
 
     @property
+    def ingress_urls(self) -> dict[str, str]:
+        """Each ingress replica's base URL, by name."""
+        return {n: f"http://127.0.0.1:{self.ports[n]}" for n in self.ingress_names}
+
+    @property
     def ingress(self) -> str:
         """The callers' target: every ingress replica's base URL, comma-separated (a call goes to one of them, as
         a load balancer in front of the replicas would send it)."""
-        return ",".join(f"http://127.0.0.1:{self.ports[n]}" for n in self.ingress_names)
+        return ",".join(self.ingress_urls.values())
 
     def _env(self, name: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
@@ -329,7 +334,7 @@ async def run_step(stack: Stack, n: int, args: argparse.Namespace, tmp: Path) ->
                         jitter_max_ms=args.jitter_p99_max_ms)
     step["loop_lag"] = lag
     step["ingress_procs"] = len(stack.ingress_names)
-    by_url = {url: name for name, url in zip(stack.ingress_names, stack.ingress.split(","), strict=True)}
+    by_url = {url: name for name, url in stack.ingress_urls.items()}
     step["ingress_replicas"] = {
         name: {"calls": sum(1 for c in calls if by_url.get(c.get("ingress", "")) == name),
                "cpu_pct": round(100 * (cpu1[name] - cpu0[name]) / wall, 1) if wall > 0 else None}
