@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -334,11 +335,11 @@ async def run_step(stack: Stack, n: int, args: argparse.Namespace, tmp: Path) ->
                         jitter_max_ms=args.jitter_p99_max_ms)
     step["loop_lag"] = lag
     step["ingress_procs"] = len(stack.ingress_names)
-    by_url = {url: name for name, url in stack.ingress_urls.items()}
+    calls_at = Counter(c.get("ingress", "") for c in calls)
     step["ingress_replicas"] = {
-        name: {"calls": sum(1 for c in calls if by_url.get(c.get("ingress", "")) == name),
+        name: {"calls": calls_at[url],
                "cpu_pct": round(100 * (cpu1[name] - cpu0[name]) / wall, 1) if wall > 0 else None}
-        for name in stack.ingress_names}
+        for name, url in stack.ingress_urls.items()}
     return step
 
 
