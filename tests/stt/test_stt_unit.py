@@ -16,6 +16,7 @@ from voice_runtime.bus import Poison, Transient
 from voice_schemas import Envelope, make, subjects
 from voice_schemas.events import TranscriptFinalized, UtteranceCaptured
 from voice_stt.calls import CallLanguages, EndedCalls
+from voice_stt.engine import words_or_nothing
 from voice_stt.engines import ENGINES
 from voice_stt.engines import whisper_models as models
 from voice_stt.engines.whisper import WhisperSpeechToText, _language_code, pcm16_to_float
@@ -260,3 +261,12 @@ def test_a_looping_decoder_is_cut_to_one_copy_and_real_repeats_stay() -> None:
     assert repeated_tail([5, 5, 5]) == 0 and repeated_tail([7, 5, 5, 5, 5, 5]) == 0  # "five five five"
     assert repeated_tail([7, 5, 5, 5, 5, 5, 5]) == 5
     assert repeated_tail([]) == 0 and repeated_tail([1, 2, 3, 1, 2, 3, 1, 2]) == 0
+
+
+@pytest.mark.parametrize(("heard", "words"), [
+    (".", ""), (" … ", ""), ("?!", ""), ("", ""), ("  ", ""), ("- -", ""),
+    ("Yes.", "Yes."), (" 42 ", "42"), ("¿Sí?", "¿Sí?"), ("Okay…", "Okay…"),
+])
+def test_a_transcript_without_a_letter_or_digit_is_no_words(heard: str, words: str) -> None:
+    # Whisper decodes a second of silence to "." on some CPUs (an AVX2-only EPYC): that must not become a turn
+    assert words_or_nothing(heard) == words

@@ -43,6 +43,13 @@ class Transcription:
     no_speech_prob: float | None = None
 
 
+def words_or_nothing(text: str) -> str:
+    """``text`` stripped, or "" when it holds no letter or digit: a recognizer that hears silence or noise may
+    still emit a lone "." or "…" (Whisper does on some CPUs), and that is no words, not a turn to answer."""
+    text = text.strip()
+    return text if any(ch.isalnum() for ch in text) else ""
+
+
 class TranscriptionTimeout(TimeoutError):
     """The recognizer did not answer within the timeout (its thread may still be busy)."""
 

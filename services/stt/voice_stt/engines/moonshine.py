@@ -25,7 +25,7 @@ from voice_runtime.logging import get_logger
 from voice_runtime.paths import state_dir
 from voice_runtime.realtime import report_threads
 
-from ..engine import SpeechToText, Transcription
+from ..engine import SpeechToText, Transcription, words_or_nothing
 from ..settings import SttSettings
 from . import ENGINES
 from .moonshine_models import prepared_model, tokenizer_path
@@ -202,7 +202,7 @@ class MoonshineSpeechToText(SpeechToText):
             if window.size < MIN_SAMPLES:  # too short to hold a word (and below the encoder's minimum)
                 continue
             tokens, logprob = model.generate(np.ascontiguousarray(window), self.max_tokens(window.size))
-            text = tokenizer.decode(tokens).strip() if tokens else ""
+            text = words_or_nothing(tokenizer.decode(tokens)) if tokens else ""
             if text:
                 texts.append(text)
             if logprob is not None:
