@@ -4,10 +4,11 @@ Behaviour is scripted per request through ``FakeOpenAI.script`` (text to stream,
 an HTTP error, a stall, refusing ``tools``, or holding the rest of the stream until the test releases it);
 ``FakeOpenAI.queue`` holds scripts for the next requests, one each, before ``script`` applies again (a tool call,
 then the reply that uses its result). Every request's body and ``Authorization`` header are kept. A request with
-``"stream": false`` gets one ``chat.completion`` JSON body with the same text; usage (prompt tokens counted as
-words of the messages, completion tokens as words of the text) is sent when ``stream_options.include_usage`` asks
-and in every non-streamed body. ``/v1/embeddings`` answers deterministic vectors (``hashed_embedding``) and keeps
-each request body.
+``"max_tokens": 1`` (brain's prompt warm-up) is kept in ``warmups`` instead and answered with the first word of
+the default script, never a queued one. A request with ``"stream": false`` gets one ``chat.completion`` JSON body
+with the same text; usage (prompt tokens counted as words of the messages, completion tokens as words of the text)
+is sent when ``stream_options.include_usage`` asks and in every non-streamed body. ``/v1/embeddings`` answers
+deterministic vectors (``hashed_embedding``) and keeps each request body.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class FakeOpenAI:
     script: Script = field(default_factory=Script)
     queue: list[Script] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    warmups: list[dict[str, Any]] = field(default_factory=list)  # bodies of one-token requests (prompt warm-ups)
     authorizations: list[str | None] = field(default_factory=list)  # the Authorization header of each request
     release: threading.Event = field(default_factory=threading.Event)
     stream_finished: threading.Event = field(default_factory=threading.Event)  # set once a stream sent its last event
@@ -80,9 +82,14 @@ class FakeOpenAI:
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Any:
             body = await request.json()
-            self.requests.append(body)
-            self.authorizations.append(request.headers.get("authorization"))
-            s = self.queue.pop(0) if self.queue else self.script
+            warmup = body.get("max_tokens") == 1
+            if warmup:  # answered with one word, as a real server stops at max_tokens
+                self.warmups.append(body)
+                s = Script(text=self.script.text.split(" ")[0], status=self.script.status, token_delay_s=0.0)
+            else:
+                self.requests.append(body)
+                self.authorizations.append(request.headers.get("authorization"))
+                s = self.queue.pop(0) if self.queue else self.script
             if s.redirect_to:
                 return RedirectResponse(s.redirect_to, status_code=307)
             if s.reject_tools and "tools" in body:
@@ -132,7 +139,8 @@ class FakeOpenAI:
                 if include_usage:
                     yield f"data: {json.dumps(dict(base, choices=[], usage=usage))}\n\n"
                 yield "data: [DONE]\n\n"
-                self.stream_finished.set()
+                if not warmup:
+                    self.stream_finished.set()
 
             return StreamingResponse(sse(), media_type="text/event-stream")
 
@@ -152,6 +160,7 @@ class FakeOpenAI:
         self.script = script or Script()
         self.queue.clear()
         self.requests.clear()
+        self.warmups.clear()
         self.authorizations.clear()
         self.release.clear()
         self.stream_finished.clear()

@@ -39,6 +39,8 @@ class FakeChatProvider:
     replies: dict[str, FakeReply] = field(default_factory=dict)
     default: FakeReply = field(default_factory=FakeReply)
     requests: list[tuple[Endpoint, str, ChatRequest]] = field(default_factory=list)
+    # prompt warm-ups (a request for one token, ``ChatModel.warm``): kept here, not in ``requests``
+    warmups: list[tuple[Endpoint, str, ChatRequest]] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)  # set when a stream begins
     closed: bool = False
     name: str = "fake"
@@ -62,6 +64,10 @@ class FakeChatModel(ChatModel):
         self.owner, self.endpoint = owner, endpoint
 
     async def _stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+        if request.max_tokens == 1:  # a warm-up: one token, as a real server stops there
+            self.owner.warmups.append((self.endpoint, self.model, request))
+            yield Delta(text=self.owner.default.content[:1])
+            return
         self.owner.requests.append((self.endpoint, self.model, request))
         self.owner.started.set()
         r = self.owner.reply_for(request)

@@ -119,3 +119,24 @@ async def test_openai_adapter_http_error_is_a_chat_model_error(openai_double: Fa
     with pytest.raises(ChatModelError):
         await collect(p.model(Endpoint(openai_double.base_url, "sk-test"), "m"), ChatRequest(messages=[]))
     await p.aclose()
+
+
+@pytest.mark.integration
+async def test_a_warm_up_asks_for_one_token_of_the_same_prompt_and_counts_no_completion(
+        openai_double: FakeOpenAI) -> None:
+    from voice_runtime import metrics
+
+    openai_double.reset(Script(text="Hello there, how can I help?"))
+    p = OpenAIProvider(LIMITS)
+    model = p.model(Endpoint(openai_double.base_url, "sk-test"), "smollm2")
+    messages = [{"role": "system", "content": "Be a baker."}, {"role": "assistant", "content": "Hi!"}]
+    tokens = metrics.LLM_TOKENS.labels("brain")._value.get()
+    await model.warm(ChatRequest(messages=messages, temperature=0.7, max_tokens=160, tools=(END_CALL_TOOL,)))
+    (body,) = openai_double.warmups
+    assert (body["max_tokens"], body["temperature"], body["messages"]) == (1, 0.0, messages)
+    assert [t["function"]["name"] for t in body["tools"]] == ["end_call"] and openai_double.requests == []
+    assert metrics.LLM_TOKENS.labels("brain")._value.get() == tokens  # not a completion
+    openai_double.reset(Script(status=500))
+    with pytest.raises(ChatModelError):
+        await model.warm(ChatRequest(messages=messages))
+    await p.aclose()

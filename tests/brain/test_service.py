@@ -20,6 +20,7 @@ from voice_schemas import Envelope, events, make, subjects
 from voice_schemas.agent import LlmSettings
 from voice_schemas.streams import BRAIN_APPROVALS, BRAIN_TURNS, KV_HISTORY
 
+from ..waiting import until
 from .calls import Call, make_agent
 from .fakes import FakeChatProvider, FakeReply
 
@@ -108,6 +109,28 @@ async def test_barge_in_cancels_the_reply_and_keeps_what_was_heard(any_bus: BusP
                                                     "turn_id": "t1"}
 
 
+async def test_the_first_turns_prompt_is_warmed_while_the_greeting_plays(any_bus: BusPort, brain: BrainService,
+                                                                       llm: FakeChatProvider) -> None:
+    agent = await make_agent(any_bus, system_prompt="Be a baker.")
+    async with Call(any_bus, agent) as call:
+        await call.wait(events.ReplyChunk, "greeting")
+
+        async def warmed() -> bool:
+            return bool(llm.warmups)
+
+        await until(warmed, "the prompt warm-up", timeout=10)
+        await call.pub(events.TranscriptFinalized(utterance_id="u1", text="When do you open?"), turn_id="t1")
+        await call.wait(events.ReplyChunk, "t1", final=True)
+    (endpoint, model, warm), = llm.warmups
+    _, _, first = llm.requests[-1]
+    # the call's own server of the platform's model, one token, the very start of the first turn's prompt
+    assert (endpoint.base_url, model) == (PLATFORM_LLM, "smollm2") and (warm.max_tokens, warm.temperature) == (1, 0.0)
+    assert list(warm.messages) == [{"role": "system", "content": system_prompt(agent)},
+                                   {"role": "assistant", "content": "Hi, this is the bakery."}]
+    assert list(first.messages[: len(warm.messages)]) == list(warm.messages) and first.messages[-1]["role"] == "user"
+    assert list(first.tools) == list(warm.tools) and first.tools  # end_call at least: tools are part of the prompt
+
+
 # ---------------------------------------------------------------- in memory only
 
 
@@ -164,6 +187,35 @@ async def test_an_agent_with_its_own_endpoint_is_served_there(memory_bus: InMemo
         assert (endpoint.base_url, model) == ("http://agent-llm.test/v1", "big")
         # an agent's own endpoint: never the platform key (no secret named: no key), always through the guard
         assert endpoint.api_key == "" and endpoint.egress is not None
+
+
+@pytest.mark.unit
+async def test_no_warm_up_for_an_agents_own_endpoint_or_when_turned_off(memory_bus: InMemoryBus,
+                                                                      llm: FakeChatProvider) -> None:
+    own = await make_agent(memory_bus, llm=LlmSettings(base_url="http://agent-llm.test/v1", model="big"))
+    platform = await make_agent(memory_bus)
+    for agent, settings in ((own, {}), (platform, {"prompt_warmup": False})):
+        svc = await start_brain(memory_bus, llm, **settings)
+        try:
+            async with Call(memory_bus, agent) as call:
+                await call.wait(events.ReplyChunk, "greeting")
+                await call.pub(events.TranscriptFinalized(utterance_id="u1", text="Hello?"), turn_id="t1")
+                await call.wait(events.ReplyChunk, "t1", final=True)
+        finally:
+            await svc.stop()
+    assert len(llm.requests) == 2 and llm.warmups == []  # the tenant's endpoint is sent only what turns need
+
+
+@pytest.mark.unit
+async def test_a_call_without_a_greeting_warms_the_system_prompt(memory_bus: InMemoryBus, memory_brain: BrainService,
+                                                                 llm: FakeChatProvider) -> None:
+    agent = await make_agent(memory_bus)
+    async with Call(memory_bus, agent, greet=False):
+        async def warmed() -> bool:
+            return bool(llm.warmups)
+
+        await until(warmed, "the prompt warm-up", timeout=10)
+    assert [list(r.messages) for _, _, r in llm.warmups] == [[{"role": "system", "content": system_prompt(agent)}]]
 
 
 @pytest.mark.unit

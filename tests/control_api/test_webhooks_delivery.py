@@ -115,7 +115,7 @@ async def world(database_url: str) -> AsyncIterator[World]:
                 database_url=database_url,
                 secrets_key=SECRETS_KEY,
                 egress_allow=allow,
-                webhook_retry_scale=0.0005,  # 5 s -> 2.5 ms, 5 min -> 0.15 s, 30 min -> 0.9 s, ...
+                webhook_retry_scale=0.00005,  # 5 s -> 0.25 ms, 5 min -> 15 ms, 2 h -> 0.36 s, 10 h -> 1.8 s
                 webhook_poll_interval_s=0.05,
                 log_level="WARNING",
             )

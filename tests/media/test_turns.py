@@ -23,6 +23,7 @@ from voice_media.turns import (
     TurnDetector,
     TurnEnded,
     TurnThresholds,
+    WordsWeighed,
 )
 
 pytestmark = pytest.mark.unit
@@ -67,6 +68,7 @@ def _ids() -> Callable[[], str]:
 
 def driver(turn: TurnThresholds | None = None, **params: object) -> Driver:
     params.setdefault("offset_lag_ms", 0)  # whole windows keep the arithmetic readable
+    params.setdefault("model_at_pause", False)  # one question per pause unless a test asks for the earlier one
     return Driver(TurnDetector(turn or TurnThresholds(), DetectorParams(**params), new_id=_ids()))  # type: ignore[arg-type]
 
 
@@ -315,6 +317,87 @@ def test_call_end_captures_a_turn_in_progress_only() -> None:
     d2.record(d2.det.playout_started("a", 0))
     d2.speech(128)  # pending barge-in: a possible backchannel, not a turn
     assert d2.det.end_of_call() == []
+
+
+# ---------------------------------------------------------------- the turn model asked at the pause (model_at_pause)
+def test_a_complete_answer_at_the_pause_ends_the_turn_at_the_least_silence() -> None:
+    d = driver(TurnThresholds(end_of_turn_ms=800, min_turn_silence_ms=200), model_at_pause=True)
+    d.speech(640)
+    d.silence(64)  # pause_ms: the likely final transcript and the model's question, the segment still open
+    (paused,) = d.of(SpeechPaused)
+    (req,) = d.of(RunTurnModel)
+    assert req.turn_id == paused.turn_id == "turn1" and (req.start_ms, req.end_ms) == (0, 640 + 64)
+    assert d.record(d.det.on_turn_model(req.request_id, complete=True)) == []  # not before the least silence
+    d.silence(128)
+    assert not d.of(TurnEnded)
+    d.silence(32)
+    (turn,) = d.of(TurnEnded)
+    assert turn.reason == "model" and turn.end_of_turn_ms == 224  # the first window past min_turn_silence_ms
+    assert len(d.of(RunTurnModel)) == 1, "answered already: no second question"
+    d.silence(1000)
+    assert len(d.of(TurnEnded)) == 1
+
+
+def test_a_complete_answer_about_the_pause_that_comes_late_ends_the_turn_when_it_comes() -> None:
+    d = driver(TurnThresholds(min_turn_silence_ms=200), model_at_pause=True)
+    d.speech(640)
+    d.silence(224)
+    at_pause, at_silence = d.of(RunTurnModel)  # the pause's question is still running: asked again at 200 ms
+    assert (at_pause.end_ms, at_silence.end_ms) == (640 + 64, 640 + 224)
+    d.silence(32)
+    got = d.record(d.det.on_turn_model(at_pause.request_id, complete=True))
+    (turn,) = [x for x in got if isinstance(x, TurnEnded)]
+    assert turn.reason == "model" and turn.end_of_turn_ms == 256
+    assert d.record(d.det.on_turn_model(at_silence.request_id, complete=True)) == []
+
+
+def test_an_incomplete_answer_at_the_pause_leaves_it_to_the_question_at_the_least_silence() -> None:
+    d = driver(TurnThresholds(min_turn_silence_ms=200), model_at_pause=True)
+    d.speech(640)
+    d.silence(64)
+    (at_pause,) = d.of(RunTurnModel)
+    assert d.record(d.det.on_turn_model(at_pause.request_id, complete=False)) == []
+    d.silence(160)
+    _, at_silence = d.of(RunTurnModel)
+    got = d.record(d.det.on_turn_model(at_silence.request_id, complete=True))
+    assert [x.reason for x in got if isinstance(x, TurnEnded)] == ["model"]
+
+
+@pytest.mark.parametrize("went_on", [0.95, 0.4], ids=["voiced", "faint"])
+def test_an_answer_about_a_pause_the_caller_spoke_through_is_stale(went_on: float) -> None:
+    d = driver(model_at_pause=True)
+    d.speech(640)
+    d.silence(64)
+    (req,) = d.of(RunTurnModel)
+    d.windows(32, went_on)  # speech again (or sound between the thresholds) while the model ran
+    assert d.record(d.det.on_turn_model(req.request_id, complete=True)) == []
+    d.silence(320)
+    assert not d.of(TurnEnded), "the stale answer must not end the turn"
+    d.silence(640)
+    (turn,) = d.of(TurnEnded)
+    assert turn.reason == "silence"
+
+
+def test_unfinished_words_hold_a_turn_the_model_called_complete_at_the_pause() -> None:
+    d = driver(TurnThresholds(min_turn_silence_ms=200), model_at_pause=True)
+    d.speech(640)
+    d.silence(64)
+    (req,) = d.of(RunTurnModel)
+    d.record(d.det.on_transcript("turn1", 640 + 64, False))  # "I would like to book a table for"
+    d.record(d.det.on_turn_model(req.request_id, complete=True))
+    d.silence(1024)
+    assert not d.of(TurnEnded)
+    assert [w.outcome for w in d.of(WordsWeighed)] == ["held_unfinished"]
+    d.silence(256)
+    (turn,) = d.of(TurnEnded)
+    assert turn.reason == "silence" and turn.end_of_turn_ms >= 1200
+
+
+def test_no_question_at_the_pause_without_the_turn_model() -> None:
+    d = driver(use_turn_model=False, model_at_pause=True)
+    d.speech(640)
+    d.silence(1000)
+    assert d.of(SpeechPaused) and not d.of(RunTurnModel)
 
 
 # ---------------------------------------------------------------- invariants

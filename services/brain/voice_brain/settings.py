@@ -41,6 +41,10 @@ class BrainSettings(LlmSettings, SecretsSettings, EgressSettings, EmbeddingSetti
     early_replies: bool = Field(True, description="Begin a turn's reply (its LLM request, nothing spoken or stored) "
                                 "on the likely-final transcript stt makes at a pause; kept when the final "
                                 "transcript and the prompt are the same, else cancelled")
+    prompt_warmup: bool = Field(True, description="When a call is answered, have its server of the platform's model "
+                                "evaluate the call's fixed prompt (system prompt, tools, greeting) with a one-token "
+                                "completion while the greeting plays, so the caller's first turn finds it in the "
+                                "server's prompt cache (an agent's own LLM endpoint is never sent one)")
     early_reply_ttl_s: float = Field(8.0, gt=0, le=60, description="An early reply not taken by then is dropped")
     early_reply_max_calls: int = Field(256, ge=1, le=100_000, description="Calls with an early reply per replica")
 

@@ -61,6 +61,11 @@ class MediaSettings(CommonSettings):
     trailing_silence_ms: int = Field(100, ge=0, le=1000, description="Silence kept after the speech offset")
 
     turn_model_enabled: bool = Field(True, description="Shorten the hangover with the turn model")
+    turn_model_at_pause: bool = Field(
+        True, description="Also ask the turn model at the pause (vad.speech_paused, ~100 ms before the segment ends), "
+        "so a 'complete' answer ends the turn once the silence reaches the agent's min_turn_silence_ms instead of a "
+        "prediction later; 'incomplete' there leaves it to the question asked at that silence, as without it"
+    )
     turn_model: str = Field("smart-turn-v3", description="The end-of-turn model: a module of voice_media.engines "
                                                          "or an entry point of the group voice.turn_models")
     turn_model_workers: int = Field(1, ge=1, le=16, description="Threads running the turn model")
@@ -94,6 +99,7 @@ class MediaSettings(CommonSettings):
             max_utterance_ms=self.max_utterance_ms,
             min_turn_speech_ms=self.min_turn_speech_ms,
             use_turn_model=self.turn_model_enabled,
+            model_at_pause=self.turn_model_at_pause,
             pause_ms=self.pause_ms,
             finished_end_of_turn_ms=self.finished_end_of_turn_ms,
             unfinished_end_of_turn_ms=self.unfinished_end_of_turn_ms,

@@ -13,8 +13,11 @@ Rules:
   offset is the end of its last speech window less the VAD's known tail (``offset_lag_ms``).
 - End of turn, counted from the speech offset: the turn model is asked once silence reaches
   ``min_turn_silence_ms``; "complete" ends the turn at once, otherwise the ``end_of_turn_ms``
-  hangover does. A turn is cut at ``max_utterance_ms`` even mid-speech; a turn with less than
-  ``min_turn_speech_ms`` of voiced speech (a click) is dropped.
+  hangover does. With ``model_at_pause`` it is also asked at the pause (``SpeechPaused``, ~100 ms before the
+  segment ends), so its answer is usually in by the time the silence reaches ``min_turn_silence_ms``: "complete"
+  about that pause ends the turn there (speech heard since makes it stale), "incomplete" leaves it to the question
+  asked once the silence is long enough, as without it. A turn is cut at ``max_utterance_ms`` even mid-speech;
+  a turn with less than ``min_turn_speech_ms`` of voiced speech (a click) is dropped.
 - Barge-in (agent audio playing and the agent interruptible): onset -> ``PausePlayout`` at once;
   ``min_barge_in_ms`` of voiced speech -> ``BargeIn`` with a new epoch, and the speech carries on as
   a normal turn; a segment that stops short of that -> ``ResumePlayout`` and, when it began a turn
@@ -83,6 +86,8 @@ class DetectorParams:
     use_turn_model: bool = True
     # below the stop threshold this long -> SpeechPaused (stt decodes the likely final transcript); 0: never
     pause_ms: int = 64
+    # also ask the turn model at that pause: its inference runs while the segment is still ending
+    model_at_pause: bool = True
     # silence after which finished-sounding words end the turn when the model does not (incomplete, late, off)
     finished_end_of_turn_ms: int = 350
     # the least hangover of a turn whose words sound unfinished (the caller is likely to go on)
@@ -206,6 +211,10 @@ class _Turn:
     speech_end_ms: int | None = None  # offset of the last segment; None while the caller speaks
     model_request: int | None = None  # request asked about the current pause
     model_complete: bool = False  # the model said "complete" about the current pause (held by unfinished words)
+    # the question asked at the pause (``model_at_pause``): its id, the last speech it heard, and a "complete" answer
+    pause_request: int | None = None
+    pause_heard_ms: int = -1
+    pause_complete: bool = False
     held: bool = False  # unfinished words kept the current pause from ending the turn
     words: tuple[int, bool] | None = None  # the latest words: (end of their audio, sound finished)
     voiced_ms: int = 0  # voiced speech of the turn's finished segments
@@ -299,6 +308,8 @@ class TurnDetector:
                 if probability >= p.threshold:
                     self._seg_voiced_ms += p.window_ms
                     self._seg_paused = False  # speech resumed: the next pause counts again
+                    if self._turn is not None:
+                        self._forget_pause_question(self._turn)
                 if self._barge is not None and self._seg_voiced_ms >= self.turn_cfg.min_barge_in_ms:
                     self._commit_barge_in(t, out)
             turn = self._turn
@@ -364,6 +375,12 @@ class TurnDetector:
         turn unless the words of this pause sound unfinished."""
         out: list[Decision] = []
         turn = self._turn
+        if turn is not None and request_id == turn.pause_request:
+            if complete and self._pause_question_holds(turn):
+                turn.pause_complete = True
+                if not self._speaking:  # the segment has ended: as the answer to the question at its end
+                    self._check_silence(self._t, out)
+            return out
         if (
             complete
             and turn is not None
@@ -451,6 +468,11 @@ class TurnDetector:
         self._seg_paused = True
         at_ms = max(self._seg_onset_ms, self._last_speech_ms - self.params.offset_lag_ms)
         out.append(SpeechPaused(turn.turn_id, at_ms, at_ms - self._seg_onset_ms, self.epoch))
+        if self.params.use_turn_model and self.params.model_at_pause and self.params.pause_ms < self._stop_ms():
+            self._model_requests += 1
+            turn.pause_request, turn.pause_heard_ms = self._model_requests, self._last_speech_ms
+            turn.pause_complete = False
+            out.append(RunTurnModel(self._model_requests, turn.turn_id, turn.start_ms, self._t))
 
     def _stop_ms(self) -> int:
         if self._barge is not None:
@@ -475,6 +497,7 @@ class TurnDetector:
         else:  # speech resumed within the turn: the pending pause no longer counts
             held = turn.held
             self._new_pause(turn)
+            self._forget_pause_question(turn)
             turn.speech_end_ms = None
         agent = self.agent_speaking
         if agent and self.turn_cfg.interruptible and self._barge is None:
@@ -504,6 +527,14 @@ class TurnDetector:
         turn.speech_end_ms = offset
         self._new_pause(turn)
         turn.voiced_ms += self._seg_voiced_ms
+
+    def _pause_question_holds(self, turn: _Turn) -> bool:
+        """The question asked at the pause heard all the speech of the pause (none since, not even faint)."""
+        return turn.pause_request is not None and turn.pause_heard_ms == self._last_speech_ms
+
+    @staticmethod
+    def _forget_pause_question(turn: _Turn) -> None:
+        turn.pause_request, turn.pause_complete = None, False
 
     @staticmethod
     def _new_pause(turn: _Turn) -> None:
@@ -541,6 +572,17 @@ class TurnDetector:
             self._end_turn(t, "transcript", out, "ended_finished")
         elif t - turn.start_ms >= self.params.max_utterance_ms:
             self._end_turn(t, "max_duration", out)
+        elif (
+            turn.pause_complete
+            and not turn.model_complete
+            and silence >= self.turn_cfg.min_turn_silence_ms
+            and self._pause_question_holds(turn)
+        ):  # the model said "complete" at the pause: as its answer to the question at the segment's end
+            turn.model_complete, turn.model_request = True, turn.pause_request
+            if words is False:
+                self._hold(turn, out)
+            else:
+                self._end_turn(t, "model", out, "agreed" if words else None)
         elif (
             self.params.use_turn_model
             and turn.model_request is None

@@ -12,6 +12,7 @@ clients it keeps per endpoint; providers are found by name (``registry.py``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -135,6 +136,27 @@ class ChatModel(ABC):
             raise
         except Exception as e:
             self._failed(span, e)
+            raise ChatModelError(f"{self.provider}: {e!r}"[:300]) from e
+        finally:
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def warm(self, request: ChatRequest) -> None:
+        """Have the endpoint evaluate ``request``'s prompt, asking for one token and using nothing: a server that
+        reuses the longest prompt prefix it evaluated before (llama.cpp) then answers a later request that begins
+        with these messages without evaluating them again. Bounded by the total limit; any failure raises
+        ``ChatModelError``. Not a completion: no token or time-to-first-token metric counts it."""
+        it = self._stream(dataclasses.replace(request, max_tokens=1, temperature=0.0))
+        try:
+            async with asyncio.timeout(self.limits.total_timeout_s):
+                async for _ in it:
+                    pass
+        except TimeoutError as e:
+            raise ChatTimeout(f"prompt not evaluated within {self.limits.total_timeout_s:g} s") from e
+        except ChatModelError:
+            raise
+        except Exception as e:
             raise ChatModelError(f"{self.provider}: {e!r}"[:300]) from e
         finally:
             aclose = getattr(it, "aclose", None)
