@@ -328,11 +328,13 @@ def test_a_complete_answer_at_the_pause_ends_the_turn_at_the_least_silence() -> 
     (req,) = d.of(RunTurnModel)
     assert req.turn_id == paused.turn_id == "turn1" and (req.start_ms, req.end_ms) == (0, 640 + 64)
     assert d.record(d.det.on_turn_model(req.request_id, complete=True)) == []  # not before the least silence
+    d.record(d.det.on_transcript("turn1", 640 + 64, True))  # the pause's likely final words sound finished
     d.silence(128)
     assert not d.of(TurnEnded)
     d.silence(32)
     (turn,) = d.of(TurnEnded)
     assert turn.reason == "model" and turn.end_of_turn_ms == 224  # the first window past min_turn_silence_ms
+    assert [w.outcome for w in d.of(WordsWeighed)] == ["agreed"]
     assert len(d.of(RunTurnModel)) == 1, "answered already: no second question"
     d.silence(1000)
     assert len(d.of(TurnEnded)) == 1
@@ -344,11 +346,25 @@ def test_a_complete_answer_about_the_pause_that_comes_late_ends_the_turn_when_it
     d.silence(224)
     at_pause, at_silence = d.of(RunTurnModel)  # the pause's question is still running: asked again at 200 ms
     assert (at_pause.end_ms, at_silence.end_ms) == (640 + 64, 640 + 224)
+    d.record(d.det.on_transcript("turn1", 640 + 64, True))
     d.silence(32)
     got = d.record(d.det.on_turn_model(at_pause.request_id, complete=True))
     (turn,) = [x for x in got if isinstance(x, TurnEnded)]
     assert turn.reason == "model" and turn.end_of_turn_ms == 256
     assert d.record(d.det.on_turn_model(at_silence.request_id, complete=True)) == []
+
+
+def test_a_complete_answer_at_the_pause_waits_for_the_pauses_words() -> None:
+    d = driver(TurnThresholds(min_turn_silence_ms=200), model_at_pause=True)
+    d.speech(640)
+    d.silence(64)
+    (req,) = d.of(RunTurnModel)
+    d.record(d.det.on_turn_model(req.request_id, complete=True))
+    d.silence(224)
+    assert not d.of(TurnEnded), "no words yet: they may say the sentence goes on"
+    got = d.record(d.det.on_transcript("turn1", 640 + 64, True))  # they come, and sound finished
+    (turn,) = [x for x in got if isinstance(x, TurnEnded)]
+    assert turn.reason == "model" and turn.end_of_turn_ms == 288
 
 
 def test_an_incomplete_answer_at_the_pause_leaves_it_to_the_question_at_the_least_silence() -> None:

@@ -15,8 +15,9 @@ Rules:
   ``min_turn_silence_ms``; "complete" ends the turn at once, otherwise the ``end_of_turn_ms``
   hangover does. With ``model_at_pause`` it is also asked at the pause (``SpeechPaused``, ~100 ms before the
   segment ends), so its answer is usually in by the time the silence reaches ``min_turn_silence_ms``: "complete"
-  about that pause ends the turn there (speech heard since makes it stale), "incomplete" leaves it to the question
-  asked once the silence is long enough, as without it. A turn is cut at ``max_utterance_ms`` even mid-speech;
+  about that pause ends the turn there once the pause's words are in and sound finished (speech heard since makes
+  it stale; unfinished words hold the turn; no words yet: it waits for them or for the next answer), "incomplete"
+  leaves it to the question asked once the silence is long enough, as without it. A turn is cut at ``max_utterance_ms`` even mid-speech;
   a turn with less than ``min_turn_speech_ms`` of voiced speech (a click) is dropped.
 - Barge-in (agent audio playing and the agent interruptible): onset -> ``PausePlayout`` at once;
   ``min_barge_in_ms`` of voiced speech -> ``BargeIn`` with a new epoch, and the speech carries on as
@@ -574,15 +575,18 @@ class TurnDetector:
             self._end_turn(t, "max_duration", out)
         elif (
             turn.pause_complete
+            and words is not None
             and not turn.model_complete
             and silence >= self.turn_cfg.min_turn_silence_ms
             and self._pause_question_holds(turn)
-        ):  # the model said "complete" at the pause: as its answer to the question at the segment's end
+        ):  # the model said "complete" at the pause, and the words of the pause are in: as its answer at the segment's
+            # end. Without words it waits for them or for that answer (2026-12-03: ending on the pause's "complete"
+            # before the words came cut off 7 of 8 sentences broken off after "for", against 4 of 8 without it)
             turn.model_complete, turn.model_request = True, turn.pause_request
             if words is False:
                 self._hold(turn, out)
             else:
-                self._end_turn(t, "model", out, "agreed" if words else None)
+                self._end_turn(t, "model", out, "agreed")
         elif (
             self.params.use_turn_model
             and turn.model_request is None
