@@ -17,8 +17,9 @@ Rules:
   segment ends), so its answer is usually in by the time the silence reaches ``min_turn_silence_ms``: "complete"
   about that pause ends the turn there once the pause's words are in and sound finished (speech heard since makes
   it stale; unfinished words hold the turn; no words yet: it waits for them or for the next answer), "incomplete"
-  leaves it to the question asked once the silence is long enough, as without it. A turn is cut at ``max_utterance_ms`` even mid-speech;
-  a turn with less than ``min_turn_speech_ms`` of voiced speech (a click) is dropped.
+  leaves it to the question asked once the silence is long enough, as without it. A turn is cut at
+  ``max_utterance_ms`` even mid-speech; a turn with less than ``min_turn_speech_ms`` of voiced speech (a click) is
+  dropped.
 - Barge-in (agent audio playing and the agent interruptible): onset -> ``PausePlayout`` at once;
   ``min_barge_in_ms`` of voiced speech -> ``BargeIn`` with a new epoch, and the speech carries on as
   a normal turn; a segment that stops short of that -> ``ResumePlayout`` and, when it began a turn
