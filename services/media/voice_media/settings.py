@@ -62,9 +62,11 @@ class MediaSettings(CommonSettings):
 
     turn_model_enabled: bool = Field(True, description="Shorten the hangover with the turn model")
     turn_model_at_pause: bool = Field(
-        True, description="Also ask the turn model at the pause (vad.speech_paused, ~100 ms before the segment ends), "
+        False, description="Also ask the turn model at the pause (vad.speech_paused, ~100 ms before the segment ends), "
         "so a 'complete' answer ends the turn once the silence reaches the agent's min_turn_silence_ms instead of a "
-        "prediction later; 'incomplete' there leaves it to the question asked at that silence, as without it"
+        "prediction later; 'incomplete' there leaves it to the question asked at that silence, as without it. Off by "
+        "default: on shared CPU cores that prediction competes with stt's likely-final decode, which the reply waits "
+        "for (2026-12-03, 2 AVX2 cores, Whisper tiny.en: stt on the path p50 202 ms with it, 109 ms without)"
     )
     turn_model: str = Field("smart-turn-v3", description="The end-of-turn model: a module of voice_media.engines "
                                                          "or an entry point of the group voice.turn_models")

@@ -88,8 +88,9 @@ class DetectorParams:
     use_turn_model: bool = True
     # below the stop threshold this long -> SpeechPaused (stt decodes the likely final transcript); 0: never
     pause_ms: int = 64
-    # also ask the turn model at that pause: its inference runs while the segment is still ending
-    model_at_pause: bool = True
+    # also ask the turn model at that pause: its inference runs while the segment is still ending (off by default: on
+    # two shared cores it competes with stt's likely-final decode, which is what the reply waits for)
+    model_at_pause: bool = False
     # silence after which finished-sounding words end the turn when the model does not (incomplete, late, off)
     finished_end_of_turn_ms: int = 350
     # the least hangover of a turn whose words sound unfinished (the caller is likely to go on)
