@@ -27,6 +27,7 @@ from voice_schemas.streams import BRAIN_APPROVALS, BRAIN_TURNS, KV_HISTORY, KV_S
 
 from .chat import (
     ChatLimits,
+    ChatModel,
     ChatModelError,
     ChatModelProvider,
     ChatRequest,
@@ -162,6 +163,11 @@ def _prompt(h: CallHistory, agent: AgentConfig, intent: Any, knowledge: str | No
     return h.prompt(system_prompt(agent, h.text_only), knowledge)
 
 
+def _tools(agent: AgentConfig, offered: dict[str, McpTool]) -> tuple[dict[str, Any], ...]:
+    """The function schemas of every completion of ``agent``: its own tools, then its MCP servers' ``offered``."""
+    return model_tools(agent) + model_functions(offered)
+
+
 def _request(agent: AgentConfig, messages: list[dict[str, Any]], tools: Sequence[dict[str, Any]]) -> ChatRequest:
     return ChatRequest(messages=messages, temperature=agent.llm.temperature, max_tokens=agent.llm.max_tokens,
                        tools=tools)
@@ -250,6 +256,13 @@ class BrainService(Service):
             raise Transient(f"agent {h.agent_id} v{h.agent_version} not in KV yet")
         return agent
 
+    async def _offered(self, agent: AgentConfig) -> dict[str, McpTool]:
+        """The tools the agent's MCP servers offer (listed when a call starts, cached per agent version)."""
+        return await self.mcp.tools_for(agent) if self.mcp is not None else {}
+
+    def _chat_model(self, endpoint: Endpoint, agent: AgentConfig) -> ChatModel:
+        return self.chat.model(endpoint, agent.llm.model or self.settings.llm_model)
+
     async def _publish(self, env: Envelope[Any], data: Any, *, turn_id: str | None, epoch: int,
                        event_id: str | None = None) -> None:
         assert self.bus is not None
@@ -316,11 +329,10 @@ class BrainService(Service):
 
     async def _warm(self, env: Envelope[Any], h: CallHistory, agent: AgentConfig) -> None:
         assert self.endpoints is not None
-        offered = await self.mcp.tools_for(agent) if self.mcp is not None else {}  # what the first turn offers
         messages = h.prompt(system_prompt(agent, h.text_only))
-        request = _request(agent, messages, model_tools(agent) + model_functions(offered))
+        request = _request(agent, messages, _tools(agent, await self._offered(agent)))  # what the first turn offers
         endpoint = await self.endpoints.for_agent(env.tenant_id, agent.llm, env.call_id)  # the call's server
-        model = self.chat.model(endpoint, agent.llm.model or self.settings.llm_model)
+        model = self._chat_model(endpoint, agent)
         started = time.perf_counter()
         try:
             await model.warm(request)
@@ -385,7 +397,7 @@ class BrainService(Service):
             agent = await self._agent(h)
             assert self.endpoints is not None
             endpoint = await self.endpoints.for_agent(env.tenant_id, agent.llm, env.call_id)
-            offered = await self.mcp.tools_for(agent) if self.mcp is not None else {}
+            offered = await self._offered(agent)
             intent = await for_turn(self.intents, agent, text, env.call_id)
             if intent is not None and intent.completion is not None:  # answered without the model
                 EARLY.labels("skipped_intent").inc()
@@ -398,9 +410,9 @@ class BrainService(Service):
             return
         if env.call_id in self.active:  # the final overtook us meanwhile
             return
-        model = self.chat.model(endpoint, agent.llm.model or self.settings.llm_model)
+        model = self._chat_model(endpoint, agent)
         request = _request(agent, _prompt(h, agent, intent, found.text if found is not None else None),
-                           model_tools(agent) + model_functions(offered))
+                           _tools(agent, offered))
         self.early.begin(env.call_id, turn_id, (endpoint.base_url, model.model), request,
                          partial(model.stream, request))
 
@@ -458,8 +470,8 @@ class BrainService(Service):
         history, endpoints = self.history, self.endpoints
         assert history is not None and endpoints is not None
         transcript_wall_ms = _now_ms()
-        offered = await self.mcp.tools_for(agent) if self.mcp is not None else {}  # cached per agent version
-        tools = model_tools(agent) + model_functions(offered)
+        offered = await self._offered(agent)
+        tools = _tools(agent, offered)
         speech_end_wall_ms = h.turns[turn_id].speech_end_wall_ms
         with tracer.start_as_current_span("brain llm", attributes={
             "call_id": env.call_id, "tenant_id": env.tenant_id, "turn_id": turn_id, "agent_id": agent.id,
@@ -472,7 +484,7 @@ class BrainService(Service):
                 refused: Exception | None = e
             else:
                 refused = None
-                model = self.chat.model(endpoint, agent.llm.model or self.settings.llm_model)
+                model = self._chat_model(endpoint, agent)
 
             def complete(messages: list[dict[str, Any]]) -> AsyncIterator[Delta]:
                 if refused is not None:

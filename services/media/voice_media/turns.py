@@ -311,8 +311,6 @@ class TurnDetector:
                 if probability >= p.threshold:
                     self._seg_voiced_ms += p.window_ms
                     self._seg_paused = False  # speech resumed: the next pause counts again
-                    if self._turn is not None:
-                        self._forget_pause_question(self._turn)
                 if self._barge is not None and self._seg_voiced_ms >= self.turn_cfg.min_barge_in_ms:
                     self._commit_barge_in(t, out)
             turn = self._turn
@@ -500,7 +498,6 @@ class TurnDetector:
         else:  # speech resumed within the turn: the pending pause no longer counts
             held = turn.held
             self._new_pause(turn)
-            self._forget_pause_question(turn)
             turn.speech_end_ms = None
         agent = self.agent_speaking
         if agent and self.turn_cfg.interruptible and self._barge is None:
@@ -532,12 +529,9 @@ class TurnDetector:
         turn.voiced_ms += self._seg_voiced_ms
 
     def _pause_question_holds(self, turn: _Turn) -> bool:
-        """The question asked at the pause heard all the speech of the pause (none since, not even faint)."""
+        """The question asked at the pause heard all the speech of the pause: no window at or above the stop
+        threshold since (any speech, even faint, moves ``_last_speech_ms``), so its answer still holds."""
         return turn.pause_request is not None and turn.pause_heard_ms == self._last_speech_ms
-
-    @staticmethod
-    def _forget_pause_question(turn: _Turn) -> None:
-        turn.pause_request, turn.pause_complete = None, False
 
     @staticmethod
     def _new_pause(turn: _Turn) -> None:
