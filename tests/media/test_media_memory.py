@@ -25,7 +25,8 @@ pytestmark = pytest.mark.unit
 
 async def stage(complete: bool) -> tuple[MediaService, InMemoryBus, FixedTurnModel]:
     bus, model = InMemoryBus("media"), FixedTurnModel(complete)
-    svc = MediaService(MediaSettings(shutdown_grace_s=1.0), vad=LoudnessVad(), turn_model=model)
+    # no stt on this bus: no likely final words come, so a "complete" does not wait for them (as STT_LIKELY_FINAL=off)
+    svc = MediaService(MediaSettings(shutdown_grace_s=1.0, words_wait_ms=0), vad=LoudnessVad(), turn_model=model)
     await svc.start(bus=bus)
     return svc, bus, model
 

@@ -27,6 +27,16 @@ pytestmark = pytest.mark.unit
     "Yes I can",  # unpunctuated: an auxiliary usually needs more
     "I'll be there at",
     "  and  ",
+    # Moonshine's own punctuation of the bench's broken-off sentences (2026-12-03)
+    "We will be there at around.",  # two prepositions: a time follows
+    "We will be there at around",
+    "Can you come for about.",
+    "Could you tell me if you have?",  # an embedded question's verb without its object, question mark or not
+    "Could you tell me if you have.",
+    "I wonder whether they are.",
+    "I would like.",  # wanting, after its subject or a modal
+    "We really need.",
+    "I'd want.",
 ])
 def test_unfinished(text: str) -> None:
     assert sounds_finished(text) is False
@@ -46,6 +56,15 @@ def test_unfinished(text: str) -> None:
     "Two people at seven o'clock",
     '"That works."',
     "Sunday",  # Moonshine: no punctuation, a plain content word
+    "What do you have?",  # a question ending on an auxiliary: no "if" before it
+    "Do you have a table if we come at eight?",
+    "If you have one, yes.",  # "if" long before the end
+    "What is it about?",  # two words that may be prepositions, but a question
+    "Would you like?",
+    "I like it.",
+    "Tell them what you need, please.",
+    "I can do whatever you like.",  # wanting whose clause already has its object
+    "Sure, if you want.",
 ])
 def test_finished(text: str) -> None:
     assert sounds_finished(text) is True

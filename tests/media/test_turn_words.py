@@ -315,3 +315,79 @@ def test_no_words_weigh_nothing() -> None:
     pause_then_words(d, None)  # an empty transcript
     model(d, True)
     assert d.of(TurnEnded)[0].reason == "model" and not d.of(WordsWeighed)
+
+
+# ---------------------------------------------------------------- a "complete" before the words (words_wait_ms)
+def test_a_complete_answer_before_the_words_waits_for_them_and_unfinished_words_hold() -> None:
+    d = driver(words_wait_ms=450)
+    d.speech(640)
+    d.silence(224)
+    assert model(d, True) == [], "no words of this pause yet: 'allergic to' can sound finished"
+    d.silence(64)
+    assert not d.of(TurnEnded)
+    assert [type(x) for x in words(d, False, end_ms=704)] == [WordsWeighed]  # "My daughter is allergic to."
+    assert outcomes(d) == ["held_unfinished"]
+    d.silence(512)  # 800 ms: past the hangover and the wait
+    assert not d.of(TurnEnded)
+    d.speech(320)  # "... peanuts and shellfish."
+    assert outcomes(d) == ["held_unfinished", "held_resumed"]
+
+
+def test_a_complete_answer_before_the_words_ends_the_turn_when_finished_words_come() -> None:
+    d = driver(words_wait_ms=450)
+    d.speech(640)
+    d.silence(224)
+    model(d, True)
+    d.silence(32)
+    got = words(d, True, end_ms=704)
+    assert [type(x) for x in got] == [TurnEnded, WordsWeighed]
+    turn = got[0]
+    assert isinstance(turn, TurnEnded) and turn.reason == "model" and turn.end_of_turn_ms == 256
+    assert outcomes(d) == ["agreed"]
+
+
+def test_a_complete_answer_waits_for_the_words_no_longer_than_the_bound() -> None:
+    d = driver(words_wait_ms=450)
+    d.speech(640)
+    d.silence(224)
+    model(d, True)
+    d.silence(192)  # 416 ms
+    assert not d.of(TurnEnded)
+    d.silence(64)  # 480 ms: no likely final came (stt busy, or it decodes none)
+    (turn,) = d.of(TurnEnded)
+    assert turn.reason == "model" and 450 <= turn.end_of_turn_ms < 450 + W
+    assert outcomes(d) == ["missing"]
+    assert words(d, False, end_ms=704) == [WordsWeighed("turn1", "late")]
+
+
+def test_a_complete_answer_waiting_for_words_ends_at_once_when_the_decode_has_none() -> None:
+    d = driver(words_wait_ms=450)
+    d.speech(640)
+    d.silence(224)
+    model(d, True)
+    d.silence(32)
+    (turn,) = [x for x in words(d, None, end_ms=704) if isinstance(x, TurnEnded)]  # a cough: no words
+    assert turn.reason == "model" and turn.end_of_turn_ms == 256
+
+
+def test_a_complete_answer_waiting_for_words_ignores_words_of_an_earlier_pause() -> None:
+    d = driver(words_wait_ms=450)
+    d.speech(640)
+    d.silence(64)
+    words(d, True, end_ms=704)  # "I would like to book a table" (finished)
+    d.speech(320)  # "for"
+    d.silence(224)
+    model(d, True)
+    assert not d.of(TurnEnded), "the words it holds cover the first pause, not this one"
+    assert words(d, None, end_ms=704) == [], "no words, and of the earlier pause: still waiting"
+    assert not d.of(TurnEnded)
+    words(d, False)  # "I would like to book a table for."
+    assert outcomes(d) == ["held_unfinished"] and not d.of(TurnEnded)
+
+
+def test_without_a_wait_a_complete_answer_before_the_words_ends_the_turn() -> None:
+    d = driver()  # words_wait_ms 0: the words are not weighed on this call, or stt sends none
+    d.speech(640)
+    d.silence(224)
+    (turn,) = [x for x in model(d, True) if isinstance(x, TurnEnded)]
+    assert turn.reason == "model" and turn.end_of_turn_ms == 224

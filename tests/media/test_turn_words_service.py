@@ -99,6 +99,50 @@ async def test_unfinished_words_hold_the_models_complete(stage: tuple[BusPort, S
     assert utt.data.speech_end_ms == SPEECH_END_MS and utt.data.end_of_turn_ms >= 1200
 
 
+async def test_a_complete_before_the_words_waits_for_them_and_they_hold_the_turn(stage: tuple[BusPort, Start]) -> None:
+    """The turn model says "complete" before stt's likely final words are in (2026-12-03: "My daughter is allergic
+    to" ended in the pause 4 of 4 times): media waits for them (``WORDS_WAIT_MS``), and "…allergic to." holds."""
+    client, start = stage
+    svc = await start(True)
+    held = TURN_WORDS.labels("held_unfinished")._value.get()
+    call = Call(client, svc, watch=(events.SpeechPaused,))
+    await call.start()
+    await call.speak(np.concatenate([quiet(300), tone(800), quiet(400)]), realtime=False)
+    _, paused = await call.wait_for(events.SpeechPaused)
+    detector = svc.calls[call.call_id].detector
+    await until(lambda: detector._turn is not None and detector._turn.model_complete, "the model's complete")
+    assert not call.of(events.UtteranceCaptured), "a complete without the pause's words must wait for them"
+    words = events.TranscriptPartial(utterance_id=paused.turn_id, text="My daughter is allergic to.", start_ms=100,
+                                     end_ms=1200, likely_final=True)
+    await client.publish(make(words, tenant_id="default", call_id=call.call_id, turn_id=paused.turn_id))
+    await until(lambda: TURN_WORDS.labels("held_unfinished")._value.get() == held + 1, "the hold")
+    await call.speak(quiet(400), realtime=False)  # 744 ms of silence: past the wait and the hangover
+    await asyncio.sleep(0.2)
+    assert not call.of(events.UtteranceCaptured)
+    await call.speak(quiet(600), realtime=False)
+    _, utt = await call.wait_for(events.UtteranceCaptured)
+    await call.end()
+    assert utt.turn_id == paused.turn_id and utt.data.end_of_turn == "silence" and utt.data.end_of_turn_ms >= 1200
+
+
+async def test_a_complete_ends_the_turn_when_no_words_come_within_the_wait(stage: tuple[BusPort, Start]) -> None:
+    client, start = stage
+    svc = await start(True)
+    missing = TURN_WORDS.labels("missing")._value.get()
+    call = Call(client, svc)
+    await call.start()
+    await call.speak(np.concatenate([quiet(300), tone(800), quiet(400)]), realtime=False)
+    detector = svc.calls[call.call_id].detector
+    await until(lambda: detector._turn is not None and detector._turn.model_complete, "the model's complete")
+    assert not call.of(events.UtteranceCaptured)
+    await call.speak(quiet(160), realtime=False)  # 504 ms of silence: past WORDS_WAIT_MS (450), short of 600
+    _, utt = await call.wait_for(events.UtteranceCaptured)
+    await call.end()
+    # "model", not "silence": it ended past the wait, before the 600 ms hangover that the last frame reaches
+    assert utt.data.end_of_turn == "model"
+    assert TURN_WORDS.labels("missing")._value.get() == missing + 1
+
+
 async def test_finished_words_end_the_turn_before_the_hangover(stage: tuple[BusPort, Start]) -> None:
     client, start = stage
     svc = await start(False)

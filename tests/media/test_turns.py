@@ -429,11 +429,13 @@ _step = st.one_of(
 
 @settings(max_examples=150, deadline=None)
 @given(steps=st.lists(_step, max_size=400),
-       interruptible=st.booleans(), min_barge=st.sampled_from([96, 200, 400]), at_pause=st.booleans())
+       interruptible=st.booleans(), min_barge=st.sampled_from([96, 200, 400]), at_pause=st.booleans(),
+       words_wait=st.sampled_from([0, 450]))
 def test_invariants_hold_for_any_input(steps: list[tuple[str, object]], interruptible: bool,
-                                       min_barge: int, at_pause: bool) -> None:
+                                       min_barge: int, at_pause: bool, words_wait: int) -> None:
     det = TurnDetector(TurnThresholds(interruptible=interruptible, min_barge_in_ms=min_barge),
-                       DetectorParams(max_utterance_ms=3000, model_at_pause=at_pause), new_id=_ids())
+                       DetectorParams(max_utterance_ms=3000, model_at_pause=at_pause, words_wait_ms=words_wait),
+                       new_id=_ids())
     t, last_req, out = 0, 0, []
     for kind, arg in steps:
         if kind == "w":

@@ -551,7 +551,8 @@ class MediaService(Service):
             log.warning("agent_not_found", call_id=call_id, agent_id=agent_id, version=agent_version)
         if call_id in self.calls:  # claimed by a concurrent redelivery while we looked it up
             return None
-        params = dataclasses.replace(self.settings.detector_params(), window_ms=self.vad.window_ms)
+        params = dataclasses.replace(self.settings.detector_params(), window_ms=self.vad.window_ms,
+                                     words_wait_ms=self.settings.words_wait_ms if weighs_words(agent) else 0)
         detector = turns.TurnDetector(thresholds_of(turn_settings), params, new_id=subjects.new_id)
         pipeline = CallPipeline(
             self.vad.stream(), detector, window_samples=self.vad.window_samples,

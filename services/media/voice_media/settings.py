@@ -57,6 +57,13 @@ class MediaSettings(CommonSettings):
         1200, ge=0, le=10_000, description="Least silence that ends a turn whose likely final words sound "
                                            "unfinished (a trailing 'and', 'for', 'um'); the turn model cannot end it"
     )
+    words_wait_ms: int = Field(
+        450, ge=0, le=5000, description="Silence up to which the turn model's 'complete' waits for the pause's likely "
+        "final words when they come after it (calls whose words are weighed: English agents): the model hears "
+        "prosody, and a sentence broken off after 'allergic to' can sound finished to it. The reply starts on those "
+        "words anyway (the early start), so waiting costs little; 0: a 'complete' ends the turn without them (set it "
+        "when stt runs with STT_LIKELY_FINAL=off)"
+    )
     pre_roll_ms: int = Field(200, ge=0, le=1000, description="Audio kept before the speech onset")
     trailing_silence_ms: int = Field(100, ge=0, le=1000, description="Silence kept after the speech offset")
 

@@ -20,6 +20,19 @@ It is deliberately shallow; a wrong answer only moves the end of the turn within
    at 350 ms either.
 
 A question mark overrides rule 1 ("What is it for?" is finished): it stands for the rising pitch of a question.
+
+Three endings count as unfinished like rule 1, full stop or not, because a transcriber closes broken-off speech
+with one (Moonshine on the bench's broken-off sentences, 2026-12-03: "We will be there at around.", "Could you tell
+me if you have?"):
+
+- two prepositions in a row ("at around", "for about", "until after"): an approximate time or amount follows;
+- an embedded question whose verb has no object yet: "if" or "whether" among the last four words, and the text
+  ends on an auxiliary or "have" ("…tell me if you have", "…know whether they are"), even with a question mark;
+- a verb of wanting after its subject or a modal ("I would like", "we need", "I'd want"), without a question mark,
+  unless a free relative comes first ("whatever you like", "if you want").
+
+Each can misjudge an elliptical answer ("Do you know if it is?", "if you like."): that costs the turn
+``unfinished_end_of_turn_ms`` instead of the usual end, never a cut-off caller.
 """
 
 from __future__ import annotations
@@ -43,6 +56,18 @@ _MAYBE_DANGLING = frozenset("""
     at in on about by around near after before until till over under through across against between behind
     without within among per
 """.split())
+_PREPOSITIONS = frozenset("""
+    of for with from to into onto via towards toward
+    at in on about by around near after before until till over under through across against between behind
+    without within among per
+""".split())
+_EMBEDDED = frozenset({"if", "whether"})
+# an embedded question's verb that still needs its object or complement ("…if you have", "…whether they are")
+_EMBEDDED_VERBS = frozenset("is are was were am be can could would will should do does did have has had".split())
+_WANTING = frozenset("want wanted need needed like".split())
+_SUBJECTS = frozenset("i we you they he she would i'd we'd you'd they'd he'd she'd really also".split())
+# "whatever you like", "if you want", "what you need": the wanting is the clause's object already
+_FREE_RELATIVES = frozenset("whatever whichever whenever wherever however what if as anything everything".split())
 _WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")  # "mm-hmm" is one word (a yes), not a trailing "hmm"
 _OPEN_ENDINGS = (";", ":", "...", "\u2026", "-", "\u2013", "\u2014")  # not a comma: judged by the last word
 
@@ -57,10 +82,17 @@ def sounds_finished(text: str) -> bool | None:
     words = _WORD.findall(stripped.lower())
     if not words:
         return None
+    last = words[-1]
+    if last in _EMBEDDED_VERBS and _EMBEDDED.intersection(words[-5:-1]):
+        return False
     if stripped.endswith("?"):
         return True
-    last = words[-1]
     if last in _DANGLING:
+        return False
+    before = words[-2] if len(words) > 1 else ""
+    if last in _PREPOSITIONS and before in _PREPOSITIONS:
+        return False
+    if last in _WANTING and before in _SUBJECTS and (len(words) < 3 or words[-3] not in _FREE_RELATIVES):
         return False
     if stripped.endswith(_OPEN_ENDINGS):
         return False

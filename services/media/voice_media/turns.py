@@ -36,8 +36,11 @@ Rules:
   reaches the pause's offset; speech that resumed since makes them stale):
   unfinished words hold the turn open: a "complete" model answer does not end it, and the hangover becomes at least
   ``unfinished_end_of_turn_ms``; finished words end the turn once the silence reaches ``finished_end_of_turn_ms``
-  (``transcript``), or at once with a "complete" model answer (``model``). ``WordsWeighed`` reports what the words
-  did, for the hit rates.
+  (``transcript``), or at once with a "complete" model answer (``model``). With ``words_wait_ms`` (set for calls
+  whose words are weighed), a "complete" that comes before the pause's words waits for them until the silence
+  reaches that bound (``model``, outcome ``missing`` when they did not come): the model hears prosody, and a
+  sentence broken off after "allergic to" can sound finished. ``WordsWeighed`` reports what the words did, for the
+  hit rates.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from uuid import uuid4
 
 EndOfTurn = Literal["silence", "model", "transcript", "max_duration", "call_end"]
 # what the words did to a turn (``WordsWeighed``)
-WordsOutcome = Literal["held_unfinished", "held_resumed", "ended_finished", "agreed", "stale", "late"]
+WordsOutcome = Literal["held_unfinished", "held_resumed", "ended_finished", "agreed", "missing", "stale", "late"]
 
 
 # ---------------------------------------------------------------- parameters
@@ -95,6 +98,9 @@ class DetectorParams:
     finished_end_of_turn_ms: int = 350
     # the least hangover of a turn whose words sound unfinished (the caller is likely to go on)
     unfinished_end_of_turn_ms: int = 1200
+    # silence up to which a "complete" model answer waits for the pause's words when they come after it; 0: it ends
+    # the turn without them (calls whose words are not weighed, or an stt that decodes no likely final)
+    words_wait_ms: int = 0
 
 
 # ---------------------------------------------------------------- decisions
@@ -193,8 +199,8 @@ class SegmentDiscarded:
 class WordsWeighed:
     """What the turn's words did (metrics only): ``held_unfinished`` they kept open a turn the model or the hangover
     would have ended, ``held_resumed`` the caller went on after such a hold, ``ended_finished`` they ended the turn,
-    ``agreed`` the model's "complete" and finished words ended it together, ``stale`` they covered an earlier pause,
-    ``late`` the turn was over."""
+    ``agreed`` the model's "complete" and finished words ended it together, ``missing`` a "complete" waited for them
+    in vain (``words_wait_ms``), ``stale`` they covered an earlier pause, ``late`` the turn was over."""
 
     turn_id: str
     outcome: WordsOutcome
@@ -213,7 +219,7 @@ class _Turn:
     start_ms: int
     speech_end_ms: int | None = None  # offset of the last segment; None while the caller speaks
     model_request: int | None = None  # request asked about the current pause
-    model_complete: bool = False  # the model said "complete" about the current pause (held by unfinished words)
+    model_complete: bool = False  # the model said "complete" about the current pause (held by words, or awaiting them)
     # the question asked at the pause (``model_at_pause``): its id, the last speech it heard, and a "complete" answer
     pause_request: int | None = None
     pause_heard_ms: int = -1
@@ -393,6 +399,8 @@ class TurnDetector:
             words = self._words(turn)
             if words is False:
                 self._hold(turn, out)
+            elif words is None and self._awaits_words(turn):
+                pass  # on_transcript or the wait's bound (_check_silence) ends it
             else:
                 self._end_turn(self._t, "model", out, "agreed" if words else None)
         return out
@@ -403,7 +411,10 @@ class TurnDetector:
         speech offset cover an earlier pause (the caller went on since) and are ignored."""
         out: list[Decision] = []
         turn = self._turn
-        if finished is None:
+        if finished is None:  # no words: a "complete" waiting for them need not wait longer
+            if (turn is not None and turn.turn_id == turn_id and turn.model_complete and not self._speaking
+                    and turn.speech_end_ms is not None and end_ms >= turn.speech_end_ms and self._words(turn) is None):
+                self._end_turn(self._t, "model", out)
             return out
         if turn is None or turn.turn_id != turn_id:
             out.append(WordsWeighed(turn_id, "late"))
@@ -415,9 +426,12 @@ class TurnDetector:
             turn.words = (end_ms, finished)
         if self._speaking:
             return out  # weighed once the segment ends
-        if turn.model_complete:  # held by earlier unfinished words
-            if self._words(turn):  # the newest words of the pause sound finished after all
+        if turn.model_complete:  # held by earlier unfinished words, or waiting for these
+            words = self._words(turn)
+            if words:  # the newest words of the pause sound finished (after all)
                 self._end_turn(self._t, "model", out, "agreed")
+            elif words is False:
+                self._hold(turn, out)
             return out
         self._check_silence(self._t, out)
         return out
@@ -450,6 +464,11 @@ class TurnDetector:
         if words is None or turn.speech_end_ms is None or words[0] < turn.speech_end_ms:
             return None
         return words[1]
+
+    def _awaits_words(self, turn: _Turn) -> bool:
+        """A "complete" about the current pause still waits for its words (``words_wait_ms``)."""
+        wait = self.params.words_wait_ms
+        return wait > 0 and turn.speech_end_ms is not None and self._t - turn.speech_end_ms < wait
 
     def _hold(self, turn: _Turn, out: list[Decision]) -> None:
         if not turn.held:
@@ -567,6 +586,9 @@ class TurnDetector:
             self._end_turn(t, "silence", out)
         elif words and silence >= self.params.finished_end_of_turn_ms:
             self._end_turn(t, "transcript", out, "ended_finished")
+        elif turn.model_complete and words is None:
+            if not self._awaits_words(turn):  # the model's "complete" waited for the words in vain
+                self._end_turn(t, "model", out, "missing")
         elif t - turn.start_ms >= self.params.max_utterance_ms:
             self._end_turn(t, "max_duration", out)
         elif (
