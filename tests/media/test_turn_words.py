@@ -391,3 +391,38 @@ def test_without_a_wait_a_complete_answer_before_the_words_ends_the_turn() -> No
     d.silence(224)
     (turn,) = [x for x in model(d, True) if isinstance(x, TurnEnded)]
     assert turn.reason == "model" and turn.end_of_turn_ms == 224
+
+
+def test_words_of_the_pause_still_count_after_a_faint_tail() -> None:
+    """Sound between the thresholds after the pause (a breath) moves the offset but makes no new pause, so no new
+    words come: the pause's words still cover every voiced word of it."""
+    d = driver(words_wait_ms=450)
+    d.speech(640)
+    d.silence(64)  # the pause: its words decode the audio up to 704
+    words(d, False, end_ms=704)  # "My daughter is allergic to."
+    d.windows(160, 0.4)  # a faint tail: the segment goes on to 864, no voiced window, no second pause
+    d.silence(224)
+    assert len(d.of(SpeechPaused)) == 1 and d.of(SpeechEnded)[0].at_ms == 864
+    model(d, True)
+    assert outcomes(d) == ["held_unfinished"], "the pause's words hold the turn against the model's complete"
+
+    finished = driver(words_wait_ms=450)
+    finished.speech(640)
+    finished.silence(64)
+    words(finished, True, end_ms=704)
+    finished.windows(160, 0.4)
+    finished.silence(224)
+    (turn,) = [x for x in model(finished, True) if isinstance(x, TurnEnded)]
+    assert turn.reason == "model" and outcomes(finished) == ["agreed"], "no wait for words that will not come"
+
+
+def test_words_arriving_after_a_faint_tail_still_count() -> None:
+    d = driver(words_wait_ms=450)
+    d.speech(640)
+    d.silence(64)
+    d.windows(160, 0.4)
+    d.silence(224)
+    model(d, True)
+    assert not d.of(TurnEnded)
+    got = words(d, True, end_ms=704)  # decoded at the pause, in after the tail
+    assert [type(x) for x in got] == [TurnEnded, WordsWeighed] and outcomes(d) == ["agreed"]

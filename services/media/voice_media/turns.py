@@ -262,6 +262,7 @@ class TurnDetector:
         self._seg_onset_ms = 0
         self._seg_voiced_ms = 0  # windows at/over `threshold` since the segment's onset
         self._last_speech_ms = 0  # end of the last window at/over `stop_threshold`
+        self._last_voiced_ms = 0  # end of the last window at/over `threshold`
         self._seg_paused = False  # SpeechPaused was emitted since the last voiced window
         # turn and barge-in
         self._turn: _Turn | None = None
@@ -316,6 +317,7 @@ class TurnDetector:
                 self._last_speech_ms = t
                 if probability >= p.threshold:
                     self._seg_voiced_ms += p.window_ms
+                    self._last_voiced_ms = t
                     self._seg_paused = False  # speech resumed: the next pause counts again
                 if self._barge is not None and self._seg_voiced_ms >= self.turn_cfg.min_barge_in_ms:
                     self._commit_barge_in(t, out)
@@ -413,13 +415,14 @@ class TurnDetector:
         turn = self._turn
         if finished is None:  # no words: a "complete" waiting for them need not wait longer
             if (turn is not None and turn.turn_id == turn_id and turn.model_complete and not self._speaking
-                    and turn.speech_end_ms is not None and end_ms >= turn.speech_end_ms and self._words(turn) is None):
+                    and turn.speech_end_ms is not None and end_ms >= self._words_needed_ms(turn)
+                    and self._words(turn) is None):
                 self._end_turn(self._t, "model", out)
             return out
         if turn is None or turn.turn_id != turn_id:
             out.append(WordsWeighed(turn_id, "late"))
             return out
-        if end_ms < self._pause_offset(turn):
+        if end_ms < self._words_needed_ms(turn):
             out.append(WordsWeighed(turn_id, "stale"))
             return out
         if turn.words is None or end_ms >= turn.words[0]:
@@ -458,10 +461,17 @@ class TurnDetector:
             return max(self._seg_onset_ms, self._last_speech_ms - self.params.offset_lag_ms)
         return turn.speech_end_ms
 
+    def _words_needed_ms(self, turn: _Turn) -> int:
+        """How far words must reach to cover the current pause: its speech offset, or the end of the last voiced
+        window when that is earlier. Sound that stays between the thresholds after the pause (a breath, a faint
+        tail) moves the offset but makes no new pause and so no new words: the pause's words still hold every
+        voiced word of it (2026-12-03: 7 of 44 bench turns waited in vain for words until ``words_wait_ms``)."""
+        return min(self._pause_offset(turn), self._last_voiced_ms)
+
     def _words(self, turn: _Turn) -> bool | None:
         """Whether the words of the current pause sound finished; ``None``: no words cover it."""
         words = turn.words
-        if words is None or turn.speech_end_ms is None or words[0] < turn.speech_end_ms:
+        if words is None or turn.speech_end_ms is None or words[0] < self._words_needed_ms(turn):
             return None
         return words[1]
 
@@ -507,7 +517,7 @@ class TurnDetector:
         self._above = 0
         self._seg_onset_ms = at_ms
         self._seg_voiced_ms = t - at_ms
-        self._last_speech_ms = t
+        self._last_speech_ms = self._last_voiced_ms = t
         self._seg_paused = False
         turn = self._turn
         new_turn = turn is None
