@@ -270,3 +270,15 @@ def test_a_looping_decoder_is_cut_to_one_copy_and_real_repeats_stay() -> None:
 def test_a_transcript_without_a_letter_or_digit_is_no_words(heard: str, words: str) -> None:
     # Whisper decodes a second of silence to "." on some CPUs (an AVX2-only EPYC): that must not become a turn
     assert words_or_nothing(heard) == words
+
+
+async def test_every_engine_s_transcript_without_a_letter_or_digit_is_no_words() -> None:
+    """The base class applies the rule, so an engine that forgets it (this fake returns its text as is) cannot turn
+    a recognizer's stray "." into a turn."""
+    for heard, words in ((".", ""), (" … ", ""), (" Yes. ", "Yes.")):
+        stt = FakeSTT(heard)
+        try:
+            result = await stt.transcribe(b"\x00\x00" * 1600, 16_000, "en")
+        finally:
+            stt.close()
+        assert result.text == words

@@ -8,6 +8,7 @@ and records the span, the inference time and the failures, so neither the adapte
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -45,7 +46,9 @@ class Transcription:
 
 def words_or_nothing(text: str) -> str:
     """``text`` stripped, or "" when it holds no letter or digit: a recognizer that hears silence or noise may
-    still emit a lone "." or "…" (Whisper does on some CPUs), and that is no words, not a turn to answer."""
+    still emit a lone "." or "…" (Whisper does on some CPUs), and that is no words, not a turn to answer.
+    ``SpeechToText.transcribe`` applies it to every engine's result; an engine that joins the texts of several
+    windows applies it per window too (Moonshine), so that no stray "." is joined in."""
     text = text.strip()
     return text if any(ch.isalnum() for ch in text) else ""
 
@@ -124,6 +127,9 @@ class SpeechToText(ABC):
                 span.record_exception(e)
                 raise
             elapsed = time.perf_counter() - started
+            words = words_or_nothing(result.text)  # whatever the engine: a lone "." is no words, not a turn
+            if words != result.text:
+                result = dataclasses.replace(result, text=words)
             span.set_attribute("stt.inference_ms", round(elapsed * 1000, 1))
             span.set_attribute("stt.language", result.language or "")
         if not partial:  # the histogram keeps meaning "time to transcribe one utterance"
