@@ -65,7 +65,8 @@ TURN_WORDS = Counter(
     "voice_media_turn_words_total",
     "What the likely final words did to the end of a turn (held_unfinished: kept open a turn the model or the "
     "hangover would have ended, held_resumed: the caller went on after that, ended_finished: ended it before the "
-    "model, agreed: ended it with the model's complete, stale/late: came after the caller went on / the turn ended)",
+    "model, agreed: ended it with the model's complete, missing: the model's complete waited for them in vain "
+    "(WORDS_WAIT_MS), stale/late: came after the caller went on / the turn ended)",
     ["outcome"],
 )
 # an stt replica that has not asked for a call's turn audio this long no longer holds it: another may take over
