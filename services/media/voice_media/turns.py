@@ -465,7 +465,8 @@ class TurnDetector:
         """How far words must reach to cover the current pause: its speech offset, or the end of the last voiced
         window when that is earlier. Sound that stays between the thresholds after the pause (a breath, a faint
         tail) moves the offset but makes no new pause and so no new words: the pause's words still hold every
-        voiced word of it (2026-12-03: 7 of 44 bench turns waited in vain for words until ``words_wait_ms``)."""
+        voiced word of it (2026-12-03: 12 turns in about 100, over two bench runs, waited in vain until
+        ``words_wait_ms``)."""
         return min(self._pause_offset(turn), self._last_voiced_ms)
 
     def _words(self, turn: _Turn) -> bool | None:
