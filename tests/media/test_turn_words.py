@@ -318,11 +318,17 @@ def test_no_words_weigh_nothing() -> None:
 
 
 # ---------------------------------------------------------------- a "complete" before the words (words_wait_ms)
-def test_a_complete_answer_before_the_words_waits_for_them_and_unfinished_words_hold() -> None:
-    d = driver(words_wait_ms=450)
+def complete_before_words(words_wait_ms: int = 450) -> tuple[Driver, list[Decision]]:
+    """640 ms of speech, 224 ms of silence, then the model's "complete" before any words of the pause."""
+    d = driver(words_wait_ms=words_wait_ms)
     d.speech(640)
     d.silence(224)
-    assert model(d, True) == [], "no words of this pause yet: 'allergic to' can sound finished"
+    return d, model(d, True)
+
+
+def test_a_complete_answer_before_the_words_waits_for_them_and_unfinished_words_hold() -> None:
+    d, got = complete_before_words()
+    assert got == [], "no words of this pause yet: 'allergic to' can sound finished"
     d.silence(64)
     assert not d.of(TurnEnded)
     assert [type(x) for x in words(d, False, end_ms=704)] == [WordsWeighed]  # "My daughter is allergic to."
@@ -334,10 +340,7 @@ def test_a_complete_answer_before_the_words_waits_for_them_and_unfinished_words_
 
 
 def test_a_complete_answer_before_the_words_ends_the_turn_when_finished_words_come() -> None:
-    d = driver(words_wait_ms=450)
-    d.speech(640)
-    d.silence(224)
-    model(d, True)
+    d, _ = complete_before_words()
     d.silence(32)
     got = words(d, True, end_ms=704)
     assert [type(x) for x in got] == [TurnEnded, WordsWeighed]
@@ -347,10 +350,7 @@ def test_a_complete_answer_before_the_words_ends_the_turn_when_finished_words_co
 
 
 def test_a_complete_answer_waits_for_the_words_no_longer_than_the_bound() -> None:
-    d = driver(words_wait_ms=450)
-    d.speech(640)
-    d.silence(224)
-    model(d, True)
+    d, _ = complete_before_words()
     d.silence(192)  # 416 ms
     assert not d.of(TurnEnded)
     d.silence(64)  # 480 ms: no likely final came (stt busy, or it decodes none)
@@ -361,10 +361,7 @@ def test_a_complete_answer_waits_for_the_words_no_longer_than_the_bound() -> Non
 
 
 def test_a_complete_answer_waiting_for_words_ends_at_once_when_the_decode_has_none() -> None:
-    d = driver(words_wait_ms=450)
-    d.speech(640)
-    d.silence(224)
-    model(d, True)
+    d, _ = complete_before_words()
     d.silence(32)
     (turn,) = [x for x in words(d, None, end_ms=704) if isinstance(x, TurnEnded)]  # a cough: no words
     assert turn.reason == "model" and turn.end_of_turn_ms == 256
@@ -386,10 +383,8 @@ def test_a_complete_answer_waiting_for_words_ignores_words_of_an_earlier_pause()
 
 
 def test_without_a_wait_a_complete_answer_before_the_words_ends_the_turn() -> None:
-    d = driver()  # words_wait_ms 0: the words are not weighed on this call, or stt sends none
-    d.speech(640)
-    d.silence(224)
-    (turn,) = [x for x in model(d, True) if isinstance(x, TurnEnded)]
+    _, got = complete_before_words(0)  # 0: the words are not weighed on this call, or stt sends none
+    (turn,) = [x for x in got if isinstance(x, TurnEnded)]
     assert turn.reason == "model" and turn.end_of_turn_ms == 224
 
 

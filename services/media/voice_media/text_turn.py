@@ -39,32 +39,31 @@ from __future__ import annotations
 
 import re
 
+# Prepositions that need their object ("a table for", "send it to"), and those that may be a particle ending an
+# elliptical answer ("come in", "I'll be there at around": see rule 1 and the two-in-a-row rule)
+_PREPOSITIONS_NEEDING_MORE = frozenset("of for with from to into onto via towards toward".split())
+_PREPOSITIONS_MAYBE_ENDING = frozenset("""
+    at in on about by around near after before until till over under through across against between behind
+    without within among per
+""".split())
+_PREPOSITIONS = _PREPOSITIONS_NEEDING_MORE | _PREPOSITIONS_MAYBE_ENDING
+_WANTING = frozenset("want wanted need needed like".split())
 # Cannot end a clause: whatever follows is still to come ("a table for", "my number and", "um").
-_DANGLING = frozenset("""
+_DANGLING = _PREPOSITIONS_NEEDING_MORE | frozenset("""
     a an the my your his our their its
     and or but nor because although whereas unless whether if than as
-    of for with from to into onto via towards toward
     um uh er erm uhm hmm
 """.split())
 # Usually need more but can close an elliptical answer ("yes it is.", "I think so."): unfinished only unpunctuated.
-_MAYBE_DANGLING = frozenset("""
+_MAYBE_DANGLING = _PREPOSITIONS_MAYBE_ENDING | _WANTING | frozenset("""
     is are was were am be been being
     can could would will should shall may might must
     do does did have has had
-    want wanted need needed like
     so then that which who when where while though
-    at in on about by around near after before until till over under through across against between behind
-    without within among per
-""".split())
-_PREPOSITIONS = frozenset("""
-    of for with from to into onto via towards toward
-    at in on about by around near after before until till over under through across against between behind
-    without within among per
 """.split())
 _EMBEDDED = frozenset({"if", "whether"})
 # an embedded question's verb that still needs its object or complement ("…if you have", "…whether they are")
 _EMBEDDED_VERBS = frozenset("is are was were am be can could would will should do does did have has had".split())
-_WANTING = frozenset("want wanted need needed like".split())
 _SUBJECTS = frozenset("i we you they he she would i'd we'd you'd they'd he'd she'd really also".split())
 # "whatever you like", "if you want", "what you need": the wanting is the clause's object already
 _FREE_RELATIVES = frozenset("whatever whichever whenever wherever however what if as anything everything".split())

@@ -398,13 +398,7 @@ class TurnDetector:
             and turn.speech_end_ms is not None
         ):
             turn.model_complete = True
-            words = self._words(turn)
-            if words is False:
-                self._hold(turn, out)
-            elif words is None and self._awaits_words(turn):
-                pass  # on_transcript or the wait's bound (_check_silence) ends it
-            else:
-                self._end_turn(self._t, "model", out, "agreed" if words else None)
+            self._settle_complete(turn, out)  # without words yet: on_transcript or the wait's bound ends it
         return out
 
     def on_transcript(self, turn_id: str, end_ms: int, finished: bool | None) -> list[Decision]:
@@ -415,9 +409,8 @@ class TurnDetector:
         turn = self._turn
         if finished is None:  # no words: a "complete" waiting for them need not wait longer
             if (turn is not None and turn.turn_id == turn_id and turn.model_complete and not self._speaking
-                    and turn.speech_end_ms is not None and end_ms >= self._words_needed_ms(turn)
-                    and self._words(turn) is None):
-                self._end_turn(self._t, "model", out)
+                    and turn.speech_end_ms is not None and end_ms >= self._words_needed_ms(turn)):
+                self._settle_complete(turn, out, wait=False)
             return out
         if turn is None or turn.turn_id != turn_id:
             out.append(WordsWeighed(turn_id, "late"))
@@ -430,11 +423,7 @@ class TurnDetector:
         if self._speaking:
             return out  # weighed once the segment ends
         if turn.model_complete:  # held by earlier unfinished words, or waiting for these
-            words = self._words(turn)
-            if words:  # the newest words of the pause sound finished (after all)
-                self._end_turn(self._t, "model", out, "agreed")
-            elif words is False:
-                self._hold(turn, out)
+            self._settle_complete(turn, out)
             return out
         self._check_silence(self._t, out)
         return out
@@ -480,6 +469,19 @@ class TurnDetector:
         """A "complete" about the current pause still waits for its words (``words_wait_ms``)."""
         wait = self.params.words_wait_ms
         return wait > 0 and turn.speech_end_ms is not None and self._t - turn.speech_end_ms < wait
+
+    def _settle_complete(self, turn: _Turn, out: list[Decision], *, wait: bool = True,
+                         no_words: WordsOutcome | None = None) -> None:
+        """The model said "complete" about the current pause (the segment has ended): finished words end the turn
+        (``agreed``), unfinished ones hold it, and without words it ends (``no_words``) unless ``wait`` and
+        ``words_wait_ms`` leave time for them to come."""
+        words = self._words(turn)
+        if words:
+            self._end_turn(self._t, "model", out, "agreed")
+        elif words is False:
+            self._hold(turn, out)
+        elif not (wait and self._awaits_words(turn)):
+            self._end_turn(self._t, "model", out, no_words)
 
     def _hold(self, turn: _Turn, out: list[Decision]) -> None:
         if not turn.held:
@@ -598,8 +600,7 @@ class TurnDetector:
         elif words and silence >= self.params.finished_end_of_turn_ms:
             self._end_turn(t, "transcript", out, "ended_finished")
         elif turn.model_complete and words is None:
-            if not self._awaits_words(turn):  # the model's "complete" waited for the words in vain
-                self._end_turn(t, "model", out, "missing")
+            self._settle_complete(turn, out, no_words="missing")  # waited for the words in vain once the bound is up
         elif t - turn.start_ms >= self.params.max_utterance_ms:
             self._end_turn(t, "max_duration", out)
         elif (

@@ -27,7 +27,7 @@ from voice_runtime.logging import get_logger
 from voice_runtime.paths import state_dir
 from voice_runtime.realtime import report_threads
 
-from ..engine import SpeechToText, Transcription, words_or_nothing
+from ..engine import SpeechToText, Transcription
 from ..settings import SttSettings
 from . import ENGINES
 from .whisper_models import BASE, TINY_EN, resolve_model
@@ -180,7 +180,7 @@ class WhisperSpeechToText(SpeechToText):
             word_timestamps=False,
         )
         segs = list(segments)  # decoding happens while iterating
-        text = words_or_nothing(" ".join(s.text.strip() for s in segs if s.text.strip()))
+        text = " ".join(s.text.strip() for s in segs if s.text.strip())  # words_or_nothing: SpeechToText.transcribe
         return Transcription(
             text=text,
             language=info.language,
@@ -230,7 +230,7 @@ class WhisperSpeechToText(SpeechToText):
         result, avg_logprob, _, _ = model.generate_with_fallback(encoder_output, prompt, tokenizer, options)
         no_speech = float(result.no_speech_prob)
         silent = no_speech > options.no_speech_threshold and avg_logprob < options.log_prob_threshold
-        text = "" if silent else words_or_nothing(tokenizer.decode(result.sequences_ids[0]))
+        text = "" if silent else tokenizer.decode(result.sequences_ids[0])
         return Transcription(text=text, language=lang, duration_s=audio.size / WHISPER_RATE,
                              avg_logprob=float(avg_logprob), no_speech_prob=no_speech)
 
